@@ -1,0 +1,299 @@
+"""Benchmark of the evaluator on one large synthetic case, against the I/O floor and a peer library.
+
+One case: a 512x512x400 label map at 0.7x0.7x1 mm with 20 vertebra-like shapes (body,
+arch, transverse and spinous processes) stacked along z on a curved line, and a
+prediction that is shifted, partly eroded and dilated, misses one vertebra and has one
+false-positive label. Both are written as compressed NIfTI (``.nii.gz``, as VerSe ships).
+
+Measured in one run, each as a separate subprocess timed by wall clock:
+
+(a) floor: a process that only reads the two volumes into arrays (SimpleITK);
+(b) ours: ``python -m evaluation folders ...``, the whole evaluator process;
+(c) peer: MedPy as documented (``medpy.metric.binary.dc`` and ``hd95`` per label on full
+    volumes). MedPy computes a full-volume distance transform per label and direction;
+    with ``--peer-labels K`` only K labels are timed and the per-label time is extrapolated
+    linearly to all labels (the output says so).
+
+Definition check: our per-vertebra Dice and HD95 against a plain implementation (Dice on
+full volumes; surfaces by SciPy erosion; SciPy full-volume EDT with sampling; directed
+95th percentiles; max). Dice for every label, HD95 for ``--check-labels`` labels (a
+full-volume SciPy EDT of 512x512x400 takes ~15 s).
+
+    python bench/evaluation.py            # full size (a few minutes, mostly the peer and the check)
+    python bench/evaluation.py --quick    # small volume, every label, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+REPO = Path(__file__).resolve().parents[1]
+CASE = "sub-bench001"
+LABELS = tuple(range(5, 25))  # C5..L5: 20 vertebrae
+MISSING_LABEL = 14  # T7: not predicted
+FALSE_POSITIVE_LABEL = 25  # L6: predicted, not in the ground truth
+
+
+# --------------------------------------------------------------------------- synthetic case
+
+
+def vertebra(shape_zyx: tuple[int, int, int], centre_mm: np.ndarray, spacing_zyx: np.ndarray,
+             scale: float) -> tuple[tuple[slice, ...], np.ndarray]:
+    """A vertebra-like mask in its own box: elliptic body, posterior ring, transverse and spinous processes.
+
+    ``centre_mm`` is the body centre (z, y, x) in mm from the volume corner; +y is posterior.
+    Returns (box, boolean mask of the box).
+    """
+    half_mm = np.array([10.0, 45.0, 40.0]) * scale
+    extent_y = np.array([-20.0, 60.0]) * scale  # the posterior elements reach further back
+    low = np.floor((centre_mm - np.array([half_mm[0], -extent_y[0], half_mm[2]])) / spacing_zyx).astype(int)
+    high = np.ceil((centre_mm + np.array([half_mm[0], extent_y[1], half_mm[2]])) / spacing_zyx).astype(int) + 1
+    low = np.maximum(low, 0)
+    high = np.minimum(high, shape_zyx)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+    z, y, x = (np.arange(s.start, s.stop) * sp - c for s, sp, c in zip(box, spacing_zyx, centre_mm, strict=True))
+    z, y, x = z[:, None, None], y[None, :, None], x[None, None, :]
+    s = scale
+    body = ((x / (20 * s)) ** 2 + (y / (15 * s)) ** 2 <= 1) & (np.abs(z) <= 8 * s)
+    ring_r = np.sqrt(x**2 + (y - 24 * s) ** 2)
+    arch = (ring_r >= 8 * s) & (ring_r <= 12.5 * s) & (y >= 14 * s) & (np.abs(z) <= 5 * s)
+    transverse = (np.abs(x) <= 36 * s) & (np.abs(y - 22 * s) <= 3 * s) & (np.abs(z) <= 3 * s)
+    spinous = (np.abs(x) <= 3 * s) & (y >= 34 * s) & (y <= 55 * s) & (np.abs(z + 0.25 * (y - 34 * s)) <= 4 * s)
+    return box, body | arch | transverse | spinous
+
+
+def synthesise(size_xyz: tuple[int, int, int], spacing_xyz: tuple[float, float, float],
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ground truth, prediction) uint8 label maps in (z, y, x) order."""
+    rng = np.random.default_rng(seed)
+    shape = (size_xyz[2], size_xyz[1], size_xyz[0])
+    spacing = np.array(spacing_xyz[::-1], dtype=np.float64)
+    extent = np.array(shape) * spacing
+    gt = np.zeros(shape, dtype=np.uint8)
+    pitch = extent[0] / (len(LABELS) + 0.5)
+    scale = pitch / 20.0
+    for n, label in enumerate(LABELS):  # C5 at the top (high z), L5 at the bottom
+        z = extent[0] - pitch * (n + 0.75)
+        t = n / (len(LABELS) - 1)
+        y = extent[1] * 0.40 + 12.0 * scale * math.sin(2 * math.pi * t)  # lordosis/kyphosis
+        x = extent[2] * 0.5 + rng.normal(0, 1.5)
+        level_scale = scale * (0.7 + 0.3 * t)
+        box, mask = vertebra(shape, np.array([z, y, x]), spacing, level_scale)
+        region = gt[box]
+        region[mask & (region == 0)] = label
+
+    prediction = np.roll(gt, (1, 1, -1), axis=(0, 1, 2))  # shifted by one voxel along every axis
+    boxes = ndimage.find_objects(prediction)
+    cross = ndimage.generate_binary_structure(3, 1)
+    for n, label in enumerate(LABELS):
+        box = boxes[label - 1]
+        if box is None:
+            continue
+        padded = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in box)
+        region = prediction[padded]
+        own = region == label
+        if label == MISSING_LABEL:
+            region[own] = 0
+        elif n % 3 == 1:  # under-segmented by one voxel
+            region[own & ~ndimage.binary_erosion(own, cross)] = 0
+        elif n % 3 == 2:  # over-segmented into the background by one voxel
+            region[ndimage.binary_dilation(own, cross) & (region == 0)] = label
+    z0, y0, x0 = (np.array(shape) * [0.04, 0.5, 0.5]).astype(int)
+    prediction[z0:z0 + 6, y0:y0 + 10, x0:x0 + 10] = FALSE_POSITIVE_LABEL
+    return gt, prediction
+
+
+def write_case(folder: Path, array: np.ndarray, spacing_xyz: tuple[float, float, float]) -> Path:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing_xyz)
+    image.SetOrigin((-100.0, -150.0, 200.0))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{CASE}_seg-vert_msk.nii.gz"
+    sitk.WriteImage(image, str(path), True)
+    return path
+
+
+# --------------------------------------------------------------------------- timed subprocesses
+
+FLOOR = """
+import sys
+import SimpleITK as sitk
+for path in sys.argv[1:]:
+    sitk.GetArrayFromImage(sitk.ReadImage(path))
+"""
+
+PEER = """
+import json, sys, time
+import numpy as np
+import SimpleITK as sitk
+from medpy.metric.binary import dc, hd95
+
+pred_path, gt_path, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t0 = time.perf_counter()
+gt_image = sitk.ReadImage(gt_path)
+gt = sitk.GetArrayFromImage(gt_image)
+pred = sitk.GetArrayFromImage(sitk.ReadImage(pred_path))
+spacing = gt_image.GetSpacing()[::-1]
+t_read = time.perf_counter() - t0
+labels = [int(v) for v in np.unique(gt) if v != 0]
+timed, dice, hd = [], {}, {}
+for label in labels[:limit] if limit > 0 else labels:
+    t = time.perf_counter()
+    p, g = pred == label, gt == label
+    dice[label] = float(dc(p, g))
+    hd[label] = float(hd95(p, g, voxelspacing=spacing)) if p.any() else None
+    timed.append(time.perf_counter() - t)
+print(json.dumps({"read_s": t_read, "labels": labels, "per_label_s": timed, "dice": dice, "hd95": hd}))
+"""
+
+
+def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{command[:3]} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+    return elapsed, result.stdout
+
+
+# --------------------------------------------------------------------------- plain definitions
+
+
+def plain_dice(p: np.ndarray, g: np.ndarray) -> float:
+    return 2.0 * np.count_nonzero(p & g) / (np.count_nonzero(p) + np.count_nonzero(g))
+
+
+def plain_hd95(p: np.ndarray, g: np.ndarray, spacing_zyx: tuple[float, ...]) -> float:
+    """Full-volume definition: 6-cross erosion (outside = background), SciPy EDT, directed P95, max."""
+    cross = ndimage.generate_binary_structure(3, 1)
+    s_p = p & ~ndimage.binary_erosion(p, cross, border_value=0)
+    s_g = g & ~ndimage.binary_erosion(g, cross, border_value=0)
+    p_to_g = ndimage.distance_transform_edt(~s_g, sampling=spacing_zyx)[s_p]
+    g_to_p = ndimage.distance_transform_edt(~s_p, sampling=spacing_zyx)[s_g]
+    return float(max(np.percentile(p_to_g, 95), np.percentile(g_to_p, 95)))
+
+
+def definition_check(gt: np.ndarray, pred: np.ndarray, spacing_xyz: tuple[float, float, float],
+                     ours: dict, check_labels: int) -> dict[str, float | int]:
+    from spine.labels import name_of
+
+    spacing_zyx = tuple(spacing_xyz[::-1])
+    dice_diff, hd_diff, hd_checked = 0.0, 0.0, 0
+    for label in LABELS:
+        mine = ours["per_vertebra"][name_of(label)]
+        p, g = pred == label, gt == label
+        dice_diff = max(dice_diff, abs(plain_dice(p, g) - mine["dice"]))
+        if "hd95" in mine and (check_labels <= 0 or hd_checked < check_labels):
+            hd_diff = max(hd_diff, abs(plain_hd95(p, g, spacing_zyx) - mine["hd95"]))
+            hd_checked += 1
+    return {"dice_max_abs_diff": dice_diff, "hd95_max_abs_diff_mm": hd_diff, "hd95_labels_checked": hd_checked}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, nargs=3, default=(512, 512, 400), metavar=("X", "Y", "Z"),
+                        help="volume size in voxels (default 512 512 400)")
+    parser.add_argument("--spacing", type=float, nargs=3, default=(0.7, 0.7, 1.0), metavar=("X", "Y", "Z"),
+                        help="voxel spacing in mm (default 0.7 0.7 1)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small run: 192x192x160 voxels, every label for the peer and the check")
+    parser.add_argument("--peer-labels", type=int, default=None, metavar="K",
+                        help="time MedPy on K labels and extrapolate (0 = all; default 2, all with --quick)")
+    parser.add_argument("--check-labels", type=int, default=None, metavar="K",
+                        help="labels for the full-volume HD95 check (0 = all; default 2, all with --quick)")
+    parser.add_argument("--no-peer", action="store_true", help="skip the peer library")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of (a) and (b); the minimum is reported")
+    parser.add_argument("--workdir", type=Path, help="where to write the volumes (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    size = (192, 192, 160) if args.quick else tuple(args.size)
+    peer_labels = args.peer_labels if args.peer_labels is not None else (0 if args.quick else 2)
+    check_labels = args.check_labels if args.check_labels is not None else (0 if args.quick else 2)
+    spacing = tuple(float(s) for s in args.spacing)
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="verse-bench-"))
+    try:
+        t = time.perf_counter()
+        gt, pred = synthesise(size, spacing, args.seed)  # type: ignore[arg-type]
+        gt_path = write_case(workdir / "gt", gt, spacing)  # type: ignore[arg-type]
+        pred_path = write_case(workdir / "pred", pred, spacing)  # type: ignore[arg-type]
+        print(f"case: {size[0]}x{size[1]}x{size[2]} voxels at {spacing} mm, {len(LABELS)} vertebrae, "
+              f"{gt_path.stat().st_size / 1e6:.1f} + {pred_path.stat().st_size / 1e6:.1f} MB .nii.gz "
+              f"(made in {time.perf_counter() - t:.1f} s)")
+
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        floor = min(timed([sys.executable, "-c", FLOOR, str(gt_path), str(pred_path)], env)[0]
+                    for _ in range(args.repeat))
+        metrics_path = workdir / "metrics.json"
+        ours = min(timed([sys.executable, "-m", "evaluation", "folders", "--predictions", str(workdir / "pred"),
+                          "--ground-truth", str(workdir / "gt"), "--output", str(metrics_path), "--no-progress"],
+                         env)[0] for _ in range(args.repeat))
+        record = json.loads(metrics_path.read_text())["case"][CASE]
+        results: dict[str, object] = {"size": list(size), "spacing_mm": list(spacing), "vertebrae": len(LABELS),
+                                      "cpu_count": os.cpu_count(), "floor_s": floor, "ours_s": ours,
+                                      "ours_over_floor": ours / floor}
+        print(f"(a) floor, read both volumes: {floor:7.2f} s")
+        print(f"(b) ours, whole evaluator:    {ours:7.2f} s   = {ours / floor:.2f} x floor")
+
+        if not args.no_peer:
+            try:
+                import medpy  # noqa: F401
+            except ImportError:
+                print("(c) peer: MedPy not installed (pip install medpy); skipped")
+            else:
+                elapsed, out = timed([sys.executable, "-c", PEER, str(pred_path), str(gt_path), str(peer_labels)], env)
+                peer = json.loads(out)
+                per_label = peer["per_label_s"]
+                n_all = len(peer["labels"])
+                extrapolated = len(per_label) < n_all
+                peer_total = elapsed + (n_all - len(per_label)) * float(np.mean(per_label)) if extrapolated \
+                    else elapsed
+                note = (f"extrapolated linearly from {len(per_label)} of {n_all} labels "
+                        f"({np.mean(per_label):.1f} s per label, measured {elapsed:.1f} s)" if extrapolated
+                        else "measured, all labels")
+                print(f"(c) peer, MedPy dc + hd95:    {peer_total:7.2f} s   = {peer_total / ours:.1f} x ours ({note})")
+                from spine.labels import name_of
+
+                diffs = [abs(peer["dice"][str(v)] - record["per_vertebra"][name_of(v)]["dice"])
+                         for v in LABELS if str(v) in peer["dice"]]
+                print(f"    MedPy vs ours, Dice max abs diff: {max(diffs):.2e} "
+                      "(MedPy's hd95 pools both directions, ours takes the max of the directed ones)")
+                results.update(peer_s=peer_total, peer_extrapolated=extrapolated, peer_labels_timed=len(per_label),
+                               peer_over_ours=peer_total / ours)
+
+        t = time.perf_counter()
+        check = definition_check(gt, pred, spacing, record, check_labels)  # type: ignore[arg-type]
+        print(f"definition check vs plain full-volume SciPy: Dice max abs diff {check['dice_max_abs_diff']:.2e} "
+              f"({len(LABELS)} labels), HD95 max abs diff {check['hd95_max_abs_diff_mm']:.2e} mm "
+              f"({check['hd95_labels_checked']} labels) [{time.perf_counter() - t:.0f} s]")
+        results.update(check)
+        print(f"case scores: dice {record['dice']:.4f}, hd95 {record['hd95']:.3f} mm, id_rate {record['id_rate']:.3f}, "
+              f"hd_missing {record['hd_missing']}, false_positive_labels {record['false_positive_labels']}")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Aggregates over cases: what a leaderboard reads, always finite.
+
+Input: the case records of :func:`evaluation.score.score_case` (plain dicts, so the
+aggregates can be recomputed from a ``metrics.json``). Output keys (no dots anywhere)::
+
+    {<metric>: {"mean", "std", "median", "min", "max", "count"}   for metric in
+         dice, hd95, hd, id_rate, localisation_mm, false_positive_labels, hd_missing,
+     "id_rate_total": hits over all cases / ground-truth vertebrae over all cases,
+     "hits_total", "vertebrae_total",
+     "cases": {"total", "scored", "missing_prediction", "unreadable_prediction", "error"},
+     "per_label":  {"C1".."L6", "T13": {"dice": stats, "id_rate": stats, "hd95": stats}},
+     "per_region": {"cervical" | "thoracic" | "lumbar": {"dice": stats, "id_rate": stats, "hd95": stats}}}
+
+Rules:
+
+- Only values that are defined enter a statistic (see :mod:`evaluation.score`): a case
+  counts for ``dice``, ``id_rate``, ``false_positive_labels`` and ``hd_missing`` when its
+  ground truth has a vertebra; for ``hd95``/``hd`` when at least one of its vertebrae is
+  predicted; for ``localisation_mm`` when at least one has a predicted centroid. Missing
+  and unreadable predictions DO count (Dice 0, id 0, all vertebrae in ``hd_missing``).
+- ``count`` says how many values a statistic is over. With count 0 every statistic is 0.0
+  (and ``id_rate_total`` is 0.0 with ``vertebrae_total`` 0): paths like
+  ``aggregates.dice.mean`` always resolve to a finite number.
+- ``std`` is the population standard deviation (ddof 0); ``median`` NumPy's.
+- Per label: ``dice`` over the cases whose ground truth has that vertebra; ``id_rate``
+  over the same, as the mean of 0/1 hits (so ``id_rate.mean`` is the label's
+  identification rate); ``hd95`` over those where it was predicted too. Per region the
+  same, pooling the region's vertebrae of all cases.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from spine.labels import EVALUATED, Region, name_of, region_of
+
+__all__ = ["CASE_METRICS", "REGIONS", "aggregate", "statistics"]
+
+CASE_METRICS: tuple[str, ...] = ("dice", "hd95", "hd", "id_rate", "localisation_mm", "false_positive_labels",
+                                 "hd_missing")
+REGIONS: tuple[Region, ...] = (Region.CERVICAL, Region.THORACIC, Region.LUMBAR)
+
+
+def statistics(values: Iterable[float]) -> dict[str, float | int]:
+    """mean, std (ddof 0), median, min, max and count of finite values; all 0.0 with count 0.
+
+    Non-finite values are not expected (callers pass defined values only); they are
+    dropped rather than poisoning the mean, and ``count`` excludes them.
+    """
+    v = np.asarray([float(x) for x in values if x is not None and math.isfinite(float(x))], dtype=np.float64)
+    if v.size == 0:
+        return {"mean": 0.0, "std": 0.0, "median": 0.0, "min": 0.0, "max": 0.0, "count": 0}
+    return {"mean": float(v.mean()), "std": float(v.std()), "median": float(np.median(v)),
+            "min": float(v.min()), "max": float(v.max()), "count": int(v.size)}
+
+
+def _defined(record: Mapping[str, Any], metric: str) -> bool:
+    """Whether ``record[metric]`` is a real value (not a sentinel) for this case."""
+    vertebrae = int(record.get("vertebrae", 0))
+    if vertebrae == 0:
+        return False
+    if metric in ("hd95", "hd"):
+        return vertebrae - int(record.get("hd_missing", vertebrae)) > 0
+    if metric == "localisation_mm":
+        return int(record.get("localised", 0)) > 0
+    return True
+
+
+def _status_kind(status: str) -> str:
+    for kind in ("missing prediction", "unreadable prediction", "error"):
+        if status.startswith(kind):
+            return kind.replace(" ", "_")
+    return ""
+
+
+def aggregate(cases: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Aggregates of case records ``{case id: record}`` (see the module docstring for keys and rules)."""
+    records: Sequence[Mapping[str, Any]] = list(cases.values())
+    out: dict[str, Any] = {
+        metric: statistics(r[metric] for r in records if _defined(r, metric)) for metric in CASE_METRICS
+    }
+    hits = sum(int(r.get("hits", 0)) for r in records)
+    vertebrae = sum(int(r.get("vertebrae", 0)) for r in records)
+    out["id_rate_total"] = hits / vertebrae if vertebrae else 0.0
+    out["hits_total"] = hits
+    out["vertebrae_total"] = vertebrae
+    kinds = [_status_kind(str(r.get("status", ""))) for r in records]
+    out["cases"] = {
+        "total": len(records),
+        "scored": sum(int(r.get("vertebrae", 0)) > 0 for r in records),
+        "missing_prediction": kinds.count("missing_prediction"),
+        "unreadable_prediction": kinds.count("unreadable_prediction"),
+        "error": kinds.count("error"),
+    }
+
+    per_label: dict[int, dict[str, list[float]]] = {v: {"dice": [], "id_rate": [], "hd95": []} for v in EVALUATED}
+    for record in records:
+        for name, vertebra in record.get("per_vertebra", {}).items():
+            label = _label_of_name(name)
+            if label is None:
+                continue
+            per_label[label]["dice"].append(float(vertebra["dice"]))
+            per_label[label]["id_rate"].append(1.0 if vertebra.get("identified") else 0.0)
+            if "hd95" in vertebra:
+                per_label[label]["hd95"].append(float(vertebra["hd95"]))
+    out["per_label"] = {name_of(v): {k: statistics(vals) for k, vals in per_label[v].items()} for v in EVALUATED}
+    out["per_region"] = {
+        str(region): {
+            k: statistics(x for v in EVALUATED if region_of(v) == region for x in per_label[v][k])
+            for k in ("dice", "id_rate", "hd95")
+        }
+        for region in REGIONS
+    }
+    return out
+
+
+_NAME_TO_LABEL = {name_of(v): v for v in EVALUATED}
+
+
+def _label_of_name(name: str) -> int | None:
+    return _NAME_TO_LABEL.get(name)

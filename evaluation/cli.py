@@ -1,0 +1,134 @@
+"""Command line of the evaluator: Grand Challenge mode (the container default) and folder mode.
+
+    python -m evaluation                       # GC: /input/predictions.json, ground truth under
+                                               # /opt/ml/input/data/ground_truth, /output/metrics.json
+    python -m evaluation --input DIR --ground-truth DIR --output FILE [--report DIR]
+    python -m evaluation folders --predictions DIR --ground-truth DIR --output FILE [--report DIR]
+
+Exit status: 0 when metrics.json was written; 2 when the inputs make the evaluation
+impossible (malformed predictions.json, no ground truth, bad arguments), with one line on
+stderr naming the file and the problem and no metrics.json written; 1 on any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from evaluation.discover import InputError, Pairing, find_ground_truth, pair_folders, pair_gc_jobs
+from evaluation.run import evaluate_cases, metrics_document, write_metrics
+from spine.gc import ContractError
+from spine.layout import EvaluationLayout, max_workers
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("evaluation")
+
+MODES = ("gc", "folders")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--report", type=Path, metavar="DIR",
+                        help="also write an HTML report with per-vertebra and per-region plots to DIR")
+    parser.add_argument("--workers", type=_positive_int, metavar="N",
+                        help="processes for the cases (default: GRAND_CHALLENGE_MAX_WORKERS, else the CPU count)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = EvaluationLayout()
+    parser = argparse.ArgumentParser(
+        prog="verse-evaluate",
+        description="Score vertebra segmentations and centroids against VerSe ground truth: per-vertebra Dice, "
+                    "HD95, HD, identification rate (20 mm), localisation error. Without a mode, runs the "
+                    "Grand Challenge mode ('gc').",
+        epilog="Exit status 2 (and no metrics.json) when predictions.json is malformed or no ground truth is found.",
+    )
+    modes = parser.add_subparsers(dest="mode", metavar="{gc,folders}")
+    gc = modes.add_parser("gc", help="Grand Challenge layout (the container default)",
+                          description="Read predictions.json and the jobs' outputs from --input, ground truth "
+                                      "from --ground-truth, write --output.")
+    gc.add_argument("--input", type=Path, default=defaults.input_dir, metavar="DIR",
+                    help=f"folder with predictions.json and <job pk>/output/ (default {defaults.input_dir})")
+    gc.add_argument("--ground-truth", type=Path, default=defaults.ground_truth_dir, metavar="DIR",
+                    help=f"ground-truth folder (default {defaults.ground_truth_dir})")
+    gc.add_argument("--output", type=Path, default=defaults.metrics_path, metavar="FILE",
+                    help=f"metrics JSON to write (default {defaults.metrics_path})")
+    _common(gc)
+    folders = modes.add_parser("folders", help="VerSe-named prediction and ground-truth folders",
+                               description="Pair <case>_seg-vert_msk.nii.gz (+ <case>_points.json or "
+                                           "<case>*_ctd.json) predictions with ground truth of the same case.")
+    folders.add_argument("--predictions", type=Path, required=True, metavar="DIR", help="prediction folder")
+    folders.add_argument("--ground-truth", type=Path, required=True, metavar="DIR", help="ground-truth folder")
+    folders.add_argument("--output", type=Path, required=True, metavar="FILE", help="metrics JSON to write")
+    _common(folders)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _with_default_mode(argv: Sequence[str]) -> list[str]:
+    args = list(argv)
+    if not args or (args[0] not in MODES and args[0] not in ("-h", "--help")):
+        return ["gc", *args]
+    return args
+
+
+def _pair(args: argparse.Namespace) -> Pairing:
+    ground_truth = find_ground_truth(args.ground_truth)
+    if args.mode == "folders":
+        return pair_folders(args.predictions, ground_truth)
+    layout = EvaluationLayout(input_dir=args.input, ground_truth_dir=args.ground_truth, metrics_path=args.output)
+    return pair_gc_jobs(layout, ground_truth)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``verse-evaluate`` and ``python -m evaluation``; returns the exit status."""
+    args = build_parser().parse_args(_with_default_mode(sys.argv[1:] if argv is None else argv))
+    _configure_logging(args.verbose)
+    try:
+        pairing = _pair(args)
+    except (InputError, ContractError) as error:
+        log.error("%s", str(error).replace("\n", " "))
+        return 2
+
+    workers = args.workers or max_workers()
+    log.info("scoring %d cases (%d without prediction, %d predictions unmatched) with %d workers",
+             len(pairing.cases), sum(c.prediction_mask is None for c in pairing.cases), len(pairing.unmatched),
+             min(workers, max(1, len(pairing.cases))))
+    records = evaluate_cases(pairing.cases, workers, progress=not args.no_progress)
+    document = metrics_document(records, pairing.unmatched)
+    path = write_metrics(args.output, document)
+    aggregates = document["aggregates"]
+    log.info("wrote %s: dice %.4f, id_rate %.4f, hd95 %.2f mm over %d cases", path, aggregates["dice"]["mean"],
+             aggregates["id_rate"]["mean"], aggregates["hd95"]["mean"], aggregates["cases"]["total"])
+    if args.report is not None:
+        from evaluation.report import write_report  # matplotlib only when asked
+
+        index = write_report(document, args.report)
+        log.info("wrote report %s", index)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

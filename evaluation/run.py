@@ -1,0 +1,80 @@
+"""Score many cases (in parallel) and write ``metrics.json``.
+
+Cases run in a process pool of :func:`spine.layout.max_workers` processes
+(``GRAND_CHALLENGE_MAX_WORKERS`` on Grand Challenge); with one worker, or one case, they
+run inline. A case that fails is recorded by the scorer; a worker that dies (e.g. killed
+for memory) is recorded as an error for its case. Neither stops the other cases.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from evaluation.aggregate import aggregate
+from evaluation.score import ERROR, CaseFiles, empty_record, score_case
+from spine.image import write_text_atomic
+
+__all__ = ["evaluate_cases", "metrics_document", "safe_key", "write_metrics"]
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_cases(cases: Sequence[CaseFiles], workers: int, *, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Records of all cases, ``{case id: record}`` sorted by case id."""
+    workers = max(1, min(int(workers), len(cases)))
+    records: dict[str, dict[str, Any]] = {}
+    bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not progress, leave=False)
+    try:
+        if workers == 1:
+            for case in cases:
+                records[case.case_id] = score_case(case)
+                bar.update()
+        else:
+            log.debug("scoring %d cases in %d processes", len(cases), workers)
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(score_case, case): case for case in cases}
+                for future in as_completed(futures):
+                    case = futures[future]
+                    try:
+                        records[case.case_id] = future.result()
+                    except Exception as error:  # the worker process itself died
+                        log.warning("%s: worker failed: %s", case.case_id, error)
+                        reason = f"{ERROR}: worker failed: {type(error).__name__}: {error}"
+                        records[case.case_id] = empty_record(reason[:300])
+                    bar.update()
+    finally:
+        bar.close()
+    return {case_id: records[case_id] for case_id in sorted(records)}
+
+
+def safe_key(key: str) -> str:
+    """A JSON key without dots (GC reads dotted paths): ``.`` -> ``_``."""
+    return key.replace(".", "_")
+
+
+def metrics_document(
+    records: Mapping[str, Mapping[str, Any]],
+    unmatched: Sequence[Mapping[str, str]] = (),
+) -> dict[str, Any]:
+    """``{"case": {...}, "aggregates": {...}, "unmatched_predictions": [...]}`` with dot-free keys."""
+    cases: dict[str, Any] = {}
+    for case_id, record in records.items():
+        key = safe_key(case_id)
+        if key != case_id:
+            log.warning("case id %r written as %r (keys hold no dots)", case_id, key)
+        cases[key] = dict(record)
+    return {"case": cases, "aggregates": aggregate(cases), "unmatched_predictions": [dict(u) for u in unmatched]}
+
+
+def write_metrics(path: str | os.PathLike[str], document: Mapping[str, Any]) -> Path:
+    """Write ``metrics.json`` atomically; raises ValueError before writing anything non-finite."""
+    text = json.dumps(document, indent=2, allow_nan=False, sort_keys=False)
+    return write_text_atomic(path, text + "\n")

@@ -1,0 +1,427 @@
+"""Score one case: a ground-truth label map (+ centroids) against a prediction (+ points).
+
+Definitions are DESIGN.md's ("Metrics"), with G the evaluated vertebra labels (C1..L6,
+T13; not sacrum or coccyx) present in the ground-truth mask and P those in the prediction:
+
+- ``dice``: mean over v in G of Dice_v (0 for v not in P).
+- ``hd95``, ``hd`` (mm): mean over v in G and P of HD95_v, HD_v; ``hd_missing`` = |G minus P|.
+- ``id_rate``: hits / |G| (see :func:`evaluation.metrics.identify`, 20 mm, in mm).
+- ``localisation_mm``: mean |p_v - g_v| over v in G that have a predicted centroid.
+- ``false_positive_labels``: |P minus G|.
+- Counts that say what each mean is over: ``vertebrae`` = |G|, ``hits``, ``localised``
+  (vertebrae of G with a predicted centroid); the matched vertebrae are
+  ``vertebrae - hd_missing``.
+
+Centroids: ground truth from the VerSe centroid JSON (voxel -> world mm through the
+ground-truth geometry; labels of G it lacks fall back to the mask's centre of mass), else
+the mask's centres of mass. Prediction: from the points JSON when one is given and usable
+(GC "Multiple points" in world mm, or a VerSe centroid JSON in the prediction image's
+voxels), and then only from it; else the predicted mask's centres of mass. All in LPS mm.
+
+Undefined values (never NaN, inf or null in the output):
+
+- A case-level field whose mean is over nothing (``hd95``/``hd`` when no vertebra of G is
+  predicted; ``localisation_mm`` when no vertebra of G has a predicted centroid) is set to
+  :data:`UNDEFINED_DISTANCE_MM` (1000 mm, a penalty no real vertebra error reaches) and
+  the case is left out of that metric's aggregate; the counts above tell which.
+- A case whose ground truth holds no evaluated vertebra (or could not be read) has
+  ``vertebrae`` 0, ``dice`` and ``id_rate`` 0.0, the distance fields at the sentinel, and
+  takes part in no aggregate.
+- Per vertebra, ``hd95``/``hd`` are present only for v in P and ``distance_mm`` only when
+  v has a predicted centroid: absent means "not computed", never a placeholder.
+
+Bad input never raises out of :func:`score_case`: a missing or unreadable prediction
+scores as empty (Dice 0, id 0, every vertebra missing) and ``status`` says why; a
+prediction on another grid is resampled (nearest neighbour) onto the ground-truth grid;
+float or signed pixel types are accepted when every value is integral; values outside
+0..28 are dropped; unusable points JSON falls back to the mask's centres of mass. The
+``status`` field is ``"ok"`` or ``"; "``-joined notes, led by ``missing prediction``,
+``unreadable prediction``, ``error`` or ``empty ground truth`` when one applies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from evaluation import metrics
+from spine.gc import ContractError, points_to_centroids, read_points
+from spine.image import Geometry, ImageError, read_image, resample_onto
+from spine.labels import EVALUATED, MAX_LABEL, name_of
+from spine.verse import CentroidFileError, read_centroids_mm
+
+__all__ = [
+    "UNDEFINED_DISTANCE_MM",
+    "CaseFiles",
+    "CaseScore",
+    "LabelMapError",
+    "VertebraScore",
+    "empty_record",
+    "label_array",
+    "score_case",
+    "score_label_maps",
+]
+
+log = logging.getLogger(__name__)
+
+UNDEFINED_DISTANCE_MM = 1000.0
+"""Case-level value of a distance metric that is undefined for the case (see module docstring)."""
+
+MISSING_PREDICTION = "missing prediction"
+UNREADABLE_PREDICTION = "unreadable prediction"
+EMPTY_GROUND_TRUTH = "empty ground truth"
+ERROR = "error"
+
+
+class LabelMapError(ValueError):
+    """A label map that cannot be scored (e.g. non-integral values); the message says why."""
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class VertebraScore:
+    """Scores of one ground-truth vertebra v (distances in mm; None = not computed)."""
+
+    label: int
+    dice: float
+    hd95_mm: float | None  # None when v is not in P
+    hd_mm: float | None
+    identified: bool
+    distance_mm: float | None  # None when v has no predicted centroid
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"dice": self.dice}
+        if self.hd95_mm is not None and self.hd_mm is not None:
+            out["hd95"] = self.hd95_mm
+            out["hd"] = self.hd_mm
+        out["identified"] = self.identified
+        if self.distance_mm is not None:
+            out["distance_mm"] = self.distance_mm
+        return out
+
+
+@dataclass(frozen=True)
+class CaseScore:
+    """All scores of one case; :meth:`to_dict` gives the ``metrics.json`` record."""
+
+    vertebrae: tuple[VertebraScore, ...] = ()
+    false_positive_labels: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def dice(self) -> float:
+        return _mean([v.dice for v in self.vertebrae], 0.0)
+
+    @property
+    def hd95_mm(self) -> float:
+        return _mean([v.hd95_mm for v in self.vertebrae if v.hd95_mm is not None], UNDEFINED_DISTANCE_MM)
+
+    @property
+    def hd_mm(self) -> float:
+        return _mean([v.hd_mm for v in self.vertebrae if v.hd_mm is not None], UNDEFINED_DISTANCE_MM)
+
+    @property
+    def hits(self) -> int:
+        return sum(v.identified for v in self.vertebrae)
+
+    @property
+    def id_rate(self) -> float:
+        return self.hits / len(self.vertebrae) if self.vertebrae else 0.0
+
+    @property
+    def localisation_mm(self) -> float:
+        return _mean([v.distance_mm for v in self.vertebrae if v.distance_mm is not None], UNDEFINED_DISTANCE_MM)
+
+    @property
+    def hd_missing(self) -> int:
+        return sum(v.hd95_mm is None for v in self.vertebrae)
+
+    @property
+    def localised(self) -> int:
+        return sum(v.distance_mm is not None for v in self.vertebrae)
+
+    @property
+    def status(self) -> str:
+        return "; ".join(self.notes) if self.notes else "ok"
+
+    def with_notes(self, *notes: str) -> CaseScore:
+        return CaseScore(self.vertebrae, self.false_positive_labels, (*self.notes, *notes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dice": self.dice,
+            "hd95": self.hd95_mm,
+            "hd": self.hd_mm,
+            "id_rate": self.id_rate,
+            "localisation_mm": self.localisation_mm,
+            "false_positive_labels": self.false_positive_labels,
+            "hd_missing": self.hd_missing,
+            "vertebrae": len(self.vertebrae),
+            "hits": self.hits,
+            "localised": self.localised,
+            "status": self.status,
+            "per_vertebra": {name_of(v.label): v.to_dict() for v in self.vertebrae},
+        }
+
+
+def _mean(values: list[float], undefined: float) -> float:
+    return float(np.mean(values)) if values else undefined
+
+
+def empty_record(status: str) -> dict[str, Any]:
+    """Record of a case that could not be scored at all (no ground-truth vertebrae known)."""
+    return CaseScore(notes=(status,)).to_dict()
+
+
+# --------------------------------------------------------------------------- pure core
+
+
+def score_label_maps(
+    reference: np.ndarray,
+    prediction: np.ndarray | None,
+    geometry: Geometry,
+    *,
+    reference_centroids_mm: Mapping[int, np.ndarray] | None = None,
+    predicted_centroids_mm: Mapping[int, np.ndarray] | None = None,
+) -> CaseScore:
+    """Scores of a prediction against the ground truth, both label maps on ``geometry``.
+
+    Args:
+      reference, prediction: integer label maps in SimpleITK's ``(k, j, i)`` order with values
+        in 0..28 (see :func:`label_array`); ``prediction`` None scores an empty prediction.
+      geometry: the ground-truth grid (spacing for distances, index -> world for centroids).
+      reference_centroids_mm: annotated centroids (LPS mm); labels of G it lacks use the
+        mask's centre of mass.
+      predicted_centroids_mm: predicted centroids (LPS mm) from a points file; None means use
+        the predicted mask's centres of mass.
+
+    Each label's work runs in its bounding box; the boxes of all labels come from one pass
+    over each volume.
+    """
+    if reference.shape != geometry.shape_zyx:
+        raise ValueError(f"reference shape {reference.shape} does not match geometry {geometry.shape_zyx}")
+    if prediction is not None and prediction.shape != reference.shape:
+        raise ValueError(f"prediction shape {prediction.shape} differs from reference {reference.shape}")
+    spacing_zyx = tuple(reversed(geometry.spacing_mm))
+
+    ref_extents = {v: e for v, e in metrics.label_extents(reference, MAX_LABEL).items() if v in EVALUATED}
+    pred_extents = ({v: e for v, e in metrics.label_extents(prediction, MAX_LABEL).items() if v in EVALUATED}
+                    if prediction is not None else {})
+    g_labels = sorted(ref_extents)
+
+    g_centroids = {v: np.asarray(reference_centroids_mm[v], dtype=np.float64)
+                   if reference_centroids_mm and v in reference_centroids_mm
+                   else _world(ref_extents[v].centre_index, geometry)
+                   for v in g_labels}
+    if predicted_centroids_mm is None:
+        p_centroids = {v: _world(e.centre_index, geometry) for v, e in pred_extents.items()}
+    else:
+        p_centroids = {v: np.asarray(p, dtype=np.float64) for v, p in predicted_centroids_mm.items()}
+    outcomes = metrics.identify(p_centroids, g_centroids)
+
+    scores = []
+    for v in g_labels:
+        dice, hd95, hd = 0.0, None, None
+        if prediction is not None and v in pred_extents:
+            box = metrics.union_box(ref_extents[v].box, pred_extents[v].box)
+            g = reference[box] == v
+            p = prediction[box] == v
+            dice = metrics.dice(p, g)
+            whole = tuple(slice(0, n) for n in g.shape)
+            distances = metrics.surface_distances_mm(p, g, spacing_zyx, box=whole)  # type: ignore[arg-type]
+            hd95, hd = metrics.hd95_mm(distances), metrics.hausdorff_mm(distances)
+        outcome = outcomes.get(v)
+        scores.append(VertebraScore(
+            label=v, dice=dice, hd95_mm=hd95, hd_mm=hd,
+            identified=bool(outcome and outcome.identified),
+            distance_mm=outcome.distance_mm if outcome else None,
+        ))
+    false_positives = len(set(pred_extents) - set(g_labels))
+    notes: list[str] = [] if g_labels else [f"{EMPTY_GROUND_TRUTH}: no evaluated vertebra in the ground-truth mask"]
+    if reference_centroids_mm is not None:
+        lacking = [name_of(v) for v in g_labels if v not in reference_centroids_mm]
+        if lacking:
+            notes.append(f"ground-truth centroids lack {', '.join(lacking)}: mask centres of mass used")
+    return CaseScore(tuple(scores), false_positives, tuple(notes))
+
+
+def _world(centre_index_zyx: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """A centre in array (k, j, i) index -> LPS world mm."""
+    return geometry.index_to_world(np.asarray(centre_index_zyx)[::-1])
+
+
+# --------------------------------------------------------------------------- label maps from images
+
+
+def label_array(image: sitk.Image, role: str, notes: list[str], *, note_pixel_type: bool = True) -> np.ndarray:
+    """Label map of an image as uint8 in 0..28, ``(k, j, i)`` order; what was changed goes to ``notes``.
+
+    Unsigned integer pixels are used as they are. Signed or floating-point pixels are accepted
+    when every value is integral (noted unless ``note_pixel_type`` is False: VerSe's own
+    ground truth is stored as float); otherwise :class:`LabelMapError`. Values outside
+    0..28 are set to background (noted, with how many voxels).
+    """
+    array = sitk.GetArrayViewFromImage(image)
+    kind = image.GetPixelIDTypeAsString()
+    if np.issubdtype(array.dtype, np.floating):
+        if not _integral(array):
+            raise LabelMapError(f"{role} has non-integral values (pixel type {kind})")
+        if note_pixel_type:
+            notes.append(f"{role} pixel type {kind} accepted (integral values)")
+    elif np.issubdtype(array.dtype, np.signedinteger):
+        if note_pixel_type:
+            notes.append(f"{role} pixel type {kind} accepted")
+    elif not np.issubdtype(array.dtype, np.unsignedinteger):
+        raise LabelMapError(f"{role} has pixel type {kind}, not a label map")
+    low, high = array.min(initial=0), array.max(initial=0)
+    if array.dtype == np.uint8 and high <= MAX_LABEL:
+        return sitk.GetArrayFromImage(image)  # the common case (a copy: a view would need the image kept alive)
+    out = np.zeros(array.shape, dtype=np.uint8)
+    if low < 0 or high > MAX_LABEL:
+        inside = (array >= 0) & (array <= MAX_LABEL)
+        dropped = array[~inside]
+        values = np.unique(dropped)
+        shown = ", ".join(f"{float(x):g}" for x in values[:5]) + (", ..." if values.size > 5 else "")
+        notes.append(f"{role}: dropped {dropped.size} voxels with values outside 0..{MAX_LABEL} ({shown})")
+        np.copyto(out, array, where=inside, casting="unsafe")
+    else:
+        np.copyto(out, array, casting="unsafe")
+    return out
+
+
+def _integral(array: np.ndarray, slab: int = 32) -> bool:
+    """Every value finite and integral; checked in slabs so temporaries stay small on big float volumes."""
+    for start in range(0, array.shape[0], slab):
+        part = array[start:start + slab]
+        if not (np.isfinite(part).all() and np.array_equal(part, np.round(part))):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- one case from files
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """Where one case's files are. ``prediction_mask`` None means no prediction was found;
+    ``missing_reason`` then says why (kept in ``status``)."""
+
+    case_id: str
+    reference_mask: Path
+    reference_centroids: Path | None = None
+    prediction_mask: Path | None = None
+    prediction_points: Path | None = None
+    missing_reason: str = MISSING_PREDICTION
+    notes: tuple[str, ...] = ()
+
+
+def score_case(case: CaseFiles) -> dict[str, Any]:
+    """The ``metrics.json`` record of one case. Never raises: failures are scored and explained."""
+    try:
+        score = _score_case(case, use_prediction=True)
+    except Exception as error:  # one bad case never stops the others
+        reason = f"{ERROR}: {type(error).__name__}: {error}"[:300]
+        log.warning("%s: %s", case.case_id, reason)
+        try:  # score it as an empty prediction when the ground truth itself is fine
+            score = _score_case(case, use_prediction=False, first_note=reason)
+        except Exception:
+            log.debug("%s: ground truth unusable too", case.case_id, exc_info=True)
+            return empty_record(reason)
+    result = score.to_dict()
+    log.debug("%s: dice %.4f id_rate %.3f status %s", case.case_id, result["dice"], result["id_rate"],
+              result["status"])
+    return result
+
+
+def _score_case(case: CaseFiles, *, use_prediction: bool, first_note: str | None = None) -> CaseScore:
+    notes: list[str] = [first_note] if first_note else []
+    notes.extend(case.notes)
+    reference_image = read_image(case.reference_mask)
+    geometry = Geometry.of(reference_image)
+    reference = label_array(reference_image, "ground truth", notes, note_pixel_type=False)
+    del reference_image
+    reference_centroids = _reference_centroids(case, geometry, notes)
+    if use_prediction:
+        prediction, predicted_centroids = _read_prediction(case, geometry, notes)
+    else:
+        prediction, predicted_centroids = None, {}
+    score = score_label_maps(reference, prediction, geometry, reference_centroids_mm=reference_centroids,
+                             predicted_centroids_mm=predicted_centroids)
+    return score.with_notes(*notes)
+
+
+def _reference_centroids(case: CaseFiles, geometry: Geometry, notes: list[str]) -> dict[int, np.ndarray] | None:
+    if case.reference_centroids is None:
+        return None
+    try:
+        return read_centroids_mm(case.reference_centroids, geometry)
+    except CentroidFileError as error:
+        notes.append(f"ground-truth centroids unusable, mask centres of mass used ({error})"[:300])
+        return None
+
+
+def _read_prediction(
+    case: CaseFiles, geometry: Geometry, notes: list[str]
+) -> tuple[np.ndarray | None, dict[int, np.ndarray] | None]:
+    """Prediction label map on the ground-truth grid (None = empty) and its centroids (None = from the mask)."""
+    if case.prediction_mask is None:
+        notes.insert(0, case.missing_reason)
+        return None, {}
+    try:
+        image = read_image(case.prediction_mask)
+        own_geometry = Geometry.of(image)
+        if not own_geometry.same_as(geometry):
+            image = resample_onto(image, geometry, nearest=True, default=0)
+            notes.append("prediction resampled (nearest neighbour) onto the ground-truth grid")
+        prediction = label_array(image, "prediction", notes)
+    except (ImageError, LabelMapError) as error:
+        notes.insert(0, f"{UNREADABLE_PREDICTION}: {error}"[:300])
+        return None, {}
+    return prediction, _predicted_centroids(case.prediction_points, own_geometry, notes)
+
+
+def _predicted_centroids(path: Path | None, geometry: Geometry, notes: list[str]) -> dict[int, np.ndarray] | None:
+    """Centroids from a GC Multiple points or VerSe centroid JSON; None (use the mask) when unusable."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        notes.append(f"points JSON unusable, mask centres of mass used ({path.name}: {error})"[:300])
+        return None
+    try:
+        if isinstance(data, list):  # VerSe centroid JSON, voxels of the prediction image
+            centroids = read_centroids_mm(path, geometry)
+        else:
+            centroids, unknown = points_to_centroids(read_points(path))
+            if unknown:
+                shown = ", ".join(repr(n) for n in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+                notes.append(f"ignored {len(unknown)} points with unknown names ({shown})")
+    except (ContractError, CentroidFileError) as error:
+        notes.append(f"points JSON unusable, mask centres of mass used ({error})"[:300])
+        return None
+    kept = {v: p for v, p in centroids.items() if v in EVALUATED and np.all(np.isfinite(p))}
+    return kept
+
+
+def is_finite_record(record: Mapping[str, Any]) -> bool:
+    """True when every number in a case record is finite (a guard for the writer)."""
+    def finite(value: Any) -> bool:
+        if isinstance(value, float):
+            return math.isfinite(value)
+        if isinstance(value, Mapping):
+            return all(finite(v) for v in value.values())
+        if isinstance(value, list | tuple):
+            return all(finite(v) for v in value)
+        return value is not None
+    return finite(record)

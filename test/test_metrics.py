@@ -1,0 +1,359 @@
+"""Metric definitions: geometry you can check by hand, pinned empty cases, properties on random masks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy import ndimage
+
+from evaluation import metrics
+from evaluation.metrics import (
+    SurfaceDistances,
+    bounding_boxes,
+    centres_of_mass_index,
+    dice,
+    hausdorff_mm,
+    hd95_mm,
+    identify,
+    surface,
+    surface_distances_mm,
+)
+from spine.image import Geometry
+
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+masks_3d = arrays(np.bool_, st.tuples(st.integers(2, 7), st.integers(2, 7), st.integers(2, 7)))
+spacings = st.tuples(*(st.floats(0.3, 3.0, allow_nan=False) for _ in range(3)))
+
+
+def box_mask(shape: tuple[int, int, int], start: tuple[int, int, int], size: tuple[int, int, int]) -> np.ndarray:
+    m = np.zeros(shape, dtype=bool)
+    m[tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))] = True
+    return m
+
+
+def plain_directed_distances(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """The definition, full volume, SciPy only: d(s, surface b) for s on surface a."""
+    cross = ndimage.generate_binary_structure(3, 1)
+    s_a = a & ~ndimage.binary_erosion(a, cross, border_value=0)
+    s_b = b & ~ndimage.binary_erosion(b, cross, border_value=0)
+    return ndimage.distance_transform_edt(~s_b, sampling=spacing)[s_a]
+
+
+# --------------------------------------------------------------------------- Dice
+
+
+def test_dice_identical_is_one_and_disjoint_is_zero() -> None:
+    m = box_mask((6, 6, 6), (1, 1, 1), (3, 3, 3))
+    assert dice(m, m) == 1.0
+    assert dice(m, box_mask((6, 6, 6), (4, 4, 4), (2, 2, 2))) == 0.0
+
+
+def test_dice_by_hand() -> None:
+    a = box_mask((4, 4, 4), (0, 0, 0), (2, 2, 2))  # 8 voxels
+    b = box_mask((4, 4, 4), (1, 0, 0), (2, 2, 2))  # 8 voxels, 4 shared
+    assert dice(a, b) == pytest.approx(2 * 4 / 16)
+
+
+def test_dice_empty_masks_pinned() -> None:
+    empty = np.zeros((3, 3, 3), bool)
+    assert dice(empty, empty) == 1.0
+    assert dice(empty, box_mask((3, 3, 3), (0, 0, 0), (1, 1, 1))) == 0.0
+
+
+def test_dice_rejects_shape_mismatch() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        dice(np.zeros((2, 2, 2), bool), np.zeros((2, 2, 3), bool))
+
+
+@FAST
+@given(st.data())
+def test_dice_symmetric_and_bounded(data: st.DataObject) -> None:
+    a = data.draw(masks_3d)
+    b = data.draw(arrays(np.bool_, a.shape))
+    d = dice(a, b)
+    assert 0.0 <= d <= 1.0
+    assert d == dice(b, a)
+    if a.any():
+        assert dice(a, a) == 1.0
+
+
+# --------------------------------------------------------------------------- surfaces
+
+
+def test_surface_of_a_cube_is_its_shell() -> None:
+    m = box_mask((5, 5, 5), (1, 1, 1), (3, 3, 3))
+    s = surface(m)
+    assert s.sum() == 26 and not s[2, 2, 2]
+
+
+def test_surface_includes_voxels_on_the_volume_edge() -> None:
+    full = np.ones((3, 3, 3), bool)
+    assert surface(full).sum() == 26  # only the centre has all six neighbours inside
+    assert surface(np.ones((2, 2, 2), bool)).all()
+
+
+def test_surface_uses_the_6_connected_cross() -> None:
+    m = box_mask((5, 5, 5), (1, 1, 1), (3, 3, 3))
+    m[1, 1, 1] = False  # a missing corner exposes no face of the centre voxel
+    assert not surface(m)[2, 2, 2]
+
+
+# --------------------------------------------------------------------------- distances by hand
+
+
+def test_two_single_voxels_two_mm_apart() -> None:
+    a = np.zeros((3, 3, 6), bool)
+    b = np.zeros_like(a)
+    a[1, 1, 1] = True
+    b[1, 1, 3] = True
+    sd = surface_distances_mm(a, b, (1.0, 1.0, 1.0))
+    assert hausdorff_mm(sd) == pytest.approx(2.0)
+    assert hd95_mm(sd) == pytest.approx(2.0)
+    # the same pair one voxel apart along an axis of 2 mm voxels
+    c = np.zeros_like(a)
+    c[1, 1, 2] = True
+    assert hausdorff_mm(surface_distances_mm(a, c, (1.0, 1.0, 2.0))) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_anisotropic_spacing_scales_each_axis(axis: int) -> None:
+    spacing = (0.7, 1.3, 2.5)
+    a = np.zeros((4, 4, 4), bool)
+    b = np.zeros_like(a)
+    a[1, 1, 1] = True
+    index = [1, 1, 1]
+    index[axis] = 3
+    b[tuple(index)] = True
+    assert hausdorff_mm(surface_distances_mm(a, b, spacing)) == pytest.approx(2 * spacing[axis])
+
+
+def test_diagonal_distance_is_euclidean_in_mm() -> None:
+    a = np.zeros((3, 3, 3), bool)
+    b = np.zeros_like(a)
+    a[0, 0, 0] = b[1, 2, 2] = True
+    expected = math.sqrt(1.5**2 + (2 * 0.5) ** 2 + (2 * 2.0) ** 2)
+    assert hausdorff_mm(surface_distances_mm(a, b, (1.5, 0.5, 2.0))) == pytest.approx(expected, rel=1e-6)
+
+
+@FAST
+@given(axis=st.integers(0, 2), shift=st.integers(1, 3), spacing=spacings)
+def test_box_translated_by_k_voxels_has_hd_k_times_spacing(axis: int, shift: int, spacing: tuple) -> None:
+    shape = (12, 12, 12)
+    a = box_mask(shape, (2, 2, 2), (5, 5, 5))
+    start = [2, 2, 2]
+    start[axis] += shift
+    b = box_mask(shape, tuple(start), (5, 5, 5))  # type: ignore[arg-type]
+    sd = surface_distances_mm(a, b, spacing)
+    assert hausdorff_mm(sd) == pytest.approx(shift * spacing[axis], rel=1e-5)
+    assert hd95_mm(sd) <= hausdorff_mm(sd) + 1e-9
+
+
+def test_identical_masks_have_zero_distances() -> None:
+    m = box_mask((6, 7, 8), (1, 2, 3), (3, 3, 2))
+    sd = surface_distances_mm(m, m, (1.0, 2.0, 3.0))
+    assert hd95_mm(sd) == hausdorff_mm(sd) == 0.0
+
+
+def test_hd95_is_directed_not_pooled() -> None:
+    # P: one voxel; G: that voxel plus one 9 mm away. G->P = [0, 9], P->G = [0].
+    # Directed: P95 of [0, 9] = 8.55 mm. Pooled (MedPy's hd95): P95 of [0, 0, 9] = 8.1 mm.
+    p = np.zeros((3, 3, 12), bool)
+    p[1, 1, 1] = True
+    g = p.copy()
+    g[1, 1, 10] = True
+    sd = surface_distances_mm(p, g, (1.0, 1.0, 1.0))
+    assert hd95_mm(sd) == pytest.approx(8.55)
+    pooled = np.percentile(np.concatenate([sd.prediction_to_reference_mm, sd.reference_to_prediction_mm]), 95)
+    assert pooled == pytest.approx(8.1)
+    assert hausdorff_mm(sd) == pytest.approx(9.0)
+
+
+def test_mask_touching_the_volume_edge_equals_the_plain_definition() -> None:
+    a = box_mask((6, 6, 6), (0, 0, 0), (6, 3, 6))  # touches five faces of the volume
+    b = box_mask((6, 6, 6), (0, 2, 0), (6, 4, 6))
+    sd = surface_distances_mm(a, b, (1.0, 0.8, 1.2))
+    np.testing.assert_allclose(sd.prediction_to_reference_mm, plain_directed_distances(a, b, (1.0, 0.8, 1.2)),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sd.reference_to_prediction_mm, plain_directed_distances(b, a, (1.0, 0.8, 1.2)),
+                               rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- empty masks, pinned
+
+
+def test_both_empty_distances_are_zero() -> None:
+    empty = np.zeros((4, 4, 4), bool)
+    sd = surface_distances_mm(empty, empty, (1.0, 1.0, 1.0))
+    assert sd.prediction_to_reference_mm.size == sd.reference_to_prediction_mm.size == 0
+    assert hd95_mm(sd) == hausdorff_mm(sd) == 0.0
+
+
+def test_one_empty_mask_gives_infinite_distances() -> None:
+    empty = np.zeros((4, 4, 4), bool)
+    m = box_mask((4, 4, 4), (1, 1, 1), (2, 2, 2))
+    for p, g in ((m, empty), (empty, m)):
+        sd = surface_distances_mm(p, g, (1.0, 1.0, 1.0))
+        assert hd95_mm(sd) == hausdorff_mm(sd) == math.inf
+    sd = surface_distances_mm(m, empty, (1.0, 1.0, 1.0))
+    assert sd.prediction_to_reference_mm.size == 8 and np.isinf(sd.prediction_to_reference_mm).all()
+    assert sd.reference_to_prediction_mm.size == 0
+
+
+def test_reducers_of_empty_distance_arrays() -> None:
+    assert metrics.directed_percentile_mm(np.zeros(0), 95) == 0.0
+    assert hd95_mm(SurfaceDistances(np.zeros(0), np.array([1.0, 2.0]))) == pytest.approx(1.95)
+
+
+def test_bad_spacing_is_rejected() -> None:
+    m = np.ones((2, 2, 2), bool)
+    with pytest.raises(ValueError, match="spacing"):
+        surface_distances_mm(m, m, (1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="spacing"):
+        surface_distances_mm(m, m, (1.0, 1.0))
+
+
+# --------------------------------------------------------------------------- properties vs the plain definition
+
+
+@FAST
+@given(st.data())
+def test_box_cropped_distances_equal_full_volume_scipy(data: st.DataObject) -> None:
+    shape = data.draw(st.tuples(st.integers(3, 9), st.integers(3, 9), st.integers(3, 9)))
+    a = data.draw(arrays(np.bool_, shape))
+    b = data.draw(arrays(np.bool_, shape))
+    spacing = data.draw(spacings)
+    if not (a.any() and b.any()):
+        return
+    sd = surface_distances_mm(a, b, spacing)
+    np.testing.assert_allclose(sd.prediction_to_reference_mm, plain_directed_distances(a, b, spacing),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sd.reference_to_prediction_mm, plain_directed_distances(b, a, spacing),
+                               rtol=1e-5, atol=1e-5)
+
+
+@FAST
+@given(st.data())
+def test_small_blobs_in_a_large_volume_equal_full_volume_scipy(data: st.DataObject) -> None:
+    # Sparse masks in a bigger volume: here the crop really is smaller than the volume.
+    shape = (14, 15, 16)
+    a = np.zeros(shape, bool)
+    b = np.zeros(shape, bool)
+    for m in (a, b):
+        start = data.draw(st.tuples(st.integers(0, 11), st.integers(0, 12), st.integers(0, 13)))
+        m[tuple(slice(s, s + 3) for s in start)] = data.draw(arrays(np.bool_, (3, 3, 3)))
+        m[start] = True
+    spacing = data.draw(spacings)
+    sd = surface_distances_mm(a, b, spacing)
+    np.testing.assert_allclose(sd.prediction_to_reference_mm, plain_directed_distances(a, b, spacing),
+                               rtol=1e-5, atol=1e-5)
+    assert hd95_mm(sd) <= hausdorff_mm(sd) + 1e-9
+
+
+@FAST
+@given(st.data())
+def test_hd95_at_most_hd_and_symmetric(data: st.DataObject) -> None:
+    a = data.draw(masks_3d)
+    b = data.draw(arrays(np.bool_, a.shape))
+    spacing = data.draw(spacings)
+    ab = surface_distances_mm(a, b, spacing)
+    ba = surface_distances_mm(b, a, spacing)
+    assert hd95_mm(ab) <= hausdorff_mm(ab)
+    assert hausdorff_mm(ab) == pytest.approx(hausdorff_mm(ba))
+    assert hd95_mm(ab) == pytest.approx(hd95_mm(ba))
+
+
+# --------------------------------------------------------------------------- boxes and centres
+
+
+@FAST
+@given(arrays(np.uint8, st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)),
+              elements=st.integers(0, 5)))
+def test_bounding_boxes_and_centres_match_per_label_scans(label_map: np.ndarray) -> None:
+    boxes = bounding_boxes(label_map, 5)
+    centres = centres_of_mass_index(label_map, 5)
+    assert set(boxes) == set(np.unique(label_map)) - {0}
+    for label, box in boxes.items():
+        where = np.argwhere(label_map == label)
+        assert [s.start for s in box] == list(where.min(axis=0))
+        assert [s.stop for s in box] == list(where.max(axis=0) + 1)
+        np.testing.assert_allclose(centres[label], where.mean(axis=0))
+
+
+def test_bounding_boxes_ignore_labels_above_max() -> None:
+    m = np.zeros((3, 3, 3), np.uint8)
+    m[0, 0, 0], m[2, 2, 2] = 3, 30
+    assert list(bounding_boxes(m, 28)) == [3]
+
+
+def test_bounding_boxes_reject_float_maps_and_negative_labels() -> None:
+    with pytest.raises(TypeError):
+        bounding_boxes(np.zeros((2, 2, 2)), 28)
+    with pytest.raises(ValueError, match="negative"):
+        bounding_boxes(np.full((2, 2, 2), -1, dtype=np.int16), 28)
+
+
+def test_label_extents_in_a_large_sparse_volume() -> None:
+    # large enough for the cc3d path, with labels far apart and one above max_label
+    m = np.zeros((30, 40, 50), np.uint8)
+    m[2:5, 3:9, 4:6] = 20
+    m[20:28, 30:33, 40:49] = 28
+    m[10, 10, 10] = 29
+    m[11, 10, 10] = 1
+    extents = metrics.label_extents(m, 28)
+    assert sorted(extents) == [1, 20, 28]
+    assert extents[20].box == (slice(2, 5), slice(3, 9), slice(4, 6)) and extents[20].voxels == 36
+    np.testing.assert_allclose(extents[28].centre_index, [23.5, 31.0, 44.0])
+
+
+# --------------------------------------------------------------------------- identification
+
+
+def test_identified_within_20_mm_of_its_own_centroid() -> None:
+    ref = {20: np.array([0.0, 0.0, 0.0]), 21: np.array([0.0, 0.0, -30.0])}
+    out = identify({20: [0.0, 0.0, 19.0], 21: [0.0, 0.0, -30.0]}, ref)
+    assert out[20].identified and out[20].distance_mm == pytest.approx(19.0)
+    assert out[21].identified and out[21].distance_mm == 0.0
+
+
+def test_exactly_20_mm_is_a_hit_and_beyond_is_not() -> None:
+    ref = {20: np.zeros(3)}
+    assert identify({20: [20.0, 0.0, 0.0]}, ref)[20].identified
+    assert not identify({20: [20.001, 0.0, 0.0]}, ref)[20].identified
+
+
+def test_nearest_among_all_ground_truth_rule() -> None:
+    # p_L1 is 12 mm from g_L1 (within 20 mm) but 8 mm from g_L2: not a hit.
+    ref = {20: np.array([0.0, 0.0, 0.0]), 21: np.array([0.0, 0.0, -20.0])}
+    out = identify({20: [0.0, 0.0, -12.0]}, ref)
+    assert out[20].nearest == 21 and not out[20].identified
+    assert out[20].distance_mm == pytest.approx(12.0)
+
+
+def test_predictions_of_labels_not_in_ground_truth_are_ignored() -> None:
+    assert identify({5: [0.0, 0.0, 0.0]}, {20: np.zeros(3)}) == {}
+    assert identify({20: [0.0, 0.0, 0.0]}, {}) == {}
+
+
+def test_identification_rate_counts_missing_predictions_as_misses() -> None:
+    ref = {20: np.zeros(3), 21: np.array([0.0, 0.0, -30.0])}
+    out = identify({20: [0.0, 0.0, 1.0]}, ref)
+    assert metrics.identification_rate(out, ref) == 0.5
+    assert metrics.identification_rate({}, []) == 0.0
+
+
+def test_threshold_is_in_mm_with_anisotropic_spacing() -> None:
+    # 5 mm slices: a prediction 5 voxels off along k is 25 mm away: a miss, although it is
+    # within "20" in voxel units (the reference helpers' bug). 3 voxels = 15 mm: a hit.
+    geometry = Geometry(size=(40, 40, 40), spacing_mm=(1.0, 1.0, 5.0), origin_mm=(0.0, 0.0, 0.0),
+                        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    g = {20: geometry.index_to_world([10, 10, 10])}
+    assert not identify({20: geometry.index_to_world([10, 10, 15])}, g)[20].identified
+    assert identify({20: geometry.index_to_world([10, 10, 13])}, g)[20].identified
+    # and 15 voxels of 1 mm in-plane are 15 mm: a hit
+    assert identify({20: geometry.index_to_world([25, 10, 10])}, g)[20].identified
