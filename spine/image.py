@@ -238,6 +238,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
                                dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp makes the file private (0600); a result must get the permissions any new file gets
+    # (0666 less the umask), or another user -- GC's reader, a container's non-root user -- cannot read it.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp_path.chmod(0o666 & ~umask)
     try:
         yield tmp_path
         os.replace(tmp_path, path)

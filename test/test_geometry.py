@@ -103,6 +103,20 @@ def test_write_read_keeps_geometry_exactly(tmp_path: Path, suffix: str) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"mask{suffix}"]  # no temp file left
 
 
+def test_atomic_write_gives_the_usual_permissions(tmp_path: Path) -> None:
+    """Regression: results came out 0600 (mkstemp's mode), unreadable to the evaluation container's user."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = write_image(make_image(np.zeros((2, 2, 2), np.uint8)), tmp_path / "out.mha")
+        text = write_text_atomic(tmp_path / "out.json", "{}")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert text.stat().st_mode & 0o777 == 0o644
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out.mha"
     with pytest.raises(RuntimeError):
