@@ -47,13 +47,16 @@ LANDMARK_COLUMNS: tuple[int, ...] = (*range(1, 26), 28)
 _COLUMN_OF: dict[int, int] = {label: column for column, label in enumerate(LANDMARK_COLUMNS)}
 
 def default_landmarks_path() -> Path:
-    """``$VERSE_GC_LANDMARKS``, else ``verse2020-landmarks/landmarks.csv`` in the first shared data folder found.
+    """``$VERSE_GC_LANDMARKS``, else the copy shipped in ``export/data``, else a shared data folder's.
 
     Shared data folders tried: ``<repo>/../shared/data`` and ``<repo>/shared/data``.
     """
     env = os.environ.get(LANDMARKS_ENV)
     if env:
         return Path(env)
+    bundled = Path(__file__).resolve().parent / "data" / "verse2020_landmarks.csv"
+    if bundled.is_file():
+        return bundled
     candidates = [folder / "verse2020-landmarks" / "landmarks.csv" for folder in shared_data_dirs()]
     return next((path for path in candidates if path.is_file()), candidates[0])
 
