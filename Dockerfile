@@ -2,7 +2,9 @@
 # Two Grand Challenge containers from one file:
 #   docker build --target evaluation -t verse-gc-evaluation .
 #   docker build --target algorithm  -t verse-gc-algorithm  .
-# Both run as a non-root user with nothing fetched at run time (GC runs them with no network).
+# (./build.sh does both.) Both run as a non-root user with nothing fetched at run time: GC runs
+# them with no network. Dependencies come from pyproject.toml alone, installed in a layer that
+# only a change of pyproject.toml rebuilds.
 
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -13,27 +15,32 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/tmp/matplotlib
 RUN groupadd --system user && useradd --system --create-home --no-log-init --gid user user
 WORKDIR /opt/app
-COPY pyproject.toml README.md LICENSE /opt/app/
-COPY spine /opt/app/spine
+COPY pyproject.toml docker/requirements.py /opt/build/
 
 # ---------------------------------------------------------------- evaluation (organisers)
 FROM base AS evaluation
+RUN python /opt/build/requirements.py /opt/build/pyproject.toml evaluation > /opt/build/requirements.txt \
+    && python -m pip install -r /opt/build/requirements.txt
+COPY pyproject.toml README.md LICENSE /opt/app/
+COPY spine /opt/app/spine
 COPY evaluation /opt/app/evaluation
-RUN python -m pip install "/opt/app[evaluation]" && rm -rf /opt/app/build
+RUN python -m pip install --no-deps /opt/app && rm -rf /opt/app/build
 USER user
 ENTRYPOINT ["python", "-m", "evaluation"]
 
 # ---------------------------------------------------------------- algorithm (participants)
 FROM base AS algorithm
+# ONNX Runtime with its CUDA and cuDNN wheels: the CUDA provider on GC's GPUs, the CPU otherwise.
+RUN python /opt/build/requirements.py /opt/build/pyproject.toml algorithm-gpu > /opt/build/requirements.txt \
+    && python -m pip install -r /opt/build/requirements.txt
 # exec: GC runs the entrypoint once per case; invoke: it starts the server on 127.0.0.1:4743.
 ARG API_METHOD=exec
 LABEL org.grand-challenge.api-method="${API_METHOD}"
 ENV VERSE_GC_API_METHOD=${API_METHOD}
-# Dependencies first, in their own layer, so code changes rebuild in seconds.
-RUN python -m pip install "onnxruntime-gpu[cuda,cudnn]>=1.20" "scipy>=1.11" \
-        "connected-components-3d>=3.14" "matplotlib>=3.8" "tqdm>=4.66"
+COPY pyproject.toml README.md LICENSE /opt/app/
+COPY spine /opt/app/spine
 COPY algorithm /opt/app/algorithm
-RUN python -m pip install --no-deps "/opt/app[algorithm-gpu]" && rm -rf /opt/app/build \
+RUN python -m pip install --no-deps /opt/app && rm -rf /opt/app/build \
     && python -c "import algorithm, onnxruntime; print(onnxruntime.get_available_providers())"
 USER user
 ENTRYPOINT ["python", "-m", "algorithm"]
