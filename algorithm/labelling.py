@@ -17,13 +17,28 @@ The model (all scores natural logs, "nats"; every term a log likelihood ratio ag
    degrees of +z, as in any CT. The chain runs through a subset of the candidates in
    this order; the candidates it passes over are rejected.
 2. **Evidence.** Labelling candidate i as vertebra l adds
-   ``w[i, l] = log(max(s[i, l], evidence_floor)) - log(reject_evidence) + log((1 - f) / f)``
-   with ``f = false_positive_rate``: the scores read as likelihoods, "vertebra l shows
+   ``w[i, l] = r[i] (log(max(s[i, l], evidence_floor)) - log(reject_evidence)) + log((1 - f) / f)``
+   (``r[i]`` = 1, or ``anchor_weight`` for a recognised anchor, below) with
+   ``f = false_positive_rate``: the scores read as likelihoods, "vertebra l shows
    evidence s[i, l]" against "a false detection shows ``reject_evidence`` for any
    label", plus the prior odds of a true vertebra. Rejecting adds 0. The floor bounds
    what one candidate's contrary evidence costs, so the chain can overrule a wrong
    peak when its neighbours agree, and strong evidence at one end (C1/C2, the last
    lumbar) propagates along the chain.
+   **Anchors.** The network's errors are not independent: when it loses count, a whole
+   run of vertebrae is off by one and, read as independent votes, outvotes the few
+   vertebrae it cannot get wrong by their shape or place: C1 and C2, and the last lumbar
+   vertebra sitting on the sacrum (L5, or L6 in a six-lumbar spine; L4 of a four-lumbar
+   spine is left out: rare, and the label a confused L5 lands on). A candidate is a
+   *recognised anchor* when its evidence is one isolated peak on an anchor label: the
+   peak at least ``anchor_min_evidence`` (0.5) and every other label at most
+   ``anchor_margin`` (0.2) times the peak, i.e. the network names it with no neighbour
+   in contention (both fixed a priori, not tuned). Its whole ratio row is multiplied by
+   ``anchor_weight`` (a reliability: the evidence of one recognised anchor counts as
+   that many ordinary candidates'), so keeping it in the chain with its label can
+   outweigh a shifted run of ordinary candidates. ``anchor_weight`` = 5 was chosen by
+   cross-validation on simulated detections of the training spines
+   (``bench/labelling.py``; 3 to 8 score alike); 1 switches the anchor model off.
 3. **Steps.** Consecutive chain members ``(j, a) -> (i, b)`` are joined by a label path
    of ``k`` anatomical steps from ``a`` to ``b`` (``spine.labels.allowed_next``: +1,
    T11->L1, T12->T13->L1, L5->L6), ``k - 1 <= max_skips`` of them missed vertebrae. The
@@ -358,6 +373,9 @@ class ChainDecoder:
     the detector's position error per axis. ``scale_steps``: size of the spine-size grid.
     ``max_z``: step densities are truncated at this many standard deviations (a step
     outside is impossible; this bounds the work, and at 5 sd costs 12.5 nats anyway).
+    ``anchor_weight``, ``anchor_labels``, ``anchor_margin``, ``anchor_min_evidence``: the
+    anchor model (module docstring, item 2): the reliability of a recognised anchor's
+    evidence, the labels that can be anchors (VerSe ids) and what makes one recognised.
     """
 
     prior: LabellingPrior = field(default_factory=load_default)
@@ -369,6 +387,10 @@ class ChainDecoder:
     position_sd_mm: float = 2.5
     scale_steps: int = 1
     max_z: float = 5.0
+    anchor_weight: float = 5.0
+    anchor_labels: tuple[int, ...] = (1, 2, 24, 25)
+    anchor_margin: float = 0.2
+    anchor_min_evidence: float = 0.5
     _edges: _Edges = field(init=False, repr=False, compare=False)
     _log_scales: np.ndarray = field(init=False, repr=False, compare=False)
     _log_scale_prior: np.ndarray = field(init=False, repr=False, compare=False)
@@ -386,6 +408,10 @@ class ChainDecoder:
             raise ValueError(f"false_positive_rate must be in (0, 1), got {self.false_positive_rate}")
         if not 0 < self.miss_probability < 1:
             raise ValueError(f"miss_probability must be in (0, 1), got {self.miss_probability}")
+        if self.anchor_weight <= 0 or not set(self.anchor_labels) <= set(CHAIN_LABELS):
+            raise ValueError("anchor_weight must be > 0 and anchor_labels evaluated VerSe ids")
+        if not 0 <= self.anchor_margin < 1 or not 0 <= self.anchor_min_evidence <= 1:
+            raise ValueError("anchor_margin must be in [0, 1) and anchor_min_evidence in [0, 1]")
         if not 0 <= self.max_skips <= 4 or self.scale_steps < 1 or self.position_sd_mm < 0 or self.max_z <= 0:
             raise ValueError("need max_skips in 0..4, scale_steps >= 1, position_sd_mm >= 0 and max_z > 0")
         # One scale: the spread of spine sizes joins every step's variance instead.
@@ -408,14 +434,37 @@ class ChainDecoder:
 
     # ----------------------------------------------------------------------- tables
 
+    def _reliability(self, evidence: np.ndarray) -> np.ndarray:
+        """(N,) weight of each candidate's evidence: ``anchor_weight`` for a recognised anchor, else 1.
+
+        A candidate is a recognised anchor (module docstring, item 2) when its highest score
+        lies on one of ``anchor_labels``, is at least ``anchor_min_evidence``, and every other
+        label scores at most ``anchor_margin`` times as much.
+        """
+        weight = np.ones(len(evidence))
+        if self.anchor_weight == 1.0 or not len(evidence):
+            return weight
+        ranked = np.sort(evidence, axis=1)
+        peak, runner_up = ranked[:, -1], ranked[:, -2]
+        top = np.asarray(LOCATE_CHANNELS)[np.argmax(evidence, axis=1)]
+        anchor = (np.isin(top, self.anchor_labels) & (peak >= self.anchor_min_evidence)
+                  & (runner_up <= self.anchor_margin * peak))
+        weight[anchor] = self.anchor_weight
+        return weight
+
+    def _emission(self, evidence: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """Evidence ratios ``w`` (module docstring, item 2) of scores ``evidence``, each candidate's
+        scaled by its reliability ``weight`` (broadcast against evidence's first axis)."""
+        ratio = np.log(np.maximum(evidence, self.evidence_floor)) - math.log(self.reject_evidence)
+        return weight.reshape(-1, *([1] * (ratio.ndim - 1))) * ratio + self._inclusion_log_odds
+
     def _tables(self, positions: np.ndarray, tangents: np.ndarray, evidence: np.ndarray) -> _Tables:
         """Emission ratios (N, L) in chain-rank order and the feasible steps of the ordered candidates.
 
         ``tangents`` (N, 3): unit direction of the spine curve at each candidate, head to foot.
         """
         n = len(positions)
-        emission = (np.log(np.maximum(evidence[:, _RANK_TO_COLUMN], self.evidence_floor))
-                    - math.log(self.reject_evidence) + self._inclusion_log_odds)
+        emission = self._emission(evidence[:, _RANK_TO_COLUMN], self._reliability(evidence))
         e = self._edges
         pair_j, pair_i = _pairs(n)
         displacement = positions[pair_i] - positions[pair_j]
@@ -558,6 +607,13 @@ class ChainDecoder:
         # MAP over (scale, chain): the empty chain scores 0 at every scale.
         total = np.maximum(best.reshape(n_scales, -1).max(axis=1), 0.0) + self._log_scale_prior
         s = int(np.argmax(total))
+        marginal = None
+        if alpha is not None and beta is not None:
+            # Posterior marginals of (candidate, label), mixed over the scale grid.
+            log_z = np.logaddexp(_logsumexp(alpha.reshape(n_scales, -1), axis=1), 0.0)  # (S,)
+            weight = self._log_scale_prior + log_z
+            weight = np.exp(weight - _logsumexp(weight, axis=0))
+            marginal = np.einsum("s,sil->il", weight, np.exp(alpha + beta - log_z[:, None, None]))
         ranks_sorted = np.full(n, -1)
         if best[s].max() > 0.0:
             i, label = np.unravel_index(np.argmax(best[s]), best[s].shape)
@@ -568,12 +624,7 @@ class ChainDecoder:
         labels[order] = np.where(accepted, _CHAIN_LABEL_ARRAY[np.maximum(ranks_sorted, 0)], 0)
 
         confidence = np.full(n, np.nan)
-        if alpha is not None and beta is not None:
-            # Posterior marginals of (candidate, label), mixed over the scale grid.
-            log_z = np.logaddexp(_logsumexp(alpha.reshape(n_scales, -1), axis=1), 0.0)  # (S,)
-            weight = self._log_scale_prior + log_z
-            weight = np.exp(weight - _logsumexp(weight, axis=0))
-            marginal = np.einsum("s,sil->il", weight, np.exp(alpha + beta - log_z[:, None, None]))
+        if marginal is not None:
             confidence[order] = np.clip(np.where(
                 accepted, marginal[np.arange(n), np.maximum(ranks_sorted, 0)], 1.0 - marginal.sum(axis=1)), 0.0, 1.0)
         log.debug("labelled %d of %d candidates, score %.1f nats, %d feasible steps",
@@ -607,8 +658,7 @@ class ChainDecoder:
         t, tangents = _spine_curve(positions)
         members = [k for k in np.argsort(t, kind="stable") if labels[k] != 0]
         ranks = [rank_of[int(labels[k])] for k in members]
-        emission = (np.log(np.maximum(evidence[members, _RANK_TO_COLUMN[ranks]], self.evidence_floor))
-                    - math.log(self.reject_evidence) + self._inclusion_log_odds)
+        emission = self._emission(evidence[members, _RANK_TO_COLUMN[ranks]], self._reliability(evidence)[members])
         total = np.full(len(self._log_scales), float(emission.sum())) + self._log_scale_prior
         e = self._edges
         for (j, a), (i, b) in zip(zip(members[:-1], ranks[:-1], strict=True),

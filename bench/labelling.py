@@ -26,6 +26,14 @@ What the simulation models (a locate network's output, not the decoder's model):
 Accuracy counts every true detected vertebra (label correct or not); false detections
 are reported separately (the decoder may reject them, argmax cannot). Run
 ``python bench/labelling.py --help`` for the options.
+
+The decoder's one tuned parameter, ``anchor_weight`` (the reliability of a recognised
+anchor's evidence, see :mod:`algorithm.labelling`), is chosen by nested cross-validation:
+in each outer fold, by an inner patient-wise CV over ``--anchor-grid`` on the training
+spines only; the held-out spines never influence it (``--anchor-weight`` fixes it instead).
+``--diagnose`` splits the decoder's errors into whole-chain offsets (the vertebra is off by
+the case's most common offset, which is not 0), local errors (off by anything else),
+rejected vertebrae (labelled 0) and accepted false detections.
 """
 
 from __future__ import annotations
@@ -232,10 +240,19 @@ class Tally:
     variant_argmax: int = 0
     invented_decoder: int = 0
     invented_argmax: int = 0
+    errors_offset: int = 0
+    errors_local: int = 0
+    errors_rejected: int = 0
 
     def add(self, case: Case, decoded: np.ndarray, argmax: np.ndarray, variant_labels: set[int],
-            absent_variants: set[int]) -> None:
+            absent_variants: set[int], sequence: tuple[int, ...]) -> None:
         real = case.truth > 0
+        offset, common = _offsets(decoded[real], case.truth[real], sequence)
+        wrong = decoded[real] != case.truth[real]
+        rejected = decoded[real] == 0
+        self.errors_rejected += int((wrong & rejected).sum())
+        self.errors_offset += int((wrong & ~rejected & (offset == common) & (common != 0)).sum())
+        self.errors_local += int((wrong & ~rejected & ((offset != common) | (common == 0))).sum())
         self.vertebrae += int(real.sum())
         self.decoder_correct += int((decoded[real] == case.truth[real]).sum())
         self.argmax_correct += int((argmax[real] == case.truth[real]).sum())
@@ -249,6 +266,21 @@ class Tally:
         self.variant_argmax += int((argmax[special] == case.truth[special]).sum())
         self.invented_decoder += int(np.isin(decoded, list(absent_variants)).sum())
         self.invented_argmax += int(np.isin(argmax, list(absent_variants)).sum())
+
+
+def _offsets(decoded: np.ndarray, truth: np.ndarray, sequence: tuple[int, ...]) -> tuple[np.ndarray, float]:
+    """Offset of each decoded label from the truth along the spine's sequence (nan where rejected),
+    and the most common offset of the case (0 if none). A label outside the sequence (an invented
+    variant) counts half a place past its predecessor in the anatomical order."""
+    def place(label: int) -> float:
+        return float(sequence.index(label)) if label in sequence else \
+            float(sum(_RANK[x] < _RANK[label] for x in sequence)) - 0.5
+    offset = np.array([place(d) - place(t) if d else np.nan for d, t in zip(decoded, truth, strict=True)])
+    found = offset[np.isfinite(offset)]
+    if not found.size:
+        return offset, 0.0
+    values, counts = np.unique(found, return_counts=True)
+    return offset, float(values[np.argmax(counts)])
 
 
 def _variant_labels(spine: Spine) -> set[int]:
@@ -291,6 +323,48 @@ def time_decoder(decoder: ChainDecoder, spines: list[Spine], rng: np.random.Gene
                    float(np.min([c for _, c in t]))) for name, t in times.items()}
 
 
+def evaluate(decoder: ChainDecoder, spines: list[Spine], config: SimulationConfig, rng: np.random.Generator,
+             cases: int, tallies: dict[str, Tally] | None = None,
+             decode_seconds: list[float] | None = None) -> dict[str, Tally]:
+    """Decode ``cases`` simulated cases of every spine and tally them by group (``all``, shift and
+    anchor condition, normal / variant)."""
+    tallies = defaultdict(Tally) if tallies is None else tallies
+    for spine in spines:
+        for _ in range(cases):
+            case = simulate(rng, spine, config)
+            start = time.perf_counter()
+            decoded = decoder.decode(case.positions_mm, case.scores)
+            if decode_seconds is not None:
+                decode_seconds.append(time.perf_counter() - start)
+            argmax = argmax_labels(case.scores)
+            condition = ("shifted, " if case.shifted else "unshifted, ") + (
+                "anchor in view" if case.anchored else "no anchor")
+            for group in ("all", condition, spine.variant if spine.variant == "normal" else "variant",
+                          *(f"variant: {v}" for v in spine.variant.split("+") if spine.variant != "normal")):
+                tallies[group].add(case, decoded, argmax, _variant_labels(spine),
+                                   {label for label in (25, 28) if label not in spine.labels}, spine.sequence)
+    return tallies
+
+
+def tune_anchor_weight(landmarks: np.ndarray, scans: tuple[str, ...], spines: list[Spine],
+                       config: SimulationConfig, rng: np.random.Generator, *, grid: tuple[float, ...],
+                       folds: int, cases: int) -> float:
+    """The ``anchor_weight`` in ``grid`` with the best vertebra accuracy in a patient-wise CV over ``spines``
+    (the outer fold's training spines only); ties go to the smaller weight."""
+    index_of = {scan: i for i, scan in enumerate(scans)}
+    correct = np.zeros(len(grid))
+    for test in folds_by_patient(spines, folds, rng):
+        held_out = {spines[i].scan for i in test}
+        prior = fit(landmarks[[index_of[s.scan] for s in spines if s.scan not in held_out]])
+        state = rng.bit_generator.state
+        for k, weight in enumerate(grid):
+            rng.bit_generator.state = state  # every weight decodes the same simulated cases
+            tally = evaluate(ChainDecoder(prior, anchor_weight=weight), [spines[i] for i in test], config,
+                             rng, cases)["all"]
+            correct[k] += tally.decoder_correct
+    return float(grid[int(np.argmax(correct))])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -314,6 +388,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="probability of a per-vertebra +-1 confusion")
     parser.add_argument("--confuse2", type=float, default=SimulationConfig.confuse2,
                         help="probability of a per-vertebra +-2 confusion")
+    parser.add_argument("--anchor-weight", type=float, default=None,
+                        help="fix the decoder's anchor_weight (default: nested CV over --anchor-grid)")
+    parser.add_argument("--anchor-grid", default="1,2,3,5,8", help="anchor weights tried by the nested CV")
+    parser.add_argument("--inner-folds", type=int, default=3, help="folds of the nested CV")
+    parser.add_argument("--inner-cases", type=int, default=3, help="cases per training spine in the nested CV")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="print the breakdown of the decoder's errors per group")
     args = parser.parse_args(argv)
     if args.folds < 2 or args.cases < 1:
         parser.error("--folds must be >= 2 and --cases >= 1")
@@ -327,26 +408,21 @@ def main(argv: list[str] | None = None) -> int:
     index_of = {scan: i for i, scan in enumerate(scans)}
 
     tallies: dict[str, Tally] = defaultdict(Tally)
-    decode_seconds = []
+    decode_seconds: list[float] = []
+    chosen: list[float] = []
+    grid = tuple(float(w) for w in args.anchor_grid.split(","))
     decoder = None
     for fold, test in enumerate(folds_by_patient(spines, args.folds, rng)):
         held_out = {spines[i].scan for i in test}
         train = np.array([index_of[s] for s in scans if s not in held_out])
-        decoder = ChainDecoder(fit(landmarks[train], source=f"fold {fold}"))
-        for i in test:
-            spine = spines[i]
-            for _ in range(args.cases):
-                case = simulate(rng, spine, config)
-                start = time.perf_counter()
-                decoded = decoder.decode(case.positions_mm, case.scores)
-                decode_seconds.append(time.perf_counter() - start)
-                argmax = argmax_labels(case.scores)
-                condition = ("shifted, " if case.shifted else "unshifted, ") + (
-                    "anchor in view" if case.anchored else "no anchor")
-                for group in ("all", condition, spine.variant if spine.variant == "normal" else "variant",
-                              *(f"variant: {v}" for v in spine.variant.split("+") if spine.variant != "normal")):
-                    tallies[group].add(case, decoded, argmax, _variant_labels(spine),
-                                       {label for label in (25, 28) if label not in spine.labels})
+        weight = args.anchor_weight
+        if weight is None:  # nested CV on the training spines of this fold only
+            weight = tune_anchor_weight(landmarks, scans, [s for s in spines if s.scan not in held_out], config,
+                                        np.random.default_rng([args.seed, fold]), grid=grid,
+                                        folds=args.inner_folds, cases=args.inner_cases)
+        chosen.append(weight)
+        decoder = ChainDecoder(fit(landmarks[train], source=f"fold {fold}"), anchor_weight=weight)
+        evaluate(decoder, [spines[i] for i in test], config, rng, args.cases, tallies, decode_seconds)
 
     if decoder is None:
         raise SystemExit("no folds were run")
@@ -355,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"labelling benchmark: {len(spines)} spines, {len({s.patient for s in spines})} patients, "
           f"{args.folds}-fold CV by patient, {args.cases} cases per spine, seed {args.seed}")
     print(f"simulation: {config}")
+    print("anchor_weight per fold: " + ", ".join(f"{w:g}" for w in chosen)
+          + (" (fixed)" if args.anchor_weight is not None else f" (nested {args.inner_folds}-fold CV over {grid})"))
     header = f"{'group':<26}{'cases':>6}{'vertebrae':>10}{'argmax':>8}{'decoder':>9}{'FP':>6}{'FP rej':>8}" \
              f"{'case ok':>9}{'invented':>9}{'argmax':>7}{'variant v.':>11}{'argmax':>7}{'decoder':>8}"
     print(header)
@@ -370,6 +448,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{group:<26}{t.cases:>6}{t.vertebrae:>10}{t.argmax_correct / t.vertebrae:>8.3f}"
               f"{t.decoder_correct / t.vertebrae:>9.3f}{t.false_detections:>6}{fp_rate:>8}"
               f"{t.cases_all_correct / t.cases:>9.3f}{t.invented_decoder:>9}{t.invented_argmax:>7}{variant}")
+    if args.diagnose:
+        print("decoder errors (share of the group's vertebrae): chain offset / local / rejected vertebra; "
+              "false detections accepted as vertebrae")
+        for group in ("all", *conditions, "normal", "variant"):
+            t = tallies.get(group)
+            if t is None or t.cases == 0:
+                continue
+            errors = t.errors_offset + t.errors_local + t.errors_rejected
+            print(f"  {group:<26}{errors:>5} errors: offset {t.errors_offset / t.vertebrae:.3f}  "
+                  f"local {t.errors_local / t.vertebrae:.3f}  rejected {t.errors_rejected / t.vertebrae:.3f};  "
+                  f"FP accepted {t.false_detections - t.false_rejected} of {t.false_detections}")
     print(f"decode time over all cases: median {np.median(decode_seconds) * 1e3:.2f} ms")
     for name, (wall, cpu, least) in timing.items():
         print(f"{name} time, 30 candidates ({args.timing} runs): median {wall * 1e3:.2f} ms wall-clock, "

@@ -181,6 +181,52 @@ def test_anchors_correct_an_off_by_one_shift() -> None:
     assert decode(positions[2:], scores[2:]).tolist() == shifted[2:]
 
 
+def _shifted_column(truth: list[int], by: int, anchors: list[int], neighbour: float) -> np.ndarray:
+    """Evidence of a network that lost count: every candidate believes the label ``by`` places along
+    ``truth`` (ordinary, broad peaks), except the ``anchors`` it recognises: one isolated peak each."""
+    believed = [truth[min(max(k + by, 0), len(truth) - 1)] for k in range(len(truth))]
+    scores = evidence(believed, peak=0.9, neighbour=neighbour, background=0.03)
+    for label in anchors:
+        k = truth.index(label)
+        scores[k] = 0.04
+        scores[k, COLUMN[label]] = 0.9
+    return scores
+
+
+def test_recognised_c1_c2_anchors_correct_a_shifted_column() -> None:
+    truth = ids("C1-T8")  # 15 vertebrae, 13 of them believing the next label down
+    scores = _shifted_column(truth, +1, ids("C1", "C2"), neighbour=0.35)
+    positions = spine_positions(truth, noise_mm=1.0)
+    assert (np.asarray(LOCATE_CHANNELS)[scores[2:-1].argmax(axis=1)] != truth[2:-1]).all()
+    assert decode(positions, scores).tolist() == truth
+    assert label_candidates(positions, scores).confidence.min() > 0.5
+    # Read as ordinary evidence (anchor_weight 1) the shifted majority wins: the anchors are needed.
+    assert decode(positions, scores, decoder=ChainDecoder(PRIOR, anchor_weight=1.0))[2:].tolist() != truth[2:]
+
+
+def test_the_last_lumbar_above_the_sacrum_corrects_a_shifted_column() -> None:
+    truth = ids("T12", "L1-L5")  # T12-L4 believe the label above; L5, on the sacrum, is named without doubt
+    scores = _shifted_column(truth, -1, ids("L5"), neighbour=0.3)
+    positions = spine_positions(truth, noise_mm=1.0)
+    assert decode(positions, scores).tolist() == truth
+    assert decode(positions, scores, decoder=ChainDecoder(PRIOR, anchor_weight=1.0))[:-1].tolist() != truth[:-1]
+
+
+def test_only_an_isolated_peak_on_an_anchor_label_is_an_anchor() -> None:
+    truth = ids("C2-C7")
+    positions = spine_positions(truth)
+    plain = ChainDecoder(PRIOR, anchor_weight=1.0)
+    contested = evidence(truth, peak=0.9, neighbour=0.4)  # C2 with C1 and C3 in contention: ordinary
+    assert DECODER.score(positions, contested, np.array(truth)) == pytest.approx(
+        plain.score(positions, contested, np.array(truth)))
+    isolated = contested.copy()
+    isolated[0] = 0.02
+    isolated[0, COLUMN[2]] = 0.9
+    gain = math.log(0.9 / DECODER.reject_evidence)
+    assert DECODER.score(positions, isolated, np.array(truth)) == pytest.approx(
+        plain.score(positions, isolated, np.array(truth)) + (DECODER.anchor_weight - 1) * gain)
+
+
 def test_order_follows_the_curve_not_z() -> None:
     truth = ids("T1-T12", "L1-L5")
     positions = spine_positions(truth, lateral_mm=40.0) @ rotation("x", 60).T
@@ -227,7 +273,8 @@ def test_invalid_input_raises_value_error(positions: np.ndarray, scores: np.ndar
 
 def test_invalid_decoder_parameters_raise() -> None:
     for bad in ({"evidence_floor": 0.0}, {"miss_probability": 1.0}, {"false_positive_rate": 0.0},
-                {"max_skips": -1}, {"scale_steps": 0}):
+                {"max_skips": -1}, {"scale_steps": 0}, {"anchor_weight": 0.0}, {"anchor_labels": (26,)},
+                {"anchor_margin": 1.0}, {"anchor_min_evidence": 1.5}):
         with pytest.raises(ValueError):
             ChainDecoder(PRIOR, **bad)
 
