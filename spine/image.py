@@ -13,8 +13,11 @@ Conventions used across the project:
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
+import struct
 import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +212,7 @@ def read_image(path: str | os.PathLike[str], *, scalar_3d: bool = True) -> sitk.
         reason = str(error).strip().splitlines()
         detail = next((line for line in reversed(reason) if line.strip()), "unreadable")
         raise ImageError(f"{path}: cannot read image ({detail.strip()[:200]})") from None
+    _check_nifti_complete(path)
     if scalar_3d:
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise ImageError(
@@ -222,6 +226,65 @@ def read_image(path: str | os.PathLike[str], *, scalar_3d: bool = True) -> sitk.
         if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
             raise ImageError(f"{path}: invalid voxel spacing {tuple(spacing)}")
     return image
+
+
+def _nifti_data_end(header: bytes) -> int | None:
+    """Bytes a NIfTI-1/2 file must hold (header, extensions, voxels), from its header; None if not NIfTI."""
+    for order in ("<", ">"):
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            dims = struct.unpack(order + "8q", header[16:80])
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            offset = int(struct.unpack(order + "q", header[168:176])[0])
+            break
+    else:
+        return None
+    count = 1
+    for d in dims[1 : 1 + max(0, min(int(dims[0]), 7))]:
+        count *= max(int(d), 0)
+    return max(offset, 0) + count * max(int(bitpix), 0) // 8
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Refuse a truncated NIfTI file: ITK reads the missing voxels as garbage without a word.
+
+    For ``.nii.gz`` the gzip trailer (uncompressed size mod 2**32) settles it in one seek for
+    every well-formed file; only when it disagrees is the stream decompressed to measure it
+    (a multi-member gzip file has the last member's size there).
+    """
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    try:
+        if name.endswith(".gz"):
+            with gzip.open(path, "rb") as stream:
+                header = stream.read(540)
+            expected = _nifti_data_end(header)
+            if expected is None:
+                return
+            with path.open("rb") as raw:
+                raw.seek(-4, os.SEEK_END)
+                trailer = struct.unpack("<I", raw.read(4))[0]
+            if trailer == expected % 2**32:
+                return
+            size = 0
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 24):
+                    size += len(chunk)
+        else:
+            with path.open("rb") as stream:
+                expected = _nifti_data_end(stream.read(540))
+            if expected is None:
+                return
+            size = path.stat().st_size
+    except (EOFError, OSError, zlib.error, struct.error) as error:
+        raise ImageError(f"{path}: truncated or corrupt file ({error})") from None
+    if size < expected:
+        raise ImageError(f"{path}: truncated file ({size} bytes of image data where the header needs {expected})")
 
 
 @contextlib.contextmanager

@@ -148,6 +148,18 @@ def test_read_image_errors_name_the_file(tmp_path: Path) -> None:
         read_image(garbage)
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_truncated_nifti_is_refused(tmp_path: Path, suffix: str) -> None:
+    """Regression: ITK read a truncated NIfTI's missing voxels as garbage, without an error."""
+    rng = np.random.default_rng(0)
+    good = write_image(make_image(rng.integers(-1000, 2000, (40, 50, 60)).astype(np.int16)), tmp_path / f"ct{suffix}")
+    assert read_image(good).GetSize() == (60, 50, 40)  # a whole file passes the check
+    truncated = tmp_path / f"truncated{suffix}"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])
+    with pytest.raises(ImageError, match=r"truncated"):
+        read_image(truncated)
+
+
 @pytest.mark.parametrize(("perm", "signs"), ORIENTATIONS[::5])
 def test_model_grid_round_trip_on_anisotropic_non_ras_image(perm, signs) -> None:
     """Resampling a label map onto its model grid at its own spacing and back is lossless."""
