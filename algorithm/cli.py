@@ -1,0 +1,282 @@
+"""Command line of the algorithm container (``python -m algorithm``, ``verse-algorithm``).
+
+Modes::
+
+    python -m algorithm                          # GC exec: /input -> /output (one case)
+    python -m algorithm --input DIR --output DIR # the same on local folders in GC layout
+    python -m algorithm serve [--host H --port P] # GC invoke: HTTP server, GET /health, POST /invoke
+    python -m algorithm predict CT... --output DIR # research use: VerSe files, points, QC picture, report
+
+Without a command the mode is ``exec``, or ``serve`` when the image was built with
+``VERSE_GC_API_METHOD=invoke``. Log lines go to stdout; a failure prints one line
+``error: <file>: <problem>`` on stderr and exits 1 (usage errors exit 2), leaving nothing in
+the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from algorithm.inputs import InputError, load_ct
+from algorithm.models import DEVICES, ModelError, Models, find_model_dir, load_models
+from algorithm.pipeline import Options, predict_case, read_gc_input, run_gc_case, write_case_outputs
+from algorithm.serve import DEFAULT_HOST, DEFAULT_PORT, InvokeServer
+from spine.image import IMAGE_SUFFIXES, strip_image_suffix
+from spine.layout import AlgorithmLayout
+from spine.verse import case_id_of
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("algorithm")
+
+COMMANDS = ("exec", "serve", "predict")
+API_METHOD_ENV = "VERSE_GC_API_METHOD"
+
+
+# --------------------------------------------------------------------------- argparse validators
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {value}")
+    return value
+
+
+def _overlap(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"overlap must be in [0, 1), got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _existing_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such folder")
+    return path
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--models", type=_existing_dir, metavar="DIR",
+                        help="folder with detect.onnx, locate.onnx, segment.onnx (after /opt/ml/model; "
+                             "default: $VERSE_GC_MODELS, else the bundled models)")
+    common.add_argument("--device", choices=DEVICES, default="auto",
+                        help="execution provider: CUDA when available and working (auto), or force one")
+    common.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads per model (default: all)")
+    common.add_argument("--overlap", type=_overlap, default=0.5, help="sliding-window overlap in [0, 1) (0.5)")
+    verbosity = common.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+    gc = argparse.ArgumentParser(add_help=False)
+    gc.add_argument("--input", type=Path, default=Path("/input"), metavar="DIR",
+                    help="input folder in GC layout (inputs.json, images/ct/...) (default /input)")
+    gc.add_argument("--output", type=Path, default=Path("/output"), metavar="DIR",
+                    help="output folder (default /output)")
+
+    parser = argparse.ArgumentParser(
+        prog="python -m algorithm",
+        description="Detect, locate, label and segment vertebrae on a spine CT (ONNX Runtime). Without a "
+                    "command: GC exec mode (/input -> /output).",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{exec,serve,predict}")
+    commands.add_parser("exec", parents=[common, gc], help="one GC case from --input to --output (default)",
+                        description="Run one Grand Challenge case: the CT of inputs.json's 'ct-image' socket "
+                                    "(or the single image under images/*/) -> label map and centroid points.")
+    serve = commands.add_parser("serve", parents=[common, gc], help="GC invoke mode: HTTP server",
+                                description="Load the models once, then answer GET /health and POST /invoke "
+                                            "(one case from --input to --output per call).")
+    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on ({DEFAULT_HOST})")
+    serve.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
+    predict = commands.add_parser("predict", parents=[common], help="CT files or folders -> VerSe files + QC",
+                                  description="Predict several CTs; per case write <case>_seg-vert_msk.nii.gz, "
+                                              "<case>_seg-subreg_ctd.json, <case>_points.json, <case>_snp.png "
+                                              "and <case>_report.json.")
+    predict.add_argument("cts", nargs="+", type=Path, metavar="CT", help="CT image files or folders of them")
+    predict.add_argument("--output", type=Path, required=True, metavar="DIR", help="output folder")
+    predict.add_argument("--no-qc", action="store_true", help="skip the QC picture")
+    return parser
+
+
+def _normalise_argv(argv: Sequence[str]) -> list[str]:
+    argv = list(argv)
+    if argv and (argv[0] in COMMANDS or argv[0] in ("-h", "--help")):
+        return argv
+    default = "serve" if os.environ.get(API_METHOD_ENV, "").lower() == "invoke" else "exec"
+    return [default, *argv]
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.verse_gc = True  # type: ignore[attr-defined]
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "verse_gc", False)]:
+        root.removeHandler(old)  # ours from an earlier call (tests call main() repeatedly); others stay
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _options(args: argparse.Namespace) -> Options:
+    return Options(overlap=args.overlap)
+
+
+def _load(args: argparse.Namespace, layout: AlgorithmLayout) -> Models:
+    source = find_model_dir(layout=layout, models=args.models)
+    return load_models(source, device=args.device, threads=args.threads)
+
+
+# --------------------------------------------------------------------------- modes
+
+
+def run_exec(args: argparse.Namespace) -> int:
+    layout = AlgorithmLayout(input_dir=args.input, output_dir=args.output)
+    path, image = read_gc_input(layout)  # bad input fails before the models load
+    models = _load(args, layout)
+    run_gc_case(path, image, layout, models, options=_options(args))
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    layout = AlgorithmLayout(input_dir=args.input, output_dir=args.output)
+    server = InvokeServer((args.host, args.port), layout, lambda: _load(args, layout), options=_options(args))
+    failure: list[BaseException] = []
+
+    def stop(error: BaseException) -> None:
+        failure.append(error)
+        server.shutdown()
+
+    server.load_in_background(on_error=stop)
+    log.info("serving on %s (GET /health, POST /invoke)", server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("stopped")
+    finally:
+        server.server_close()
+    if failure:
+        raise failure[0]
+    return 0
+
+
+def _is_mask(path: Path) -> bool:
+    """VerSe masks and other label maps that sit beside CTs in a data set folder."""
+    stem = strip_image_suffix(path.name)
+    return stem.endswith(("_msk", "_mask")) or "_seg-" in stem
+
+
+def _collect_cts(paths: Sequence[Path]) -> list[Path]:
+    """CT files from the arguments: files as given, folders searched recursively (masks skipped)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")
+                         and p.name.lower().endswith(IMAGE_SUFFIXES) and not _is_mask(p))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    if not found:
+        raise InputError(f"{', '.join(map(str, paths))}: no CT image found")
+    return found
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    cts = _collect_cts(args.cts)
+    ids = [case_id_of(p.name) for p in cts]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise InputError(f"{args.output}: several inputs would write case {repeated[0]!r}; predict them separately")
+    models = _load(args, AlgorithmLayout())
+    failures = 0
+    with logging_redirect_tqdm(), tqdm(total=len(cts), unit="case", desc="predict") as progress:
+        for path, case_id in zip(cts, ids, strict=True):
+            progress.set_postfix_str(case_id)
+            try:
+                image = load_ct(path)
+                result = predict_case(image, models, options=_options(args))
+                written = write_case_outputs(result, image, args.output, case_id, source=str(path), models=models,
+                                             qc=not args.no_qc)
+                log.info("%s: %s", case_id, ", ".join(p.name for p in written))
+            except (InputError, OSError, RuntimeError, ValueError) as error:
+                failures += 1
+                _error_line(error, path)
+            progress.update(1)
+    if failures:
+        log.warning("%d of %d cases failed", failures, len(cts))
+    return 1 if failures else 0
+
+
+def _error_line(error: BaseException, where: Path | str | None = None) -> None:
+    """The one line on stderr: ``error: <file>: <problem>`` (``where`` prefixed unless already named)."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if where is not None and str(where) not in message:
+        message = f"{where}: {message}"
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (docker stop, GC's time limit) unwinds like an exception: half-written outputs are removed."""
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 failure, 2 usage error)."""
+    parser = build_parser()
+    args = parser.parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
+    if args.command is None:
+        parser.print_help()
+        return 2
+    _configure_logging(args)
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warnings would break "one line on stderr"
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    handlers = {"exec": run_exec, "serve": run_serve, "predict": run_predict}
+    try:
+        return handlers[args.command](args)
+    except (InputError, ModelError) as error:
+        _error_line(error)
+    except OSError as error:  # e.g. /output not writable: the message names the path
+        _error_line(error, getattr(args, "output", None))
+    except Exception as error:  # a bug or an environment problem: keep the traceback in the log
+        log.exception("unexpected failure")
+        _error_line(RuntimeError(f"{type(error).__name__}: {error}"), getattr(args, "input", None) or "algorithm")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 1

@@ -1,0 +1,171 @@
+"""Stage 2, locate: per-vertebra heatmaps inside the spine box -> centroid candidates with label scores.
+
+Only the spine box is resampled, at the locate model's spacing on its identity-direction model
+grid (voxels aligned with the grid a whole-image resampling would give, as in training). The
+model's channel-max heatmap is searched for local maxima; each peak above a threshold, at
+least a minimum distance from every stronger peak, becomes a candidate whose label scores are
+the channels' values there, in :data:`spine.labels.LOCATE_CHANNELS` order (a channel the
+model lacks scores 0).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from algorithm.detect import SpineBox, crop_grid, resample_ct
+from algorithm.models import StageModel
+from algorithm.tiling import sliding_window
+from spine.image import Geometry
+from spine.labels import LOCATE_CHANNELS
+from spine.preprocess import model_grid, zyx_to_world
+
+__all__ = [
+    "MAX_CANDIDATES",
+    "PEAK_SEPARATION_MM",
+    "PEAK_THRESHOLD",
+    "Candidates",
+    "channel_scores",
+    "find_peaks",
+    "locate_vertebrae",
+    "refine_peak",
+]
+
+log = logging.getLogger(__name__)
+
+PEAK_THRESHOLD = 0.3
+"""Channel-max heatmap value a peak must reach (heatmaps are trained to peak at 1)."""
+PEAK_SEPARATION_MM = 10.0
+"""Minimum distance between two candidates: about a third of a thoracic or lumbar vertebra's
+height (25-35 mm centre to centre); cervical centres still lie 14 mm or more apart."""
+MAX_CANDIDATES = 40
+"""At most this many candidates (the strongest) go to the decoder: 26 vertebrae plus spares."""
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Centroid candidates of one CT.
+
+    - ``positions_mm``: ``(N, 3)`` LPS world mm;
+    - ``scores``: ``(N, 26)`` heatmap values per label, columns in ``LOCATE_CHANNELS`` order;
+    - ``peak``: ``(N,)`` channel-max heatmap value at the candidate (strongest first).
+    """
+
+    positions_mm: np.ndarray
+    scores: np.ndarray
+    peak: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.positions_mm.shape[0])
+
+    @classmethod
+    def empty(cls) -> Candidates:
+        return cls(np.zeros((0, 3)), np.zeros((0, len(LOCATE_CHANNELS)), dtype=np.float32), np.zeros(0))
+
+
+def find_peaks(
+    heatmap: np.ndarray,
+    spacing_zyx_mm: Sequence[float],
+    *,
+    threshold: float = PEAK_THRESHOLD,
+    min_separation_mm: float = PEAK_SEPARATION_MM,
+    max_peaks: int = MAX_CANDIDATES,
+) -> np.ndarray:
+    """Local maxima of a ``(z, y, x)`` heatmap, strongest first, as ``(N, 3)`` int voxel indices.
+
+    A peak is a voxel equal to the maximum of its 3x3x3 neighbourhood and at least
+    ``threshold``; greedy non-maximum suppression then drops every peak closer than
+    ``min_separation_mm`` (Euclidean, in mm) to a stronger one (plateaus yield one peak).
+    """
+    if heatmap.ndim != 3:
+        raise ValueError(f"heatmap must be (z, y, x), got shape {heatmap.shape}")
+    local_max = ndimage.maximum_filter(heatmap, size=3, mode="constant", cval=-np.inf)
+    zyx = np.argwhere((heatmap >= local_max) & (heatmap >= threshold))
+    if zyx.size == 0:
+        return np.zeros((0, 3), dtype=np.int64)
+    values = heatmap[tuple(zyx.T)]
+    order = np.lexsort((zyx[:, 2], zyx[:, 1], zyx[:, 0], -values))  # strongest first, ties by position
+    zyx = zyx[order]
+    mm = zyx * np.asarray(spacing_zyx_mm, dtype=np.float64)
+    kept: list[int] = []
+    for i in range(len(zyx)):
+        if kept and np.min(np.linalg.norm(mm[kept] - mm[i], axis=1)) < min_separation_mm:
+            continue
+        kept.append(i)
+        if len(kept) >= max_peaks:
+            break
+    return zyx[kept]
+
+
+def refine_peak(heatmap: np.ndarray, zyx: Sequence[int]) -> np.ndarray:
+    """Sub-voxel peak position ``(3,)``: a parabola through the peak and its two neighbours per axis.
+
+    The offset along each axis is clipped to half a voxel; at the volume's edge it is 0.
+    """
+    centre = np.asarray(zyx, dtype=np.int64)
+    refined = centre.astype(np.float64)
+    value = float(heatmap[tuple(centre)])
+    for axis in range(3):
+        if centre[axis] == 0 or centre[axis] == heatmap.shape[axis] - 1:
+            continue
+        lower, upper = centre.copy(), centre.copy()
+        lower[axis] -= 1
+        upper[axis] += 1
+        a, b = float(heatmap[tuple(lower)]), float(heatmap[tuple(upper)])
+        curvature = a - 2.0 * value + b
+        if curvature < 0:
+            refined[axis] += float(np.clip(0.5 * (a - b) / curvature, -0.5, 0.5))
+    return refined
+
+
+def channel_scores(heatmaps: np.ndarray, zyx: np.ndarray, channel_labels: Sequence[int]) -> np.ndarray:
+    """``(N, 26)`` label scores: the heatmap channels at each peak, reordered to ``LOCATE_CHANNELS``.
+
+    ``heatmaps`` is ``(C, Z, Y, X)`` with channel ``c`` the heatmap of VerSe id ``channel_labels[c]``.
+    """
+    scores = np.zeros((len(zyx), len(LOCATE_CHANNELS)), dtype=np.float32)
+    if len(zyx) == 0:
+        return scores
+    column = {label: i for i, label in enumerate(LOCATE_CHANNELS)}
+    values = heatmaps[(slice(None), *np.asarray(zyx, dtype=np.int64).T)]  # (C, N)
+    for channel, label in enumerate(channel_labels):
+        if label in column:
+            scores[:, column[label]] = values[channel]
+    return np.clip(scores, 0.0, 1.0)
+
+
+def locate_vertebrae(
+    image: sitk.Image,
+    box: SpineBox,
+    model: StageModel,
+    *,
+    overlap: float = 0.5,
+    threshold: float = PEAK_THRESHOLD,
+    min_separation_mm: float = PEAK_SEPARATION_MM,
+) -> Candidates:
+    """Run the locate stage inside ``box`` and return the candidates (strongest first)."""
+    meta = model.meta
+    grid = crop_grid(model_grid(Geometry.of(image), meta.spacing_zyx_mm), box)
+    network_input = meta.intensity.apply(resample_ct(image, grid))[None]
+    heatmaps = sliding_window(network_input, model.run, meta.patch_shape_zyx, len(meta.channels),
+                              overlap=overlap, pad_value=meta.intensity.background, batch_size=model.batch_size)
+    del network_input
+    channel_max = heatmaps.max(axis=0)
+    peaks = find_peaks(channel_max, meta.spacing_zyx_mm, threshold=threshold, min_separation_mm=min_separation_mm)
+    if len(peaks) == 0:
+        log.info("locate: no heatmap peak reaches %.2f (max %.3f)", threshold, float(channel_max.max(initial=0.0)))
+        return Candidates.empty()
+    refined = np.array([refine_peak(channel_max, p) for p in peaks])
+    candidates = Candidates(
+        positions_mm=zyx_to_world(grid, refined),
+        scores=channel_scores(heatmaps, peaks, meta.channel_labels),
+        peak=channel_max[tuple(peaks.T)].astype(np.float64),
+    )
+    log.info("locate: %d candidates on a %s grid at %s mm", len(candidates), "x".join(map(str, grid.shape_zyx)),
+             "x".join(f"{s:g}" for s in meta.spacing_zyx_mm))
+    return candidates

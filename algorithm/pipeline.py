@@ -1,0 +1,256 @@
+"""One case, end to end: detect -> locate -> label -> segment -> outputs in the input's exact geometry.
+
+Entry points:
+
+- :func:`predict_case`: a read CT (any orientation/spacing) -> :class:`CaseResult` (UInt8 label map
+  on the input grid, labelled centroids in LPS mm with confidences, per-stage costs);
+- :func:`read_gc_input` / :func:`run_gc_case`: the Grand Challenge contract (``/input`` ->
+  ``/output``, all outputs or none);
+- :func:`write_case_outputs`: the ``predict`` command's VerSe-named files, QC picture and report.
+
+No spine found is not an error: the label map is all zeros and the points list empty, and
+the result's ``note`` says why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from algorithm.detect import detect_spine
+from algorithm.labelling import label_candidates
+from algorithm.locate import PEAK_SEPARATION_MM, PEAK_THRESHOLD, locate_vertebrae
+from algorithm.models import Models
+from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer, json_writer
+from algorithm.report import StageTimer, versions
+from algorithm.segment import SEGMENT_FLOOR, segment_vertebrae
+from spine.gc import Point, points_document
+from spine.image import Geometry, image_from_array, resample_onto
+from spine.labels import MAX_LABEL, name_of
+from spine.layout import AlgorithmLayout
+from spine.verse import centroid_json_name, mask_name, write_centroid_json
+
+__all__ = [
+    "CaseResult",
+    "Options",
+    "Vertebra",
+    "case_outputs",
+    "empty_label_map",
+    "gc_outputs",
+    "predict_case",
+    "read_gc_input",
+    "run_gc_case",
+    "write_case_outputs",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Inference knobs that are not a model's to decide (the models' own parameters come from metadata)."""
+
+    overlap: float = 0.5
+    peak_threshold: float = PEAK_THRESHOLD
+    peak_separation_mm: float = PEAK_SEPARATION_MM
+    segment_floor: float = SEGMENT_FLOOR
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if not 0.0 < self.segment_floor <= 1.0:
+            raise ValueError(f"segment_floor must be in (0, 1], got {self.segment_floor}")
+
+
+@dataclass(frozen=True)
+class Vertebra:
+    """One labelled vertebra: VerSe id, centroid (LPS mm), decoder confidence, voxels in the label map."""
+
+    label: int
+    position_mm: tuple[float, float, float]
+    confidence: float
+    voxels: int = 0
+
+    @property
+    def name(self) -> str:
+        return name_of(self.label)
+
+
+@dataclass
+class CaseResult:
+    """What :func:`predict_case` found: the label map on the input grid and the labelled centroids."""
+
+    geometry: Geometry
+    labels: sitk.Image
+    vertebrae: tuple[Vertebra, ...]
+    note: str = ""
+    candidates: int = 0
+    timer: StageTimer = field(default_factory=StageTimer)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spine_found(self) -> bool:
+        return bool(self.vertebrae)
+
+    def points(self) -> list[Point]:
+        """GC "Multiple points": one per vertebra, named C1..L6/T13, probability = decoder confidence."""
+        return [Point(v.name, v.position_mm, float(np.clip(v.confidence, 0.0, 1.0))) for v in self.vertebrae]
+
+    def centroids_mm(self) -> dict[int, np.ndarray]:
+        return {v.label: np.asarray(v.position_mm) for v in self.vertebrae}
+
+    def report(self, models: Models | None = None, *, source: str = "",
+               outputs: list[Path] | None = None) -> dict[str, Any]:
+        """The JSON run report (versions, providers, stages, findings, outputs)."""
+        document: dict[str, Any] = {
+            "input": source,
+            "geometry": {"size": list(self.geometry.size), "spacing_mm": list(self.geometry.spacing_mm),
+                         "orientation": "".join(self.geometry.orientation_codes())},
+            "versions": versions(),
+            "stages": self.timer.to_list(),
+            "total_s": self.timer.total_s,
+            "peak_rss_mib": self.timer.peak_rss_mib,
+            "spine_found": self.spine_found,
+            "note": self.note,
+            "candidates": self.candidates,
+            "vertebrae": [{"label": v.label, "name": v.name, "position_mm": [round(c, 2) for c in v.position_mm],
+                           "confidence": round(v.confidence, 4), "voxels": v.voxels} for v in self.vertebrae],
+            **self.details,
+        }
+        if models is not None:
+            document["providers"] = models.providers
+            document["models"] = models.describe()
+        if outputs is not None:
+            document["outputs"] = [str(p) for p in outputs]
+        return document
+
+
+def empty_label_map(geometry: Geometry) -> sitk.Image:
+    """All-zero UInt8 label map on ``geometry``."""
+    return geometry.apply_to(sitk.Image(list(geometry.size), sitk.sitkUInt8))
+
+
+def _accepted(positions_mm: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> list[Vertebra]:
+    """Candidates the decoder kept, one per label (the most confident if a label repeats), head to foot."""
+    best: dict[int, Vertebra] = {}
+    for position, label, conf in zip(positions_mm, labels, confidence, strict=True):
+        label = int(label)
+        if label <= 0:
+            continue
+        if not 0 < label <= MAX_LABEL:
+            raise ValueError(f"decoder returned label {label} outside 1..{MAX_LABEL}")
+        vertebra = Vertebra(label, tuple(float(c) for c in position), float(conf))  # type: ignore[arg-type]
+        if label not in best or vertebra.confidence > best[label].confidence:
+            best[label] = vertebra
+    return sorted(best.values(), key=lambda v: -v.position_mm[2])
+
+
+def predict_case(image: sitk.Image, models: Models, *, options: Options | None = None) -> CaseResult:
+    """Detect, locate, label and segment the vertebrae of one CT (module docstring)."""
+    options = options or Options()
+    geometry = Geometry.of(image)
+    timer = StageTimer()
+    details: dict[str, Any] = {}
+
+    def empty(note: str, candidates: int = 0) -> CaseResult:
+        log.warning("no vertebra labelled: %s; writing an empty label map and no points", note)
+        return CaseResult(geometry, empty_label_map(geometry), (), note, candidates, timer, details)
+
+    with timer.stage("detect"):
+        detection = detect_spine(image, models.detect, overlap=options.overlap)
+    details["detect"] = {"max_probability": round(detection.max_probability, 4),
+                         "spine_volume_ml": round(detection.spine_volume_ml, 2),
+                         "box": detection.box.to_dict() if detection.box else None}
+    if detection.box is None:
+        return empty(f"no spine found ({detection.reason})")
+
+    with timer.stage("locate"):
+        candidates = locate_vertebrae(image, detection.box, models.locate, overlap=options.overlap,
+                                      threshold=options.peak_threshold,
+                                      min_separation_mm=options.peak_separation_mm)
+    if len(candidates) == 0:
+        return empty(f"no vertebra candidate (no heatmap peak reaches {options.peak_threshold})")
+
+    with timer.stage("label"):
+        labelling = label_candidates(candidates.positions_mm, candidates.scores)
+        vertebrae = _accepted(candidates.positions_mm, np.asarray(labelling.labels), np.asarray(labelling.confidence))
+    log.info("label: %d of %d candidates labelled: %s", len(vertebrae), len(candidates),
+             " ".join(f"{v.name}({v.confidence:.2f})" for v in vertebrae))
+    if not vertebrae:
+        return empty(f"the decoder rejected all {len(candidates)} candidates", len(candidates))
+
+    with timer.stage("segment"):
+        segmentation = segment_vertebrae(image, [(v.label, np.asarray(v.position_mm)) for v in vertebrae],
+                                         models.segment, floor=options.segment_floor)
+    with timer.stage("resample"):
+        merged = image_from_array(segmentation.labels, segmentation.grid)
+        labels = resample_onto(merged, geometry, nearest=True, default=0)
+        del merged
+    vertebrae = [Vertebra(v.label, v.position_mm, v.confidence, segmentation.voxels.get(v.label, 0))
+                 for v in vertebrae]
+    return CaseResult(geometry, labels, tuple(vertebrae), "", len(candidates), timer, details)
+
+
+def read_gc_input(layout: AlgorithmLayout) -> tuple[Path, sitk.Image]:
+    """Find and read the case's CT from the GC layout; :class:`algorithm.inputs.InputError` when unusable."""
+    from algorithm.inputs import find_input_ct, load_ct
+
+    path = find_input_ct(layout)
+    return path, load_ct(path)
+
+
+def gc_outputs(result: CaseResult, layout: AlgorithmLayout) -> list[tuple[Path, Writer]]:
+    """The GC sockets: the UInt8 label map (``output.mha``) and the centroid points JSON."""
+    return [
+        (layout.segmentation_path, image_writer(result.labels)),
+        (layout.centroids_path, json_writer(points_document(result.points()))),
+    ]
+
+
+def run_gc_case(path: Path, image: sitk.Image, layout: AlgorithmLayout, models: Models,
+                *, options: Options | None = None) -> CaseResult:
+    """Predict one GC case and write its outputs (all or nothing); log the run report (no file in /output)."""
+    result = predict_case(image, models, options=options)
+    written = commit_outputs(gc_outputs(result, layout))
+    log.info("run report: %s", json.dumps(result.report(models, source=str(path), outputs=written)))
+    return result
+
+
+def case_outputs(result: CaseResult, folder: Path, case_id: str) -> list[tuple[Path, Writer]]:
+    """The ``predict`` command's data files of one case: VerSe mask and centroid JSON, GC points JSON."""
+    return [
+        (folder / mask_name(case_id), image_writer(result.labels)),
+        (folder / centroid_json_name(case_id),
+         _writer_of(lambda p: write_centroid_json(p, result.centroids_mm(), result.geometry))),
+        (folder / f"{case_id}_points.json", json_writer(points_document(result.points()))),
+    ]
+
+
+def _writer_of(function: Callable[[Path], object]) -> Writer:
+    def write(path: Path) -> None:
+        function(path)
+
+    return write
+
+
+def write_case_outputs(result: CaseResult, image: sitk.Image, folder: Path, case_id: str, *, source: str,
+                       models: Models | None, qc: bool = True) -> list[Path]:
+    """Write the ``predict`` files of one case, QC picture and report included (all or nothing)."""
+    outputs = case_outputs(result, folder, case_id)
+    if qc:
+        from algorithm.qc import render_qc
+
+        with result.timer.stage("qc"):
+            png = render_qc(image, result, title=case_id)
+        outputs.append((folder / f"{case_id}_snp.png", bytes_writer(png)))
+    report_path = folder / f"{case_id}_report.json"
+    targets = [target for target, _ in outputs] + [report_path]
+    outputs.append((report_path, json_writer(result.report(models, source=source, outputs=targets))))
+    return commit_outputs(outputs)

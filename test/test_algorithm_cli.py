@@ -1,0 +1,255 @@
+"""The container's command line as GC runs it: bad inputs fail cleanly, usage errors exit 2, invoke mode serves.
+
+Bad inputs run ``python -m algorithm`` in a subprocess, as the container does: exit code 1,
+exactly one line on stderr (``error: <file>: <problem>``) and nothing at all in the output
+folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from algorithm_fixtures import all_files, fixture_model_dir, gc_input, make_phantom
+
+from algorithm.models import ModelSource, load_models
+from algorithm.serve import InvokeServer
+from spine.layout import AlgorithmLayout
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.pop("VERSE_GC_API_METHOD", None)
+    env.update(extra)
+    return env
+
+
+def run_algorithm(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "algorithm", *args], capture_output=True, text=True,
+                          timeout=timeout, env=environment(**env), cwd=REPO)
+
+
+def ct_image(array: np.ndarray, spacing=(0.8, 0.8, 2.0)) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    return image
+
+
+def varied() -> np.ndarray:
+    array = np.full((8, 9, 10), -1000, np.int16)
+    array[2:6, 3:7, 3:8] = 600
+    return array
+
+
+def write(folder: Path, name: str, image: sitk.Image, *, compress: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(folder / name), compress)
+    return folder / name
+
+
+def truncated(folder: Path, name: str) -> Path:
+    path = write(folder, name, ct_image(np.random.default_rng(0).integers(-1000, 1000, (20, 30, 30), np.int16)),
+                 compress=name.endswith(".gz"))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+CT = Path("images") / "ct"
+BAD_INPUTS: dict[str, tuple[Callable[[Path], object], str]] = {
+    "2-D": (lambda i: write(i / CT, "a.mha", sitk.GetImageFromArray(np.arange(20, dtype=np.int16).reshape(4, 5))),
+            "expected a 3-D image, got 2-D"),
+    "4-D": (lambda i: write(i / CT, "a.mha", sitk.JoinSeries([ct_image(varied())] * 2)),
+            "expected a 3-D image, got 4-D"),
+    "RGB": (lambda i: write(i / CT, "a.mha", sitk.Compose([ct_image(varied())] * 3)), "RGB"),
+    "zero-size": (lambda i: (i / CT).mkdir(parents=True) or (i / CT / "a.mha").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 0 0 0\nElementType = MET_SHORT\nElementDataFile = LOCAL\n"),
+        "empty image"),
+    "zero-byte file": (lambda i: (i / CT).mkdir(parents=True) or (i / CT / "a.mha").write_bytes(b""), "empty file"),
+    "constant": (lambda i: write(i / CT, "a.mha", ct_image(np.full((8, 9, 10), 40, np.int16))), "constant image"),
+    "NaN voxels": (lambda i: write(i / CT, "a.mha", ct_image(np.where(varied() > 0, np.nan, -1000.0)
+                                                             .astype(np.float32))), "voxels are NaN"),
+    "spacing too small": (lambda i: write(i / CT, "a.mha", ct_image(varied(), spacing=(0.01, 0.8, 2.0))),
+                          "outside [0.05, 20] mm"),
+    "spacing too large": (lambda i: write(i / CT, "a.mha", ct_image(varied(), spacing=(0.8, 0.8, 50.0))),
+                          "outside [0.05, 20] mm"),
+    "truncated mha": (lambda i: truncated(i / CT, "a.mha"), "data not read completely"),
+    "truncated nii.gz": (lambda i: truncated(i / CT, "a.nii.gz"), "truncated"),
+    "no image": (lambda i: (i / CT).mkdir(parents=True), "no inputs.json and no image"),
+    "several images": (lambda i: [write(i / CT, n, ct_image(varied())) for n in ("a.mha", "b.mha")],
+                       "2 images where one CT is expected"),
+    "no ct socket": (lambda i: (i.mkdir(), (i / "inputs.json").write_text(
+        json.dumps([{"socket": {"slug": "t2-image", "relative_path": "images/t2"}}]))), "no 'ct-image' socket"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_fails_with_one_line_and_leaves_output_empty(tmp_path: Path, case: str) -> None:
+    make, problem = BAD_INPUTS[case]
+    inputs, outputs = tmp_path / "input", tmp_path / "output"
+    make(inputs)
+    outputs.mkdir()
+    done = run_algorithm("--input", str(inputs), "--output", str(outputs), "--models", str(fixture_model_dir()))
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1, done.stderr
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ") and problem in lines[0], lines[0]
+    assert str(inputs) in lines[0]  # names the file or folder
+    assert all_files(outputs) == []
+
+
+def test_missing_input_folder_fails_cleanly(tmp_path: Path) -> None:
+    done = run_algorithm("--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out"),
+                         "--models", str(fixture_model_dir()))
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert done.stderr.startswith(f"error: {tmp_path / 'nowhere'}: input folder does not exist")
+    assert not (tmp_path / "out").exists()
+
+
+def test_broken_models_fail_cleanly_after_a_good_input(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(fixture_model_dir(), models)
+    (models / "segment.onnx").write_bytes(b"\x00garbage")
+    gc_input(tmp_path / "input", make_phantom().image)
+    done = run_algorithm("--input", str(tmp_path / "input"), "--output", str(tmp_path / "output"),
+                         "--models", str(models))
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: {models / 'segment.onnx'}: cannot load ONNX model")
+    assert all_files(tmp_path / "output") == []
+
+
+@pytest.mark.parametrize("args", [
+    ["serve", "--port", "70000"],
+    ["--overlap", "1.5"],
+    ["--device", "tpu"],
+    ["--models", "/nonexistent/models"],
+    ["predict", "ct.nii.gz"],
+    ["--no-such-option"],
+])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    from algorithm.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+
+
+def test_help_lists_the_modes(capsys) -> None:
+    from algorithm.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(mode in text for mode in ("exec", "serve", "predict"))
+
+
+# --------------------------------------------------------------------------- invoke mode
+
+
+def request(url: str, method: str = "GET") -> tuple[int, dict]:
+    req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_invoke_server_health_then_cases(tmp_path: Path) -> None:
+    inputs, outputs = tmp_path / "input", tmp_path / "output"
+    gc_input(inputs, make_phantom().image)
+    outputs.mkdir()
+    release = threading.Event()
+
+    def load():
+        release.wait(30)
+        return load_models(ModelSource(fixture_model_dir(), "fixture"), device="cpu")
+
+    server = InvokeServer(("127.0.0.1", 0), AlgorithmLayout(input_dir=inputs, output_dir=outputs), load)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        server.load_in_background()
+        assert request(server.url + "/health") == (503, {"status": "loading"})
+        assert request(server.url + "/invoke", "POST")[0] == 503
+        release.set()
+        assert server.loaded.wait(30)
+        assert request(server.url + "/health") == (200, {"status": "ready"})
+        status, body = request(server.url + "/invoke", "POST")
+        assert status == 201, body
+        assert body["vertebrae"] == ["T12", "L1", "L2", "L3", "L4", "L5"]
+        assert (outputs / "images" / "vertebrae-segmentation" / "output.mha").is_file()
+        assert (outputs / "vertebrae-centroids.json").is_file()
+        # the next case is unusable: 500 with the reason, nothing written
+        shutil.rmtree(outputs)
+        outputs.mkdir()
+        write(inputs / CT, next((inputs / CT).iterdir()).name, ct_image(np.full((8, 9, 10), 7, np.int16)))
+        status, body = request(server.url + "/invoke", "POST")
+        assert status == 500 and "constant image" in body["error"]
+        assert all_files(outputs) == []
+        assert request(server.url + "/nothing")[0] == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_serve_command_answers_health_and_invoke(tmp_path: Path) -> None:
+    inputs, outputs = tmp_path / "input", tmp_path / "output"
+    gc_input(inputs, make_phantom().image, variant="interface")
+    outputs.mkdir()
+    port = free_port()
+    # no command: VERSE_GC_API_METHOD=invoke (set by the image's build argument) selects serve mode
+    process = subprocess.Popen(
+        [sys.executable, "-m", "algorithm", "--port", str(port), "--input", str(inputs), "--output", str(outputs),
+         "--models", str(fixture_model_dir())], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=environment(VERSE_GC_API_METHOD="invoke"), cwd=REPO)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if request(url + "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "server did not become healthy"
+            time.sleep(0.2)
+        status, body = request(url + "/invoke", "POST")
+        assert status == 201, body
+        assert sorted(p.name for p in all_files(outputs)) == ["output.mha", "vertebrae-centroids.json"]
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_serve_exits_1_when_models_do_not_load(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(fixture_model_dir(), models)
+    (models / "locate.onnx").write_bytes(b"broken")
+    done = run_algorithm("serve", "--port", str(free_port()), "--models", str(models), timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [done.stderr.strip()] and "locate.onnx: cannot load ONNX model" in done.stderr

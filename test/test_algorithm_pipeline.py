@@ -1,0 +1,192 @@
+"""The whole case on ONNX Runtime: a phantom with known vertebrae, GC exec mode, predict mode on a real CT.
+
+The fixture models (``algorithm_fixtures``) are real ONNX files whose outputs are known
+analytically, so the pipeline's answer is checkable: each phantom vertebra found within a
+millimetre, named right, and segmented; outputs on the input's exact grid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from algorithm_fixtures import PHANTOM_LABELS, all_files, fixture_model_dir, gc_input, make_phantom
+
+from algorithm.cli import main
+from algorithm.models import ModelSource, load_models
+from algorithm.pipeline import predict_case
+from spine.gc import read_points
+from spine.image import Geometry
+from spine.labels import MAX_LABEL, name_of
+from spine.verse import read_centroids_mm
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_models(ModelSource(fixture_model_dir(), "fixture"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom()
+
+
+def assert_same_grid(image: sitk.Image, reference: sitk.Image) -> None:
+    """Exactly the reference's size, spacing, origin and direction (no tolerance), UInt8, 0..28."""
+    assert image.GetSize() == reference.GetSize()
+    assert image.GetSpacing() == reference.GetSpacing()
+    assert image.GetOrigin() == reference.GetOrigin()
+    assert image.GetDirection() == reference.GetDirection()
+    assert image.GetPixelID() == sitk.sitkUInt8
+    values = np.unique(sitk.GetArrayViewFromImage(image))
+    assert values.min() >= 0 and values.max() <= MAX_LABEL
+
+
+def test_phantom_vertebrae_are_found_named_and_segmented(models, phantom) -> None:
+    result = predict_case(phantom.image, models)
+    assert [v.label for v in result.vertebrae] == list(PHANTOM_LABELS)  # head to foot
+    for vertebra in result.vertebrae:
+        assert np.linalg.norm(np.asarray(vertebra.position_mm) - phantom.centres_mm[vertebra.label]) < 1.0
+        assert 0.5 < vertebra.confidence <= 1.0
+    assert_same_grid(result.labels, phantom.image)
+    predicted = sitk.GetArrayFromImage(result.labels)
+    truth = sitk.GetArrayFromImage(phantom.truth)
+    for label in PHANTOM_LABELS:
+        both = np.sum((predicted == label) & (truth == label))
+        dice = 2 * both / (np.sum(predicted == label) + np.sum(truth == label))
+        assert dice > 0.9, (label, dice)
+    assert set(np.unique(predicted)) == {0, *PHANTOM_LABELS}  # the far blob and the bar stay background
+    assert [s["stage"] for s in result.timer.to_list()] == ["detect", "locate", "label", "segment", "resample"]
+    report = result.report(models, source="phantom")
+    json.dumps(report, allow_nan=False)
+    assert report["providers"] == ["CPUExecutionProvider"] and report["spine_found"]
+
+
+@pytest.mark.parametrize("direction", [
+    (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+    (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0),  # RAS, as NIfTI files usually are
+    (0.0, 0.9659258, -0.258819, 1.0, 0.0, 0.0, 0.0, -0.258819, -0.9659258),  # oblique, 15 degrees
+])
+def test_outputs_keep_any_input_grid(models, direction) -> None:
+    phantom = make_phantom(direction=direction, spacing_mm=(1.3, 0.7, 2.5), extent_mm=(100.0, 90.0, 230.0))
+    result = predict_case(phantom.image, models)
+    assert_same_grid(result.labels, phantom.image)
+    assert [v.label for v in result.vertebrae] == list(PHANTOM_LABELS)
+    for vertebra in result.vertebrae:
+        assert np.linalg.norm(np.asarray(vertebra.position_mm) - phantom.centres_mm[vertebra.label]) < 1.5
+
+
+def test_no_spine_is_an_empty_valid_result(models) -> None:
+    phantom = make_phantom(with_spine=False)
+    # only soft tissue and the far blob: the blob is too small to be a spine
+    result = predict_case(phantom.image, models)
+    assert result.vertebrae == () and not result.spine_found
+    assert "no spine found" in result.note
+    assert_same_grid(result.labels, phantom.image)
+    assert not sitk.GetArrayViewFromImage(result.labels).any()
+
+
+@pytest.mark.parametrize("variant", ["socket", "interface", None])
+def test_exec_mode_on_a_gc_layout(tmp_path: Path, phantom, variant, capsys) -> None:
+    inputs, outputs = tmp_path / "input", tmp_path / "output"
+    outputs.mkdir()
+    gc_input(inputs, phantom.image, variant=variant)
+    code = main(["--input", str(inputs), "--output", str(outputs), "--models", str(fixture_model_dir())])
+    assert code == 0, capsys.readouterr().err
+    assert capsys.readouterr().err == ""
+    segmentation = outputs / "images" / "vertebrae-segmentation" / "output.mha"
+    points_path = outputs / "vertebrae-centroids.json"
+    assert all_files(outputs) == sorted([segmentation, points_path])  # nothing else in /output
+    assert_same_grid(sitk.ReadImage(str(segmentation)), phantom.image)
+    document = json.loads(points_path.read_text())
+    assert set(document) == {"name", "type", "points", "version"}
+    assert document["type"] == "Multiple points" and document["version"] == {"major": 1, "minor": 0}
+    points = read_points(points_path)
+    assert [p.name for p in points] == [name_of(label) for label in PHANTOM_LABELS]
+    for point in points:
+        label = next(k for k in PHANTOM_LABELS if name_of(k) == point.name)
+        assert np.linalg.norm(np.asarray(point.point_mm) - phantom.centres_mm[label]) < 1.0
+        assert 0.0 <= point.probability <= 1.0
+
+
+def test_exec_mode_without_a_spine_writes_empty_outputs(tmp_path: Path, capsys) -> None:
+    inputs, outputs = tmp_path / "input", tmp_path / "output"
+    image = make_phantom(with_spine=False).image
+    gc_input(inputs, image)
+    assert main(["--input", str(inputs), "--output", str(outputs), "--models", str(fixture_model_dir())]) == 0
+    assert "no spine found" in capsys.readouterr().out
+    labels = sitk.ReadImage(str(outputs / "images" / "vertebrae-segmentation" / "output.mha"))
+    assert_same_grid(labels, image)
+    assert not sitk.GetArrayViewFromImage(labels).any()
+    assert json.loads((outputs / "vertebrae-centroids.json").read_text())["points"] == []
+
+
+def example_ct() -> Path:
+    for path in (REPO / "examples" / "totalsegmentator-example" / "ct.nii.gz",
+                 REPO.parent / "shared" / "data" / "totalsegmentator-example" / "ct.nii.gz"):
+        if path.is_file():
+            return path
+    pytest.skip("the example CT is not available")
+
+
+def test_predict_mode_on_the_real_example_ct(tmp_path: Path, phantom, capsys) -> None:
+    ct = example_ct()
+    phantom_path = tmp_path / "cases" / "sub-phantom_ct.mha"
+    phantom_path.parent.mkdir()
+    sitk.WriteImage(phantom.image, str(phantom_path))
+    sitk.WriteImage(phantom.truth, str(tmp_path / "cases" / "sub-phantom_seg-vert_msk.nii.gz"))  # skipped
+    out = tmp_path / "out"
+    code = main(["predict", str(ct), str(phantom_path.parent), "--output", str(out),
+                 "--models", str(fixture_model_dir()), "--overlap", "0.25"])
+    assert code == 0, capsys.readouterr().err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{case}_{suffix}" for case in ("ct", "sub-phantom") for suffix in
+                           ("seg-vert_msk.nii.gz", "seg-subreg_ctd.json", "points.json", "snp.png", "report.json"))
+    original = sitk.ReadImage(str(ct))
+    mask = sitk.ReadImage(str(out / "ct_seg-vert_msk.nii.gz"))
+    assert mask.GetSize() == original.GetSize() and mask.GetPixelID() == sitk.sitkUInt8
+    assert np.allclose(mask.GetOrigin(), original.GetOrigin(), atol=1e-4)
+    assert np.allclose(mask.GetDirection(), original.GetDirection(), atol=1e-6)
+    report = json.loads((out / "ct_report.json").read_text())
+    assert [s["stage"] for s in report["stages"]][:2] == ["detect", "locate"]
+    assert report["stages"][-1]["stage"] == "qc"
+    assert {"onnxruntime", "numpy", "SimpleITK", "python"} <= set(report["versions"])
+    assert report["models"]["directory"] == str(fixture_model_dir())
+    assert (out / "ct_snp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the phantom case: VerSe centroid JSON in voxel indices of the CT, back to world mm
+    centroids = read_centroids_mm(out / "sub-phantom_seg-subreg_ctd.json", Geometry.of(phantom.image))
+    assert sorted(centroids) == list(PHANTOM_LABELS)
+    for label, point in centroids.items():
+        assert np.linalg.norm(point - phantom.centres_mm[label]) < 1.0
+
+
+@pytest.mark.slow
+def test_a_512x512x400_ct_stays_within_4_gb(tmp_path: Path) -> None:
+    """GC's smallest memory option is 4 GB: the whole case, in a fresh process, peaks well below it."""
+    example = sitk.ReadImage(str(example_ct()))
+    size, spacing = (512, 512, 400), (0.78, 0.78, 1.0)
+    centre = example.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in example.GetSize()])
+    matrix = np.asarray(example.GetDirection()).reshape(3, 3)
+    origin = np.asarray(centre) - matrix @ ((np.asarray(size) - 1) / 2 * np.asarray(spacing))
+    big = sitk.Resample(example, list(size), sitk.Transform(), sitk.sitkLinear, origin.tolist(), spacing,
+                        example.GetDirection(), -1024.0, sitk.sitkInt16)
+    path = tmp_path / "big_ct.mha"
+    sitk.WriteImage(big, str(path), False)
+    del big, example
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "algorithm", "predict", str(path), "--output", str(tmp_path / "out"),
+                           "--models", str(fixture_model_dir()), "--no-qc"], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "out" / "big_report.json").read_text())
+    peak = max(stage["peak_rss_mib"] for stage in report["stages"])
+    assert peak < 4096, report["stages"]
+    assert sitk.ReadImage(str(tmp_path / "out" / "big_seg-vert_msk.nii.gz")).GetSize() == size
