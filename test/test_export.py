@@ -1,0 +1,335 @@
+"""Training and ONNX export smoke tests on a tiny stand-in data set (seconds, 2 CPU cores).
+
+The stand-in cases are built here (not by the synthetic generator): a soft-tissue cylinder
+with four bone ellipsoids labelled L1-L4, stored with a flipped (non-identity) direction
+so the model-grid resampling is exercised. Networks are shrunk through the CLI flags
+(16^3 patches, depth 2, 4 channels).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from export.cli import main as cli_main  # noqa: E402
+from export.datasets import (  # noqa: E402
+    STAGE_DEFAULTS,
+    Augmentation,
+    PatchSampler,
+    StageVolume,
+    default_meta,
+    locate_target,
+    prepare_volume,
+    segment_inputs,
+)
+from export.networks import (  # noqa: E402
+    NetworkConfig,
+    UNet3D,
+    build_network,
+    count_parameters,
+    default_network_config,
+    probabilities,
+)
+from export.onnx_export import ParityError, export_checkpoint  # noqa: E402
+from export.train import load_checkpoint, stage_loss  # noqa: E402
+from export.validation import locate_metrics, sliding_window  # noqa: E402
+from spine.case import Case  # noqa: E402
+from spine.image import Geometry, image_from_array  # noqa: E402
+from spine.labels import LOCATE_CHANNELS  # noqa: E402
+from spine.modelmeta import ModelMeta  # noqa: E402
+from spine.preprocess import world_to_zyx  # noqa: E402
+
+torch.set_num_threads(2)
+
+TINY = {
+    "detect": ["--spacing", "5", "5", "5", "--patch", "16", "16", "16"],
+    "locate": ["--spacing", "5", "5", "5", "--patch", "16", "16", "16", "--sigma-mm", "6"],
+    "segment": ["--spacing", "2.5", "2.5", "2.5", "--patch", "16", "16", "16"],
+}
+NET = ["--depth", "2", "--base-channels", "4"]
+LABELS = (20, 21, 22, 23)
+
+
+def toy_case(seed: int) -> Case:
+    """A 80 x 80 x 140 mm stand-in spine: four bone ellipsoids (L1-L4) in a soft-tissue cylinder."""
+    rng = np.random.default_rng(seed)
+    spacing = 2.5
+    shape_zyx = (56, 32, 32)
+    z, y, x = np.meshgrid(*[(np.arange(n) + 0.5) * spacing for n in shape_zyx], indexing="ij")
+    hu = np.full(shape_zyx, -1000.0, dtype=np.float32)
+    hu[((x - 40) / 36) ** 2 + ((y - 40) / 32) ** 2 <= 1] = 40.0
+    mask = np.zeros(shape_zyx, dtype=np.uint8)
+    centres = {}
+    shift = rng.uniform(-4, 4, 3)
+    for i, label in enumerate(LABELS):
+        centre = np.array([125.0 - 30.0 * i, 40.0, 40.0]) + shift  # (z, y, x) mm, L1 on top
+        inside = ((z - centre[0]) / 11) ** 2 + ((y - centre[1]) / 13) ** 2 + ((x - centre[2]) / 14) ** 2 <= 1
+        hu[inside] = 500.0 + 100.0 * i
+        mask[inside] = label
+        centres[label] = centre
+    hu += rng.normal(0, 15, shape_zyx).astype(np.float32)
+    geometry = Geometry(size=shape_zyx[::-1], spacing_mm=(spacing,) * 3, origin_mm=(-40.0, -60.0, 300.0),
+                        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    ct = image_from_array(hu.astype(np.int16), geometry)
+    mask_image = image_from_array(mask, geometry)
+    centroids = {label: geometry.index_to_world((c / spacing - 0.5)[::-1]) for label, c in centres.items()}
+    # Store with a flipped axis (direction not identity); the world content is unchanged.
+    ct, mask_image = sitk.Flip(ct, [False, True, False]), sitk.Flip(mask_image, [False, True, False])
+    return Case(case_id=f"sub-toy{seed:03d}", ct=ct, mask=mask_image, centroids_mm=centroids, source=f"toy:{seed}")
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three stand-in cases in the VerSe layout (the last one is held out for validation)."""
+    from export.synth import write_case
+
+    root = tmp_path_factory.mktemp("toy")
+    for seed in range(3):
+        write_case(toy_case(seed), root)
+    return root
+
+
+def _train(data: Path, stage: str, out: Path, iterations: int, *extra: str) -> int:
+    return cli_main(["-q", "train", stage, "--data", str(data), "--out", str(out), "--iterations", str(iterations),
+                     "--val-every", "2", "--val-cases", "1", "--batch-size", "1", "--no-progress",
+                     "--cache", str(out.parent / "cache"), *TINY[stage], *NET, *extra])
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+# ----------------------------------------------------------------------------- networks and data
+
+
+def test_unet_shapes_and_patch_check() -> None:
+    net = UNet3D(2, 3, NetworkConfig(base_channels=4, depth=3))
+    out = net(torch.zeros(2, 2, 16, 24, 8))
+    assert out.shape == (2, 3, 16, 24, 8)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        net.check_patch_shape((16, 18, 8))
+
+
+def test_instance_norm_exports_accurately(tmp_path: Path) -> None:
+    """Regression: ONNX Runtime's InstanceNormalization was ~1e-4 off on a 64x48x48 map (parity 7e-3)."""
+    import warnings
+
+    from export.networks import InstanceNorm3d
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, 64, 48, 48, generator=generator) * 2.4 + 0.65
+    x[:, :, :, :10] = 3.0  # a constant region, as air padding gives
+    norm = InstanceNorm3d(3).eval()
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        norm.bias.copy_(torch.tensor([0.0, 0.1, -0.2]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(norm, (x,), str(tmp_path / "norm.onnx"), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"])
+    got = ort.InferenceSession(str(tmp_path / "norm.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        reference = norm.double()(x.double()).numpy()
+    assert np.abs(got - reference).max() < 1e-5
+
+
+@pytest.mark.parametrize("stage", ["detect", "locate", "segment"])
+def test_default_networks_are_small(stage: str) -> None:
+    meta = default_meta(stage)
+    net = build_network(meta, default_network_config(stage))
+    assert 100_000 < count_parameters(net) < 2_500_000
+    assert len(meta.channels) == (26 if stage == "locate" else 1)
+    assert ModelMeta.from_props(meta.to_props()) == meta
+
+
+def test_locate_target_puts_each_centroid_in_its_channel() -> None:
+    centroids = {20: np.array([8.0, 8.0, 8.0]), 28: np.array([2.0, 3.0, 4.0])}
+    target = locate_target(centroids, (0, 0, 0), (16, 16, 16), 5.0, (2.0, 2.0, 2.0))
+    assert target.shape == (len(LOCATE_CHANNELS), 16, 16, 16)
+    l1, t13 = LOCATE_CHANNELS.index(20), LOCATE_CHANNELS.index(28)
+    assert np.unravel_index(target[l1].argmax(), target[l1].shape) == (8, 8, 8)
+    assert target[l1].max() == pytest.approx(1.0)
+    assert np.unravel_index(target[t13].argmax(), target[t13].shape) == (2, 3, 4)
+    others = [c for c in range(len(LOCATE_CHANNELS)) if c not in (l1, t13)]
+    assert target[others].max() == 0.0
+
+
+def test_segment_inputs_follow_crop_patch_convention() -> None:
+    meta = default_meta("segment", spacing_zyx_mm=(2.0, 2.0, 2.0), patch_shape_zyx=(16, 16, 16))
+    image = np.zeros((40, 40, 40), np.float32)
+    x, start = segment_inputs(image, (20.0, 21.0, 22.0), meta)
+    assert x.shape == (2, 16, 16, 16)
+    assert start == (12, 13, 14)
+    assert np.unravel_index(x[1].argmax(), x[1].shape) == (8, 8, 8)  # centroid at patch index shape/2
+
+
+def test_preprocessing_and_sampler_on_a_toy_case() -> None:
+    case = toy_case(0)
+    meta = default_meta("segment", spacing_zyx_mm=(2.5, 2.5, 2.5), patch_shape_zyx=(16, 16, 16))
+    volume = prepare_volume(case, meta, crop_margin_mm=STAGE_DEFAULTS["segment"].crop_margin_mm)
+    for label, zyx in volume.centroids_zyx.items():  # centroids land inside their own label
+        assert volume.labels[tuple(np.round(zyx).astype(int))] == label
+    sampler = PatchSampler([volume], meta, np.random.default_rng(0), Augmentation())
+    x, y = sampler.sample(3)
+    assert x.shape == (3, 2, 16, 16, 16) and y.shape == (3, 1, 16, 16, 16)
+    assert set(np.unique(y)) <= {0.0, 1.0} and y.sum() > 0
+
+    detect = prepare_volume(case, default_meta("detect", spacing_zyx_mm=(5, 5, 5), patch_shape_zyx=(16, 16, 16)))
+    assert detect.target is not None and 0 < detect.target.mean() < 0.5
+
+
+def test_locate_loss_balances_the_spine_and_metrics_find_peaks() -> None:
+    target = torch.zeros(1, 26, 8, 8, 8)
+    target[0, 3, 4, 4, 4] = 1.0
+    good = torch.full_like(target, -8.0)
+    good[0, 3, 4, 4, 4] = 8.0
+    assert stage_loss("locate", good, target) < stage_loss("locate", torch.full_like(target, -8.0), target)
+
+    logits = torch.zeros(1, 27, 8, 8, 8)  # centre_label head: centre logit + 26 label logits
+    logits[:, 0] = -8.0
+    confident = logits.clone()
+    confident[0, 0, 4, 4, 4] = 8.0
+    confident[0, 1 + 3, 4, 4, 4] = 8.0
+    assert stage_loss("locate", confident, target, "centre_label") < stage_loss("locate", logits, target,
+                                                                                "centre_label")
+
+    prob = np.zeros((26, 10, 10, 10), np.float32)
+    prob[LOCATE_CHANNELS.index(20), 2, 2, 2] = 0.9
+    prob[LOCATE_CHANNELS.index(20), 2, 2, 3] = 0.7
+    prob[LOCATE_CHANNELS.index(21), 2, 2, 4] = 0.8
+    centroids = {20: np.array([2.0, 2.0, 3.0]), 21: np.array([7.0, 7.0, 5.0])}
+    metrics = locate_metrics(prob, centroids, (2.0, 2.0, 2.0))
+    assert metrics["id_rate"] == 0.5  # L1 2 mm off: hit; L2's peak is nearest to L1's centroid: miss
+    assert metrics["distance_mm"] == pytest.approx((2.0 + 2.0 * np.sqrt(51.0)) / 2)
+    assert metrics["label_accuracy"] == 0.5  # L1 wins at its centroid; nothing at L2's
+    # Peaks of the channel max (0.9 at (2,2,2), 0.8 at (2,2,4)) as the algorithm sees them: L1's
+    # nearest peak is 2 mm away and reads L1; L2's is 14.3 mm away (within 20 mm) and reads L2.
+    assert metrics["peak_detection_rate"] == 1.0 and metrics["peak_label_accuracy"] == 1.0
+    assert metrics["peak_distance_mm"] == pytest.approx((2.0 + 2.0 * np.sqrt(51.0)) / 2)
+    assert metrics["false_peaks"] == 0.0
+
+
+def test_centre_label_head_gives_centre_probability_and_label_ratios() -> None:
+    logits = torch.randn(2, 27, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * 3
+    prob = probabilities(logits, "centre_label")
+    assert prob.shape == (2, 26, 4, 4, 4) and prob.min() >= 0 and prob.max() <= 1
+    torch.testing.assert_close(prob.amax(dim=1), torch.sigmoid(logits[:, 0]))
+    softmax = torch.softmax(logits[:, 1:], dim=1)
+    torch.testing.assert_close(prob[:, 3] / prob[:, 5], softmax[:, 3] / softmax[:, 5])
+    torch.testing.assert_close(probabilities(logits, "sigmoid"), torch.sigmoid(logits))
+    network = build_network(default_meta("locate"), NetworkConfig(base_channels=2, depth=2, head="centre_label"))
+    assert network.out_channels == 27 and network.head.bias[0] == 0.0  # no prior given: bias 0
+    with pytest.raises(ValueError, match="head"):
+        NetworkConfig(head="softmax")
+
+
+def test_sliding_window_is_exact_for_an_identity_predictor() -> None:
+    image = np.random.default_rng(0).normal(size=(1, 20, 13, 9)).astype(np.float32)
+    out = sliding_window(lambda batch: batch, image, (8, 8, 8), pad_value=-1.0)
+    np.testing.assert_allclose(out, image, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- train + export
+
+
+@pytest.mark.parametrize("stage", ["detect", "locate", "segment"])
+def test_train_export_parity_and_metadata(stage: str, toy_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / stage
+    assert _train(toy_data, stage, out, 2) == 0
+    checkpoint = load_checkpoint(out / "best.pt")
+    assert checkpoint["iteration"] == 2 and checkpoint["history"][-1]["iteration"] == 2
+    assert (out / "train.log").is_file() and (out / "history.jsonl").is_file()
+
+    model_path = tmp_path / f"{stage}.onnx"
+    report = export_checkpoint(out / "best.pt", model_path, parity_cases=str(toy_data), fp16=stage == "segment")
+    assert report.max_abs_diff <= 1e-4 and report.n_patches >= 2
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    meta = ModelMeta.from_props(session.get_modelmeta().custom_metadata_map)
+    assert meta.stage == stage and meta.patch_shape_zyx == (16, 16, 16)
+    assert meta.version.endswith(".it2") and meta.trained_on
+    expected = checkpoint["meta"]
+    assert (meta.spacing_zyx_mm, meta.channels, meta.input_channels, meta.intensity, meta.heatmap_sigma_mm) == (
+        expected.spacing_zyx_mm, expected.channels, expected.input_channels, expected.intensity,
+        expected.heatmap_sigma_mm)
+    shape = session.get_inputs()[0].shape
+    assert shape[1:] == [len(meta.input_channels), 16, 16, 16]
+    probability = session.run(None, {"input": np.zeros((3, *shape[1:]), np.float32)})[0]  # dynamic batch
+    assert probability.shape == (3, len(meta.channels), 16, 16, 16)
+    assert probability.min() >= 0.0 and probability.max() <= 1.0
+    if stage == "segment":
+        assert report.fp16_max_abs_diff is not None and report.fp16_max_abs_diff <= 1e-2
+        fp16 = onnx.load(report.fp16_path)
+        assert ModelMeta.from_props({p.key: p.value for p in fp16.metadata_props}) == meta
+
+
+def test_resume_continues_exactly_and_seed_is_deterministic(toy_data: Path, tmp_path: Path) -> None:
+    assert _train(toy_data, "detect", tmp_path / "straight", 4) == 0
+    assert _train(toy_data, "detect", tmp_path / "again", 4) == 0
+    assert _train(toy_data, "detect", tmp_path / "split", 2) == 0
+    assert _train(toy_data, "detect", tmp_path / "split", 4, "--resume") == 0
+    assert _train(toy_data, "detect", tmp_path / "other", 2, "--seed", "1") == 0
+    straight = _weights(tmp_path / "straight" / "last.pt")
+    again = _weights(tmp_path / "again" / "last.pt")
+    resumed = _weights(tmp_path / "split" / "last.pt")
+    other_seed = _weights(tmp_path / "other" / "last.pt")
+    for name, tensor in straight.items():
+        torch.testing.assert_close(again[name], tensor, rtol=0, atol=0)
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6)
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["iteration"] == 4
+    assert any(not torch.equal(other_seed[name], tensor) for name, tensor in straight.items())
+    lines = (tmp_path / "split" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [2, 4]
+
+
+def test_parity_failure_is_loud_and_writes_nothing(toy_data: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import export.onnx_export as onnx_export
+
+    assert _train(toy_data, "detect", tmp_path / "run", 1) == 0
+    original = onnx_export._write_metadata
+
+    def corrupt(path: Path, meta: ModelMeta, doc: str) -> dict[str, str]:
+        props = original(path, meta, doc)
+        model = onnx.load(str(path))
+        weight = next(init for init in model.graph.initializer if len(init.dims) == 5)
+        array = onnx.numpy_helper.to_array(weight) * 3.0 + 0.5
+        weight.CopyFrom(onnx.numpy_helper.from_array(array.astype(np.float32), weight.name))
+        onnx.save(model, str(path))
+        return props
+
+    monkeypatch.setattr(onnx_export, "_write_metadata", corrupt)
+    target = tmp_path / "models" / "detect.onnx"
+    with pytest.raises(ParityError, match="parity check failed"):
+        export_checkpoint(tmp_path / "run" / "last.pt", target, parity_cases=str(toy_data))
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    assert cli_main(["-q", "onnx", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--out", str(target),
+                     "--parity-cases", str(toy_data)]) == 1
+    assert not target.exists()
+
+
+def test_cli_rejects_bad_arguments(toy_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["train", "nonsense", "--data", str(toy_data), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        cli_main(["train", "detect", "--data", str(toy_data), "--out", str(tmp_path), "--iterations", "0"])
+    assert cli_main(["-q", "train", "detect", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 1
+    assert cli_main(["-q", "train", "detect", "--data", str(toy_data), "--out", str(tmp_path / "o2"), "--patch",
+                     "15", "16", "16", *NET, "--spacing", "5", "5", "5"]) == 1  # not a multiple of 2
+    assert cli_main(["-q", "onnx", "--checkpoint", str(tmp_path / "missing.pt"), "--out",
+                     str(tmp_path / "x.onnx")]) == 1
+
+
+def test_volume_dataclass_defaults() -> None:
+    volume = StageVolume("x", np.zeros((2, 2, 2), np.float32),
+                         Geometry((2, 2, 2), (1.0, 2.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)))
+    np.testing.assert_allclose(volume.spacing_zyx_mm, (3.0, 2.0, 1.0))
+    assert world_to_zyx(volume.grid, np.array([3.0, 4.0, 6.0])).tolist() == [2.0, 2.0, 3.0]
