@@ -30,6 +30,7 @@ from algorithm.inputs import InputError, load_ct
 from algorithm.models import DEVICES, ModelError, Models, find_model_dir, load_models
 from algorithm.pipeline import Options, predict_case, read_gc_input, run_gc_case, write_case_outputs
 from algorithm.serve import DEFAULT_HOST, DEFAULT_PORT, InvokeServer
+from spine.arguments import positive_int
 from spine.image import IMAGE_SUFFIXES, strip_image_suffix
 from spine.layout import AlgorithmLayout
 from spine.verse import case_id_of
@@ -65,16 +66,6 @@ def _overlap(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _existing_dir(text: str) -> Path:
     path = Path(text)
     if not path.is_dir():
@@ -92,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: $VERSE_GC_MODELS, else the bundled models)")
     common.add_argument("--device", choices=DEVICES, default="auto",
                         help="execution provider: CUDA when available and working (auto), or force one")
-    common.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads per model (default: all)")
+    common.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads per model (default: all)")
     common.add_argument("--overlap", type=_overlap, default=0.5, help="sliding-window overlap in [0, 1) (0.5)")
     verbosity = common.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from evaluation.discover import InputError, Pairing, find_ground_truth, pair_folders, pair_gc_jobs
 from evaluation.run import evaluate_cases, metrics_document, write_metrics
+from spine.arguments import positive_int
 from spine.gc import ContractError
 from spine.layout import EvaluationLayout, max_workers
 
@@ -30,20 +31,10 @@ log = logging.getLogger("evaluation")
 MODES = ("gc", "folders")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, metavar="DIR",
                         help="also write an HTML report with per-vertebra and per-region plots to DIR")
-    parser.add_argument("--workers", type=_positive_int, metavar="N",
+    parser.add_argument("--workers", type=positive_int, metavar="N",
                         help="processes for the cases (default: GRAND_CHALLENGE_MAX_WORKERS, else the CPU count)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -48,6 +48,7 @@ from export.synth_skeleton import (
     paint_vertebra,
     sacral_segments,
 )
+from spine.arguments import positive_int
 from spine.case import Case
 from spine.image import Geometry, image_from_array, write_image
 from spine.labels import anatomical_rank
@@ -550,21 +551,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser = subparsers.add_parser("synth", help="write synthetic spine CT cases in the VerSe layout",
                                    description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="output folder (rawdata/ and derivatives/ are created)")
-    parser.add_argument("--cases", type=_positive_int, default=10, help="number of cases (default 10)")
+    parser.add_argument("--cases", type=positive_int, default=10, help="number of cases (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i")
     parser.add_argument("--region", choices=REGIONS, default=None, help="field of view (default: random)")
-    parser.add_argument("--max-voxels", type=_positive_int, default=DEFAULT_MAX_VOXELS,
+    parser.add_argument("--max-voxels", type=positive_int, default=DEFAULT_MAX_VOXELS,
                         help=f"cap on rendered voxels per case (default {DEFAULT_MAX_VOXELS})")
     parser.add_argument("--qc", type=Path, default=None,
                         help="write a QC picture (synthetic vs the real example CT) to this PNG")
     parser.set_defaults(func=run_synth)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def run_synth(args: argparse.Namespace) -> int:

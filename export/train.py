@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from spine.arguments import positive_float, positive_int
 from spine.modelmeta import ModelMeta
 
 from .datasets import STAGE_DEFAULTS, Augmentation, CaseSource, PatchSampler, default_meta, volumes_for
@@ -396,44 +397,30 @@ def train(config: TrainConfig) -> TrainResult:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``train`` (shared by the subcommand and ``python -m export.train``)."""
     parser.add_argument("stage", choices=tuple(STAGE_DEFAULTS), help="which stage to train")
     parser.add_argument("--data", required=True, help="VerSe-layout data folder (e.g. made by `export synth`)")
     parser.add_argument("--out", required=True, help="output folder: last.pt, best.pt, train.log, history.jsonl")
-    parser.add_argument("--iterations", type=_positive_int, default=1000, help="total iterations (default 1000)")
-    parser.add_argument("--batch-size", type=_positive_int, default=2)
-    parser.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (AdamW, cosine)")
+    parser.add_argument("--iterations", type=positive_int, default=1000, help="total iterations (default 1000)")
+    parser.add_argument("--batch-size", type=positive_int, default=2)
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (AdamW, cosine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--val-cases", type=int, default=2,
                         help="validation cases: held out from the end of --data, or the first K of --val-data")
     parser.add_argument("--val-data", help="separate validation folder (then all of --data trains)")
-    parser.add_argument("--val-every", type=_positive_int, default=200, help="validate + checkpoint every N its")
+    parser.add_argument("--val-every", type=positive_int, default=200, help="validate + checkpoint every N its")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--max-cases", type=_positive_int, help="read at most N cases")
-    parser.add_argument("--max-minutes", type=_positive_float, help="stop (with a checkpoint) after this wall time")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--max-cases", type=positive_int, help="read at most N cases")
+    parser.add_argument("--max-minutes", type=positive_float, help="stop (with a checkpoint) after this wall time")
     parser.add_argument("--cache", help="preprocessing cache folder (default OUT/cache)")
-    parser.add_argument("--patch", type=_positive_int, nargs=3, metavar=("Z", "Y", "X"), help="patch shape override")
-    parser.add_argument("--spacing", type=_positive_float, nargs=3, metavar=("Z", "Y", "X"), help="spacing in mm")
-    parser.add_argument("--sigma-mm", type=_positive_float, help="heatmap sigma override (mm)")
-    parser.add_argument("--base-channels", type=_positive_int, help="U-Net width at full resolution")
-    parser.add_argument("--depth", type=_positive_int, help="U-Net resolution levels")
+    parser.add_argument("--patch", type=positive_int, nargs=3, metavar=("Z", "Y", "X"), help="patch shape override")
+    parser.add_argument("--spacing", type=positive_float, nargs=3, metavar=("Z", "Y", "X"), help="spacing in mm")
+    parser.add_argument("--sigma-mm", type=positive_float, help="heatmap sigma override (mm)")
+    parser.add_argument("--base-channels", type=positive_int, help="U-Net width at full resolution")
+    parser.add_argument("--depth", type=positive_int, help="U-Net resolution levels")
     parser.add_argument("--trained-on", help="provenance text for the model metadata")
     parser.add_argument("--no-augment", action="store_true", help="disable augmentation")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")

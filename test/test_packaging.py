@@ -35,3 +35,19 @@ def test_evaluation_image_needs_no_onnx_or_torch() -> None:
 def test_torch_is_pinned_to_the_cpu_wheel_in_the_export_extra() -> None:
     export = load_requirements()(REPO / "pyproject.toml", ["export"])
     assert "torch==2.13.0" in export
+
+
+def test_count_arguments_are_refused_with_a_message() -> None:
+    import argparse
+
+    import pytest
+
+    from spine.arguments import positive_float, positive_int
+
+    assert positive_int("3") == 3 and positive_float("0.5") == 0.5
+    for bad in ("0", "-2", "x", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_int(bad)
+    for bad in ("0", "-1e-3", "nan", "inf", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_float(bad)
