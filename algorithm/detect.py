@@ -32,6 +32,7 @@ __all__ = [
     "detect_spine",
     "largest_component_box",
     "resample_ct",
+    "run_on_grid",
     "sub_grid",
 ]
 
@@ -79,6 +80,15 @@ def resample_ct(image: sitk.Image, grid: Geometry, *, default: float = AIR_HU) -
     resampled = sitk.Resample(image, list(grid.size), sitk.Transform(), sitk.sitkLinear, grid.origin_mm,
                               grid.spacing_mm, grid.direction, float(default), sitk.sitkFloat32)
     return sitk.GetArrayFromImage(resampled)
+
+
+def run_on_grid(image: sitk.Image, grid: Geometry, model: StageModel, *, overlap: float) -> np.ndarray:
+    """A whole-grid stage (detect, locate): the CT on ``grid``, mapped as the model says, through
+    Gaussian-weighted sliding windows; returns ``(channels, z, y, x)`` float32."""
+    meta = model.meta
+    network_input = meta.intensity.apply(resample_ct(image, grid))[None]
+    return sliding_window(network_input, model.run, meta.patch_shape_zyx, len(meta.channels), overlap=overlap,
+                          pad_value=meta.intensity.background, batch_size=model.batch_size)
 
 
 def sub_grid(grid: Geometry, start_zyx: Sequence[int], shape_zyx: Sequence[int]) -> Geometry:
@@ -134,11 +144,7 @@ def detect_spine(
     """Run the detect stage on a CT (any orientation and spacing)."""
     meta = model.meta
     grid = model_grid(Geometry.of(image), meta.spacing_zyx_mm)
-    network_input = meta.intensity.apply(resample_ct(image, grid))[None]
-    probability = sliding_window(network_input, model.run, meta.patch_shape_zyx, len(meta.channels),
-                                 overlap=overlap, pad_value=meta.intensity.background,
-                                 batch_size=model.batch_size)[0]
-    del network_input
+    probability = run_on_grid(image, grid, model, overlap=overlap)[0]
     max_probability = float(probability.max()) if probability.size else 0.0
     found = largest_component_box(probability >= threshold)
     voxel_ml = float(np.prod(grid.spacing_mm)) / 1000.0

@@ -18,9 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from algorithm.detect import SpineBox, crop_grid, resample_ct
+from algorithm.detect import SpineBox, crop_grid, run_on_grid
 from algorithm.models import StageModel
-from algorithm.tiling import sliding_window
 from spine.image import Geometry
 from spine.labels import LOCATE_CHANNELS
 from spine.preprocess import model_grid, zyx_to_world
@@ -151,10 +150,7 @@ def locate_vertebrae(
     """Run the locate stage inside ``box`` and return the candidates (strongest first)."""
     meta = model.meta
     grid = crop_grid(model_grid(Geometry.of(image), meta.spacing_zyx_mm), box)
-    network_input = meta.intensity.apply(resample_ct(image, grid))[None]
-    heatmaps = sliding_window(network_input, model.run, meta.patch_shape_zyx, len(meta.channels),
-                              overlap=overlap, pad_value=meta.intensity.background, batch_size=model.batch_size)
-    del network_input
+    heatmaps = run_on_grid(image, grid, model, overlap=overlap)
     channel_max = heatmaps.max(axis=0)
     peaks = find_peaks(channel_max, meta.spacing_zyx_mm, threshold=threshold, min_separation_mm=min_separation_mm)
     if len(peaks) == 0:
