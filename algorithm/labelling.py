@@ -56,12 +56,29 @@ The model (all scores natural logs, "nats"; every term a log likelihood ratio ag
    truncated at ``max_z`` standard deviations.
 4. **Spine size** (optional, ``scale_steps > 1``): one latent size factor per case on a
    grid over +-2.5 prior standard deviations, ``log scale ~ N(0, scale_log_sd**2)``.
+5. **Lost count** (``offset_probability`` > 0): one latent per-case offset ``o`` in
+   {-1, 0, +1}: the network may have lost count by one for the whole case, so that every
+   ordinary (non-anchor) candidate's evidence sits one label along the anatomical order
+   from its true label. Under offset ``o`` an ordinary candidate's evidence for label
+   ``l`` is read from the label(s) ``o`` places along: for ``o = +1`` the largest score
+   among ``allowed_next(l)`` within one place of ``anatomical_rank`` (C1..T12, T13, L1..L6:
+   T12 reads max(T13, L1), T13 reads L1, L5 reads L6; the T11->L1 jump of an 11-thoracic
+   spine is two places and not read), for ``o = -1`` the largest among the labels whose
+   ``+1`` set holds ``l`` (L1 reads max(T12, T13)); a label with no such neighbour (C1 at
+   -1, L6 at +1) reads no evidence (the floor). Recognised anchors (item 2, whatever
+   ``anchor_weight``) are the vertebrae the network cannot miscount: their evidence is read
+   unshifted. The offset's prior is ``P(o = -1) = P(o = +1) = offset_probability``
+   (0.05, a documented constant matched to a network that loses count in about one case
+   in ten; 0 switches the component off); it enters the score as the log odds
+   ``log(P(o) / P(0))`` (0 for ``o = 0``, about -2.9 nats otherwise), so that ``o != 0``
+   must be bought by evidence. The offset is a grid dimension like the spine size: every
+   pass runs over (offset, scale) hypotheses at once, about three times the work.
 
-The decoder returns the exact maximiser of the total score over chains (and scales):
+The decoder returns the exact maximiser of the total score over chains (and offsets, scales):
 Viterbi over (candidate, label) states on the ordered candidates, every skip, variant
 and rejection included. ``confidence`` is the posterior marginal of the returned label
 (or of the rejection) under the same model read as a probability: forward-backward
-sum-product over all chains (mixed over the scale grid). It is near 1 where every
+sum-product over all chains (mixed over offsets and the scale grid). It is near 1 where every
 competing labelling is far worse and about 0.5 where two explain the evidence equally.
 """
 
@@ -76,7 +93,7 @@ from functools import lru_cache
 import numpy as np
 
 from algorithm.labelling_prior import CHAIN_LABELS, LabellingPrior, load_default
-from spine.labels import EVALUATED, LOCATE_CHANNELS, allowed_next
+from spine.labels import EVALUATED, LOCATE_CHANNELS, allowed_next, anatomical_rank
 
 __all__ = ["ChainDecoder", "Labelling", "decode", "label_candidates", "order_along_spine"]
 
@@ -88,6 +105,22 @@ _CHAIN_LABEL_ARRAY = np.array(CHAIN_LABELS, dtype=np.int64)
 _SCORE_TOLERANCE = 0.1  # scores outside [-0.1, 1.1] are not evidence (logits?): refused
 _MIN_DISTANCE_MM = 1e-3
 _TANGENT_SD_RAD = 0.1  # error of the fitted curve's direction at a candidate
+_OFFSETS = (-1, 0, 1)
+
+
+def _offset_neighbours() -> dict[int, np.ndarray]:
+    """(L, L) boolean masks in chain-rank order: ``mask[o][r, m]`` when, under offset o, label r reads
+    the evidence of label m (module docstring, item 5)."""
+    rank = {label: k for k, label in enumerate(CHAIN_LABELS)}
+    after = np.zeros((_N_LABELS, _N_LABELS), dtype=bool)
+    for label in CHAIN_LABELS:
+        for nxt in allowed_next(label):
+            if nxt in rank and anatomical_rank(nxt) - anatomical_rank(label) <= 1:
+                after[rank[label], rank[nxt]] = True
+    return {-1: after.T.copy(), 0: np.eye(_N_LABELS, dtype=bool), 1: after}
+
+
+_OFFSET_NEIGHBOURS = _offset_neighbours()
 
 
 @dataclass(frozen=True)
@@ -99,7 +132,8 @@ class Labelling:
     indices from head to foot along the fitted spine curve. ``score``: the model's log
     score (nats) of the returned labelling, 0 for rejecting every candidate (see
     :meth:`ChainDecoder.score`). ``scale``: the spine size factor chosen (1 = the prior's
-    median spacing; always 1 without a scale grid).
+    median spacing; always 1 without a scale grid). ``offset``: the lost-count offset chosen
+    (-1, 0 or +1, module docstring item 5; always 0 with ``offset_probability`` 0).
     """
 
     labels: np.ndarray
@@ -107,6 +141,7 @@ class Labelling:
     order: np.ndarray
     score: float
     scale: float
+    offset: int = 0
 
     def __post_init__(self) -> None:
         for name in ("labels", "confidence", "order"):
@@ -341,11 +376,12 @@ def _sweep(node: np.ndarray, label: np.ndarray, other: np.ndarray, n: int) -> _S
 
 @dataclass(frozen=True)
 class _Tables:
-    """Per-case DP tables on the ordered candidates (S scales, N candidates, L labels, F steps).
+    """Per-case DP tables on the ordered candidates (H = offsets x scales hypotheses, N candidates,
+    L labels, F steps).
 
     A step is a triple (j, i, edge), j < i, whose distance lies within ``max_z`` standard
-    deviations of the edge's mean at some scale. ``emission`` (N, L) is in chain-rank
-    order; ``forward_step`` / ``backward_step`` (S, F) hold the steps' log scores in each
+    deviations of the edge's mean at some scale. ``emission`` (H, N, L) is in chain-rank
+    order; ``step`` and ``forward_step`` / ``backward_step`` (H, F) hold the steps' log scores in each
     sweep's order (``_IMPOSSIBLE`` at scales outside ``max_z``).
     """
 
@@ -376,6 +412,10 @@ class ChainDecoder:
     ``anchor_weight``, ``anchor_labels``, ``anchor_margin``, ``anchor_min_evidence``: the
     anchor model (module docstring, item 2): the reliability of a recognised anchor's
     evidence, the labels that can be anchors (VerSe ids) and what makes one recognised.
+    ``offset_probability``: prior probability of each lost-count offset, -1 and +1 (module
+    docstring, item 5; 0 switches the component off).
+
+    The passes run over hypotheses h = (offset, scale), ``h = offset_index * S + scale_index``.
     """
 
     prior: LabellingPrior = field(default_factory=load_default)
@@ -391,10 +431,13 @@ class ChainDecoder:
     anchor_labels: tuple[int, ...] = (1, 2, 24, 25)
     anchor_margin: float = 0.2
     anchor_min_evidence: float = 0.5
+    offset_probability: float = 0.05
     _edges: _Edges = field(init=False, repr=False, compare=False)
     _log_scales: np.ndarray = field(init=False, repr=False, compare=False)
     _log_scale_prior: np.ndarray = field(init=False, repr=False, compare=False)
     _log_distance_range: tuple[float, float] = field(init=False, repr=False, compare=False)
+    _offsets: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _log_prior: np.ndarray = field(init=False, repr=False, compare=False)
 
     @property
     def _inclusion_log_odds(self) -> float:
@@ -412,6 +455,8 @@ class ChainDecoder:
             raise ValueError("anchor_weight must be > 0 and anchor_labels evaluated VerSe ids")
         if not 0 <= self.anchor_margin < 1 or not 0 <= self.anchor_min_evidence <= 1:
             raise ValueError("anchor_margin must be in [0, 1) and anchor_min_evidence in [0, 1]")
+        if not 0 <= self.offset_probability < 0.5:
+            raise ValueError(f"offset_probability must be in [0, 0.5), got {self.offset_probability}")
         if not 0 <= self.max_skips <= 4 or self.scale_steps < 1 or self.position_sd_mm < 0 or self.max_z <= 0:
             raise ValueError("need max_skips in 0..4, scale_steps >= 1, position_sd_mm >= 0 and max_z > 0")
         # One scale: the spread of spine sizes joins every step's variance instead.
@@ -430,41 +475,68 @@ class ChainDecoder:
         object.__setattr__(self, "_edges", edges)
         object.__setattr__(self, "_log_scales", log_scales)
         object.__setattr__(self, "_log_distance_range", log_distance_range)
-        object.__setattr__(self, "_log_scale_prior", log_prior - _logsumexp(log_prior, axis=0))
+        log_scale_prior = log_prior - _logsumexp(log_prior, axis=0)
+        object.__setattr__(self, "_log_scale_prior", log_scale_prior)
+        p = self.offset_probability
+        offsets = _OFFSETS if p > 0 else (0,)
+        log_odds = np.array([0.0 if o == 0 else math.log(p) - math.log1p(-2 * p) for o in offsets])
+        object.__setattr__(self, "_offsets", offsets)
+        # Log prior of each hypothesis (offset, scale): the offset's log odds against o = 0 plus the scale's.
+        object.__setattr__(self, "_log_prior", (log_odds[:, None] + log_scale_prior[None, :]).ravel())
 
     # ----------------------------------------------------------------------- tables
 
-    def _reliability(self, evidence: np.ndarray) -> np.ndarray:
-        """(N,) weight of each candidate's evidence: ``anchor_weight`` for a recognised anchor, else 1.
+    def _anchors(self, evidence: np.ndarray) -> np.ndarray:
+        """(N,) bool: the recognised anchors (module docstring, item 2), whatever ``anchor_weight``.
 
-        A candidate is a recognised anchor (module docstring, item 2) when its highest score
-        lies on one of ``anchor_labels``, is at least ``anchor_min_evidence``, and every other
-        label scores at most ``anchor_margin`` times as much.
+        A candidate is a recognised anchor when its highest score lies on one of
+        ``anchor_labels``, is at least ``anchor_min_evidence``, and every other label scores
+        at most ``anchor_margin`` times as much.
         """
-        weight = np.ones(len(evidence))
-        if self.anchor_weight == 1.0 or not len(evidence):
-            return weight
+        if not len(evidence):
+            return np.zeros(0, dtype=bool)
         ranked = np.sort(evidence, axis=1)
         peak, runner_up = ranked[:, -1], ranked[:, -2]
         top = np.asarray(LOCATE_CHANNELS)[np.argmax(evidence, axis=1)]
-        anchor = (np.isin(top, self.anchor_labels) & (peak >= self.anchor_min_evidence)
-                  & (runner_up <= self.anchor_margin * peak))
-        weight[anchor] = self.anchor_weight
-        return weight
+        return (np.isin(top, self.anchor_labels) & (peak >= self.anchor_min_evidence)
+                & (runner_up <= self.anchor_margin * peak))
+
+    def _reliability(self, evidence: np.ndarray) -> np.ndarray:
+        """(N,) weight of each candidate's evidence: ``anchor_weight`` for a recognised anchor, else 1."""
+        return np.where(self._anchors(evidence), self.anchor_weight, 1.0)
+
+    def _emissions(self, evidence: np.ndarray) -> np.ndarray:
+        """Evidence ratios (O, N, L) in chain-rank order under each offset of ``_offsets`` (module
+        docstring, item 5): ordinary candidates read the shifted evidence, recognised anchors their own."""
+        chain = evidence[:, _RANK_TO_COLUMN]  # (N, L)
+        anchors = self._anchors(evidence)
+        read = []
+        for o in self._offsets:
+            if o == 0:
+                read.append(chain)
+                continue
+            mask = _OFFSET_NEIGHBOURS[o]
+            shifted = np.where(mask[None, :, :], chain[:, None, :], 0.0).max(axis=2)
+            read.append(np.where(anchors[:, None], chain, shifted))
+        return self._emission(np.stack(read), self._reliability(evidence)[None, :, None])
 
     def _emission(self, evidence: np.ndarray, weight: np.ndarray) -> np.ndarray:
         """Evidence ratios ``w`` (module docstring, item 2) of scores ``evidence``, each candidate's
         scaled by its reliability ``weight`` (broadcast against evidence's first axis)."""
         ratio = np.log(np.maximum(evidence, self.evidence_floor)) - math.log(self.reject_evidence)
-        return weight.reshape(-1, *([1] * (ratio.ndim - 1))) * ratio + self._inclusion_log_odds
+        if weight.ndim == 1:
+            weight = weight.reshape(-1, *([1] * (ratio.ndim - 1)))
+        return weight * ratio + self._inclusion_log_odds
 
     def _tables(self, positions: np.ndarray, tangents: np.ndarray, evidence: np.ndarray) -> _Tables:
-        """Emission ratios (N, L) in chain-rank order and the feasible steps of the ordered candidates.
+        """Emission ratios (H, N, L) in chain-rank order per hypothesis (offset, scale) and the feasible
+        steps of the ordered candidates, their scores (H, F) repeated over the offsets.
 
         ``tangents`` (N, 3): unit direction of the spine curve at each candidate, head to foot.
         """
         n = len(positions)
-        emission = self._emission(evidence[:, _RANK_TO_COLUMN], self._reliability(evidence))
+        n_offsets, n_scales = len(self._offsets), len(self._log_scales)
+        emission = np.repeat(self._emissions(evidence), n_scales, axis=0)  # (O * S, N, L)
         e = self._edges
         pair_j, pair_i = _pairs(n)
         displacement = positions[pair_i] - positions[pair_j]
@@ -477,6 +549,8 @@ class ChainDecoder:
         shift = self._log_scales[:, None] * e.inv_tau[None, :]  # (S, E), increasing in s
         pair, edge = np.nonzero((z >= shift[0] - self.max_z) & (z <= shift[-1] + self.max_z))
         step = self._step_score(z[pair, edge][None, :] - shift[:, edge], edge, turn[pair])  # (S, F)
+        if n_offsets > 1:
+            step = np.tile(step, (n_offsets, 1))  # (O * S, F): the steps do not depend on the offset
         j, i = pair_j[pair], pair_i[pair]
         source, target = e.source[edge], e.target[edge]
         forward = _sweep(i, target, j * _N_LABELS + source, n)
@@ -508,16 +582,16 @@ class ChainDecoder:
     # ----------------------------------------------------------------------- passes
 
     def _forward(self, t: _Tables, *, posterior: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """Viterbi scores V and sum-product alpha A, both (S, N, L): best / all chains ending at (i, l).
+        """Viterbi scores V and sum-product alpha A, both (H, N, L): best / all chains ending at (i, l).
 
         ``V[i, b] = w[i, b] + max(0, max over steps (j, a) -> (i, b) of V[j, a] + step)`` and
         ``A[i, b] = w[i, b] + log(1 + sum over the same steps of exp(A[j, a] + step))``; the 0
         / the 1 is the chain starting at (i, b). Both are computed in one stacked array;
         A only with ``posterior``.
         """
-        n_scales, n = len(self._log_scales), t.emission.shape[0]
+        n_scales, n = t.emission.shape[:2]  # n_scales: the hypotheses (offset, scale)
         rows = 2 * n_scales if posterior else n_scales
-        state = np.broadcast_to(t.emission, (rows, n, _N_LABELS)).copy()  # [V; A]
+        state = np.concatenate([t.emission, t.emission]) if posterior else t.emission.copy()  # [V; A]
         flat = state.reshape(rows, n * _N_LABELS)
         sweep = t.forward
         step = np.concatenate([t.forward_step, t.forward_step]) if posterior else t.forward_step
@@ -538,11 +612,11 @@ class ChainDecoder:
         return state[:n_scales], (state[n_scales:] if posterior else None)
 
     def _backward(self, t: _Tables) -> np.ndarray:
-        """Sum-product beta (S, N, L): all continuations after (j, a), the chain ending there included.
+        """Sum-product beta (H, N, L): all continuations after (j, a), the chain ending there included.
 
         ``beta[j, a] = log(1 + sum over steps (j, a) -> (i, b) of exp(step + w[i, b] + beta[i, b]))``.
         """
-        n_scales, n = len(self._log_scales), t.emission.shape[0]
+        n_scales, n = t.emission.shape[:2]  # n_scales: the hypotheses (offset, scale)
         beta = np.zeros((n_scales, n, _N_LABELS))
         onward_flat = (t.emission + beta).reshape(n_scales, n * _N_LABELS)  # w + beta, updated as we go
         sweep, step = t.backward, t.backward_step
@@ -560,7 +634,7 @@ class ChainDecoder:
         return beta
 
     def _trace(self, t: _Tables, best: np.ndarray, s: int, i: int, label: int) -> list[tuple[int, int]]:
-        """Back-track the Viterbi chain ending at (i, label) at scale index s; (candidate, rank) head first."""
+        """Back-track the Viterbi chain ending at (i, label) at hypothesis s; (candidate, rank) head first."""
         sweep = t.forward
         chain = [(i, label)]
         while True:
@@ -602,16 +676,16 @@ class ChainDecoder:
         with np.errstate(divide="ignore"):  # log(0) of underflowed sums is -inf, as it should be
             best, alpha = self._forward(tables, posterior=posterior)
             beta = self._backward(tables) if posterior else None
-        n_scales = len(self._log_scales)
+        n_scales = len(self._log_prior)  # hypotheses (offset, scale)
 
-        # MAP over (scale, chain): the empty chain scores 0 at every scale.
-        total = np.maximum(best.reshape(n_scales, -1).max(axis=1), 0.0) + self._log_scale_prior
+        # MAP over (offset, scale, chain): the empty chain scores 0 under every hypothesis.
+        total = np.maximum(best.reshape(n_scales, -1).max(axis=1), 0.0) + self._log_prior
         s = int(np.argmax(total))
         marginal = None
         if alpha is not None and beta is not None:
-            # Posterior marginals of (candidate, label), mixed over the scale grid.
-            log_z = np.logaddexp(_logsumexp(alpha.reshape(n_scales, -1), axis=1), 0.0)  # (S,)
-            weight = self._log_scale_prior + log_z
+            # Posterior marginals of (candidate, label), mixed over offsets and the scale grid.
+            log_z = np.logaddexp(_logsumexp(alpha.reshape(n_scales, -1), axis=1), 0.0)  # (H,)
+            weight = self._log_prior + log_z
             weight = np.exp(weight - _logsumexp(weight, axis=0))
             marginal = np.einsum("s,sil->il", weight, np.exp(alpha + beta - log_z[:, None, None]))
         ranks_sorted = np.full(n, -1)
@@ -629,8 +703,9 @@ class ChainDecoder:
                 accepted, marginal[np.arange(n), np.maximum(ranks_sorted, 0)], 1.0 - marginal.sum(axis=1)), 0.0, 1.0)
         log.debug("labelled %d of %d candidates, score %.1f nats, %d feasible steps",
                   int(accepted.sum()), n, float(total[s]), tables.step.shape[1])
+        offset, scale = divmod(s, len(self._log_scales))
         return Labelling(labels, confidence, order.astype(np.intp), float(total[s]),
-                         float(np.exp(self._log_scales[s])))
+                         float(np.exp(self._log_scales[scale])), int(self._offsets[offset]))
 
     def score(self, positions_mm: np.ndarray, scores: np.ndarray, labels: np.ndarray, *,
               paths: str = "max") -> float:
@@ -640,9 +715,11 @@ class ChainDecoder:
         ratios and of the steps between consecutive ones along the spine curve; the label
         path of a step (which vertebrae were missed, which variant) is maximised over
         (``paths="max"``, the Viterbi objective) or summed over (``"sum"``, the weight the
-        posterior uses); with a scale grid, maximised over the scale with its log prior.
-        -inf for a labelling the model does not allow (repeated or out-of-order labels,
-        impossible steps); 0 when every candidate is rejected (one scale).
+        posterior uses). The hypotheses (lost-count offset, scale), each with its log prior
+        (module docstring, items 4 and 5), are maximised over with ``"max"`` and summed over
+        with ``"sum"``, as the posterior mixes them. -inf for a labelling the model does not
+        allow (repeated or out-of-order labels, impossible steps); 0 with ``"max"`` when every
+        candidate is rejected (one scale).
         """
         positions, evidence = _validate(positions_mm, scores)
         labels = np.asarray(labels)
@@ -653,13 +730,14 @@ class ChainDecoder:
         rank_of = {label: k for k, label in enumerate(CHAIN_LABELS)}
         if any(int(v) != 0 and int(v) not in rank_of for v in labels):
             raise ValueError("labels must be evaluated VerSe ids (1..25, 28) or 0")
+        n_offsets, n_scales = len(self._offsets), len(self._log_scales)
         if not labels.any():
-            return float(self._log_scale_prior.max())
+            return float(self._log_prior.max() if paths == "max" else _logsumexp(self._log_prior, axis=0))
         t, tangents = _spine_curve(positions)
         members = [k for k in np.argsort(t, kind="stable") if labels[k] != 0]
         ranks = [rank_of[int(labels[k])] for k in members]
-        emission = self._emission(evidence[members, _RANK_TO_COLUMN[ranks]], self._reliability(evidence)[members])
-        total = np.full(len(self._log_scales), float(emission.sum())) + self._log_scale_prior
+        emission = self._emissions(evidence)[:, members, ranks].sum(axis=1)  # (O,)
+        total = np.zeros(n_scales)
         e = self._edges
         for (j, a), (i, b) in zip(zip(members[:-1], ranks[:-1], strict=True),
                                   zip(members[1:], ranks[1:], strict=True), strict=True):
@@ -675,7 +753,9 @@ class ChainDecoder:
             total += step.max(axis=1) if paths == "max" else _logsumexp(step, axis=1)
         if total.max() <= _IMPOSSIBLE / 2:
             return -math.inf
-        return float(total.max())
+        hypotheses = (emission[:, None] + total[None, :]).ravel() + self._log_prior  # (O * S,)
+        assert hypotheses.shape == (n_offsets * n_scales,)
+        return float(hypotheses.max() if paths == "max" else _logsumexp(hypotheses, axis=0))
 
 
 @lru_cache(maxsize=1)

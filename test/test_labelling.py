@@ -200,16 +200,62 @@ def test_recognised_c1_c2_anchors_correct_a_shifted_column() -> None:
     assert (np.asarray(LOCATE_CHANNELS)[scores[2:-1].argmax(axis=1)] != truth[2:-1]).all()
     assert decode(positions, scores).tolist() == truth
     assert label_candidates(positions, scores).confidence.min() > 0.5
-    # Read as ordinary evidence (anchor_weight 1) the shifted majority wins: the anchors are needed.
-    assert decode(positions, scores, decoder=ChainDecoder(PRIOR, anchor_weight=1.0))[2:].tolist() != truth[2:]
+    # Read as ordinary evidence (anchor_weight 1, no lost-count offset) the shifted majority wins:
+    # the anchors are needed.
+    plain = ChainDecoder(PRIOR, anchor_weight=1.0, offset_probability=0.0)
+    assert decode(positions, scores, decoder=plain)[2:].tolist() != truth[2:]
 
 
 def test_the_last_lumbar_above_the_sacrum_corrects_a_shifted_column() -> None:
     truth = ids("T12", "L1-L5")  # T12-L4 believe the label above; L5, on the sacrum, is named without doubt
     scores = _shifted_column(truth, -1, ids("L5"), neighbour=0.3)
     positions = spine_positions(truth, noise_mm=1.0)
-    assert decode(positions, scores).tolist() == truth
-    assert decode(positions, scores, decoder=ChainDecoder(PRIOR, anchor_weight=1.0))[:-1].tolist() != truth[:-1]
+    # The anchor model alone (the fixture clips T12's shift, which the lost-count offset reads as T13).
+    anchors_only = ChainDecoder(PRIOR, offset_probability=0.0)
+    assert decode(positions, scores, decoder=anchors_only).tolist() == truth
+    plain = ChainDecoder(PRIOR, anchor_weight=1.0, offset_probability=0.0)
+    assert decode(positions, scores, decoder=plain)[:-1].tolist() != truth[:-1]
+
+
+def _lost_count(truth: list[int], by: int, anchors: list[int]) -> np.ndarray:
+    """Evidence of a network that lost count by ``by`` along the anatomical sequence of ``truth``'s
+    region (no clipping at the ends), except the ``anchors``: one isolated peak each."""
+    sequence = ids("C1-T12", "L1-L6")  # no T13: the network counts along the common sequence
+    believed = [sequence[sequence.index(label) + by] for label in truth]
+    scores = evidence(believed, peak=0.9, neighbour=0.3, background=0.03)
+    for label in anchors:
+        k = truth.index(label)
+        scores[k] = 0.04
+        scores[k, COLUMN[label]] = 0.9
+    return scores
+
+
+@pytest.mark.parametrize("by", [-1, 1])
+def test_a_lost_count_is_undone_by_the_last_lumbar_above_the_sacrum(by: int) -> None:
+    truth = ids("T9-T12", "L1-L5")  # every candidate but L5 believes the label `by` places along
+    scores = _lost_count(truth, by, ids("L5"))
+    positions = spine_positions(truth, noise_mm=1.0)
+    argmax = np.asarray(LOCATE_CHANNELS)[scores.argmax(axis=1)]
+    assert (argmax[:-1] != truth[:-1]).all()
+    result = label_candidates(positions, scores)
+    assert result.labels.tolist() == truth
+    assert result.offset == by
+    assert result.confidence.min() > 0.5
+    # Without the offset, the anchor (weight 5) is outvoted by eight shifted candidates.
+    anchors_only = ChainDecoder(PRIOR, offset_probability=0.0)
+    assert decode(positions, scores, decoder=anchors_only)[:-1].tolist() != truth[:-1]
+
+
+@pytest.mark.parametrize("names", [("T9-T12", "L1-L5"), ("C1-T4",), ("T3-T9",), ("T10-T12", "L1-L6")])
+def test_no_offset_is_invented_for_a_spine_that_did_not_lose_count(names: tuple[str, ...]) -> None:
+    truth = ids(*names)
+    positions, scores = spine_positions(truth, noise_mm=1.0), evidence(truth, peak=0.7, neighbour=0.3)
+    result = label_candidates(positions, scores)
+    assert result.labels.tolist() == truth
+    assert result.offset == 0
+    off = ChainDecoder(PRIOR, offset_probability=0.0).label(positions, scores)
+    assert result.labels.tolist() == off.labels.tolist()
+    assert result.score == pytest.approx(off.score, abs=1e-9)  # o = 0 is the maximiser: the same score
 
 
 def test_only_an_isolated_peak_on_an_anchor_label_is_an_anchor() -> None:
@@ -274,7 +320,8 @@ def test_invalid_input_raises_value_error(positions: np.ndarray, scores: np.ndar
 def test_invalid_decoder_parameters_raise() -> None:
     for bad in ({"evidence_floor": 0.0}, {"miss_probability": 1.0}, {"false_positive_rate": 0.0},
                 {"max_skips": -1}, {"scale_steps": 0}, {"anchor_weight": 0.0}, {"anchor_labels": (26,)},
-                {"anchor_margin": 1.0}, {"anchor_min_evidence": 1.5}):
+                {"anchor_margin": 1.0}, {"anchor_min_evidence": 1.5}, {"offset_probability": 0.5},
+                {"offset_probability": -0.1}):
         with pytest.raises(ValueError):
             ChainDecoder(PRIOR, **bad)
 
@@ -319,21 +366,31 @@ def _chains(n: int, first: int = 0) -> list[list[int]]:
     return out
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_viterbi_is_exact_and_confidence_is_the_posterior(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "decoder"), [
+    (0, DECODER), (1, DECODER), (2, DECODER),
+    # The lost-count offset made likely, with a scale grid and a recognised L5 anchor (seed 4).
+    (3, ChainDecoder(PRIOR, offset_probability=0.3, scale_steps=3)),
+    (4, ChainDecoder(PRIOR, offset_probability=0.3, scale_steps=3)),
+    (5, ChainDecoder(PRIOR, offset_probability=0.0)),
+])
+def test_viterbi_is_exact_and_confidence_is_the_posterior(seed: int, decoder: ChainDecoder) -> None:
     rng = np.random.default_rng(seed)
-    truth = ids("T11-T12", "L1")
+    truth = ids("T11-T12", "L1") if seed != 4 else ids("L3-L5")
     positions = spine_positions(truth, noise_mm=4.0, seed=seed)
     if seed == 2:  # a false detection beside T12
         positions[1] += [25.0, 5.0, 0.0]
     scores = rng.uniform(0, 1, (3, 26)) ** 2
-    result = DECODER.label(positions, scores)
+    if seed == 4:
+        scores[2] = 0.03
+        scores[2, COLUMN[label_of("L5")]] = 0.9
+        assert decoder._anchors(scores).tolist() == [False, False, True]
+    result = decoder.label(positions, scores)
     assert result.order.tolist() == [0, 1, 2]
     chains = np.array(_chains(3))
-    best = max(DECODER.score(positions, scores, c) for c in chains)
+    best = max(decoder.score(positions, scores, c) for c in chains)
     assert result.score == pytest.approx(best, abs=1e-9)
-    weights = np.array([DECODER.score(positions, scores, c, paths="sum") for c in chains])
-    log_z = np.logaddexp.reduce(weights)  # the empty chain is among them, with weight 0
+    weights = np.array([decoder.score(positions, scores, c, paths="sum") for c in chains])
+    log_z = np.logaddexp.reduce(weights)  # the empty chain is among them
     for k in range(3):
         chosen = chains[:, k] == result.labels[k]
         posterior = np.exp(np.logaddexp.reduce(weights[chosen]) - log_z)
@@ -354,7 +411,10 @@ def test_confidence_drops_where_the_evidence_is_ambiguous() -> None:
     result = label_candidates(spine_positions(truth), scores)
     assert result.confidence.max() < 0.6
     clear = label_candidates(spine_positions(truth), evidence(truth, peak=0.9, neighbour=0.05))
-    assert clear.confidence.min() > 0.9
+    # With no anchor in view a lost count (prior 0.05 each way) cannot be ruled out: about 0.9.
+    assert clear.confidence.min() > 0.85
+    no_offset = ChainDecoder(PRIOR, offset_probability=0.0)
+    assert no_offset.label(spine_positions(truth), evidence(truth, peak=0.9, neighbour=0.05)).confidence.min() > 0.9
 
 
 # --------------------------------------------------------------------------- the prior
