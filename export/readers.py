@@ -42,7 +42,7 @@ import SimpleITK as sitk
 from spine.case import Case
 from spine.image import IMAGE_SUFFIXES, Geometry, array_of, read_image, strip_image_suffix
 from spine.labels import NAMES
-from spine.verse import parse_verse_name, read_centroids_mm
+from spine.verse import CentroidFileError, axis_map, centroids_from_voxels, parse_verse_name, read_centroids_mm
 
 __all__ = [
     "CTSPINE1K_LABELS",
@@ -64,7 +64,6 @@ CTSPINE1K_LABELS: Mapping[int, int] = {label: label for label in range(1, 26)}
 """CTSpine1K mask value -> VerSe id (the same scheme; 25 is L6)."""
 
 _MICCAI_2019_AXES: tuple[str, str, str] = ("I", "P", "L")
-_OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
 _MAX_GRID_DRIFT_MM = 1e-2  # mask/CT origin or spacing differences below this are rounding, not mismatch
 
 
@@ -211,16 +210,11 @@ def read_miccai_centroids_mm(
         raise ValueError(f"{path}: not a readable JSON file ({error})") from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of centroid entries")
-    own = geometry.orientation_codes()
-    mapping = []
-    for code in axes:
-        for axis, image_code in enumerate(own):
-            if code in (image_code, _OPPOSITE[image_code]):
-                mapping.append((axis, code != image_code))
-                break
-        else:
-            raise ValueError(f"{path}: axis {code} matches none of the image axes {own}")
-    centroids = {}
+    try:
+        mapping = axis_map(axes, geometry)
+    except CentroidFileError as error:
+        raise ValueError(f"{path}: {error}") from None
+    voxels = {}
     for entry in data:
         if not isinstance(entry, dict) or "label" not in entry:
             continue
@@ -231,12 +225,10 @@ def read_miccai_centroids_mm(
             raise ValueError(f"{path}: malformed centroid entry {entry!r}") from None
         if not np.all(np.isfinite(xyz)) or label not in NAMES:
             continue
-        index = np.zeros(3)
-        for value, (axis, flipped) in zip(xyz, mapping, strict=True):
-            steps = value / geometry.spacing_mm[axis]
-            index[axis] = geometry.size[axis] - 1 - steps if flipped else steps
-        centroids[label] = geometry.index_to_world(index)
-    return centroids
+        # mm along each JSON axis -> voxels along the image axis it lies on; the flips are spine.verse's
+        steps = [value / geometry.spacing_mm[axis] for value, (axis, _) in zip(xyz, mapping, strict=True)]
+        voxels[label] = np.array(steps)
+    return centroids_from_voxels(voxels, geometry, axes)
 
 
 def _check_grids(ct: sitk.Image, mask: sitk.Image, ct_path: Path, mask_path: Path) -> sitk.Image:

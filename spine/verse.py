@@ -27,6 +27,7 @@ from spine.labels import NAMES
 __all__ = [
     "CentroidFileError",
     "VerseName",
+    "axis_map",
     "case_id_of",
     "centroid_json_name",
     "centroids_from_voxels",
@@ -148,7 +149,7 @@ def read_centroid_json(path: str | os.PathLike[str]) -> tuple[tuple[str, str, st
     return codes, voxels
 
 
-def _axis_map(codes: tuple[str, str, str], geometry: Geometry) -> list[tuple[int, bool]]:
+def axis_map(codes: tuple[str, str, str], geometry: Geometry) -> list[tuple[int, bool]]:
     """For each JSON axis: (image axis it lies along, whether it runs opposite)."""
     own = geometry.orientation_codes()
     mapping = []
@@ -178,7 +179,7 @@ def centroids_from_voxels(
     """
     if not voxels:
         return {}
-    mapping = _axis_map(codes, geometry) if codes is not None else [(a, False) for a in range(3)]
+    mapping = axis_map(codes, geometry) if codes is not None else [(a, False) for a in range(3)]
     world = {}
     for label, xyz in voxels.items():
         index = np.zeros(3)
