@@ -1,0 +1,151 @@
+"""The real labelled spine CTs this project can measure on, and the vertebral-body centres of a mask.
+
+Real CTs with vertebra labels are rare here (``../shared/data/README.md``): the bundled example
+(``examples/totalsegmentator-example``, automatic TotalSegmentator labels), the TPTBox lumbar crop,
+VerSe ``sub-verse014`` (manual ground truth, annotated body centres) and the TotalSegmentator aorta
+crop (only T12 labelled). :data:`REAL_CASES` lists them with what their labels are worth; any other
+case (a CT, its mask, optionally a VerSe centroid JSON) is a :class:`RealCase` too.
+
+Body centres. The locate stage predicts vertebral-body centres (VerSe's annotated centroids),
+while a mask's centre of mass lies 10-15 mm further back, pulled by the posterior elements.
+Where a case has no annotated centres, :func:`body_centres_mm` estimates them from the mask:
+the body is the thickest part of a vertebra, so the centre of the voxels deepest inside the
+mask (distance to the mask's surface at least ``depth_fraction`` of the label's maximum) lies in
+the body. On VerSe's annotated cases the estimate is within a few mm of the annotation
+(``test/test_real_cases.py`` pins it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from spine.case import Case
+from spine.image import Geometry, read_image
+from spine.labels import EVALUATED
+from spine.verse import read_centroids_mm
+
+__all__ = [
+    "REAL_CASES",
+    "REPO",
+    "RealCase",
+    "body_centres_mm",
+    "find_real_cases",
+    "shared_data_dir",
+]
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ENV = "VERSE_GC_DATA"
+
+
+def shared_data_dir() -> Path | None:
+    """``$VERSE_GC_DATA`` or ``<repo>/../shared/data`` when it exists (a developer checkout), else None."""
+    env = os.environ.get(DATA_ENV)
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "data")
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+@dataclass(frozen=True)
+class RealCase:
+    """One real labelled CT: where its files are and what its labels are worth.
+
+    - ``centroids``: a VerSe centroid JSON of annotated body centres, or None (then
+      :func:`body_centres_mm` estimates them from the mask);
+    - ``reference``: ``"manual"`` (ground truth) or ``"automatic"`` (another model's output);
+    - ``complete``: every vertebra in view is labelled (False: false-detection counts are
+      limited to the labelled levels' extent).
+    """
+
+    name: str
+    ct: Path
+    mask: Path
+    centroids: Path | None = None
+    reference: str = "manual"
+    complete: bool = True
+    note: str = ""
+
+    def exists(self) -> bool:
+        return self.ct.is_file() and self.mask.is_file()
+
+    def load(self) -> Case:
+        """The case with body centres: annotated when a JSON is given, else estimated from the mask."""
+        ct = read_image(self.ct)
+        mask = read_image(self.mask)
+        if not Geometry.of(mask).same_as(Geometry.of(ct)):
+            raise ValueError(f"{self.mask}: mask and CT are on different grids")
+        mask = sitk.Cast(mask, sitk.sitkUInt8)
+        centres = body_centres_mm(mask)
+        if self.centroids is not None:
+            centres.update(read_centroids_mm(self.centroids, Geometry.of(ct)))
+        return Case(self.name, ct, mask, centres, self.ct.parent)
+
+
+def _bundled_and_shared(shared: Path | None) -> list[RealCase]:
+    example = REPO / "examples" / "totalsegmentator-example"
+    cases = [RealCase("totalsegmentator-example", example / "ct.nii.gz", example / "seg-vert_msk.nii.gz",
+                      reference="automatic", complete=False,
+                      note="abdomen-pelvis, 3 mm, T11 (partial) to sacrum; TotalSegmentator's labels")]
+    if shared is None:
+        return cases
+    tpt, v014, aorta = shared / "tptbox-lumbar", shared / "verse-sub-verse014", shared / "totalsegmentator-aorta"
+    cases += [
+        RealCase("tptbox-lumbar", tpt / "sub-ct_label-22_ct.nii.gz", tpt / "sub-ct_seg-vert_label-22_msk.nii.gz",
+                 reference="manual", note="1.5 mm crop, L2 (partial), L3, L4 (partial)"),
+        RealCase("verse-sub-verse014", v014 / "sub-verse014_ct.nii.gz", v014 / "sub-verse014_seg-vert_msk.nii.gz",
+                 v014 / "sub-verse014_seg-subreg_ctd.json", reference="manual",
+                 note="sagittal lumbar slab 1x1x2 mm, L1-L5, VerSe ground truth"),
+        RealCase("totalsegmentator-aorta", aorta / "ct.nii.gz", aorta / "seg-T12_msk.nii.gz",
+                 reference="automatic", complete=False,
+                 note="contrast chest crop with a stent graft, 1.5 mm; only T12 labelled"),
+    ]
+    return cases
+
+
+REAL_CASES: tuple[RealCase, ...] = tuple(_bundled_and_shared(shared_data_dir()))
+"""The known real labelled CTs (the bundled example always; the others when ``../shared/data`` is there)."""
+
+
+def find_real_cases(names: list[str] | None = None) -> list[RealCase]:
+    """The known real cases whose files exist, optionally only those named."""
+    cases = [case for case in REAL_CASES if case.exists()]
+    if names:
+        unknown = sorted(set(names) - {case.name for case in cases})
+        if unknown:
+            raise ValueError(f"unknown or missing real case(s): {', '.join(unknown)}")
+        cases = [case for case in cases if case.name in names]
+    return cases
+
+
+def body_centres_mm(mask: sitk.Image, *, depth_fraction: float = 0.6) -> dict[int, np.ndarray]:
+    """Estimated vertebral-body centre (LPS mm) of every evaluated label in ``mask`` (module docstring).
+
+    Per label: the spacing-aware distance of each voxel to the label's surface (EDT on the
+    label's bounding box, padded by one voxel); the centre of mass of the voxels at depth
+    >= ``depth_fraction`` x the label's deepest voxel, mapped to world mm.
+    """
+    if not 0.0 < depth_fraction < 1.0:
+        raise ValueError(f"depth_fraction must be in (0, 1), got {depth_fraction}")
+    geometry = Geometry.of(mask)
+    array = sitk.GetArrayViewFromImage(mask)
+    spacing_zyx = tuple(reversed(geometry.spacing_mm))
+    objects = ndimage.find_objects(np.asarray(array, dtype=np.int32))
+    centres: dict[int, np.ndarray] = {}
+    for index, box in enumerate(objects):
+        label = index + 1
+        if box is None or label not in EVALUATED:
+            continue
+        inside = np.pad(np.asarray(array[box]) == label, 1)
+        depth = ndimage.distance_transform_edt(inside, sampling=spacing_zyx)
+        deep = depth >= depth_fraction * float(depth.max())
+        zyx = np.argwhere(deep).mean(axis=0) - 1.0 + np.array([s.start for s in box], dtype=np.float64)
+        centres[label] = geometry.index_to_world(zyx[::-1])
+    return centres

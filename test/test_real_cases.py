@@ -1,0 +1,90 @@
+"""Real-case registry, body-centre estimate and the real-CT benchmark's stage figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from export.readers import centres_of_mass_mm
+from export.real_cases import REPO, body_centres_mm, find_real_cases
+from spine.image import Geometry, read_image
+from spine.verse import read_centroids_mm
+
+VERSE004 = Path(__file__).parent / "data" / "verse-sub-verse004"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_real", REPO / "bench" / "real.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_real"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_body_centres_match_verse_annotations_where_centres_of_mass_do_not() -> None:
+    mask = sitk.Cast(read_image(VERSE004 / "sub-verse004_seg-vert_msk.nii.gz"), sitk.sitkUInt8)
+    annotated = read_centroids_mm(VERSE004 / "sub-verse004_seg-subreg_ctd.json", Geometry.of(mask))
+    estimated = body_centres_mm(mask)
+    com = centres_of_mass_mm(mask)
+    est = np.array([np.linalg.norm(estimated[v] - annotated[v]) for v in annotated])
+    off = np.array([np.linalg.norm(com[v] - annotated[v]) for v in annotated])
+    assert np.median(est) < 2.0 and est.max() < 10.0
+    assert np.median(off) > 9.0  # the mask's centre of mass is the wrong target for a body-centre locator
+
+
+def test_body_centre_of_a_box_with_a_thin_process_is_the_box_centre() -> None:
+    array = np.zeros((40, 40, 40), np.uint8)
+    array[10:20, 10:20, 10:20] = 5  # the "body"
+    array[14:16, 20:38, 14:16] = 5  # a long thin "spinous process" pulls the centre of mass
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.5, 0.5, 0.5))
+    centre = body_centres_mm(image)[5]
+    np.testing.assert_allclose(centre, [7.25, 7.25, 7.25], atol=0.3)
+    assert centres_of_mass_mm(image)[5][1] > 7.6  # pulled 0.4 mm towards the process
+
+
+def test_bundled_example_is_always_a_real_case() -> None:
+    names = [case.name for case in find_real_cases()]
+    assert "totalsegmentator-example" in names
+    with pytest.raises(ValueError, match="unknown"):
+        find_real_cases(["no-such-case"])
+
+
+def test_match_candidates_counts_found_duplicates_and_false() -> None:
+    bench = _bench()
+    centres = {20: np.array([0.0, 0.0, 0.0]), 21: np.array([0.0, 0.0, -30.0])}
+    positions = np.array([[1.0, 0.0, 0.0], [0.0, 3.0, 1.0], [0.0, 0.0, -45.0], [0.0, 0.0, -100.0]])
+    figures = bench.match_candidates(positions, centres)
+    assert figures["found"] == {20: True, 21: False}
+    assert figures["duplicates"] == 1
+    assert figures["false"] == 1
+    limited = bench.match_candidates(positions, centres, height_range_mm=(-50.0, 20.0))
+    assert limited["false"] == 0
+
+
+def test_region_and_identification_rules() -> None:
+    bench = _bench()
+    centres = {19: np.array([0.0, 0.0, 30.0]), 20: np.array([0.0, 0.0, 0.0])}
+    positions = np.array([[0.0, 0.0, 31.0], [0.0, 0.0, 1.0]])
+    shifted = np.array([18, 19])  # T11, T12 where T12, L1 are: one right region, no identification
+    assert bench.region_correct(positions, shifted, centres) == {19: True, 20: False}
+    hits = bench.identification({18: positions[0], 19: positions[1]}, centres)
+    assert hits == {19: False, 20: False}
+
+
+def test_stage_figures_on_the_bundled_example() -> None:
+    bench = _bench()
+    from algorithm.models import ModelSource, find_model_dir, load_models
+
+    real = find_real_cases(["totalsegmentator-example"])[0]
+    models = load_models(ModelSource(find_model_dir().directory, "test"), device="cpu")
+    row = bench.stage_figures(real.load(), real, models)
+    assert row["labels"][0] == "T11" and row["labels"][-1] == "L5"
+    assert 0.0 <= row["detect"]["box_mean"] <= 1.0
+    assert 0.0 <= row["segment"]["dice"] <= 1.0
+    assert set(row["segment"]["per_label"]) == set(row["labels"])
