@@ -37,6 +37,7 @@ from scipy import ndimage
 from export.anatomy import SpineLevel, body_size_mm, build_spine
 from export.synth_body import BodyPlan, Profile, render_background, upsample_linear
 from export.synth_render import Canvas
+from export.synth_shapes import load_templates, nearest_templates, paint_real_vertebra
 from export.synth_skeleton import (
     SacralSegment,
     paint_canal,
@@ -390,6 +391,7 @@ def synth_case(
     extra_variant_rate: float = 0.08,
     metal_rate: float = 0.06,
     landmarks: np.ndarray | None = None,
+    real_shapes: bool = True,
 ) -> Case:
     """One synthetic spine CT with VerSe ground truth, fully determined by ``seed``.
 
@@ -400,7 +402,9 @@ def synth_case(
     - ``max_voxels``: cap on rendered voxels (output voxels times sub-slices);
     - ``extra_variant_rate``: chance of injecting a T13 / L6 / 11-thoracic / 4-lumbar variant
       beyond those the sampled real spine shows;
-    - ``landmarks``: real spines (n, 26, 3) instead of the default landmarks file.
+    - ``landmarks``: real spines (n, 26, 3) instead of the default landmarks file;
+    - ``real_shapes``: paint each vertebra from a real VerSe mask (:mod:`export.synth_shapes`)
+      when those masks are available, else (or when False) from analytic primitives.
 
     Returns a :class:`spine.case.Case`: ``ct`` int16 HU, ``mask`` uint8 VerSe ids, centroids
     (LPS mm) of the vertebral bodies whose centre is inside the field of view.
@@ -444,8 +448,12 @@ def synth_case(
     _paint_background(rng, canvas, plan, levels, segments)
     paint_discs(canvas, levels, materials.disc_hu, None)
     _paint_lumbosacral_disc(canvas, levels[-1], segments[0], materials.disc_hu)
+    library = load_templates() if real_shapes else {}
     for level in levels:
-        paint_vertebra(canvas, level, scale)
+        if library:
+            paint_real_vertebra(canvas, level, nearest_templates(library, level.label), rng)
+        else:
+            paint_vertebra(canvas, level, scale)
     paint_ribs(canvas, levels, plan, scale, rng)
     paint_sacrum(canvas, segments)
     paint_pelvis(canvas, segments[0], levels[-1], plan.habitus, plan.muscle_hu)
