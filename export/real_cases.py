@@ -17,8 +17,11 @@ the body. On VerSe's annotated cases the estimate is within a few mm of the anno
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from scipy import ndimage
 from spine.case import Case
 from spine.image import Geometry, read_image
 from spine.labels import EVALUATED
-from spine.verse import read_centroids_mm
+from spine.verse import centroid_json_name, mask_name, read_centroids_mm, write_centroid_json
 
 __all__ = [
     "REAL_CASES",
@@ -37,7 +40,9 @@ __all__ = [
     "RealCase",
     "body_centres_mm",
     "find_real_cases",
+    "main",
     "shared_data_dir",
+    "write_training_folder",
 ]
 
 log = logging.getLogger(__name__)
@@ -149,3 +154,55 @@ def body_centres_mm(mask: sitk.Image, *, depth_fraction: float = 0.6) -> dict[in
         zyx = np.argwhere(deep).mean(axis=0) - 1.0 + np.array([s.start for s in box], dtype=np.float64)
         centres[label] = geometry.index_to_world(zyx[::-1])
     return centres
+
+
+def write_training_folder(cases: Sequence[RealCase], out: str | os.PathLike[str], *, copies: int = 1) -> list[str]:
+    """Lay real cases out as a VerSe folder for ``export train --data``; returns the case ids written.
+
+    CT and mask are symbolic links to the originals (nothing is copied); the centroid JSON holds
+    the body centres of :meth:`RealCase.load`. ``copies`` > 1 writes each case that many times under
+    ids ``real-<name>-r<k>``: a few real cases among many synthetic ones are then drawn as often as
+    wanted (uniform sampling over cases). Existing files of the same name are replaced.
+    """
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+    root = Path(out)
+    written = []
+    for real in cases:
+        case = real.load()
+        for k in range(copies):
+            case_id = f"real-{real.name}-r{k}"
+            raw, derived = root / "rawdata" / f"sub-{case_id}", root / "derivatives" / f"sub-{case_id}"
+            raw.mkdir(parents=True, exist_ok=True)
+            derived.mkdir(parents=True, exist_ok=True)
+            for link, target in ((raw / f"sub-{case_id}_ct.nii.gz", real.ct),
+                                 (derived / mask_name(f"sub-{case_id}"), real.mask)):
+                link.unlink(missing_ok=True)
+                link.symlink_to(target.resolve())
+            write_centroid_json(derived / centroid_json_name(f"sub-{case_id}"), case.centroids_mm, case.geometry)
+            written.append(f"sub-{case_id}")
+        log.info("%s: %d cop%s in %s", real.name, copies, "y" if copies == 1 else "ies", root)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m export.real_cases",
+        description="Write the known real labelled CTs as a VerSe-layout training folder (links + body centres).")
+    parser.add_argument("--out", required=True, help="output folder (VerSe layout)")
+    parser.add_argument("--cases", nargs="+", metavar="NAME",
+                        help=f"which cases (default: all found: {', '.join(c.name for c in find_real_cases())})")
+    parser.add_argument("--copies", type=int, default=1, help="copies of each case, to oversample them (default 1)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        written = write_training_folder(find_real_cases(args.cases), args.out, copies=args.copies)
+    except (ValueError, OSError) as error:
+        log.error("%s", error)
+        return 1
+    log.info("%d cases written to %s", len(written), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -58,7 +58,7 @@ class TrainConfig:
     """Everything a training run depends on (saved in the checkpoint)."""
 
     stage: str
-    data: str
+    data: str | Sequence[str]
     out: str
     iterations: int = 1000
     batch_size: int = 2
@@ -264,13 +264,18 @@ def train(config: TrainConfig) -> TrainResult:
             raise ValueError(f"{last_path}: checkpoint is for stage {checkpoint['meta'].stage}, not {config.stage}")
 
         # Data: the case split is fixed by sorted case ids and the seed-independent order.
-        all_cases = sorted(_case_sources(config.data, config.max_cases), key=lambda c: c.case_id)
+        roots = [config.data] if isinstance(config.data, str) else list(config.data)
+        all_cases = sorted((c for root in roots for c in _case_sources(root, config.max_cases)),
+                           key=lambda c: c.case_id)
+        if len({c.case_id for c in all_cases}) != len(all_cases):
+            raise ValueError(f"--data {' '.join(roots)}: a case id appears in two folders")
         if config.val_data:
             train_cases, val_cases = all_cases, _case_sources(config.val_data, max(int(config.val_cases), 1))
         else:
             k = min(max(int(config.val_cases), 0), len(all_cases) - 1)
             train_cases, val_cases = all_cases[: len(all_cases) - k], all_cases[len(all_cases) - k:]
-        trained_on = config.trained_on or (f"{Path(config.data).resolve().name}: {len(train_cases)} cases "
+        trained_on = config.trained_on or (f"{'+'.join(Path(r).resolve().name for r in roots)}: "
+                                           f"{len(train_cases)} cases "
                                            f"({train_cases[0].case_id} .. {train_cases[-1].case_id})")
         if checkpoint is not None:
             meta: ModelMeta = checkpoint["meta"]
@@ -400,7 +405,8 @@ def train(config: TrainConfig) -> TrainResult:
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``train`` (shared by the subcommand and ``python -m export.train``)."""
     parser.add_argument("stage", choices=tuple(STAGE_DEFAULTS), help="which stage to train")
-    parser.add_argument("--data", required=True, help="VerSe-layout data folder (e.g. made by `export synth`)")
+    parser.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                        help="VerSe-layout data folder(s) (e.g. made by `export synth` and `export.real_cases`)")
     parser.add_argument("--out", required=True, help="output folder: last.pt, best.pt, train.log, history.jsonl")
     parser.add_argument("--iterations", type=positive_int, default=1000, help="total iterations (default 1000)")
     parser.add_argument("--batch-size", type=positive_int, default=2)
