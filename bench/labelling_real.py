@@ -20,9 +20,10 @@ false detections kept (accepted, no annotated centroid within 20 mm), wrong labe
 starts, head end). Confidence: reliability table of the accepted candidates' ``confidence``
 against being right, and the expected calibration error (ECE, 10 equal-width bins).
 
-Anything fitted (the chain prior, the evidence weight, the confidence temperature) is fitted
-on the training folds only: K-fold cross-validation by patient (``--folds``; the CT
-Colonography supine/prone pairs and the VerSe 2019/2020 duplicates share a patient). Figures
+Anything fitted (the chain prior, with ``--vid-prior`` on the VID training scans too; with
+``--calibrate`` a Platt map of the confidences) is fitted on the training folds only: K-fold
+cross-validation by patient (``--folds``; the CT Colonography supine/prone pairs and the VerSe
+2019/2020 duplicates share a patient). Figures
 are the pooled held-out result and the mean +- sd over folds.
 
 Evidence modes (``--evidence``): ``broadcast`` (the baseline a new user would try: each
@@ -47,10 +48,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from algorithm.labelling import ChainDecoder  # noqa: E402
+from algorithm.labelling_prior import LabellingPrior, fit, read_landmarks, sacrum_room, vid_landmarks  # noqa: E402
 from spine.labels import LOCATE_CHANNELS, anatomical_rank, name_of, region_of  # noqa: E402
 from spine.vid import VidScan, read_scan, scan_ids  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "vid-keypoints"
+DEFAULT_LANDMARKS = REPO / "export" / "data" / "verse2020_landmarks.csv"
 HIT_MM = 20.0
 _REGION_OF_COLUMN = np.array(["CTL".index(region_of(label).value[0].upper()) for label in LOCATE_CHANNELS])
 THORACOLUMBAR = frozenset({18, 19, 28, 20})
@@ -210,6 +213,52 @@ def decode_broadcast(decoder: ChainDecoder, scan: VidScan) -> tuple[np.ndarray, 
     return result.labels, result.confidence, None
 
 
+def decode_region(decoder: ChainDecoder, scan: VidScan) -> tuple[np.ndarray, np.ndarray, bool | None]:
+    result = decoder.label(scan.bodies_mm, regions=scan.region_probabilities)
+    return result.labels, result.confidence, result.uncertain
+
+
+def fit_prior(verse: np.ndarray, verse_sacrum: np.ndarray, training: list[VidScan]) -> LabellingPrior:
+    """The chain prior on the VerSe landmarks and the training scans' ground truth (VerSe alone
+    when ``training`` is empty)."""
+    if not training:
+        return fit(verse, source="VerSe 2020 landmarks", sacrum_below=verse_sacrum)
+    vid, vid_sacrum = vid_landmarks(training)
+    return fit(np.concatenate([verse, vid]), source="VerSe 2020 landmarks + VID training folds",
+               sacrum_below=np.concatenate([verse_sacrum, vid_sacrum]))
+
+
+def fit_calibration(confidence: np.ndarray, correct: np.ndarray) -> tuple[float, float]:
+    """Platt scaling ``(a, b)``: the log loss of ``sigmoid(a logit(p) + b)`` against correctness,
+    minimised on a grid (a in [0.02, 2], b in [-4, 4]; a grid, not Newton: the raw posteriors
+    pile up at 1, where an unbounded fit diverges)."""
+    p = np.clip(confidence, 1e-6, 1 - 1e-6)
+    logit = np.log(p) - np.log1p(-p)
+    best, argbest = np.inf, (1.0, 0.0)
+    for a in np.geomspace(0.02, 2.0, 60):
+        for b in np.linspace(-4.0, 4.0, 81):
+            z = a * logit + b
+            loss = float(np.mean(np.logaddexp(0.0, -z) * correct + np.logaddexp(0.0, z) * (1 - correct)))
+            if loss < best:
+                best, argbest = loss, (float(a), float(b))
+    return argbest
+
+
+def fold_decoder(scans: list[VidScan], training: np.ndarray, verse: np.ndarray, verse_sacrum: np.ndarray,
+                 settings: dict) -> ChainDecoder:
+    """A decoder fitted on the training scans only: the prior, then the confidence calibration."""
+    train = [scans[k] for k in training]
+    prior_scans = train if settings.pop("vid_prior", True) else []
+    calibrate = settings.pop("calibrate", False)
+    decoder = ChainDecoder(fit_prior(verse, verse_sacrum, prior_scans), **settings)
+    if not calibrate:
+        return decoder
+    tally = Tally()
+    evaluate(train, lambda s: decode_region(decoder, s), tally)
+    a, b = fit_calibration(np.array(tally.confidence), np.array(tally.correct, dtype=float))
+    return ChainDecoder(decoder.prior, **settings, region_calibration=(a, b))
+
+
 def evaluate(scans: list[VidScan], decode_fn, tally: Tally) -> None:
     for scan in scans:
         start = time.perf_counter()
@@ -280,6 +329,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N scans (0: all)")
     parser.add_argument("--timing", type=int, default=40, help="decodes timed on 30 candidates")
+    parser.add_argument("--landmarks", type=Path, default=DEFAULT_LANDMARKS,
+                        help="VerSe 2020 landmarks.csv: its spines join every fold's prior")
+    parser.add_argument("--region-weight", type=float, default=ChainDecoder.region_weight)
+    parser.add_argument("--end-weight", type=float, default=ChainDecoder.end_weight)
+    parser.add_argument("--calibrate", action="store_true",
+                        help="fit a Platt map of the confidences on each fold's training scans")
+    parser.add_argument("--vid-prior", action="store_true",
+                        help="fit each fold's prior on VerSe and the VID training scans (default: VerSe alone)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if not (args.data / "GroundTruth").is_dir():
@@ -303,7 +360,21 @@ def main(argv: list[str] | None = None) -> int:
             total.merge(tally)
         seconds_30 = time_thirty(lambda p, r: decoder.decode(p, broadcast_scores(r)), scans, args.timing)
     else:
-        raise SystemExit("region evidence: not yet")
+        _, verse = read_landmarks(args.landmarks)
+        verse_sacrum = sacrum_room(verse) >= 40.0
+        settings = {"region_weight": args.region_weight, "end_weight": args.end_weight}
+        vid_prior = args.vid_prior
+        settings["calibrate"] = args.calibrate
+        everything = np.arange(len(scans))
+        for f, held_out in enumerate(folds):
+            decoder = fold_decoder(scans, np.setdiff1d(everything, held_out), verse, verse_sacrum,
+                                   {**settings, "vid_prior": vid_prior})
+            log.info("fold %d: calibration a=%.3f b=%.3f", f, *decoder.region_calibration)
+            tally = Tally()
+            evaluate([scans[k] for k in held_out], lambda s, d=decoder: decode_region(d, s), tally)
+            per_fold.append(tally)
+            total.merge(tally)
+        seconds_30 = time_thirty(lambda p, r, d=decoder: d.decode(p, regions=r), scans, args.timing)
     report(total, per_fold, seconds_30)
     return 0
 
