@@ -27,16 +27,27 @@ vertebra candidates with three numbers learned here from annotated centroids
   Jeffreys smoothing ``(count + 0.5) / (total + 0.5 * options)``. The sacrum
   is not annotated in the landmarks: a spine whose last vertebra is L4, L5 or L6
   counts as ending on the sacrum when that vertebra lies at least
-  ``min_sacrum_room_mm`` above the scan's lower edge (the CSV frame is RAI with
+  ``minsacrum_room_mm`` above the scan's lower edge (the CSV frame is RAI with
   its origin at the volume's inferior corner, so the z coordinate is that height);
   otherwise the field of view was cropped there and the pair is not counted.
+  A caller that knows better passes ``sacrum_below`` per spine (the VID scans, below).
+* **Chain ends.** ``P(first annotated label = l)`` and ``P(last = l)`` over the spines,
+  Jeffreys-smoothed over the 26 labels: where fields of view of real scans start and
+  stop (most abdominal CTs end on L5, above the sacrum). The decoder reads them as
+  ``log(26 P)``, 0 for a uniform prior.
+
+Sources: the VerSe 2020 landmarks (113 scans) and, with ``--vid``, the ground truth of the
+VID dataset (Buergin, Prevost, Stollenga, MICCAI 2023; CC BY-SA 4.0; 1,947 CTs of VerSe, CT
+Colonography and Pancreas-CT; world mm, no sacrum annotated). VID shows no sacrum, and its
+scans are abdominal CTs that reach the pelvis: a VID spine whose last annotated vertebra
+is L4, L5 or L6 counts as ending on the sacrum.
 
 The landmark columns are C1-C7, T1-T12, L1-L6, T13: exactly the locate stage's
 channel order ``spine.labels.LOCATE_CHANNELS`` (VerSe ids 1..25, 28).
 
 Command line::
 
-    python -m algorithm.labelling_prior --landmarks CSV --out algorithm/labelling_prior.json
+    python -m algorithm.labelling_prior --landmarks CSV --vid FOLDER --out algorithm/labelling_prior.json
 """
 
 from __future__ import annotations
@@ -55,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from spine.labels import EVALUATED, LOCATE_CHANNELS, allowed_next, anatomical_rank, name_of
+from spine.vid import VidScan, read_scan, scan_ids
 
 __all__ = [
     "CHAIN_LABELS",
@@ -68,14 +80,16 @@ __all__ = [
     "load_default",
     "main",
     "read_landmarks",
+    "sacrum_room",
+    "vid_landmarks",
 ]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "verse-gc labelling prior"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEFAULT_PRIOR_PATH = Path(__file__).with_name("labelling_prior.json")
-"""The prior shipped with the code, fitted on the VerSe 2020 landmarks (113 scans)."""
+"""The prior shipped with the code, fitted on the VerSe 2020 landmarks (113 scans) and the VID ground truth."""
 
 SACRUM = 26
 """VerSe id of the sacrum: the anatomical end of the chain after the last lumbar vertebra."""
@@ -139,6 +153,17 @@ class LabellingPrior:
     """RMS angle between a step and the local direction of the spine (radians)."""
     scans: int
     source: str = ""
+    first_probability: tuple[float, ...] = ()
+    """P(the first annotated label of a scan is l), chain order (``CHAIN_LABELS``); () = uniform."""
+    last_probability: tuple[float, ...] = ()
+    """P(the last annotated label of a scan is l), chain order; () = uniform."""
+
+    def end_log_odds(self) -> tuple[np.ndarray, np.ndarray]:
+        """``log(26 P(first = l))`` and ``log(26 P(last = l))`` (26,) in chain order: 0 where uniform."""
+        uniform = np.full(len(CHAIN_LABELS), 1.0 / len(CHAIN_LABELS))
+        first = np.asarray(self.first_probability or uniform)
+        last = np.asarray(self.last_probability or uniform)
+        return np.log(len(CHAIN_LABELS) * first), np.log(len(CHAIN_LABELS) * last)
 
     def step(self, source: int, target: int) -> StepPrior:
         """The prior of one allowed step; ValueError for a step the anatomy does not allow."""
@@ -193,13 +218,19 @@ class LabellingPrior:
                 }
                 for b in self.branches
             ],
+            "ends": [
+                {"label": label, "name": name_of(label), "first": round(first, _ROUND), "last": round(last, _ROUND)}
+                for label, first, last in zip(CHAIN_LABELS, *(p or (1.0 / len(CHAIN_LABELS),) * len(CHAIN_LABELS)
+                                                              for p in (self.first_probability,
+                                                                        self.last_probability)), strict=True)
+            ],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LabellingPrior:
         """Inverse of :meth:`to_dict`; ValueError naming what is missing or wrong."""
-        if data.get("format") != FORMAT or data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"not a {FORMAT!r} version {FORMAT_VERSION} document")
+        if data.get("format") != FORMAT or data.get("version") not in (1, FORMAT_VERSION):
+            raise ValueError(f"not a {FORMAT!r} version 1 or {FORMAT_VERSION} document")
         try:
             steps = tuple(
                 StepPrior(int(s["from_label"]), int(s["to_label"]), int(s["count"]),
@@ -211,8 +242,13 @@ class LabellingPrior:
                 for b in data["branches"]
             )
             chord = tuple(float(r) for r in data["chord_ratio"])
+            ends = {int(e["label"]): (float(e["first"]), float(e["last"])) for e in data.get("ends", [])}
+            if ends and set(ends) != set(CHAIN_LABELS):
+                raise ValueError("the chain ends must list every evaluated label once")
             prior = cls(steps, branches, float(data["scale_log_sd"]), (chord[0], chord[1]),
-                        float(data["direction_sd_rad"]), int(data["scans"]), str(data.get("source", "")))
+                        float(data["direction_sd_rad"]), int(data["scans"]), str(data.get("source", "")),
+                        tuple(ends[label][0] for label in CHAIN_LABELS) if ends else (),
+                        tuple(ends[label][1] for label in CHAIN_LABELS) if ends else ())
         except (KeyError, TypeError, IndexError) as error:
             raise ValueError(f"malformed labelling prior: {error!r}") from None
         _check_prior(prior)
@@ -241,6 +277,9 @@ def _check_prior(prior: LabellingPrior) -> None:
         raise ValueError("labelling prior scale or chord ratios out of range")
     if not 0 < prior.direction_sd_rad < math.pi:
         raise ValueError(f"labelling prior direction spread {prior.direction_sd_rad} out of range")
+    for ends in (prior.first_probability, prior.last_probability):
+        if ends and (len(ends) != len(CHAIN_LABELS) or min(ends) <= 0 or abs(sum(ends) - 1.0) > 1e-3):
+            raise ValueError("labelling prior chain-end probabilities must be 26 positive values summing to 1")
     for source in {b.source for b in prior.branches}:
         total = sum(b.probability for b in prior.branches if b.source == source)
         if abs(total - 1.0) > 1e-3:
@@ -297,21 +336,29 @@ def fit(
     *,
     source: str = "",
     shrinkage: float = 5.0,
-    min_sacrum_room_mm: float = 40.0,
+    minsacrum_room_mm: float = 40.0,
+    sacrum_below: np.ndarray | None = None,
 ) -> LabellingPrior:
-    """Fit step lengths, spine size spread, chord ratios and variant frequencies.
+    """Fit step lengths, spine size spread, chord ratios, variant frequencies and chain ends.
 
     ``landmarks_mm``: (S, 26, 3) centroids in mm, columns in ``LOCATE_CHANNELS`` order,
     nan where absent, z superior with its origin at the scan's lower edge (as
-    :func:`read_landmarks` returns them). See the module docstring for the model.
+    :func:`read_landmarks` returns them). ``sacrum_below`` (S,) bool, where given, says
+    whether each spine's last vertebra sits on the sacrum, instead of its height over the
+    scan's edge. See the module docstring for the model.
     """
     landmarks_mm = np.asarray(landmarks_mm, dtype=float)
     if landmarks_mm.ndim != 3 or landmarks_mm.shape[1:] != (len(LOCATE_CHANNELS), 3):
         raise ValueError(f"landmarks must have shape (S, {len(LOCATE_CHANNELS)}, 3), got {landmarks_mm.shape}")
-    if shrinkage < 0 or min_sacrum_room_mm < 0:
-        raise ValueError("shrinkage and min_sacrum_room_mm must be non-negative")
+    if shrinkage < 0 or minsacrum_room_mm < 0:
+        raise ValueError("shrinkage and minsacrum_room_mm must be non-negative")
+    if sacrum_below is not None and np.shape(sacrum_below) != (len(landmarks_mm),):
+        raise ValueError(f"sacrum_below must have shape ({len(landmarks_mm)},)")
     steps = chain_steps()
     step_index = {step: k for k, step in enumerate(steps)}
+    rank = {label: k for k, label in enumerate(CHAIN_LABELS)}
+    first_counts = np.zeros(len(CHAIN_LABELS))
+    last_counts = np.zeros(len(CHAIN_LABELS))
     column = {label: k for k, label in enumerate(LOCATE_CHANNELS)}
 
     spine_of: list[int] = []
@@ -341,7 +388,12 @@ def fit(
                 arc = lengths[k:k + n].sum()
                 if arc > 0:
                     chords[n].append(float(np.linalg.norm(points[k + n] - points[k]) / arc))
-        if chain and chain[-1] in (23, 24, 25) and spine[column[chain[-1]], 2] >= min_sacrum_room_mm:
+        if chain:
+            first_counts[rank[chain[0]]] += 1
+            last_counts[rank[chain[-1]]] += 1
+        on_sacrum = (spine[column[chain[-1]], 2] >= minsacrum_room_mm if sacrum_below is None
+                     else bool(sacrum_below[s])) if chain else False
+        if chain and chain[-1] in (23, 24, 25) and on_sacrum:
             pair_counts[(chain[-1], SACRUM)] = pair_counts.get((chain[-1], SACRUM), 0) + 1
     if not log_d:
         raise ValueError("no consecutive vertebrae in the landmarks: nothing to fit")
@@ -392,9 +444,31 @@ def fit(
         direction_sd_rad=float(np.sqrt(np.mean(np.square(angles)))) if angles else 0.2,
         scans=len(landmarks_mm),
         source=source,
+        first_probability=_jeffreys(first_counts),
+        last_probability=_jeffreys(last_counts),
     )
     _check_prior(prior)
     return prior
+
+
+def _jeffreys(counts: np.ndarray) -> tuple[float, ...]:
+    """``(count + 0.5) / (total + 0.5 K)`` over K outcomes."""
+    return tuple(float(p) for p in (counts + 0.5) / (counts.sum() + 0.5 * len(counts)))
+
+
+def vid_landmarks(scans: Sequence[VidScan]) -> tuple[np.ndarray, np.ndarray]:
+    """VID ground truth as landmarks: (S, 26, 3) body centroids (world mm, LPS, z superior) in
+    ``LOCATE_CHANNELS`` order, nan where absent, and (S,) ``sacrum_below`` (last label L4, L5 or L6;
+    see the module docstring)."""
+    column = {label: k for k, label in enumerate(LOCATE_CHANNELS)}
+    out = np.full((len(scans), len(LOCATE_CHANNELS), 3), np.nan)
+    sacrum = np.zeros(len(scans), dtype=bool)
+    for s, scan in enumerate(scans):
+        for label, point in zip(scan.truth_labels, scan.truth_mm, strict=True):
+            out[s, column[int(label)]] = point
+        present = _present_chain(out[s])
+        sacrum[s] = bool(present) and present[-1] in (23, 24, 25)
+    return out, sacrum
 
 
 def load_default() -> LabellingPrior:
@@ -402,19 +476,40 @@ def load_default() -> LabellingPrior:
     return LabellingPrior.load(DEFAULT_PRIOR_PATH)
 
 
+def sacrum_room(landmarks_mm: np.ndarray) -> np.ndarray:
+    """(S,) height (mm) of each spine's last annotated vertebra over the scan's lower edge (RAI frame)."""
+    column = {label: k for k, label in enumerate(LOCATE_CHANNELS)}
+    out = np.zeros(len(landmarks_mm))
+    for s, spine in enumerate(landmarks_mm):
+        chain = _present_chain(spine)
+        out[s] = spine[column[chain[-1]], 2] if chain else 0.0
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m algorithm.labelling_prior --landmarks CSV --out JSON``."""
     parser = argparse.ArgumentParser(description="Fit the vertebra-chain prior on annotated centroids.")
     parser.add_argument("--landmarks", type=Path, required=True,
                         help="landmarks.csv: id, then 26 x,y,z in mm (C1-C7, T1-T12, L1-L6, T13)")
+    parser.add_argument("--vid", type=Path, default=None,
+                        help="VID dataset folder (GroundTruth/*.json): its spines join the fit")
     parser.add_argument("--out", type=Path, default=DEFAULT_PRIOR_PATH, help="JSON file to write")
     parser.add_argument("--shrinkage", type=float, default=5.0, help="pseudo-count for rare steps")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if not args.landmarks.is_file():
         parser.error(f"no such file: {args.landmarks}")
+    if args.vid is not None and not (args.vid / "GroundTruth").is_dir():
+        parser.error(f"no GroundTruth folder in {args.vid}")
     _, landmarks = read_landmarks(args.landmarks)
-    prior = fit(landmarks, source=args.landmarks.name, shrinkage=args.shrinkage)
+    sacrum_below, source = None, args.landmarks.name
+    if args.vid is not None:
+        verse_sacrum = sacrum_room(landmarks) >= 40.0
+        vid, vid_sacrum = vid_landmarks([read_scan(args.vid, scan) for scan in scan_ids(args.vid)])
+        landmarks = np.concatenate([landmarks, vid])
+        sacrum_below = np.concatenate([verse_sacrum, vid_sacrum])
+        source += f" + VID ground truth ({len(vid)} scans)"
+    prior = fit(landmarks, source=source, shrinkage=args.shrinkage, sacrum_below=sacrum_below)
     prior.save(args.out)
     log.info("fitted on %d scans; wrote %s", prior.scans, args.out)
     return 0

@@ -183,6 +183,9 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
         vertebrae = _accepted(candidates.positions_mm, np.asarray(labelling.labels), np.asarray(labelling.confidence))
     log.info("label: %d of %d candidates labelled: %s", len(vertebrae), len(candidates),
              " ".join(f"{v.name}({v.confidence:.2f})" for v in vertebrae))
+    details["label"] = {"uncertain": labelling.uncertain}
+    if labelling.uncertain:
+        log.warning("label: labelling uncertain (best and runner-up labellings close); check the levels")
     if not vertebrae:
         return empty(f"the decoder rejected all {len(candidates)} candidates", len(candidates))
 

@@ -1,0 +1,419 @@
+"""The chain decoder: the model's parameters, its per-case tables, and the MAP labelling with confidences.
+
+See :mod:`algorithm.labelling` for the model (items 1-7); the passes are in
+:mod:`algorithm.labelling.passes`, the step tables in :mod:`algorithm.labelling.chain`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from algorithm.labelling.chain import (
+    IMPOSSIBLE,
+    N_LABELS,
+    Edges,
+    Tables,
+    build_edges,
+    logsumexp,
+    pairs,
+    sweep,
+)
+from algorithm.labelling.curve import spine_curve
+from algorithm.labelling.evidence import OFFSET_NEIGHBOURS, RANK_TO_COLUMN, REGION_OF_RANK, validate
+from algorithm.labelling.passes import backward, forward, trace
+from algorithm.labelling_prior import CHAIN_LABELS, LabellingPrior, load_default
+from spine.labels import LOCATE_CHANNELS
+
+__all__ = ["ChainDecoder", "Labelling"]
+
+log = logging.getLogger(__name__)
+
+_CHAIN_LABEL_ARRAY = np.array(CHAIN_LABELS, dtype=np.int64)
+_MIN_DISTANCE_MM = 1e-3
+_TANGENT_SD_RAD = 0.1  # error of the fitted curve's direction at a candidate
+_OFFSETS = (-1, 0, 1)
+_CONFIDENCE_EPS = 1e-6  # keeps the calibration's logit finite at confidence 0 or 1
+
+
+@dataclass(frozen=True)
+class Labelling:
+    """Result of :func:`label_candidates`; arrays are read-only, indexed like the input candidates.
+
+    ``labels``: (N,) VerSe ids, 0 = rejected. ``confidence``: (N,) posterior probability in
+    [0, 1] of the returned label (of the rejection for label 0). ``order``: (N,) candidate
+    indices from head to foot along the fitted spine curve. ``score``: the model's log
+    score (nats) of the returned labelling, 0 for rejecting every candidate (see
+    :meth:`ChainDecoder.score`). ``scale``: the spine size factor chosen (1 = the prior's
+    median spacing; always 1 without a scale grid). ``offset``: the lost-count offset chosen
+    (-1, 0 or +1, module docstring item 5; always 0 with ``offset_probability`` 0).
+    ``uncertain``: the best labelling and the runner-up are close: some accepted candidate's
+    confidence is below the decoder's ``uncertain_below`` (:mod:`algorithm.labelling`, item 7);
+    False when confidences were not computed.
+    """
+
+    labels: np.ndarray
+    confidence: np.ndarray
+    order: np.ndarray
+    score: float
+    scale: float
+    offset: int = 0
+    uncertain: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("labels", "confidence", "order"):
+            getattr(self, name).flags.writeable = False
+
+    @property
+    def chain(self) -> np.ndarray:
+        """Indices of the accepted candidates, head to foot."""
+        return self.order[self.labels[self.order] > 0]
+
+
+
+@dataclass(frozen=True)
+class ChainDecoder:
+    """Exact chain decoder; see the module docstring for the model and its parameters.
+
+    ``evidence_floor``: smallest evidence a label is given (bounds contrary evidence).
+    ``reject_evidence``: evidence of a false detection (the reference of every label's
+    log ratio). ``false_positive_rate``: prior probability that a candidate is a false
+    detection. ``miss_probability``: chance that the detector missed a vertebra.
+    ``max_skips``: most missed vertebrae between two chain members. ``position_sd_mm``:
+    the detector's position error per axis. ``scale_steps``: size of the spine-size grid.
+    ``max_z``: step densities are truncated at this many standard deviations (a step
+    outside is impossible; this bounds the work, and at 5 sd costs 12.5 nats anyway).
+    ``anchor_weight``, ``anchor_labels``, ``anchor_margin``, ``anchor_min_evidence``: the
+    anchor model (module docstring, item 2): the reliability of a recognised anchor's
+    evidence, the labels that can be anchors (VerSe ids) and what makes one recognised.
+    ``offset_probability``: prior probability of each lost-count offset, -1 and +1 (module
+    docstring, item 5; 0 switches the component off). ``region_weight``: the reliability of
+    region (C/T/L) evidence relative to per-level scores (item 2). ``end_weight``: the weight of
+    the prior's chain-end log odds (item 6; 0 switches them off). ``calibration``: ``(a, b)`` of
+    the confidence map ``sigmoid(a logit(p) + b)`` (item 7; (1, 0) = the raw posterior) when
+    per-level scores are given; ``region_calibration`` the same for region evidence alone
+    (identity by default: on the VID detector's output the raw posterior's ECE is 0.03 and a
+    Platt fit by cross-validation made it worse, ``bench/labelling_real.py --calibrate``).
+    ``uncertain_below``: a case is flagged uncertain when an accepted candidate's calibrated
+    confidence is below it.
+
+    The passes run over hypotheses h = (offset, scale), ``h = offset_index * S + scale_index``.
+    """
+
+    prior: LabellingPrior = field(default_factory=load_default)
+    evidence_floor: float = 0.02
+    reject_evidence: float = 0.1
+    false_positive_rate: float = 0.1
+    miss_probability: float = 0.05
+    max_skips: int = 2
+    position_sd_mm: float = 2.5
+    scale_steps: int = 1
+    max_z: float = 5.0
+    anchor_weight: float = 5.0
+    anchor_labels: tuple[int, ...] = (1, 2, 24, 25)
+    anchor_margin: float = 0.2
+    anchor_min_evidence: float = 0.5
+    offset_probability: float = 0.05
+    region_weight: float = 3.0
+    end_weight: float = 0.0
+    calibration: tuple[float, float] = (1.0, 0.0)
+    region_calibration: tuple[float, float] = (1.0, 0.0)
+    uncertain_below: float = 0.8
+    _edges: Edges = field(init=False, repr=False, compare=False)
+    _log_scales: np.ndarray = field(init=False, repr=False, compare=False)
+    _log_scale_prior: np.ndarray = field(init=False, repr=False, compare=False)
+    _log_distance_range: tuple[float, float] = field(init=False, repr=False, compare=False)
+    _offsets: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _log_prior: np.ndarray = field(init=False, repr=False, compare=False)
+    _start: np.ndarray = field(init=False, repr=False, compare=False)
+    _end: np.ndarray = field(init=False, repr=False, compare=False)
+
+    @property
+    def _inclusion_log_odds(self) -> float:
+        """``log((1 - false_positive_rate) / false_positive_rate)``: prior odds of a true vertebra."""
+        return math.log1p(-self.false_positive_rate) - math.log(self.false_positive_rate)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.evidence_floor < 1 or not 0 < self.reject_evidence <= 1:
+            raise ValueError("evidence_floor must be in (0, 1) and reject_evidence in (0, 1]")
+        if not 0 < self.false_positive_rate < 1:
+            raise ValueError(f"false_positive_rate must be in (0, 1), got {self.false_positive_rate}")
+        if not 0 < self.miss_probability < 1:
+            raise ValueError(f"miss_probability must be in (0, 1), got {self.miss_probability}")
+        if self.anchor_weight <= 0 or not set(self.anchor_labels) <= set(CHAIN_LABELS):
+            raise ValueError("anchor_weight must be > 0 and anchor_labels evaluated VerSe ids")
+        if not 0 <= self.anchor_margin < 1 or not 0 <= self.anchor_min_evidence <= 1:
+            raise ValueError("anchor_margin must be in [0, 1) and anchor_min_evidence in [0, 1]")
+        if not 0 <= self.offset_probability < 0.5:
+            raise ValueError(f"offset_probability must be in [0, 0.5), got {self.offset_probability}")
+        if self.region_weight < 0 or self.end_weight < 0 or min(self.calibration[0], self.region_calibration[0]) <= 0:
+            raise ValueError("region_weight and end_weight must be >= 0, the calibration slope > 0")
+        if not 0 < self.uncertain_below < 1:
+            raise ValueError(f"uncertain_below must be in (0, 1), got {self.uncertain_below}")
+        if not 0 <= self.max_skips <= 4 or self.scale_steps < 1 or self.position_sd_mm < 0 or self.max_z <= 0:
+            raise ValueError("need max_skips in 0..4, scale_steps >= 1, position_sd_mm >= 0 and max_z > 0")
+        # One scale: the spread of spine sizes joins every step's variance instead.
+        size_var = self.prior.scale_log_sd**2 if self.scale_steps == 1 else 0.0
+        edges = build_edges(self.prior, max_skips=self.max_skips, miss_probability=self.miss_probability,
+                             position_sd_mm=self.position_sd_mm, size_var=size_var)
+        sd = self.prior.scale_log_sd
+        if self.scale_steps == 1 or sd == 0:
+            log_scales, log_prior = np.zeros(1), np.zeros(1)
+        else:
+            log_scales = np.linspace(-2.5 * sd, 2.5 * sd, self.scale_steps)
+            log_prior = -0.5 * (log_scales / sd) ** 2
+        reach = self.max_z / edges.inv_tau
+        log_distance_range = (float((edges.log_mean + log_scales[0] - reach).min()),
+                              float((edges.log_mean + log_scales[-1] + reach).max()))
+        object.__setattr__(self, "_edges", edges)
+        object.__setattr__(self, "_log_scales", log_scales)
+        object.__setattr__(self, "_log_distance_range", log_distance_range)
+        log_scale_prior = log_prior - logsumexp(log_prior, axis=0)
+        object.__setattr__(self, "_log_scale_prior", log_scale_prior)
+        p = self.offset_probability
+        offsets = _OFFSETS if p > 0 else (0,)
+        log_odds = np.array([0.0 if o == 0 else math.log(p) - math.log1p(-2 * p) for o in offsets])
+        object.__setattr__(self, "_offsets", offsets)
+        # Log prior of each hypothesis (offset, scale): the offset's log odds against o = 0 plus the scale's.
+        object.__setattr__(self, "_log_prior", (log_odds[:, None] + log_scale_prior[None, :]).ravel())
+        start, end = self.prior.end_log_odds()
+        object.__setattr__(self, "_start", self.end_weight * start)
+        object.__setattr__(self, "_end", self.end_weight * end)
+
+    def _hypotheses(self, scores: np.ndarray | None) -> tuple[tuple[int, ...], np.ndarray]:
+        """The offsets considered and the log prior (O * S,) of the hypotheses (offset, scale).
+
+        Offsets shift per-level scores only: region evidence alone is read at offset 0.
+        """
+        if scores is not None:
+            return self._offsets, self._log_prior
+        zero = self._offsets.index(0)
+        return (0,), self._log_prior.reshape(len(self._offsets), -1)[zero]
+
+    # ----------------------------------------------------------------------- tables
+
+    def _anchors(self, evidence: np.ndarray) -> np.ndarray:
+        """(N,) bool: the recognised anchors (module docstring, item 2), whatever ``anchor_weight``.
+
+        A candidate is a recognised anchor when its highest score lies on one of
+        ``anchor_labels``, is at least ``anchor_min_evidence``, and every other label scores
+        at most ``anchor_margin`` times as much.
+        """
+        if not len(evidence):
+            return np.zeros(0, dtype=bool)
+        ranked = np.sort(evidence, axis=1)
+        peak, runner_up = ranked[:, -1], ranked[:, -2]
+        top = np.asarray(LOCATE_CHANNELS)[np.argmax(evidence, axis=1)]
+        return (np.isin(top, self.anchor_labels) & (peak >= self.anchor_min_evidence)
+                & (runner_up <= self.anchor_margin * peak))
+
+    def _reliability(self, evidence: np.ndarray) -> np.ndarray:
+        """(N,) weight of each candidate's evidence: ``anchor_weight`` for a recognised anchor, else 1."""
+        return np.where(self._anchors(evidence), self.anchor_weight, 1.0)
+
+    def _emissions(self, evidence: np.ndarray | None, regions: np.ndarray | None,
+                   offsets: tuple[int, ...]) -> np.ndarray:
+        """Evidence ratios (O, N, L) in chain-rank order under each of ``offsets``: the scores' (item 5:
+        ordinary candidates read the shifted evidence, recognised anchors their own) plus
+        ``region_weight`` times the regions' (item 2), the prior odds of a true vertebra once."""
+        total = 0.0
+        if regions is not None:
+            total = self.region_weight * self._ratio(regions[:, REGION_OF_RANK])[None]
+        if evidence is None:
+            return total + self._inclusion_log_odds
+        chain = evidence[:, RANK_TO_COLUMN]  # (N, L)
+        anchors = self._anchors(evidence)
+        read = []
+        for o in offsets:
+            if o == 0:
+                read.append(chain)
+                continue
+            mask = OFFSET_NEIGHBOURS[o]
+            shifted = np.where(mask[None, :, :], chain[:, None, :], 0.0).max(axis=2)
+            read.append(np.where(anchors[:, None], chain, shifted))
+        return total + self._reliability(evidence)[None, :, None] * self._ratio(np.stack(read)) \
+            + self._inclusion_log_odds
+
+    def _ratio(self, evidence: np.ndarray) -> np.ndarray:
+        """``log(max(s, evidence_floor)) - log(reject_evidence)``: a label's evidence against a false
+        detection's (module docstring, item 2)."""
+        return np.log(np.maximum(evidence, self.evidence_floor)) - math.log(self.reject_evidence)
+
+    def _tables(self, positions: np.ndarray, tangents: np.ndarray, evidence: np.ndarray | None,
+                regions: np.ndarray | None, offsets: tuple[int, ...]) -> Tables:
+        """Emission ratios (H, N, L) in chain-rank order per hypothesis (offset, scale) and the feasible
+        steps of the ordered candidates, their scores (H, F) repeated over the offsets.
+
+        ``tangents`` (N, 3): unit direction of the spine curve at each candidate, head to foot.
+        """
+        n = len(positions)
+        n_offsets, n_scales = len(offsets), len(self._log_scales)
+        emission = np.repeat(self._emissions(evidence, regions, offsets), n_scales, axis=0)  # (O * S, N, L)
+        e = self._edges
+        pair_j, pair_i = pairs(n)
+        displacement = positions[pair_i] - positions[pair_j]
+        distance = np.maximum(np.linalg.norm(displacement, axis=1), _MIN_DISTANCE_MM)
+        log_distance = np.log(distance)
+        near = (log_distance >= self._log_distance_range[0]) & (log_distance <= self._log_distance_range[1])
+        pair_j, pair_i, log_distance = pair_j[near], pair_i[near], log_distance[near]
+        turn = self._turn_penalty(displacement[near], distance[near], tangents[pair_j] + tangents[pair_i])
+        z = (log_distance[:, None] - e.log_mean[None, :]) * e.inv_tau  # (P, E)
+        shift = self._log_scales[:, None] * e.inv_tau[None, :]  # (S, E), increasing in s
+        pair, edge = np.nonzero((z >= shift[0] - self.max_z) & (z <= shift[-1] + self.max_z))
+        step = self._step_score(z[pair, edge][None, :] - shift[:, edge], edge, turn[pair])  # (S, F)
+        if n_offsets > 1:
+            step = np.tile(step, (n_offsets, 1))  # (O * S, F): the steps do not depend on the offset
+        j, i = pair_j[pair], pair_i[pair]
+        source, target = e.source[edge], e.target[edge]
+        ahead = sweep(i, target, j * N_LABELS + source, n)
+        behind = sweep(j, source, i * N_LABELS + target, n)
+        return Tables(emission, j, i, source, target, step,
+                      ahead, step[:, ahead.order], behind, step[:, behind.order], self._start, self._end)
+
+    def _step_score(self, z: np.ndarray, edge: np.ndarray, turn: np.ndarray) -> np.ndarray:
+        """Log score of steps along ``edge`` whose log distance lies ``z`` edge sds from the mean at a scale.
+
+        ``log_prior + log N(z) / tau + turn`` (module docstring, item 3), ``IMPOSSIBLE``
+        beyond ``max_z``.
+        """
+        return np.where(np.abs(z) <= self.max_z, self._edges.log_norm[edge] + turn - 0.5 * z**2, IMPOSSIBLE)
+
+    def _turn_penalty(self, displacement: np.ndarray, distance: np.ndarray, direction: np.ndarray) -> np.ndarray:
+        """``-theta**2 / (2 s**2)`` per pair: theta the angle between the step and the spine's direction.
+
+        ``s**2 = direction_sd_rad**2 + TANGENT_SD_RAD**2 + 2 position_sd_mm**2 / d**2`` (anatomy,
+        the fitted curve's own error, the detector's position noise across the step).
+        """
+        norm = np.maximum(np.linalg.norm(direction, axis=1), 1e-12)
+        cosine = np.einsum("pk,pk->p", displacement, direction) / (norm * distance)
+        theta = np.arccos(np.clip(cosine, -1.0, 1.0))
+        spread = (self.prior.direction_sd_rad**2 + _TANGENT_SD_RAD**2
+                  + 2 * self.position_sd_mm**2 / distance**2)
+        return -0.5 * theta**2 / spread - np.log(spread)
+
+    # ----------------------------------------------------------------------- API
+
+    def label(self, positions_mm: np.ndarray, scores: np.ndarray | None = None, *,
+              regions: np.ndarray | None = None) -> Labelling:
+        """Label N candidates, with posterior confidences: see :func:`algorithm.labelling.label_candidates`."""
+        return self._decode(positions_mm, scores, regions, posterior=True)
+
+    def decode(self, positions_mm: np.ndarray, scores: np.ndarray | None = None, *,
+               regions: np.ndarray | None = None) -> np.ndarray:
+        """(N,) VerSe labels, 0 for rejected candidates: the Viterbi labelling alone (no posterior)."""
+        return self._decode(positions_mm, scores, regions, posterior=False).labels
+
+    def calibrate(self, posterior: np.ndarray, *, regions_only: bool = False) -> np.ndarray:
+        """``sigmoid(a logit(p) + b)`` with ``(a, b) = calibration`` (``region_calibration`` for
+        region evidence alone; module docstring, item 7)."""
+        a, b = self.region_calibration if regions_only else self.calibration
+        if (a, b) == (1.0, 0.0):
+            return posterior
+        p = np.clip(posterior, _CONFIDENCE_EPS, 1.0 - _CONFIDENCE_EPS)
+        return 1.0 / (1.0 + np.exp(-(a * (np.log(p) - np.log1p(-p)) + b)))
+
+    def _decode(self, positions_mm: np.ndarray, scores: np.ndarray | None, regions: np.ndarray | None, *,
+                posterior: bool) -> Labelling:
+        """The MAP labelling and, with ``posterior``, its calibrated marginal confidences (else nan)."""
+        positions, evidence, region_evidence = validate(positions_mm, scores, regions)
+        n = len(positions)
+        if n == 0:
+            empty = np.zeros(0)
+            return Labelling(np.zeros(0, dtype=np.int64), empty, np.zeros(0, dtype=np.intp), 0.0, 1.0)
+        offsets, log_prior = self._hypotheses(evidence)
+        t, tangents = spine_curve(positions)
+        order = np.argsort(t, kind="stable")
+        tables = self._tables(positions[order], tangents[order],
+                              None if evidence is None else evidence[order],
+                              None if region_evidence is None else region_evidence[order], offsets)
+        with np.errstate(divide="ignore"):  # log(0) of underflowed sums is -inf, as it should be
+            best, alpha = forward(tables, posterior=posterior)
+            beta = backward(tables) if posterior else None
+        n_hypotheses = len(log_prior)  # (offset, scale)
+
+        # MAP over (offset, scale, chain): the empty chain scores 0 under every hypothesis.
+        ended = best + self._end
+        total = np.maximum(ended.reshape(n_hypotheses, -1).max(axis=1), 0.0) + log_prior
+        s = int(np.argmax(total))
+        marginal = None
+        if alpha is not None and beta is not None:
+            # Posterior marginals of (candidate, label), mixed over offsets and the scale grid.
+            log_z = np.logaddexp(logsumexp((alpha + self._end).reshape(n_hypotheses, -1), axis=1), 0.0)  # (H,)
+            weight = log_prior + log_z
+            weight = np.exp(weight - logsumexp(weight, axis=0))
+            marginal = np.einsum("s,sil->il", weight, np.exp(alpha + beta - log_z[:, None, None]))
+        ranks_sorted = np.full(n, -1)
+        if ended[s].max() > 0.0:
+            i, label = np.unravel_index(np.argmax(ended[s]), ended[s].shape)
+            for member, rank in trace(tables, best, s, int(i), int(label)):
+                ranks_sorted[member] = rank
+        accepted = ranks_sorted >= 0
+        labels = np.zeros(n, dtype=np.int64)
+        labels[order] = np.where(accepted, _CHAIN_LABEL_ARRAY[np.maximum(ranks_sorted, 0)], 0)
+
+        confidence = np.full(n, np.nan)
+        uncertain = False
+        if marginal is not None:
+            confidence[order] = self.calibrate(np.clip(np.where(
+                accepted, marginal[np.arange(n), np.maximum(ranks_sorted, 0)], 1.0 - marginal.sum(axis=1)), 0.0, 1.0),
+                regions_only=evidence is None)
+            uncertain = bool(np.any(confidence[labels > 0] < self.uncertain_below))
+        log.debug("labelled %d of %d candidates, score %.1f nats, %d feasible steps",
+                  int(accepted.sum()), n, float(total[s]), tables.step.shape[1])
+        offset, scale = divmod(s, len(self._log_scales))
+        return Labelling(labels, confidence, order.astype(np.intp), float(total[s]),
+                         float(np.exp(self._log_scales[scale])), int(offsets[offset]), uncertain)
+
+    def score(self, positions_mm: np.ndarray, scores: np.ndarray | None, labels: np.ndarray, *,
+              regions: np.ndarray | None = None, paths: str = "max") -> float:
+        """The model's log score (nats) of a given labelling: what :meth:`label` maximises.
+
+        ``labels`` (N,): VerSe ids or 0 (rejected). Sum of the accepted candidates' evidence
+        ratios, of the steps between consecutive ones along the spine curve and of the chain's
+        start and end log odds; the label path of a step (which vertebrae were missed, which
+        variant) is maximised over (``paths="max"``, the Viterbi objective) or summed over
+        (``"sum"``, the weight the posterior uses). The hypotheses (lost-count offset, scale),
+        each with its log prior (module docstring, items 4 and 5), are maximised over with
+        ``"max"`` and summed over with ``"sum"``, as the posterior mixes them. -inf for a
+        labelling the model does not allow (repeated or out-of-order labels, impossible
+        steps); 0 with ``"max"`` when every candidate is rejected (one scale).
+        """
+        positions, evidence, region_evidence = validate(positions_mm, scores, regions)
+        labels = np.asarray(labels)
+        if labels.shape != (len(positions),):
+            raise ValueError(f"labels must have shape ({len(positions)},), got {labels.shape}")
+        if paths not in ("max", "sum"):
+            raise ValueError(f"paths must be 'max' or 'sum', got {paths!r}")
+        rank_of = {label: k for k, label in enumerate(CHAIN_LABELS)}
+        if any(int(v) != 0 and int(v) not in rank_of for v in labels):
+            raise ValueError("labels must be evaluated VerSe ids (1..25, 28) or 0")
+        offsets, log_prior = self._hypotheses(evidence)
+        n_scales = len(self._log_scales)
+        if not labels.any():
+            return float(log_prior.max() if paths == "max" else logsumexp(log_prior, axis=0))
+        t, tangents = spine_curve(positions)
+        members = [k for k in np.argsort(t, kind="stable") if labels[k] != 0]
+        ranks = [rank_of[int(labels[k])] for k in members]
+        emission = self._emissions(evidence, region_evidence, offsets)[:, members, ranks].sum(axis=1)  # (O,)
+        total = np.full(n_scales, self._start[ranks[0]] + self._end[ranks[-1]])
+        e = self._edges
+        for (j, a), (i, b) in zip(zip(members[:-1], ranks[:-1], strict=True),
+                                  zip(members[1:], ranks[1:], strict=True), strict=True):
+            edge = np.flatnonzero((e.source == a) & (e.target == b))
+            if edge.size == 0:
+                return -math.inf
+            displacement = (positions[i] - positions[j])[None, :]
+            distance = np.maximum(np.linalg.norm(displacement, axis=1), _MIN_DISTANCE_MM)
+            turn = self._turn_penalty(displacement, distance, (tangents[j] + tangents[i])[None, :])
+            z = (np.log(distance) - e.log_mean[edge])[None, :] * e.inv_tau[edge] \
+                - self._log_scales[:, None] * e.inv_tau[edge]
+            step = self._step_score(z, edge, turn)  # (S, edges)
+            total += step.max(axis=1) if paths == "max" else logsumexp(step, axis=1)
+        if total.max() <= IMPOSSIBLE / 2:
+            return -math.inf
+        hypotheses = (emission[:, None] + total[None, :]).ravel() + log_prior  # (O * S,)
+        assert hypotheses.shape == (len(offsets) * n_scales,)
+        return float(hypotheses.max() if paths == "max" else logsumexp(hypotheses, axis=0))

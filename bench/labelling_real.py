@@ -1,0 +1,383 @@
+"""Benchmark the labelling decoder on a real detector's output: the VID dataset (1,947 CTs).
+
+Data: ``../shared/data/vid-keypoints`` (``--data``), the Training split of the VID vertebra
+identification dataset (Buergin, Prevost, Stollenga, MICCAI 2023; CC BY-SA 4.0;
+ImFusionGmbH/VID-vertebra-identification-dataset): per CT, a real U-Net's vertebral-body
+detections with C/T/L segment probabilities and the annotated level of every body.
+
+Metrics (DESIGN.md): a ground-truth vertebra v is *identified* when the candidate labelled v
+lies within 20 mm of it and v's centroid is the ground-truth centroid nearest to that
+candidate; ``id rate`` = identified / annotated vertebrae. A scan is *whole right* when all
+its annotated vertebrae are identified and no accepted candidate carries a label that is
+not identified (a wrong label or a false detection kept). Reported overall, per region,
+at the junctions (thoracolumbar: T11, T12, T13, L1; lumbosacral: L4, L5, L6) and on variant
+spines (annotated L6, T13, 11 thoracic = T11 followed by L1, 4 lumbar = L4 annotated after T12
+with no L5).
+
+Error breakdown: detector misses (no candidate within 20 mm), true detections rejected,
+false detections kept (accepted, no annotated centroid within 20 mm), wrong labels, and the
+*runs* of wrongly labelled consecutive vertebrae with one common level offset (where each
+starts, head end). Confidence: reliability table of the accepted candidates' ``confidence``
+against being right, and the expected calibration error (ECE, 10 equal-width bins).
+
+Anything fitted (the chain prior, with ``--vid-prior`` on the VID training scans too; with
+``--calibrate`` a Platt map of the confidences) is fitted on the training folds only: K-fold
+cross-validation by patient (``--folds``; the CT Colonography supine/prone pairs and the VerSe
+2019/2020 duplicates share a patient). Figures
+are the pooled held-out result and the mean +- sd over folds.
+
+Evidence modes (``--evidence``): ``broadcast`` (the baseline a new user would try: each
+candidate's 26 per-level scores set to its segment's probability, the shipped prior, no
+fitting) and ``region`` (the probabilities as region evidence, :mod:`algorithm.labelling`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from algorithm.labelling import ChainDecoder  # noqa: E402
+from algorithm.labelling_prior import LabellingPrior, fit, read_landmarks, sacrum_room, vid_landmarks  # noqa: E402
+from spine.labels import LOCATE_CHANNELS, anatomical_rank, name_of, region_of  # noqa: E402
+from spine.vid import VidScan, read_scan, scan_ids  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "vid-keypoints"
+DEFAULT_LANDMARKS = REPO / "export" / "data" / "verse2020_landmarks.csv"
+HIT_MM = 20.0
+_REGION_OF_COLUMN = np.array(["CTL".index(region_of(label).value[0].upper()) for label in LOCATE_CHANNELS])
+THORACOLUMBAR = frozenset({18, 19, 28, 20})
+LUMBOSACRAL = frozenset({23, 24, 25})
+
+log = logging.getLogger("bench.labelling_real")
+
+
+def patient_of(path: str) -> str:
+    """Patient key of a VID source path: the TCIA patient folder, the Pancreas-CT file, or the VerSe subject."""
+    parts = path.split("/")
+    if parts[0] == "COLONOG":
+        return parts[2]
+    if parts[0].startswith("verse"):
+        return next((p for p in parts if p.startswith("sub-")), path)
+    return path
+
+
+def read_patients(folder: Path) -> dict[str, str]:
+    """scan id -> patient key from ``mapping-export-Training.txt`` (scan id itself when absent)."""
+    mapping = folder / "mapping-export-Training.txt"
+    if not mapping.is_file():
+        return {}
+    out = {}
+    for line in mapping.read_text(encoding="utf-8").splitlines():
+        if "," in line:
+            scan, path = line.split(",", 1)
+            out[scan.strip()] = patient_of(path.strip())
+    return out
+
+
+def broadcast_scores(probabilities: np.ndarray) -> np.ndarray:
+    """(N, 26) per-level scores: each level's column set to its segment's probability (the baseline)."""
+    return probabilities[:, _REGION_OF_COLUMN]
+
+
+def variants_of(labels: np.ndarray) -> list[str]:
+    """Variant names of an annotated spine (see the module docstring)."""
+    present = set(int(v) for v in labels)
+    out = []
+    if 25 in present:
+        out.append("L6")
+    if 28 in present:
+        out.append("T13")
+    if 18 in present and 20 in present and 19 not in present and 28 not in present:
+        out.append("11 thoracic")
+    if 23 in present and 24 not in present and (19 in present or 28 in present):
+        out.append("4 lumbar")
+    return out
+
+
+@dataclass
+class Tally:
+    """Counts over scans, filled by :func:`score_scan`."""
+
+    scans: int = 0
+    whole_right: int = 0
+    strict_right: int = 0
+    vertebrae: Counter = field(default_factory=Counter)
+    identified: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    run_starts: Counter = field(default_factory=Counter)
+    confidence: list = field(default_factory=list)
+    correct: list = field(default_factory=list)
+    uncertain_right: Counter = field(default_factory=Counter)
+    seconds: list = field(default_factory=list)
+
+    def merge(self, other: Tally) -> None:
+        self.scans += other.scans
+        self.whole_right += other.whole_right
+        self.strict_right += other.strict_right
+        for name in ("vertebrae", "identified", "errors", "run_starts", "uncertain_right"):
+            getattr(self, name).update(getattr(other, name))
+        self.confidence += other.confidence
+        self.correct += other.correct
+        self.seconds += other.seconds
+
+    def rate(self, group: str) -> float:
+        return self.identified[group] / self.vertebrae[group] if self.vertebrae[group] else float("nan")
+
+
+def score_scan(scan: VidScan, labels: np.ndarray, confidence: np.ndarray, tally: Tally,
+               uncertain: bool | None = None) -> None:
+    """Add one decoded scan to ``tally`` (module docstring: identification, errors, runs, confidence)."""
+    truth, truth_labels = scan.truth_mm, scan.truth_labels
+    candidates = scan.bodies_mm
+    distance = np.linalg.norm(candidates[:, None, :] - truth[None, :, :], axis=2) if len(truth) else \
+        np.full((len(candidates), 0), np.inf)
+    nearest = np.argmin(distance, axis=1) if len(truth) else np.zeros(len(candidates), dtype=int)
+    near_mm = distance[np.arange(len(candidates)), nearest] if len(truth) else np.full(len(candidates), np.inf)
+    matched = near_mm <= HIT_MM  # candidate sits on an annotated vertebra
+    hit = np.zeros(len(truth), dtype=bool)
+    for c in np.flatnonzero(labels):
+        if matched[c] and truth_labels[nearest[c]] == labels[c]:
+            hit[nearest[c]] = True
+    groups = ["all"] + [f"variant {v}" for v in variants_of(truth_labels)]
+    for k, label in enumerate(truth_labels):
+        label = int(label)
+        names = [*groups, region_of(label).value]
+        if label in THORACOLUMBAR:
+            names.append("thoracolumbar junction")
+        if label in LUMBOSACRAL:
+            names.append("lumbosacral junction")
+        for name in names:
+            tally.vertebrae[name] += 1
+            tally.identified[name] += int(hit[k])
+    accepted = labels > 0
+    wrong_accepted = accepted & ~(matched & (truth_labels[nearest] == labels) if len(truth) else accepted)
+    right = bool(hit.all())
+    tally.scans += 1
+    tally.whole_right += int(right)
+    tally.strict_right += int(right and not wrong_accepted.any())
+    if uncertain is not None:
+        tally.uncertain_right[(bool(uncertain), right)] += 1
+    # Error breakdown.
+    detected = np.zeros(len(truth), dtype=bool)
+    if len(truth):
+        detected = (distance <= HIT_MM).any(axis=0)
+    tally.errors["annotated vertebrae"] += len(truth)
+    tally.errors["detector missed"] += int((~detected).sum())
+    tally.errors["false detections"] += int((~matched).sum())
+    tally.errors["false detections kept"] += int((accepted & ~matched).sum())
+    tally.errors["true detections rejected"] += int((~accepted & matched).sum())
+    tally.errors["true detections wrongly labelled"] += int((accepted & matched & wrong_accepted).sum())
+    # Runs: consecutive (head to foot) accepted true detections with the same non-zero rank offset.
+    chain = [c for c in np.argsort(-candidates[:, 2]) if accepted[c] and matched[c]] if len(candidates) else []
+    previous = 0
+    for c in chain:
+        offset = anatomical_rank(int(labels[c])) - anatomical_rank(int(truth_labels[nearest[c]]))
+        if offset != 0 and offset != previous:
+            tally.errors["wrong runs"] += 1
+            tally.run_starts[f"{name_of(int(truth_labels[nearest[c]]))} {offset:+g}"] += 1
+        previous = offset
+    tally.confidence += list(confidence[accepted])
+    tally.correct += list((accepted & ~wrong_accepted)[accepted])
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> tuple[list[tuple], float]:
+    """Rows (low, high, count, mean confidence, accuracy) of equal-width bins and the ECE
+    ``sum_b n_b / N |acc_b - conf_b|``."""
+    rows = []
+    ece = 0.0
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    for b in range(bins):
+        inside = which == b
+        if not inside.any():
+            continue
+        conf, acc = float(confidence[inside].mean()), float(correct[inside].mean())
+        rows.append((edges[b], edges[b + 1], int(inside.sum()), conf, acc))
+        ece += inside.sum() / len(confidence) * abs(acc - conf)
+    return rows, float(ece)
+
+
+def decode_broadcast(decoder: ChainDecoder, scan: VidScan) -> tuple[np.ndarray, np.ndarray, bool | None]:
+    result = decoder.label(scan.bodies_mm, broadcast_scores(scan.region_probabilities))
+    return result.labels, result.confidence, None
+
+
+def decode_region(decoder: ChainDecoder, scan: VidScan) -> tuple[np.ndarray, np.ndarray, bool | None]:
+    result = decoder.label(scan.bodies_mm, regions=scan.region_probabilities)
+    return result.labels, result.confidence, result.uncertain
+
+
+def fit_prior(verse: np.ndarray, verse_sacrum: np.ndarray, training: list[VidScan]) -> LabellingPrior:
+    """The chain prior on the VerSe landmarks and the training scans' ground truth (VerSe alone
+    when ``training`` is empty)."""
+    if not training:
+        return fit(verse, source="VerSe 2020 landmarks", sacrum_below=verse_sacrum)
+    vid, vid_sacrum = vid_landmarks(training)
+    return fit(np.concatenate([verse, vid]), source="VerSe 2020 landmarks + VID training folds",
+               sacrum_below=np.concatenate([verse_sacrum, vid_sacrum]))
+
+
+def fit_calibration(confidence: np.ndarray, correct: np.ndarray) -> tuple[float, float]:
+    """Platt scaling ``(a, b)``: the log loss of ``sigmoid(a logit(p) + b)`` against correctness,
+    minimised on a grid (a in [0.02, 2], b in [-4, 4]; a grid, not Newton: the raw posteriors
+    pile up at 1, where an unbounded fit diverges)."""
+    p = np.clip(confidence, 1e-6, 1 - 1e-6)
+    logit = np.log(p) - np.log1p(-p)
+    best, argbest = np.inf, (1.0, 0.0)
+    for a in np.geomspace(0.02, 2.0, 60):
+        for b in np.linspace(-4.0, 4.0, 81):
+            z = a * logit + b
+            loss = float(np.mean(np.logaddexp(0.0, -z) * correct + np.logaddexp(0.0, z) * (1 - correct)))
+            if loss < best:
+                best, argbest = loss, (float(a), float(b))
+    return argbest
+
+
+def fold_decoder(scans: list[VidScan], training: np.ndarray, verse: np.ndarray, verse_sacrum: np.ndarray,
+                 settings: dict) -> ChainDecoder:
+    """A decoder fitted on the training scans only: the prior, then the confidence calibration."""
+    train = [scans[k] for k in training]
+    prior_scans = train if settings.pop("vid_prior", True) else []
+    calibrate = settings.pop("calibrate", False)
+    decoder = ChainDecoder(fit_prior(verse, verse_sacrum, prior_scans), **settings)
+    if not calibrate:
+        return decoder
+    tally = Tally()
+    evaluate(train, lambda s: decode_region(decoder, s), tally)
+    a, b = fit_calibration(np.array(tally.confidence), np.array(tally.correct, dtype=float))
+    return ChainDecoder(decoder.prior, **settings, region_calibration=(a, b))
+
+
+def evaluate(scans: list[VidScan], decode_fn, tally: Tally) -> None:
+    for scan in scans:
+        start = time.perf_counter()
+        labels, confidence, uncertain = decode_fn(scan)
+        tally.seconds.append(time.perf_counter() - start)
+        score_scan(scan, np.asarray(labels), np.asarray(confidence), tally, uncertain)
+
+
+def folds_by_patient(scans: list[VidScan], patients: dict[str, str], k: int, seed: int) -> list[np.ndarray]:
+    """K index arrays over ``scans``, a patient's scans always in one fold."""
+    keys = sorted({patients.get(s.scan, s.scan) for s in scans})
+    rng = np.random.default_rng(seed)
+    fold_of = dict(zip(rng.permutation(keys), np.arange(len(keys)) % k, strict=True))
+    which = np.array([fold_of[patients.get(s.scan, s.scan)] for s in scans])
+    return [np.flatnonzero(which == f) for f in range(k)]
+
+
+def time_thirty(decoder_fn, scans: list[VidScan], runs: int) -> float:
+    """Median seconds of one decode on 30 candidates: the largest scans' detections, 30 taken head first."""
+    big = sorted(scans, key=lambda s: -len(s.bodies_mm))[:runs]
+    seconds = []
+    for scan in big:
+        top = np.argsort(-scan.bodies_mm[:, 2])[:30]
+        start = time.perf_counter()
+        decoder_fn(scan.bodies_mm[top], scan.region_probabilities[top])
+        seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds))
+
+
+def report(tally: Tally, per_fold: list[Tally], seconds_30: float) -> None:
+    def spread(values: list[float]) -> str:
+        return f"{np.mean(values):.3f} +- {np.std(values):.3f}" if len(values) > 1 else ""
+
+    print(f"scans {tally.scans}, annotated vertebrae {tally.vertebrae['all']}")
+    print(f"{'group':<28}{'vertebrae':>10}{'id rate':>9}  folds mean +- sd")
+    groups = ["all", "cervical", "thoracic", "lumbar", "thoracolumbar junction", "lumbosacral junction"]
+    groups += sorted(g for g in tally.vertebrae if g.startswith("variant"))
+    for group in groups:
+        print(f"{group:<28}{tally.vertebrae[group]:>10}{tally.rate(group):>9.3f}  "
+              f"{spread([t.rate(group) for t in per_fold])}")
+    print(f"{'whole scan right':<28}{tally.scans:>10}{tally.whole_right / tally.scans:>9.3f}  "
+          f"{spread([t.whole_right / t.scans for t in per_fold])}")
+    print(f"{'  and no false label kept':<28}{tally.scans:>10}{tally.strict_right / tally.scans:>9.3f}  "
+          f"{spread([t.strict_right / t.scans for t in per_fold])}")
+    print("errors: " + ", ".join(f"{k} {v}" for k, v in tally.errors.items()))
+    print("wrong runs start at (true level, offset): "
+          + ", ".join(f"{k} {v}" for k, v in tally.run_starts.most_common(12)))
+    rows, ece = reliability(np.array(tally.confidence), np.array(tally.correct, dtype=float))
+    fold_ece = [reliability(np.array(t.confidence), np.array(t.correct, dtype=float))[1] for t in per_fold]
+    print(f"reliability of accepted candidates' confidence (ECE {ece:.3f}; folds {spread(fold_ece)}):")
+    for low, high, count, conf, acc in rows:
+        print(f"  [{low:.1f}, {high:.1f})  n {count:>6}  confidence {conf:.3f}  accuracy {acc:.3f}")
+    if tally.uncertain_right:
+        u = tally.uncertain_right
+        print(f"uncertain flag: raised on {u[(True, True)] + u[(True, False)]} scans "
+              f"({u[(True, False)]} of them wrong); not raised on {u[(False, True)] + u[(False, False)]} "
+              f"({u[(False, False)]} wrong)")
+    print(f"decode per scan: median {np.median(tally.seconds) * 1e3:.2f} ms; "
+          f"30 candidates: median {seconds_30 * 1e3:.2f} ms")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the vid-keypoints folder")
+    parser.add_argument("--evidence", choices=("broadcast", "region"), default="region")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (by patient)")
+    parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N scans (0: all)")
+    parser.add_argument("--timing", type=int, default=40, help="decodes timed on 30 candidates")
+    parser.add_argument("--landmarks", type=Path, default=DEFAULT_LANDMARKS,
+                        help="VerSe 2020 landmarks.csv: its spines join every fold's prior")
+    parser.add_argument("--region-weight", type=float, default=ChainDecoder.region_weight)
+    parser.add_argument("--end-weight", type=float, default=ChainDecoder.end_weight)
+    parser.add_argument("--calibrate", action="store_true",
+                        help="fit a Platt map of the confidences on each fold's training scans")
+    parser.add_argument("--vid-prior", action="store_true",
+                        help="fit each fold's prior on VerSe and the VID training scans (default: VerSe alone)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if not (args.data / "GroundTruth").is_dir():
+        print(f"skipped: no VID data at {args.data} (GroundTruth/ and Predictions/ expected)")
+        return 0
+    ids = scan_ids(args.data)
+    if args.limit:
+        ids = ids[:args.limit]
+    scans = [read_scan(args.data, scan) for scan in ids]
+    patients = read_patients(args.data)
+    folds = folds_by_patient(scans, patients, args.folds, args.seed)
+    print(f"VID: {len(scans)} scans, {len(set(patients.get(s.scan, s.scan) for s in scans))} patients, "
+          f"{args.folds} folds; evidence {args.evidence}")
+    total, per_fold = Tally(), []
+    if args.evidence == "broadcast":
+        decoder = ChainDecoder()
+        for held_out in folds:
+            tally = Tally()
+            evaluate([scans[k] for k in held_out], lambda s: decode_broadcast(decoder, s), tally)
+            per_fold.append(tally)
+            total.merge(tally)
+        seconds_30 = time_thirty(lambda p, r: decoder.decode(p, broadcast_scores(r)), scans, args.timing)
+    else:
+        _, verse = read_landmarks(args.landmarks)
+        verse_sacrum = sacrum_room(verse) >= 40.0
+        settings = {"region_weight": args.region_weight, "end_weight": args.end_weight}
+        vid_prior = args.vid_prior
+        settings["calibrate"] = args.calibrate
+        everything = np.arange(len(scans))
+        for f, held_out in enumerate(folds):
+            decoder = fold_decoder(scans, np.setdiff1d(everything, held_out), verse, verse_sacrum,
+                                   {**settings, "vid_prior": vid_prior})
+            log.info("fold %d: calibration a=%.3f b=%.3f", f, *decoder.region_calibration)
+            tally = Tally()
+            evaluate([scans[k] for k in held_out], lambda s, d=decoder: decode_region(d, s), tally)
+            per_fold.append(tally)
+            total.merge(tally)
+        seconds_30 = time_thirty(lambda p, r, d=decoder: d.decode(p, regions=r), scans, args.timing)
+    report(total, per_fold, seconds_30)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
