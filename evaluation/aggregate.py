@@ -43,12 +43,20 @@ import numpy as np
 
 from spine.labels import EVALUATED, Region, name_of, region_of
 
-__all__ = ["CASE_METRICS", "RANKED", "REGIONS", "aggregate", "statistics"]
+__all__ = ["CASE_METRICS", "GROUP_METRICS", "LEADERBOARD_PATHS", "RANKED", "REGIONS", "aggregate", "statistics"]
 
 CASE_METRICS: tuple[str, ...] = ("dice", "hd95", "hd", "id_rate", "localisation_mm", "hd95_matched", "hd_matched",
                                  "localisation_matched_mm", "false_positive_labels", "hd_missing")
 RANKED: tuple[str, ...] = ("dice", "hd95", "hd", "id_rate", "localisation_mm")
 """Case metrics a leaderboard may rank on: every case with ground-truth vertebrae counts."""
+LEADERBOARD_PATHS: dict[str, int] = {
+    "aggregates.id_rate.mean": 1, "aggregates.id_rate_total": 1, "aggregates.dice.mean": 1,
+    "aggregates.hd95.mean": -1, "aggregates.hd.mean": -1, "aggregates.localisation_mm.mean": -1,
+}
+"""The README's leaderboard paths, each with its direction (+1: higher is better, -1: lower is better)."""
+GROUP_METRICS: dict[str, int] = {"dice": 1, "id_rate": 1, "hd95": -1}
+"""Ranked per group: ``aggregates.per_label.<C1..L6, T13>.<metric>.mean`` and
+``aggregates.per_region.<region>.<metric>.mean``, with their directions."""
 REGIONS: tuple[Region, ...] = (Region.CERVICAL, Region.THORACIC, Region.LUMBAR)
 
 
