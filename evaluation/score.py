@@ -344,6 +344,9 @@ def label_array(image: sitk.Image, role: str, notes: list[str], *, note_pixel_ty
     array = sitk.GetArrayViewFromImage(image)
     kind = image.GetPixelIDTypeAsString()
     if np.issubdtype(array.dtype, np.floating):
+        non_finite = _non_finite_count(array)
+        if non_finite:
+            raise LabelMapError(f"{role} has {non_finite} NaN or infinite voxels (pixel type {kind})")
         if not _integral(array):
             raise LabelMapError(f"{role} has non-integral values (pixel type {kind})")
         if note_pixel_type:
@@ -367,6 +370,11 @@ def label_array(image: sitk.Image, role: str, notes: list[str], *, note_pixel_ty
     else:
         np.copyto(out, array, casting="unsafe")
     return out
+
+
+def _non_finite_count(array: np.ndarray, slab: int = 32) -> int:
+    """NaN and infinite values of a float array, counted in slabs (small temporaries)."""
+    return sum(int(np.count_nonzero(~np.isfinite(array[k:k + slab]))) for k in range(0, array.shape[0], slab))
 
 
 def _integral(array: np.ndarray, slab: int = 32) -> bool:

@@ -85,6 +85,12 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], object], str]] = {
     "constant": (lambda i: write(i / CT, "a.mha", ct_image(np.full((8, 9, 10), 40, np.int16))), "constant image"),
     "NaN voxels": (lambda i: write(i / CT, "a.mha", ct_image(np.where(varied() > 0, np.nan, -1000.0)
                                                              .astype(np.float32))), "voxels are NaN"),
+    "NaN voxels, NIfTI": (lambda i: write(i / CT, "a.nii.gz", ct_image(np.where(varied() > 0, np.nan, -1000.0)
+                                                                       .astype(np.float32))), "voxels are NaN"),
+    "all NaN, NIfTI": (lambda i: write(i / CT, "a.nii", ct_image(np.full((8, 9, 10), np.nan, np.float32))),
+                       "720 voxels are NaN"),
+    "infinite voxels, NIfTI": (lambda i: write(i / CT, "a.nii.gz", ct_image(np.where(varied() > 0, np.inf, -1000.0)
+                                                                            .astype(np.float64))), "voxels are NaN"),
     "spacing too small": (lambda i: write(i / CT, "a.mha", ct_image(varied(), spacing=(0.01, 0.8, 2.0))),
                           "outside [0.05, 20] mm"),
     "spacing too large": (lambda i: write(i / CT, "a.mha", ct_image(varied(), spacing=(0.8, 0.8, 50.0))),

@@ -391,11 +391,15 @@ def test_ground_truth_centroids_lacking_a_label_fall_back_to_the_mask(tmp_path: 
     assert record["status"] == "ground-truth centroids lack L2, L3: mask centres of mass used"
 
 
-def test_nan_in_a_float_prediction_is_unreadable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["pred.mha", "pred.nii.gz", "pred.nii"])
+def test_nan_in_a_float_prediction_is_unreadable(tmp_path: Path, name: str) -> None:
+    """Regression: a NIfTI prediction's NaN voxels read as 0 (ITK) and scored as background."""
     array = sitk.GetArrayFromImage(synthetic_case()).astype(np.float32)
     array[0, 0, 0] = np.nan
-    record = score_case(tiny_files(tmp_path, write(tmp_path, with_array(synthetic_case(), array))))
-    assert record["status"].startswith("unreadable prediction")
+    array[0, 0, 1] = np.inf
+    record = score_case(tiny_files(tmp_path, write(tmp_path, with_array(synthetic_case(), array), name)))
+    assert record["status"].startswith("unreadable prediction: prediction has 2 NaN or infinite voxels")
+    assert record["dice"] == 0.0 and record["hd95"] == record["penalty_mm"]
 
 
 def test_unreadable_ground_truth_is_an_error_record(tmp_path: Path) -> None:
