@@ -409,7 +409,7 @@ def score_case(case: CaseFiles) -> dict[str, Any]:
         score = _score_case(case, use_prediction=True)
     except Exception as error:  # one bad case never stops the others
         reason = f"{ERROR}: {type(error).__name__}: {error}"[:300]
-        log.warning("%s: %s", case.case_id, reason)
+        log.debug("%s: %s", case.case_id, reason, exc_info=True)  # the caller warns, once, from the status
         try:  # score it as an empty prediction when the ground truth itself is fine
             score = _score_case(case, use_prediction=False, first_note=reason)
         except Exception:

@@ -605,3 +605,56 @@ def test_module_help_and_console_entry(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "evaluation", "folders", "--help"], capture_output=True,
                             text=True, cwd=root, env=env, timeout=60)
     assert result.returncode == 0 and "--predictions" in result.stdout
+
+
+def run_evaluator(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "evaluation", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, cwd=HERE.parent)
+
+
+def test_unreadable_predictions_get_one_warning_line_each(tmp_path: Path) -> None:
+    """Regression: an unreadable or truncated prediction was only visible inside metrics.json."""
+    gt = make_ground_truth(tmp_path / "gt", [(f"sub-tiny00{n}", synthetic_case(), None) for n in (1, 2, 3)])
+    pred = tmp_path / "pred"
+    good = write_image(synthetic_case(), pred / "sub-tiny001_seg-vert_msk.nii.gz")
+    (pred / "sub-tiny002_seg-vert_msk.nii.gz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (pred / "sub-tiny003_seg-vert_msk.nii.gz").write_bytes(b"not an image")
+    out = tmp_path / "m.json"
+    done = run_evaluator("folders", "--predictions", pred, "--ground-truth", gt, "--output", out)
+    assert done.returncode == 0 and done.stdout == "", done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 2, done.stderr
+    assert "sub-tiny002: unreadable prediction" in warnings[0] + warnings[1]
+    assert "sub-tiny003: unreadable prediction" in warnings[0] + warnings[1]
+    assert "2 unreadable predictions" in done.stderr
+    assert "\r" not in done.stderr  # no progress bar when stderr is not a terminal
+
+
+def test_verbose_report_keeps_third_party_loggers_quiet(tmp_path: Path, tiny_gt: Path) -> None:
+    """Regression: -v printed ~600 matplotlib.font_manager debug lines."""
+    pred = tmp_path / "pred"
+    write_image(synthetic_case(), pred / "sub-tiny001_seg-vert_msk.nii.gz")
+    done = run_evaluator("folders", "--predictions", pred, "--ground-truth", tiny_gt, "--output", tmp_path / "m.json",
+                         "--report", tmp_path / "report", "-v")
+    assert done.returncode == 0, done.stderr
+    assert "DEBUG evaluation" in done.stderr  # ours do debug
+    assert [line for line in done.stderr.splitlines() if "matplotlib" in line or "PIL" in line] == []
+
+
+@pytest.mark.parametrize("flag", ["--output", "--report"])
+def test_output_paths_are_checked_before_any_work(tmp_path: Path, tiny_gt: Path, flag: str,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    args = {"--output": tmp_path / "m.json", "--report": tmp_path / "report"}
+    args[flag] = blocker / "below" if flag == "--output" else blocker
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt,
+                *(x for pair in args.items() for x in pair))
+    assert exit_info.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+    folder = tmp_path / "folder.json"
+    folder.mkdir()
+    with pytest.raises(SystemExit):
+        run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt, "--output", folder)
+    assert "is a folder, not a file" in capsys.readouterr().err
