@@ -51,3 +51,29 @@ def test_count_arguments_are_refused_with_a_message() -> None:
     for bad in ("0", "-1e-3", "nan", "inf", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             positive_float(bad)
+
+
+def test_export_help_texts_are_for_users() -> None:
+    """Regression: a developer docstring as the description, undocumented train options with
+    hidden defaults, and a developer-checkout path as --parity-cases' default."""
+    from export.cli import build_parser
+
+    parser = build_parser()
+    top = parser.format_help()
+    assert "registry of subcommands" not in top and "synthetic spine CTs (synth)" in top
+    commands = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    train = " ".join(commands["train"].format_help().split())
+    for option, default in (("--batch-size", "2"), ("--seed", "0"), ("--device", "auto"), ("--iterations", "1000")):
+        after = train.split(f"{option} ")[-1]
+        assert f"(default: {default})" in after.split(" --")[0], option
+    onnx_help = " ".join(commands["onnx"].format_help().split())
+    assert "../shared" not in onnx_help and "examples/totalsegmentator-example/" in onnx_help
+
+
+def test_onnx_parity_default_is_the_bundled_example() -> None:
+    from export.onnx_export import BUNDLED_EXAMPLE, _real_sources
+
+    assert (BUNDLED_EXAMPLE / "ct.nii.gz").is_file()
+    sources, description = _real_sources(None)
+    assert description == "real CT (totalsegmentator-example, bundled)"
+    assert len(sources) == 1 and sources[0][0].GetSize() == (122, 101, 112) and len(sources[0][1]) > 0
