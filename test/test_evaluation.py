@@ -658,3 +658,37 @@ def test_output_paths_are_checked_before_any_work(tmp_path: Path, tiny_gt: Path,
     with pytest.raises(SystemExit):
         run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt, "--output", folder)
     assert "is a folder, not a file" in capsys.readouterr().err
+
+
+EXAMPLE = HERE.parent / "examples" / "totalsegmentator-example"
+
+
+def test_folder_mode_pairs_the_bundled_example(tmp_path: Path) -> None:
+    """The bundled example's unprefixed ground truth pairs with predict's ct_* outputs."""
+    found = find_ground_truth(EXAMPLE)
+    assert list(found) == ["ct"] and found["ct"].centroids == EXAMPLE / "seg-vert_ctd.json"
+    pred = tmp_path / "out"
+    pred.mkdir()
+    shutil.copyfile(EXAMPLE / "seg-vert_msk.nii.gz", pred / "ct_seg-vert_msk.nii.gz")
+    out = tmp_path / "m.json"
+    assert run_cli("folders", "--predictions", pred, "--ground-truth", EXAMPLE, "--output", out, "--no-progress") == 0
+    case = check_document(out)["case"]["ct"]
+    assert case["dice"] == 1.0 and case["vertebrae"] == 7 and case["id_rate"] == 1.0
+
+
+@pytest.mark.slow
+def test_readme_accuracy_row_of_the_bundled_example_is_reproducible(tmp_path: Path) -> None:
+    """Runs the README's two commands and compares Dice and id rate with its table."""
+    root = HERE.parent
+    row = next(line for line in (root / "README.md").read_text().splitlines()
+               if line.startswith("| `examples/totalsegmentator-example`"))
+    cells = [c.strip() for c in row.split("|")[1:]]
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "algorithm", "predict", str(EXAMPLE / "ct.nii.gz"), "--output", str(out),
+                    "-q"], check=True, cwd=root, timeout=600)
+    done = run_evaluator("folders", "--predictions", out, "--ground-truth", EXAMPLE, "--output", out / "m.json")
+    assert done.returncode == 0, done.stderr
+    case = check_document(out / "m.json")["case"]["ct"]
+    assert f"{case['dice']:.2f}" == cells[1]
+    assert cells[2].startswith(f"{case['id_rate']:.2f} ({case['hits']} of {case['vertebrae']})")
+    assert cells[3].startswith(f"{case['localisation_mm']:.1f} mm; {case['localisation_matched_mm']:.1f} mm")
