@@ -77,3 +77,44 @@ def test_onnx_parity_default_is_the_bundled_example() -> None:
     sources, description = _real_sources(None)
     assert description == "real CT (totalsegmentator-example, bundled)"
     assert len(sources) == 1 and sources[0][0].GetSize() == (122, 101, 112) and len(sources[0][1]) > 0
+
+
+def _project_imports() -> dict[str, set[str]]:
+    """Module -> project modules it imports anywhere (top level, inside functions, TYPE_CHECKING)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    modules: dict[str, set[str]] = {}
+    for package in ("algorithm", "evaluation", "export", "spine"):
+        for path in sorted((root / package).glob("*.py")):
+            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
+            found: set[str] = set()
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    found.add(node.module if node.level == 0 else f"{package}.{node.module}")
+                    found.update(f"{node.module}.{a.name}" for a in node.names)  # from package import module
+                elif isinstance(node, ast.Import):
+                    found.update(a.name for a in node.names)
+            modules[name] = found
+    return {m: {d for d in deps if d in modules and d != m and d not in ("algorithm", "evaluation", "export",
+                                                                            "spine")}
+            for m, deps in modules.items()}
+
+
+def test_no_import_cycles() -> None:
+    """Each module depends downwards only (regression: pipeline <-> qc, synth <-> synth_qc)."""
+    graph = _project_imports()
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            assert state.get(dep) != 1, "import cycle: " + " -> ".join([*path[path.index(dep):], dep])
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert "algorithm.qc" in graph and "export.synth_qc" in graph
