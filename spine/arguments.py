@@ -41,7 +41,7 @@ def _first_existing(path: Path) -> Path:
 
 def _creatable(path: Path) -> None:
     """Refuse a path under an existing file or in a folder we cannot write (checked before any work)."""
-    existing = _first_existing(path.parent if not path.exists() else path)
+    existing = _first_existing(path.parent)
     if not existing.is_dir():
         raise argparse.ArgumentTypeError(f"{path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -53,7 +53,7 @@ def output_folder(text: str) -> Path:
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{path} exists and is not a folder")
-    _creatable(path if path.exists() else path / "_")
+    _creatable(path / "_")
     return path
 
 

@@ -658,6 +658,12 @@ def test_output_paths_are_checked_before_any_work(tmp_path: Path, tiny_gt: Path,
     with pytest.raises(SystemExit):
         run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt, "--output", folder)
     assert "is a folder, not a file" in capsys.readouterr().err
+    pred = tmp_path / "pred"
+    write_image(synthetic_case(), pred / "sub-tiny001_seg-vert_msk.nii.gz")
+    existing = tmp_path / "again.json"
+    for _ in range(2):  # an existing metrics file and report folder are overwritten, not refused
+        assert run_cli("folders", "--predictions", pred, "--ground-truth", tiny_gt, "--output", existing,
+                       "--report", tmp_path / "report", "--no-progress") == 0
 
 
 EXAMPLE = HERE.parent / "examples" / "totalsegmentator-example"
