@@ -8,9 +8,10 @@ Modes::
     python -m algorithm predict CT... --output DIR # research use: VerSe files, points, QC picture, report
 
 Without a command the mode is ``exec``, or ``serve`` when the image was built with
-``VERSE_GC_API_METHOD=invoke``. Log lines go to stdout; a failure prints one line
-``error: <file>: <problem>`` on stderr and exits 1 (usage errors exit 2), leaving nothing in
-the output folder.
+``VERSE_GC_API_METHOD=invoke``. Log lines go to stderr (third-party libraries at WARNING
+even with ``-v``); a failure prints one line ``error: <file>: <problem>`` on stderr and
+exits 1 (usage errors, such as an ``--output`` that is a file, exit 2 before any work),
+leaving nothing in the output folder.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from algorithm.inputs import InputError, load_ct
 from algorithm.models import DEVICES, ModelError, Models, find_model_dir, load_models
 from algorithm.pipeline import Options, predict_case, read_gc_input, run_gc_case, write_case_outputs
 from algorithm.serve import DEFAULT_HOST, DEFAULT_PORT, InvokeServer
-from spine.arguments import positive_int
+from spine.arguments import output_folder, positive_int
+from spine.console import configure_logging
 from spine.image import IMAGE_SUFFIXES, strip_image_suffix
 from spine.layout import AlgorithmLayout
 from spine.verse import case_id_of
@@ -76,6 +78,12 @@ def _existing_dir(text: str) -> Path:
 # --------------------------------------------------------------------------- parser
 
 
+def _program() -> str:
+    """The name the user typed: ``verse-algorithm`` for the console script, else ``python -m algorithm``."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("verse-") else "python -m algorithm"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--models", type=_existing_dir, metavar="DIR",
@@ -92,11 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     gc = argparse.ArgumentParser(add_help=False)
     gc.add_argument("--input", type=Path, default=Path("/input"), metavar="DIR",
                     help="input folder in GC layout (inputs.json, images/ct/...) (default /input)")
-    gc.add_argument("--output", type=Path, default=Path("/output"), metavar="DIR",
+    gc.add_argument("--output", type=output_folder, default=Path("/output"), metavar="DIR",
                     help="output folder (default /output)")
 
     parser = argparse.ArgumentParser(
-        prog="python -m algorithm",
+        prog=_program(),
         description="Detect, locate, label and segment vertebrae on a spine CT (ONNX Runtime). Without a "
                     "command: GC exec mode (/input -> /output).",
     )
@@ -114,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "<case>_seg-subreg_ctd.json, <case>_points.json, <case>_snp.png "
                                               "and <case>_report.json.")
     predict.add_argument("cts", nargs="+", type=Path, metavar="CT", help="CT image files or folders of them")
-    predict.add_argument("--output", type=Path, required=True, metavar="DIR", help="output folder")
+    predict.add_argument("--output", type=output_folder, required=True, metavar="DIR", help="output folder")
     predict.add_argument("--no-qc", action="store_true", help="skip the QC picture")
     return parser
 
@@ -128,15 +136,7 @@ def _normalise_argv(argv: Sequence[str]) -> list[str]:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    handler.verse_gc = True  # type: ignore[attr-defined]
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "verse_gc", False)]:
-        root.removeHandler(old)  # ours from an earlier call (tests call main() repeatedly); others stay
-    root.addHandler(handler)
-    root.setLevel(level)
+    configure_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
 
 
 def _options(args: argparse.Namespace) -> Options:
@@ -214,7 +214,9 @@ def run_predict(args: argparse.Namespace) -> int:
         raise InputError(f"{args.output}: several inputs would write case {repeated[0]!r}; predict them separately")
     models = _load(args, AlgorithmLayout())
     failures = 0
-    with logging_redirect_tqdm(), tqdm(total=len(cts), unit="case", desc="predict") as progress:
+    # the bar only on a terminal and without -q: in a log file it would glue onto the error lines
+    with logging_redirect_tqdm(), tqdm(total=len(cts), unit="case", desc="predict",
+                                       disable=True if args.quiet else None) as progress:
         for path, case_id in zip(cts, ids, strict=True):
             progress.set_postfix_str(case_id)
             try:
@@ -226,6 +228,8 @@ def run_predict(args: argparse.Namespace) -> int:
             except (InputError, OSError, RuntimeError, ValueError) as error:
                 failures += 1
                 _error_line(error, path)
+                progress.set_postfix_str(f"{failures} failed")
+                continue  # a failed case does not advance the bar
             progress.update(1)
     if failures:
         log.warning("%d of %d cases failed", failures, len(cts))
@@ -237,7 +241,10 @@ def _error_line(error: BaseException, where: Path | str | None = None) -> None:
     message = " ".join(str(error).split()) or type(error).__name__
     if where is not None and str(where) not in message:
         message = f"{where}: {message}"
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    from tqdm import tqdm  # its write() clears a progress bar first, so the line stands alone
+
+    tqdm.write(f"error: {message}", file=sys.stderr)
+    sys.stderr.flush()
 
 
 def _terminate(signum: int, frame: object) -> None:

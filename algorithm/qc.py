@@ -12,7 +12,7 @@ from __future__ import annotations
 import colorsys
 import io
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,10 +21,30 @@ from spine.image import Geometry, axis_aligned_geometry, resample_onto
 from spine.labels import MAX_LABEL
 from spine.preprocess import AIR_HU
 
-if TYPE_CHECKING:
-    from algorithm.pipeline import CaseResult
+__all__ = ["QCResult", "QCVertebra", "label_colours", "render_qc", "slab_mip"]
 
-__all__ = ["label_colours", "render_qc", "slab_mip"]
+
+class QCVertebra(Protocol):
+    """What the picture needs of a labelled vertebra (``algorithm.pipeline.Vertebra`` has it)."""
+
+    @property
+    def label(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def position_mm(self) -> tuple[float, float, float]: ...
+
+
+class QCResult(Protocol):
+    """What the picture needs of a case's result (``algorithm.pipeline.CaseResult`` has it): qc sits
+    below the pipeline and does not import it."""
+
+    @property
+    def labels(self) -> sitk.Image: ...
+    @property
+    def vertebrae(self) -> Sequence[QCVertebra]: ...
+    @property
+    def note(self) -> str: ...
 
 WINDOW_HU = (-400.0, 1400.0)
 """Display window: soft tissue dark grey, bone bright."""
@@ -117,7 +137,7 @@ def _overlay(ct: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: flo
     return rgb
 
 
-def render_qc(image: sitk.Image, result: CaseResult, *, title: str = "", dpi: int = 110) -> bytes:
+def render_qc(image: sitk.Image, result: QCResult, *, title: str = "", dpi: int = 110) -> bytes:
     """PNG bytes of the QC picture of ``result`` on its CT ``image``."""
     import matplotlib
 
@@ -163,7 +183,7 @@ def render_qc(image: sitk.Image, result: CaseResult, *, title: str = "", dpi: in
     return buffer.getvalue()
 
 
-def _draw_names(axis: object, result: CaseResult, world_axis: int, colours: np.ndarray,
+def _draw_names(axis: object, result: QCResult, world_axis: int, colours: np.ndarray,
                 extent: Sequence[float]) -> None:
     """Each vertebra's name in a box of its colour, on the left of its centroid, with a tick to it."""
     span = extent[1] - extent[0]

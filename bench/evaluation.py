@@ -196,7 +196,7 @@ def definition_check(gt: np.ndarray, pred: np.ndarray, spacing_xyz: tuple[float,
         mine = ours["per_vertebra"][name_of(label)]
         p, g = pred == label, gt == label
         dice_diff = max(dice_diff, abs(plain_dice(p, g) - mine["dice"]))
-        if "hd95" in mine and (check_labels <= 0 or hd_checked < check_labels):
+        if mine["predicted"] and (check_labels <= 0 or hd_checked < check_labels):
             hd_diff = max(hd_diff, abs(plain_hd95(p, g, spacing_zyx) - mine["hd95"]))
             hd_checked += 1
     return {"dice_max_abs_diff": dice_diff, "hd95_max_abs_diff_mm": hd_diff, "hd95_labels_checked": hd_checked}

@@ -4,7 +4,8 @@ Input: the case records of :func:`evaluation.score.score_case` (plain dicts, so 
 aggregates can be recomputed from a ``metrics.json``). Output keys (no dots anywhere)::
 
     {<metric>: {"mean", "std", "median", "min", "max", "count"}   for metric in
-         dice, hd95, hd, id_rate, localisation_mm, false_positive_labels, hd_missing,
+         dice, hd95, hd, id_rate, localisation_mm (ranked), hd95_matched, hd_matched,
+         localisation_matched_mm, false_positive_labels, hd_missing,
      "id_rate_total": hits over all cases / ground-truth vertebrae over all cases,
      "hits_total", "vertebrae_total",
      "cases": {"total", "scored", "missing_prediction", "unreadable_prediction", "error"},
@@ -13,19 +14,23 @@ aggregates can be recomputed from a ``metrics.json``). Output keys (no dots anyw
 
 Rules:
 
-- Only values that are defined enter a statistic (see :mod:`evaluation.score`): a case
-  counts for ``dice``, ``id_rate``, ``false_positive_labels`` and ``hd_missing`` when its
-  ground truth has a vertebra; for ``hd95``/``hd`` when at least one of its vertebrae is
-  predicted; for ``localisation_mm`` when at least one has a predicted centroid. Missing
-  and unreadable predictions DO count (Dice 0, id 0, all vertebrae in ``hd_missing``).
+- Ranked metrics (:data:`RANKED`) and the counts are over EVERY case whose ground truth
+  has a vertebra: a missed vertebra scores the penalty D in the case's value, so no case
+  drops out because a submission predicted nothing (DESIGN.md, "Ranking safety"). Missing
+  and unreadable predictions count (Dice 0, id 0, distances D).
+- ``*_matched`` (VerSe-comparable, never for ranking): over the cases where at least one
+  vertebra was matched (``hd95_matched``, ``hd_matched``) or has a predicted centroid
+  (``localisation_matched_mm``).
+- Cases without ground-truth vertebrae (``vertebrae`` 0) enter no statistic; that depends
+  on the ground truth only, so it is the same for every submission.
 - ``count`` says how many values a statistic is over. With count 0 every statistic is 0.0
   (and ``id_rate_total`` is 0.0 with ``vertebrae_total`` 0): paths like
   ``aggregates.dice.mean`` always resolve to a finite number.
 - ``std`` is the population standard deviation (ddof 0); ``median`` NumPy's.
-- Per label: ``dice`` over the cases whose ground truth has that vertebra; ``id_rate``
-  over the same, as the mean of 0/1 hits (so ``id_rate.mean`` is the label's
-  identification rate); ``hd95`` over those where it was predicted too. Per region the
-  same, pooling the region's vertebrae of all cases.
+- Per label: ``dice``, ``id_rate`` (the mean of 0/1 hits, so ``id_rate.mean`` is the
+  label's identification rate) and ``hd95`` (D where it was missed) over the cases whose
+  ground truth has that vertebra. Per region the same, pooling the region's vertebrae of
+  all cases.
 """
 
 from __future__ import annotations
@@ -38,10 +43,20 @@ import numpy as np
 
 from spine.labels import EVALUATED, Region, name_of, region_of
 
-__all__ = ["CASE_METRICS", "REGIONS", "aggregate", "statistics"]
+__all__ = ["CASE_METRICS", "GROUP_METRICS", "LEADERBOARD_PATHS", "RANKED", "REGIONS", "aggregate", "statistics"]
 
-CASE_METRICS: tuple[str, ...] = ("dice", "hd95", "hd", "id_rate", "localisation_mm", "false_positive_labels",
-                                 "hd_missing")
+CASE_METRICS: tuple[str, ...] = ("dice", "hd95", "hd", "id_rate", "localisation_mm", "hd95_matched", "hd_matched",
+                                 "localisation_matched_mm", "false_positive_labels", "hd_missing")
+RANKED: tuple[str, ...] = ("dice", "hd95", "hd", "id_rate", "localisation_mm")
+"""Case metrics a leaderboard may rank on: every case with ground-truth vertebrae counts."""
+LEADERBOARD_PATHS: dict[str, int] = {
+    "aggregates.id_rate.mean": 1, "aggregates.id_rate_total": 1, "aggregates.dice.mean": 1,
+    "aggregates.hd95.mean": -1, "aggregates.hd.mean": -1, "aggregates.localisation_mm.mean": -1,
+}
+"""The README's leaderboard paths, each with its direction (+1: higher is better, -1: lower is better)."""
+GROUP_METRICS: dict[str, int] = {"dice": 1, "id_rate": 1, "hd95": -1}
+"""Ranked per group: ``aggregates.per_label.<C1..L6, T13>.<metric>.mean`` and
+``aggregates.per_region.<region>.<metric>.mean``, with their directions."""
 REGIONS: tuple[Region, ...] = (Region.CERVICAL, Region.THORACIC, Region.LUMBAR)
 
 
@@ -63,9 +78,9 @@ def _defined(record: Mapping[str, Any], metric: str) -> bool:
     vertebrae = int(record.get("vertebrae", 0))
     if vertebrae == 0:
         return False
-    if metric in ("hd95", "hd"):
+    if metric in ("hd95_matched", "hd_matched"):
         return vertebrae - int(record.get("hd_missing", vertebrae)) > 0
-    if metric == "localisation_mm":
+    if metric == "localisation_matched_mm":
         return int(record.get("localised", 0)) > 0
     return True
 

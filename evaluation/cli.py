@@ -20,7 +20,8 @@ from pathlib import Path
 
 from evaluation.discover import InputError, Pairing, find_ground_truth, pair_folders, pair_gc_jobs
 from evaluation.run import evaluate_cases, metrics_document, write_metrics
-from spine.arguments import positive_int
+from spine.arguments import output_file, output_folder, positive_int
+from spine.console import configure_logging
 from spine.gc import ContractError
 from spine.layout import EvaluationLayout, max_workers
 
@@ -32,7 +33,7 @@ MODES = ("gc", "folders")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--report", type=Path, metavar="DIR",
+    parser.add_argument("--report", type=output_folder, metavar="DIR",
                         help="also write an HTML report with per-vertebra and per-region plots to DIR")
     parser.add_argument("--workers", type=positive_int, metavar="N",
                         help="processes for the cases (default: GRAND_CHALLENGE_MAX_WORKERS, else the CPU count)")
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"folder with predictions.json and <job pk>/output/ (default {defaults.input_dir})")
     gc.add_argument("--ground-truth", type=Path, default=defaults.ground_truth_dir, metavar="DIR",
                     help=f"ground-truth folder (default {defaults.ground_truth_dir})")
-    gc.add_argument("--output", type=Path, default=defaults.metrics_path, metavar="FILE",
+    gc.add_argument("--output", type=output_file, default=defaults.metrics_path, metavar="FILE",
                     help=f"metrics JSON to write (default {defaults.metrics_path})")
     _common(gc)
     folders = modes.add_parser("folders", help="VerSe-named prediction and ground-truth folders",
@@ -65,17 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                                            "<case>*_ctd.json) predictions with ground truth of the same case.")
     folders.add_argument("--predictions", type=Path, required=True, metavar="DIR", help="prediction folder")
     folders.add_argument("--ground-truth", type=Path, required=True, metavar="DIR", help="ground-truth folder")
-    folders.add_argument("--output", type=Path, required=True, metavar="FILE", help="metrics JSON to write")
+    folders.add_argument("--output", type=output_file, required=True, metavar="FILE", help="metrics JSON to write")
     _common(folders)
     return parser
 
 
 def _configure_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    configure_logging(logging.DEBUG if verbose else logging.INFO, "%(levelname)s %(name)s: %(message)s", None)
 
 
 def _with_default_mode(argv: Sequence[str]) -> list[str]:
@@ -111,8 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     document = metrics_document(records, pairing.unmatched)
     path = write_metrics(args.output, document)
     aggregates = document["aggregates"]
-    log.info("wrote %s: dice %.4f, id_rate %.4f, hd95 %.2f mm over %d cases", path, aggregates["dice"]["mean"],
-             aggregates["id_rate"]["mean"], aggregates["hd95"]["mean"], aggregates["cases"]["total"])
+    cases = aggregates["cases"]
+    log.info("wrote %s: dice %.4f, id_rate %.4f, hd95 %.2f mm over %d cases (%d missing, %d unreadable "
+             "predictions, %d errors)", path, aggregates["dice"]["mean"], aggregates["id_rate"]["mean"],
+             aggregates["hd95"]["mean"], cases["total"], cases["missing_prediction"],
+             cases["unreadable_prediction"], cases["error"])
     if args.report is not None:
         from evaluation.report import write_report  # matplotlib only when asked
 

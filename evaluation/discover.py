@@ -3,7 +3,9 @@
 Ground truth (DESIGN.md, "Grand Challenge evaluation contract"): files
 ``<case>_seg-vert_msk.(nii.gz|mha)`` and optional ``<case>*_ctd.json`` anywhere below the
 root. Case id of a GC job = its input image name without extensions and a trailing
-``_ct`` (:func:`spine.verse.case_id_of`).
+``_ct`` (:func:`spine.verse.case_id_of`). A folder holding one case without prefixes
+(``ct.nii.gz``, ``seg-vert_msk.nii.gz``, ``seg-vert_ctd.json``, as the bundled example)
+is the case ``predict`` names after its CT (``ct``), else after the folder.
 
 Problems that make the whole evaluation meaningless (no ground truth, a malformed
 ``predictions.json``) raise :class:`InputError` with one line naming the file and the
@@ -36,6 +38,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MASK_TAIL = "_seg-vert_msk"
+BARE_MASK = "seg-vert_msk"
 MASK_SUFFIXES: tuple[str, ...] = (".nii.gz", ".mha", ".nii", ".mhd", ".nrrd")
 POINTS_TAIL = "_points.json"
 CENTROIDS_TAIL = "_ctd.json"
@@ -63,12 +66,24 @@ class Pairing:
 
 
 def _mask_case_id(path: Path) -> str | None:
-    """``<case>_seg-vert_msk.<suffix>`` -> case id; None for any other name."""
+    """``<case>_seg-vert_msk.<suffix>`` -> case id; a bare ``seg-vert_msk.<suffix>`` -> the
+    case of its folder (:func:`_bare_case_id`); None for any other name."""
     name = path.name
     for suffix in MASK_SUFFIXES:
+        if name.lower() == BARE_MASK + suffix:
+            return _bare_case_id(path.parent)
         if name.lower().endswith(MASK_TAIL + suffix):
             return name[: -len(MASK_TAIL + suffix)]
     return None
+
+
+def _bare_case_id(folder: Path) -> str:
+    """Case of a folder holding one case without VerSe prefixes (``ct.nii.gz``, ``seg-vert_msk.nii.gz``,
+    ``seg-vert_ctd.json``, as in ``examples/``): the id ``predict`` gives its one CT (``ct.nii.gz`` ->
+    ``ct``), else the folder's name."""
+    images = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
+              and not p.name.lower().startswith("seg-")]
+    return case_id_of(images[0].name) if len(images) == 1 else folder.name
 
 
 def _files_below(root: Path) -> list[Path]:
@@ -118,6 +133,11 @@ def find_ground_truth(root: Path) -> dict[str, GroundTruthCase]:
     if not masks:
         raise InputError(f"{root}: no ground-truth masks (<case>_seg-vert_msk.nii.gz or .mha) found")
     centroids = assign_by_prefix(masks, files, CENTROIDS_TAIL)
+    for case, mask in masks.items():  # a bare mask's centroids: the bare seg-*_ctd.json beside it
+        if case not in centroids and mask.name.lower().startswith(BARE_MASK):
+            beside = sorted(p for p in mask.parent.glob("seg-*" + CENTROIDS_TAIL) if p.is_file())
+            if beside:
+                centroids[case] = beside[0]
     return {case: GroundTruthCase(case, masks[case], centroids.get(case)) for case in sorted(masks)}
 
 

@@ -20,8 +20,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 
-from evaluation.aggregate import REGIONS
-from evaluation.score import UNDEFINED_DISTANCE_MM
+from evaluation.aggregate import CASE_METRICS, REGIONS
 from spine.image import atomic_path, write_text_atomic
 from spine.labels import EVALUATED, anatomical_rank, name_of, region_of
 
@@ -98,7 +97,7 @@ def _number(value: Any, digits: int = 3) -> str:
 def _distance(record: Mapping[str, Any], key: str, defined: bool) -> str:
     if defined:
         return _number(record[key], 2)
-    return f"<span title='undefined ({UNDEFINED_DISTANCE_MM:g} in metrics.json)'>-</span>"
+    return f"<span title='nothing matched ({_number(record[key], 2)}, the penalty D, in metrics.json)'>-</span>"
 
 
 def _case_rows(cases: Mapping[str, Mapping[str, Any]]) -> str:
@@ -110,8 +109,10 @@ def _case_rows(cases: Mapping[str, Mapping[str, Any]]) -> str:
         rows.append(
             "<tr>"
             f"<td>{html.escape(case_id)}</td><td>{r['vertebrae']}</td><td>{_number(r['dice'])}</td>"
-            f"<td>{_distance(r, 'hd95', matched)}</td><td>{_distance(r, 'hd', matched)}</td>"
-            f"<td>{_number(r['id_rate'])}</td><td>{_distance(r, 'localisation_mm', int(r['localised']) > 0)}</td>"
+            f"<td>{_number(r['hd95'], 2)}</td><td>{_distance(r, 'hd95_matched', matched)}</td>"
+            f"<td>{_number(r['hd'], 2)}</td><td>{_number(r['id_rate'])}</td>"
+            f"<td>{_number(r['localisation_mm'], 2)}</td>"
+            f"<td>{_distance(r, 'localisation_matched_mm', int(r['localised']) > 0)}</td>"
             f"<td>{r['false_positive_labels']}</td><td>{r['hd_missing']}</td><td{css}>{html.escape(status)}</td>"
             "</tr>"
         )
@@ -136,8 +137,9 @@ img {{ max-width: 100%; }}
 <h2>Per vertebra</h2><img src="per_vertebra.png" alt="Dice and identification rate per vertebra">
 <h2>Per region</h2><img src="per_region.png" alt="Dice and identification rate per region">
 <h2>Cases</h2>
-<table><tr><th>case</th><th>vertebrae</th><th>Dice</th><th>HD95 mm</th><th>HD mm</th><th>id rate</th>
-<th>localisation mm</th><th>FP labels</th><th>HD missing</th><th>status</th></tr>
+<table><tr><th>case</th><th>vertebrae</th><th>Dice</th><th>HD95 mm</th><th>HD95 matched</th><th>HD mm</th>
+<th>id rate</th><th>localisation mm</th><th>localisation matched</th><th>FP labels</th><th>HD missing</th>
+<th>status</th></tr>
 {case_rows}
 </table>
 {unmatched}
@@ -152,16 +154,17 @@ def write_report(document: Mapping[str, Any], folder: str | os.PathLike[str]) ->
     aggregates = document["aggregates"]
     plot_per_vertebra(aggregates, folder / "per_vertebra.png")
     plot_per_region(aggregates, folder / "per_region.png")
-    metrics = ("dice", "hd95", "hd", "id_rate", "localisation_mm", "false_positive_labels", "hd_missing")
     aggregate_rows = "\n".join(
         f"<tr><td>{m}</td>" + "".join(f"<td>{_number(aggregates[m][k])}</td>"
                                       for k in ("mean", "std", "median", "min", "max", "count")) + "</tr>"
-        for m in metrics)
+        for m in CASE_METRICS)
     cases = aggregates["cases"]
     summary = (f"{cases['total']} cases ({cases['missing_prediction']} missing predictions, "
                f"{cases['unreadable_prediction']} unreadable, {cases['error']} errors); identification rate over "
                f"all vertebrae {aggregates['id_rate_total']:.3f} ({aggregates['hits_total']} of "
-               f"{aggregates['vertebrae_total']}). Distances in mm; '-' marks a value undefined for the case.")
+               f"{aggregates['vertebrae_total']}). Distances in mm; a missed vertebra scores "
+               f"the penalty D (the ground-truth image's diagonal) in the ranked values; '-' marks a matched-only "
+               f"value over nothing.")
     unmatched = document.get("unmatched_predictions") or []
     unmatched_html = ""
     if unmatched:

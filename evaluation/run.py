@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from evaluation.aggregate import aggregate
-from evaluation.score import ERROR, CaseFiles, empty_record, score_case
+from evaluation.score import ERROR, UNREADABLE_PREDICTION, CaseFiles, empty_record, score_case
 from spine.image import write_text_atomic
 
 __all__ = ["evaluate_cases", "metrics_document", "safe_key", "write_metrics"]
@@ -28,14 +29,18 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_cases(cases: Sequence[CaseFiles], workers: int, *, progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Records of all cases, ``{case id: record}`` sorted by case id."""
+    """Records of all cases, ``{case id: record}`` sorted by case id.
+
+    One warning line on stderr per case whose prediction could not be read or whose scoring
+    failed (``metrics.json`` has the whole story); the progress bar shows only on a terminal.
+    """
     workers = max(1, min(int(workers), len(cases)))
     records: dict[str, dict[str, Any]] = {}
-    bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not progress, leave=False)
-    try:
+    with logging_redirect_tqdm(), tqdm(total=len(cases), desc="cases", unit="case", leave=False,
+                                       disable=True if not progress else None) as bar:
         if workers == 1:
             for case in cases:
-                records[case.case_id] = score_case(case)
+                records[case.case_id] = _warned(case.case_id, score_case(case))
                 bar.update()
         else:
             log.debug("scoring %d cases in %d processes", len(cases), workers)
@@ -44,15 +49,21 @@ def evaluate_cases(cases: Sequence[CaseFiles], workers: int, *, progress: bool =
                 for future in as_completed(futures):
                     case = futures[future]
                     try:
-                        records[case.case_id] = future.result()
+                        record = future.result()
                     except Exception as error:  # the worker process itself died
-                        log.warning("%s: worker failed: %s", case.case_id, error)
                         reason = f"{ERROR}: worker failed: {type(error).__name__}: {error}"
-                        records[case.case_id] = empty_record(reason[:300])
+                        record = empty_record(reason[:300])
+                    records[case.case_id] = _warned(case.case_id, record)
                     bar.update()
-    finally:
-        bar.close()
     return {case_id: records[case_id] for case_id in sorted(records)}
+
+
+def _warned(case_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    """``record``, after one warning line when its prediction was unreadable or scoring failed."""
+    status = str(record.get("status", ""))
+    if status.startswith((UNREADABLE_PREDICTION, ERROR)):
+        log.warning("%s: %s", case_id, status.split("; ")[0])
+    return record
 
 
 def safe_key(key: str) -> str:

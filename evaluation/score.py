@@ -4,31 +4,40 @@ Definitions are DESIGN.md's ("Metrics"), with G the evaluated vertebra labels (C
 T13; not sacrum or coccyx) present in the ground-truth mask and P those in the prediction:
 
 - ``dice``: mean over v in G of Dice_v (0 for v not in P).
-- ``hd95``, ``hd`` (mm): mean over v in G and P of HD95_v, HD_v; ``hd_missing`` = |G minus P|.
+- ``hd95``, ``hd`` (mm, ranked): mean over ALL of G of HD95_v, HD_v, where a v not in P
+  scores the penalty D, the ground-truth image's diagonal in mm (:func:`penalty_mm`);
+  ``hd95_matched``, ``hd_matched``: mean over G and P only (VerSe-comparable, not ranked);
+  ``hd_missing`` = |G minus P|.
 - ``id_rate``: hits / |G| (see :func:`evaluation.metrics.identify`, 20 mm, in mm).
-- ``localisation_mm``: mean |p_v - g_v| over v in G that have a predicted centroid.
+- ``localisation_mm`` (ranked): mean over ALL of G of |p_v - g_v|, D for a v without a
+  predicted centroid; ``localisation_matched_mm``: the mean over v with one (VerSe's).
 - ``false_positive_labels``: |P minus G|.
 - Counts that say what each mean is over: ``vertebrae`` = |G|, ``hits``, ``localised``
   (vertebrae of G with a predicted centroid); the matched vertebrae are
-  ``vertebrae - hd_missing``.
+  ``vertebrae - hd_missing``. ``penalty_mm`` is the case's D.
 
-Centroids: ground truth from the VerSe centroid JSON (voxel -> world mm through the
-ground-truth geometry; labels of G it lacks fall back to the mask's centre of mass), else
-the mask's centres of mass. Prediction: from the points JSON when one is given and usable
-(GC "Multiple points" in world mm, or a VerSe centroid JSON in the prediction image's
-voxels), and then only from it; else the predicted mask's centres of mass. All in LPS mm.
+Centroids, like with like: the prediction's from the points JSON when one is given and
+usable (GC "Multiple points" in world mm, or a VerSe centroid JSON in the prediction
+image's voxels), and then only from it; the ground truth's then from the VerSe centroid
+JSON (voxel -> world mm through the ground-truth geometry; labels it lacks fall back to
+the mask's centre of mass). Without usable points the prediction's centroids are its
+mask's centres of mass, and so are the ground truth's (an annotated vertebral-body centre
+lies 10-15 mm from a whole vertebra's centre of mass, which would penalise a perfect
+mask). The status says which were used whenever it is not annotated against points.
 
 Undefined values (never NaN, inf or null in the output):
 
-- A case-level field whose mean is over nothing (``hd95``/``hd`` when no vertebra of G is
-  predicted; ``localisation_mm`` when no vertebra of G has a predicted centroid) is set to
-  :data:`UNDEFINED_DISTANCE_MM` (1000 mm, a penalty no real vertebra error reaches) and
-  the case is left out of that metric's aggregate; the counts above tell which.
+- ``*_matched`` over nothing (no vertebra of G predicted, or none with a predicted
+  centroid) is D, and the case is left out of that ``*_matched`` aggregate; the counts
+  above tell which. The ranked values are always defined when G is not empty.
 - A case whose ground truth holds no evaluated vertebra (or could not be read) has
-  ``vertebrae`` 0, ``dice`` and ``id_rate`` 0.0, the distance fields at the sentinel, and
-  takes part in no aggregate.
-- Per vertebra, ``hd95``/``hd`` are present only for v in P and ``distance_mm`` only when
-  v has a predicted centroid: absent means "not computed", never a placeholder.
+  ``vertebrae`` 0, ``dice`` and ``id_rate`` 0.0, the distance fields at
+  :data:`UNDEFINED_DISTANCE_MM` (or its D when the ground truth was read), and takes part
+  in no aggregate: that depends on the ground truth alone, so it is the same for every
+  submission.
+- Per vertebra, every field is present: ``hd95``/``hd`` are D when v is not in P
+  (``predicted`` false) and ``distance_mm`` is D when v has no predicted centroid
+  (``localised`` false).
 
 Bad input never raises out of :func:`score_case`: a missing or unreadable prediction
 scores as empty (Dice 0, id 0, every vertebra missing) and ``status`` says why; a
@@ -66,6 +75,7 @@ __all__ = [
     "VertebraScore",
     "empty_record",
     "label_array",
+    "penalty_mm",
     "score_case",
     "score_label_maps",
 ]
@@ -73,7 +83,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 UNDEFINED_DISTANCE_MM = 1000.0
-"""Case-level value of a distance metric that is undefined for the case (see module docstring)."""
+"""Distance fields of a case without ground truth to take D from (see module docstring)."""
 
 MISSING_PREDICTION = "missing prediction"
 UNREADABLE_PREDICTION = "unreadable prediction"
@@ -88,9 +98,19 @@ class LabelMapError(ValueError):
 # --------------------------------------------------------------------------- results
 
 
+def penalty_mm(geometry: Geometry) -> float:
+    """The penalty D of a missed vertebra: the ground-truth image's diagonal in mm.
+
+    D = sqrt(sum_i (n_i s_i)^2) with n_i voxels of s_i mm on axis i. Every distance between
+    two voxel centres of the image is below D (centres span (n_i - 1) s_i), so a miss always
+    scores worse than any match (DESIGN.md, "Metrics").
+    """
+    return float(np.sqrt(sum((n * s) ** 2 for n, s in zip(geometry.size, geometry.spacing_mm, strict=True))))
+
+
 @dataclass(frozen=True)
 class VertebraScore:
-    """Scores of one ground-truth vertebra v (distances in mm; None = not computed)."""
+    """Scores of one ground-truth vertebra v (distances in mm; None = not computed, the penalty applies)."""
 
     label: int
     dice: float
@@ -99,36 +119,69 @@ class VertebraScore:
     identified: bool
     distance_mm: float | None  # None when v has no predicted centroid
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"dice": self.dice}
-        if self.hd95_mm is not None and self.hd_mm is not None:
-            out["hd95"] = self.hd95_mm
-            out["hd"] = self.hd_mm
-        out["identified"] = self.identified
-        if self.distance_mm is not None:
-            out["distance_mm"] = self.distance_mm
-        return out
+    def to_dict(self, penalty: float) -> dict[str, Any]:
+        """Ranked values: ``hd95``, ``hd``, ``distance_mm`` are ``penalty`` when not computed;
+        ``predicted`` (v in P) and ``localised`` (v has a predicted centroid) say which."""
+        return {
+            "dice": self.dice,
+            "hd95": penalty if self.hd95_mm is None else self.hd95_mm,
+            "hd": penalty if self.hd_mm is None else self.hd_mm,
+            "identified": self.identified,
+            "distance_mm": penalty if self.distance_mm is None else self.distance_mm,
+            "predicted": self.hd95_mm is not None,
+            "localised": self.distance_mm is not None,
+        }
 
 
 @dataclass(frozen=True)
 class CaseScore:
-    """All scores of one case; :meth:`to_dict` gives the ``metrics.json`` record."""
+    """All scores of one case; :meth:`to_dict` gives the ``metrics.json`` record.
+
+    ``penalty_mm`` is D (:func:`penalty_mm`) of the case's ground truth; a case without
+    ground-truth vertebrae has none (:data:`UNDEFINED_DISTANCE_MM` stands in).
+    """
 
     vertebrae: tuple[VertebraScore, ...] = ()
     false_positive_labels: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    penalty_mm: float = UNDEFINED_DISTANCE_MM
 
     @property
     def dice(self) -> float:
         return _mean([v.dice for v in self.vertebrae], 0.0)
 
+    def _ranked(self, values: list[float | None]) -> float:
+        """Mean over all of G, the penalty D for a value not computed."""
+        return _mean([self.penalty_mm if x is None else x for x in values], UNDEFINED_DISTANCE_MM)
+
+    def _matched(self, values: list[float | None]) -> float:
+        """Mean over the values computed only; D when there are none (the case then counts in no
+        ``*_matched`` aggregate: the counts say so)."""
+        return _mean([x for x in values if x is not None], self.penalty_mm)
+
     @property
     def hd95_mm(self) -> float:
-        return _mean([v.hd95_mm for v in self.vertebrae if v.hd95_mm is not None], UNDEFINED_DISTANCE_MM)
+        return self._ranked([v.hd95_mm for v in self.vertebrae])
 
     @property
     def hd_mm(self) -> float:
-        return _mean([v.hd_mm for v in self.vertebrae if v.hd_mm is not None], UNDEFINED_DISTANCE_MM)
+        return self._ranked([v.hd_mm for v in self.vertebrae])
+
+    @property
+    def localisation_mm(self) -> float:
+        return self._ranked([v.distance_mm for v in self.vertebrae])
+
+    @property
+    def hd95_matched_mm(self) -> float:
+        return self._matched([v.hd95_mm for v in self.vertebrae])
+
+    @property
+    def hd_matched_mm(self) -> float:
+        return self._matched([v.hd_mm for v in self.vertebrae])
+
+    @property
+    def localisation_matched_mm(self) -> float:
+        return self._matched([v.distance_mm for v in self.vertebrae])
 
     @property
     def hits(self) -> int:
@@ -137,10 +190,6 @@ class CaseScore:
     @property
     def id_rate(self) -> float:
         return self.hits / len(self.vertebrae) if self.vertebrae else 0.0
-
-    @property
-    def localisation_mm(self) -> float:
-        return _mean([v.distance_mm for v in self.vertebrae if v.distance_mm is not None], UNDEFINED_DISTANCE_MM)
 
     @property
     def hd_missing(self) -> int:
@@ -155,7 +204,7 @@ class CaseScore:
         return "; ".join(self.notes) if self.notes else "ok"
 
     def with_notes(self, *notes: str) -> CaseScore:
-        return CaseScore(self.vertebrae, self.false_positive_labels, (*self.notes, *notes))
+        return CaseScore(self.vertebrae, self.false_positive_labels, (*self.notes, *notes), self.penalty_mm)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -164,13 +213,17 @@ class CaseScore:
             "hd": self.hd_mm,
             "id_rate": self.id_rate,
             "localisation_mm": self.localisation_mm,
+            "hd95_matched": self.hd95_matched_mm,
+            "hd_matched": self.hd_matched_mm,
+            "localisation_matched_mm": self.localisation_matched_mm,
             "false_positive_labels": self.false_positive_labels,
             "hd_missing": self.hd_missing,
             "vertebrae": len(self.vertebrae),
             "hits": self.hits,
             "localised": self.localised,
+            "penalty_mm": self.penalty_mm,
             "status": self.status,
-            "per_vertebra": {name_of(v.label): v.to_dict() for v in self.vertebrae},
+            "per_vertebra": {name_of(v.label): v.to_dict(self.penalty_mm) for v in self.vertebrae},
         }
 
 
@@ -219,8 +272,9 @@ def score_label_maps(
                     if prediction is not None else {})
     g_labels = sorted(ref_extents)
 
-    g_centroids = {v: np.asarray(reference_centroids_mm[v], dtype=np.float64)
-                   if reference_centroids_mm and v in reference_centroids_mm
+    like_for_like = predicted_centroids_mm is None  # mask centres of mass on the prediction's side
+    annotated = None if like_for_like else reference_centroids_mm
+    g_centroids = {v: np.asarray(annotated[v], dtype=np.float64) if annotated and v in annotated
                    else _world(ref_extents[v].centre_index, geometry)
                    for v in g_labels}
     if predicted_centroids_mm is None:
@@ -248,11 +302,27 @@ def score_label_maps(
         ))
     false_positives = len(set(pred_extents) - set(g_labels))
     notes: list[str] = [] if g_labels else [f"{EMPTY_GROUND_TRUTH}: no evaluated vertebra in the ground-truth mask"]
-    if reference_centroids_mm is not None:
-        lacking = [name_of(v) for v in g_labels if v not in reference_centroids_mm]
-        if lacking:
-            notes.append(f"ground-truth centroids lack {', '.join(lacking)}: mask centres of mass used")
-    return CaseScore(tuple(scores), false_positives, tuple(notes))
+    if g_labels:
+        notes.extend(_centroid_notes(g_labels, reference_centroids_mm, like_for_like, prediction is not None))
+    return CaseScore(tuple(scores), false_positives, tuple(notes), penalty_mm(geometry))
+
+
+CENTROIDS_OF_MASKS = "centroids: mask centres of mass on both sides"
+
+
+def _centroid_notes(g_labels: list[int], annotated: Mapping[int, np.ndarray] | None, like_for_like: bool,
+                    predicted: bool) -> list[str]:
+    """What the case's status says about which centroids were compared; nothing for the usual
+    case (annotated ground truth against a points file) and when nothing was predicted."""
+    if not predicted:
+        return []
+    if like_for_like:
+        why = "no ground-truth centroids either" if not annotated else "annotated ground-truth centroids not used"
+        return [f"{CENTROIDS_OF_MASKS} (prediction has no usable points file; {why})"]
+    if annotated is None:
+        return ["centroids: predicted points against ground-truth mask centres of mass (no ground-truth centroids)"]
+    lacking = [name_of(v) for v in g_labels if v not in annotated]
+    return [f"ground-truth centroids lack {', '.join(lacking)}: mask centres of mass used"] if lacking else []
 
 
 def _world(centre_index_zyx: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -274,6 +344,9 @@ def label_array(image: sitk.Image, role: str, notes: list[str], *, note_pixel_ty
     array = sitk.GetArrayViewFromImage(image)
     kind = image.GetPixelIDTypeAsString()
     if np.issubdtype(array.dtype, np.floating):
+        non_finite = _non_finite_count(array)
+        if non_finite:
+            raise LabelMapError(f"{role} has {non_finite} NaN or infinite voxels (pixel type {kind})")
         if not _integral(array):
             raise LabelMapError(f"{role} has non-integral values (pixel type {kind})")
         if note_pixel_type:
@@ -297,6 +370,11 @@ def label_array(image: sitk.Image, role: str, notes: list[str], *, note_pixel_ty
     else:
         np.copyto(out, array, casting="unsafe")
     return out
+
+
+def _non_finite_count(array: np.ndarray, slab: int = 32) -> int:
+    """NaN and infinite values of a float array, counted in slabs (small temporaries)."""
+    return sum(int(np.count_nonzero(~np.isfinite(array[k:k + slab]))) for k in range(0, array.shape[0], slab))
 
 
 def _integral(array: np.ndarray, slab: int = 32) -> bool:
@@ -331,7 +409,7 @@ def score_case(case: CaseFiles) -> dict[str, Any]:
         score = _score_case(case, use_prediction=True)
     except Exception as error:  # one bad case never stops the others
         reason = f"{ERROR}: {type(error).__name__}: {error}"[:300]
-        log.warning("%s: %s", case.case_id, reason)
+        log.debug("%s: %s", case.case_id, reason, exc_info=True)  # the caller warns, once, from the status
         try:  # score it as an empty prediction when the ground truth itself is fine
             score = _score_case(case, use_prediction=False, first_note=reason)
         except Exception:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
 from collections.abc import Sequence
+
+from spine.console import configure_logging
 
 __all__ = ["SUBCOMMAND_MODULES", "build_parser", "main"]
 
@@ -29,9 +30,14 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 """Modules whose ``add_parser(subparsers)`` registers one subcommand each, in help order."""
 
 
+DESCRIPTION = ("Make training data and models for the algorithm: synthetic spine CTs (synth), training of one "
+               "stage's network on VerSe-layout data (train), and ONNX export with a parity check (onnx). "
+               "'python -m export COMMAND --help' describes each.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m export", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logging (info is the default, -vv debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -46,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose >= 2 else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(level)
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as error:

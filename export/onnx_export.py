@@ -14,7 +14,8 @@ output ``"output"`` float32 ``(batch, len(channels), *patch_shape_zyx)``, probab
 float32 input and output (Cast nodes at both ends), for GPUs, with its own parity figure.
 
 Parity patches come from, in order: ``--parity-cases DIR`` (VerSe layout, or one CT file);
-the real CTs in ``../shared/data`` (``$VERSE_GC_DATA``); a synthetic phantom. They go
+the repository's bundled example CT (``examples/totalsegmentator-example/``); a synthetic
+phantom (an installed package without the examples). They go
 through the inference preprocessing (``to_model_grid``, ``Intensity.apply``,
 ``crop_patch``) and are centred on vertebra centroids where known.
 """
@@ -101,6 +102,10 @@ def git_commit(repo: str | os.PathLike[str] | None = None) -> str:
     return head
 
 
+BUNDLED_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "totalsegmentator-example"
+"""The repository's example CT (TotalSegmentator's test scan): the default parity source."""
+
+
 def shared_data_dir() -> Path | None:
     """``$VERSE_GC_DATA`` or ``<repo>/../shared/data`` when it exists."""
     env = os.environ.get(DATA_ENV)
@@ -130,30 +135,20 @@ def _real_sources(parity_cases: str | None) -> tuple[list[tuple[Any, dict[int, n
         if not sources:
             raise ValueError(f"--parity-cases {root}: no cases found")
         return sources, str(root)
-    shared = shared_data_dir()
-    if shared is not None:
+    example = BUNDLED_EXAMPLE
+    if (example / "ct.nii.gz").is_file():
         from spine.image import Geometry
         from spine.verse import read_centroids_mm
 
-        sources, names = [], []
-        ts = shared / "totalsegmentator-example"
-        if (ts / "ct.nii.gz").is_file():
-            ct = read_image(ts / "ct.nii.gz")
-            centroids = {}
-            if (ts / "seg-vert_ctd.json").is_file():
-                centroids = read_centroids_mm(ts / "seg-vert_ctd.json", Geometry.of(ct))
-            sources.append((ct, centroids))
-            names.append("totalsegmentator-example")
-        tpt = shared / "tptbox-lumbar" / "sub-ct_label-22_ct.nii.gz"
-        if tpt.is_file():
-            sources.append((read_image(tpt), {}))
-            names.append("tptbox-lumbar")
-        if sources:
-            return sources, f"real CT ({', '.join(names)})"
+        ct = read_image(example / "ct.nii.gz")
+        centroids = {}
+        if (example / "seg-vert_ctd.json").is_file():
+            centroids = read_centroids_mm(example / "seg-vert_ctd.json", Geometry.of(ct))
+        return [(ct, centroids)], f"real CT ({example.name}, bundled)"
     try:
         from .synth import synth_case
     except ImportError:
-        raise ValueError("no parity data: pass --parity-cases DIR (no ../shared/data, no synthetic generator)") \
+        raise ValueError("no parity data: pass --parity-cases DIR (no bundled example, no synthetic generator)") \
             from None
     case = synth_case(0)
     return [(case.ct, dict(case.centroids_mm))], "synthetic phantom (seed 0)"
@@ -357,8 +352,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (best.pt or last.pt)")
     parser.add_argument("--out", required=True, help="ONNX file to write (e.g. algorithm/models/locate.onnx)")
     parser.add_argument("--fp16", action="store_true", help="also write OUT with .fp16.onnx (float16 weights)")
-    parser.add_argument("--parity-cases", help="VerSe-layout folder or CT file for the parity patches "
-                                               "(default: ../shared/data real CTs, else a synthetic phantom)")
+    parser.add_argument("--parity-cases", metavar="PATH",
+                        help="VerSe-layout folder or CT file for the parity patches (default: the bundled "
+                             "example CT, examples/totalsegmentator-example/, else a synthetic phantom)")
     parser.add_argument("--tolerance", type=float, default=FP32_TOLERANCE, help="fp32 max abs difference")
     parser.add_argument("--fp16-tolerance", type=float, default=FP16_TOLERANCE, help="fp16 max abs difference")
     parser.add_argument("--version", help="model version text (default <package>+<stage>.it<iteration>)")
@@ -387,7 +383,8 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``onnx`` on an argparse subparsers object."""
     parser = subparsers.add_parser("onnx", help="export a checkpoint to ONNX with a parity check",
-                                   description=__doc__.split("\n\n")[0])
+                                   description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     configure_parser(parser)
     parser.set_defaults(func=run, handler=run)
     return parser

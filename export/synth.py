@@ -578,7 +578,7 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.qc is not None:
         from export.synth_qc import write_qc
 
-        write_qc(args.qc, seed=args.seed)
+        write_qc(args.qc, synth_case, seed=args.seed)
         log.info("QC picture written to %s", args.qc)
     if args.out is not None:
         started = time.perf_counter()

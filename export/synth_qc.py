@@ -10,6 +10,7 @@ folder. Bone = voxels labelled as vertebrae; soft tissue = unlabelled voxels in
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from export.anatomy import shared_data_dirs
-from export.synth import synth_case
 from spine.case import Case
 from spine.image import array_of, read_image
 from spine.preprocess import to_model_grid
@@ -75,8 +75,13 @@ def _mid_slices(ct: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return sagittal, coronal
 
 
-def write_qc(path: str | Path, *, seed: int = 0, real_dir: str | Path | None = None, n_cases: int = 8) -> dict:
-    """Write the QC PNG; return the medians ``{"real": {...}, "synthetic": {...}}`` (HU)."""
+def write_qc(path: str | Path, synth_case: Callable[..., Case], *, seed: int = 0, real_dir: str | Path | None = None,
+             n_cases: int = 8) -> dict:
+    """Write the QC PNG; return the medians ``{"real": {...}, "synthetic": {...}}`` (HU).
+
+    ``synth_case`` is the generator (``export.synth.synth_case``), passed in so that this
+    module sits below ``export.synth``, which calls it, and imports nothing of it.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

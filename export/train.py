@@ -408,17 +408,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--data", required=True, nargs="+", metavar="DIR",
                         help="VerSe-layout data folder(s) (e.g. made by `export synth` and `export.real_cases`)")
     parser.add_argument("--out", required=True, help="output folder: last.pt, best.pt, train.log, history.jsonl")
-    parser.add_argument("--iterations", type=positive_int, default=1000, help="total iterations (default 1000)")
-    parser.add_argument("--batch-size", type=positive_int, default=2)
+    parser.add_argument("--iterations", type=positive_int, default=1000, help="total iterations")
+    parser.add_argument("--batch-size", type=positive_int, default=2, help="patches per iteration")
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (AdamW, cosine)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the initial weights, patch sampling and augmentation (the case split does not "
+                             "depend on it)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--val-cases", type=int, default=2,
                         help="validation cases: held out from the end of --data, or the first K of --val-data")
     parser.add_argument("--val-data", help="separate validation folder (then all of --data trains)")
     parser.add_argument("--val-every", type=positive_int, default=200, help="validate + checkpoint every N its")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where torch trains: auto = CUDA when available, else the CPU")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     parser.add_argument("--max-cases", type=positive_int, help="read at most N cases")
     parser.add_argument("--max-minutes", type=positive_float, help="stop (with a checkpoint) after this wall time")
     parser.add_argument("--cache", help="preprocessing cache folder (default OUT/cache)")
@@ -456,14 +459,16 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:  # argparse's _SubParsersAction
     """Register ``train`` on an argparse subparsers object."""
     parser = subparsers.add_parser("train", help="train one stage's network",
-                                   description=__doc__.split("\n\n")[0])
+                                   description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     configure_parser(parser)
     parser.set_defaults(func=run, handler=run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = configure_parser(argparse.ArgumentParser(prog="python -m export.train"))
+    parser = configure_parser(argparse.ArgumentParser(prog="python -m export.train",
+                                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

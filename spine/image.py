@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import SimpleITK as sitk
@@ -202,6 +203,8 @@ def read_image(path: str | os.PathLike[str], *, scalar_3d: bool = True) -> sitk.
 
     Raises :class:`ImageError` whose message names the file and the problem (missing,
     unreadable or truncated, not 3-D, more than one component, not finite spacing).
+    NaN and infinite voxels of a float NIfTI file are kept as they are on disk (ITK reads
+    them as 0), so every format gives the same array.
     """
     path = Path(path)
     if not path.is_file():
@@ -213,6 +216,7 @@ def read_image(path: str | os.PathLike[str], *, scalar_3d: bool = True) -> sitk.
         detail = next((line for line in reversed(reason) if line.strip()), "unreadable")
         raise ImageError(f"{path}: cannot read image ({detail.strip()[:200]})") from None
     _check_nifti_complete(path)
+    image = _restore_nifti_non_finite(path, image)
     if scalar_3d:
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise ImageError(
@@ -228,25 +232,123 @@ def read_image(path: str | os.PathLike[str], *, scalar_3d: bool = True) -> sitk.
     return image
 
 
-def _nifti_data_end(header: bytes) -> int | None:
-    """Bytes a NIfTI-1/2 file must hold (header, extensions, voxels), from its header; None if not NIfTI."""
+@dataclass(frozen=True)
+class _NiftiHeader:
+    """What of a NIfTI-1/2 header the completeness and non-finite checks need."""
+
+    order: str  # struct byte order, "<" or ">"
+    dims: tuple[int, ...]  # dim[1..dim[0]]
+    datatype: int
+    bitpix: int
+    offset: int  # vox_offset: where the voxels start
+
+    @property
+    def voxels(self) -> int:
+        count = 1
+        for d in self.dims:
+            count *= max(int(d), 0)
+        return count
+
+    @property
+    def data_end(self) -> int:
+        """Bytes the file must hold: header, extensions and voxels."""
+        return max(self.offset, 0) + self.voxels * max(self.bitpix, 0) // 8
+
+
+def _nifti_header(header: bytes) -> _NiftiHeader | None:
+    """The NIfTI-1/2 header at the start of ``header`` (540 bytes suffice); None if not NIfTI."""
     for order in ("<", ">"):
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
             dims = struct.unpack(order + "8h", header[40:56])
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            datatype, bitpix = struct.unpack(order + "2h", header[70:74])
             offset = int(struct.unpack(order + "f", header[108:112])[0])
             break
         if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
             dims = struct.unpack(order + "8q", header[16:80])
-            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            datatype, bitpix = struct.unpack(order + "2h", header[12:16])
             offset = int(struct.unpack(order + "q", header[168:176])[0])
             break
     else:
         return None
-    count = 1
-    for d in dims[1 : 1 + max(0, min(int(dims[0]), 7))]:
-        count *= max(int(d), 0)
-    return max(offset, 0) + count * max(int(bitpix), 0) // 8
+    shown = tuple(int(d) for d in dims[1: 1 + max(0, min(int(dims[0]), 7))])
+    return _NiftiHeader(order, shown, int(datatype), int(bitpix), offset)
+
+
+def _nifti_data_end(header: bytes) -> int | None:
+    """Bytes a NIfTI-1/2 file must hold (header, extensions, voxels), from its header; None if not NIfTI."""
+    parsed = _nifti_header(header)
+    return None if parsed is None else parsed.data_end
+
+
+_NIFTI_FLOATS: dict[int, str] = {16: "f4", 64: "f8"}
+"""NIfTI datatype codes of real floating-point voxels -> NumPy type (without byte order)."""
+
+
+def _open_nifti(path: Path) -> IO[bytes] | None:
+    """Binary stream of a .nii or .nii.gz file (None for other names)."""
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        return gzip.open(path, "rb")
+    if name.endswith(".nii"):
+        return path.open("rb")
+    return None
+
+
+def _nifti_non_finite(path: Path, chunk_bytes: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices (x fastest, as NumPy's C order of a (k, j, i) array) and values of the
+    NaN or infinite voxels of a floating-point NIfTI file, read from its raw bytes.
+
+    ITK's NIfTI reader (nifti_read_buffer in ITK <= 5.4, SimpleITK 2.5) silently sets every
+    non-finite float voxel to 0 (fixed upstream in ITK PR #6683), so a NaN CT would read as
+    a clean one; the raw data is the only witness. Integer files are skipped at once (they
+    cannot hold NaN); float files are streamed in chunks, never held whole.
+    """
+    stream = _open_nifti(path)
+    none = (np.zeros(0, dtype=np.int64), np.zeros(0))
+    if stream is None:
+        return none
+    indices: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    with stream as raw:
+        header = _nifti_header(raw.read(540))
+        if header is None or header.datatype not in _NIFTI_FLOATS:
+            return none
+        dtype = np.dtype(header.order + _NIFTI_FLOATS[header.datatype])
+        raw.seek(header.offset)
+        chunk_bytes -= chunk_bytes % dtype.itemsize
+        done = 0
+        while done < header.voxels:
+            data = raw.read(min(chunk_bytes, (header.voxels - done) * dtype.itemsize))
+            if not data:
+                break
+            chunk = np.frombuffer(data, dtype=dtype, count=len(data) // dtype.itemsize)
+            bad = np.flatnonzero(~np.isfinite(chunk))
+            if bad.size:
+                indices.append(bad + done)
+                values.append(chunk[bad].astype(np.float64))
+            done += chunk.size
+    if not indices:
+        return none
+    return np.concatenate(indices), np.concatenate(values)
+
+
+def _restore_nifti_non_finite(path: Path, image: sitk.Image) -> sitk.Image:
+    """``image`` with the NaN/inf voxels ITK zeroed put back, so that every format reads alike."""
+    if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        return image
+    try:
+        where, values = _nifti_non_finite(path)
+    except (EOFError, OSError, zlib.error, struct.error) as error:
+        raise ImageError(f"{path}: truncated or corrupt file ({error})") from None
+    if where.size == 0:
+        return image
+    array = sitk.GetArrayFromImage(image)
+    if array.size <= int(where.max()):
+        return image  # not one scalar per voxel: ITK refuses such images later
+    array.reshape(-1)[where] = values
+    restored = sitk.GetImageFromArray(array)
+    restored.CopyInformation(image)
+    return restored
 
 
 def _check_nifti_complete(path: Path) -> None:

@@ -1,14 +1,15 @@
 """The container's command line as GC runs it: bad inputs fail cleanly, usage errors exit 2, invoke mode serves.
 
 Bad inputs run ``python -m algorithm`` in a subprocess, as the container does: exit code 1,
-exactly one line on stderr (``error: <file>: <problem>``) and nothing at all in the output
-folder.
+exactly one line on stderr that is not a log line (``error: <file>: <problem>``, the last
+line), nothing on stdout and nothing at all in the output folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -43,6 +44,17 @@ def environment(**extra: str) -> dict[str, str]:
 def run_algorithm(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "algorithm", *args], capture_output=True, text=True,
                           timeout=timeout, env=environment(**env), cwd=REPO)
+
+
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+
+
+def problem_lines(done: subprocess.CompletedProcess[str]) -> list[str]:
+    """stderr without log lines (logs go to stderr too); stdout must be empty."""
+    assert done.stdout == "", done.stdout
+    lines = done.stderr.splitlines()
+    problems = [line for line in lines if not LOG_LINE.match(line)]
+    return problems
 
 
 def ct_image(array: np.ndarray, spacing=(0.8, 0.8, 2.0)) -> sitk.Image:
@@ -85,6 +97,12 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], object], str]] = {
     "constant": (lambda i: write(i / CT, "a.mha", ct_image(np.full((8, 9, 10), 40, np.int16))), "constant image"),
     "NaN voxels": (lambda i: write(i / CT, "a.mha", ct_image(np.where(varied() > 0, np.nan, -1000.0)
                                                              .astype(np.float32))), "voxels are NaN"),
+    "NaN voxels, NIfTI": (lambda i: write(i / CT, "a.nii.gz", ct_image(np.where(varied() > 0, np.nan, -1000.0)
+                                                                       .astype(np.float32))), "voxels are NaN"),
+    "all NaN, NIfTI": (lambda i: write(i / CT, "a.nii", ct_image(np.full((8, 9, 10), np.nan, np.float32))),
+                       "720 voxels are NaN"),
+    "infinite voxels, NIfTI": (lambda i: write(i / CT, "a.nii.gz", ct_image(np.where(varied() > 0, np.inf, -1000.0)
+                                                                            .astype(np.float64))), "voxels are NaN"),
     "spacing too small": (lambda i: write(i / CT, "a.mha", ct_image(varied(), spacing=(0.01, 0.8, 2.0))),
                           "outside [0.05, 20] mm"),
     "spacing too large": (lambda i: write(i / CT, "a.mha", ct_image(varied(), spacing=(0.8, 0.8, 50.0))),
@@ -106,7 +124,7 @@ def test_bad_input_fails_with_one_line_and_leaves_output_empty(tmp_path: Path, c
     make(inputs)
     outputs.mkdir()
     done = run_algorithm("--input", str(inputs), "--output", str(outputs), "--models", str(fixture_model_dir()))
-    lines = done.stderr.splitlines()
+    lines = problem_lines(done)
     assert done.returncode == 1, done.stderr
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: ") and problem in lines[0], lines[0]
@@ -117,8 +135,8 @@ def test_bad_input_fails_with_one_line_and_leaves_output_empty(tmp_path: Path, c
 def test_missing_input_folder_fails_cleanly(tmp_path: Path) -> None:
     done = run_algorithm("--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out"),
                          "--models", str(fixture_model_dir()))
-    assert done.returncode == 1 and done.stderr.count("\n") == 1
-    assert done.stderr.startswith(f"error: {tmp_path / 'nowhere'}: input folder does not exist")
+    assert done.returncode == 1 and len(problem_lines(done)) == 1
+    assert problem_lines(done)[0].startswith(f"error: {tmp_path / 'nowhere'}: input folder does not exist")
     assert not (tmp_path / "out").exists()
 
 
@@ -129,8 +147,8 @@ def test_broken_models_fail_cleanly_after_a_good_input(tmp_path: Path) -> None:
     gc_input(tmp_path / "input", make_phantom().image)
     done = run_algorithm("--input", str(tmp_path / "input"), "--output", str(tmp_path / "output"),
                          "--models", str(models))
-    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
-    assert done.stderr.startswith(f"error: {models / 'segment.onnx'}: cannot load ONNX model")
+    assert done.returncode == 1 and len(problem_lines(done)) == 1, done.stderr
+    assert problem_lines(done)[0].startswith(f"error: {models / 'segment.onnx'}: cannot load ONNX model")
     assert all_files(tmp_path / "output") == []
 
 
@@ -252,4 +270,91 @@ def test_serve_exits_1_when_models_do_not_load(tmp_path: Path) -> None:
     (models / "locate.onnx").write_bytes(b"broken")
     done = run_algorithm("serve", "--port", str(free_port()), "--models", str(models), timeout=60)
     assert done.returncode == 1
-    assert done.stderr.splitlines() == [done.stderr.strip()] and "locate.onnx: cannot load ONNX model" in done.stderr
+    lines = problem_lines(done)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "locate.onnx: cannot load ONNX model" in lines[0]
+
+
+# --------------------------------------------------------------------------- console edges
+
+
+@pytest.mark.parametrize("command", [["predict", "ct.nii.gz"], ["exec", "--input", "in"]])
+def test_output_that_is_a_file_is_refused_before_any_work(tmp_path: Path, command: list[str]) -> None:
+    """Regression: predict ran the whole pipeline, then blamed the input ('[Errno 17] File exists')."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    for output in (taken, taken / "below"):
+        started = time.perf_counter()
+        done = run_algorithm(*command, "--output", str(output), "--models", str(tmp_path / "no-models"))
+        assert done.returncode == 2, done.stderr
+        assert "argument --output" in done.stderr and str(taken) in done.stderr and "not a folder" in done.stderr
+        assert "--models" not in done.stderr.splitlines()[-1]  # the first problem found is the output
+        assert time.perf_counter() - started < 30
+
+
+def test_help_names_the_console_script(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from algorithm.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/verse-algorithm", "--help"])
+    with pytest.raises(SystemExit):
+        main()
+    assert capsys.readouterr().out.startswith("usage: verse-algorithm ")
+    monkeypatch.setattr(sys, "argv", [str(REPO / "algorithm" / "__main__.py"), "--help"])
+    with pytest.raises(SystemExit):
+        main()
+    assert capsys.readouterr().out.startswith("usage: python -m algorithm ")
+
+
+def nan_ct(folder: Path) -> Path:
+    return write(folder, "bad_ct.nii.gz", ct_image(np.where(varied() > 0, np.nan, -1000.0).astype(np.float32)))
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_predict_failure_on_a_pipe_is_one_clean_line_without_a_bar(tmp_path: Path, quiet: bool) -> None:
+    ct = nan_ct(tmp_path)
+    done = run_algorithm("predict", str(ct), "--output", str(tmp_path / "out"), "--models",
+                         str(fixture_model_dir()), *(["-q"] if quiet else []))
+    assert done.returncode == 1
+    assert "\r" not in done.stderr and "predict:" not in done.stderr  # no bar in a log
+    lines = problem_lines(done)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {ct}: ") and "NaN or infinite" in lines[0]
+    if quiet:
+        assert all(" INFO " not in line for line in done.stderr.splitlines())
+
+
+def run_on_terminal(*args: str) -> tuple[int, str]:
+    """Run the algorithm with stderr on a pseudo-terminal; returns the exit code and what it showed."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty has 0 columns
+    process = subprocess.Popen([sys.executable, "-m", "algorithm", *args], stdout=subprocess.DEVNULL,
+                               stderr=follower, env=environment(COLUMNS="100"), cwd=REPO)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    return process.wait(60), shown.decode(errors="replace")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_predict_bar_on_a_terminal_does_not_count_a_failed_case(tmp_path: Path, quiet: bool) -> None:
+    ct = nan_ct(tmp_path)
+    code, shown = run_on_terminal("predict", str(ct), "--output", str(tmp_path / "out"), "--models",
+                                  str(fixture_model_dir()), *(["-q"] if quiet else []))
+    assert code == 1
+    error_line = next(line for line in shown.replace("\r", "\n").splitlines() if "error:" in line)
+    assert error_line.startswith("error: ")  # on a line of its own, not glued onto the bar
+    if quiet:
+        assert "predict:" not in shown
+    else:
+        assert "0/1" in shown and "1/1" not in shown and "1 failed" in shown

@@ -18,7 +18,7 @@ from gc_fixtures import make_evaluation_input, make_ground_truth
 from evaluation import cli, score
 from evaluation.aggregate import aggregate, statistics
 from evaluation.discover import find_ground_truth
-from evaluation.score import UNDEFINED_DISTANCE_MM, CaseFiles, score_case, score_label_maps
+from evaluation.score import CaseFiles, penalty_mm, score_case, score_label_maps
 from spine.gc import Point
 from spine.image import Geometry, image_from_array, read_image, write_image
 from spine.labels import name_of
@@ -28,7 +28,8 @@ HERE = Path(__file__).resolve().parent
 SAMPLE = HERE / "data" / "verse-sub-verse004"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CASE = "sub-verse004"
-LEADERBOARD = ("dice", "hd95", "hd", "id_rate", "localisation_mm", "false_positive_labels", "hd_missing")
+LEADERBOARD = ("dice", "hd95", "hd", "id_rate", "localisation_mm", "hd95_matched", "hd_matched",
+               "localisation_matched_mm", "false_positive_labels", "hd_missing")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -125,12 +126,18 @@ def test_ground_truth_against_itself_is_perfect() -> None:
     assert set(record["per_vertebra"]) == {name_of(v) for v in range(16, 25)}
 
 
-def test_mask_centres_of_mass_are_the_prediction_fallback() -> None:
+def test_mask_centres_of_mass_are_compared_like_with_like() -> None:
     # Without points the prediction's centroids are mask centres of mass, ~12 mm from the
-    # annotated body centres: still identified.
+    # annotated body centres; the ground truth's are then mask centres of mass too, so a
+    # perfect mask scores 0 mm, and the status says so.
     record = score_case(CaseFiles(CASE, sample_mask(), sample_centroids(), sample_mask(), None))
     assert record["id_rate"] == 1.0
-    assert 5.0 < record["localisation_mm"] < 20.0
+    assert record["localisation_mm"] == pytest.approx(0.0, abs=1e-9)
+    assert "centroids: mask centres of mass on both sides" in record["status"]
+    assert "annotated ground-truth centroids not used" in record["status"]
+    annotated = read_centroids_mm(sample_centroids(), Geometry.of(read_image(sample_mask())))
+    body_vs_mass = score_case(CaseFiles(CASE, sample_mask(), sample_centroids(), sample_mask(), sample_centroids()))
+    assert body_vs_mass["localisation_mm"] == pytest.approx(0.0, abs=1e-9) and len(annotated) == 9
 
 
 def test_shared_data_sample_matches_the_shipped_copy() -> None:
@@ -176,8 +183,12 @@ def test_missing_label_and_false_positive_label() -> None:
     assert record["hd_missing"] == 1 and record["false_positive_labels"] == 1
     assert record["dice"] == pytest.approx(2 / 3)
     assert record["id_rate"] == pytest.approx(2 / 3)
-    assert "hd95" not in record["per_vertebra"]["L3"] and "distance_mm" not in record["per_vertebra"]["L3"]
-    assert record["per_vertebra"]["L3"] == {"dice": 0.0, "identified": False}
+    d = penalty_mm(Geometry.of(image))
+    assert d == pytest.approx(np.sqrt(16 ** 2 + 14 ** 2 + (17 * 2) ** 2))
+    assert record["per_vertebra"]["L3"] == {"dice": 0.0, "hd95": d, "hd": d, "identified": False, "distance_mm": d,
+                                            "predicted": False, "localised": False}
+    assert record["hd95"] == pytest.approx(d / 3) and record["hd95_matched"] == 0.0
+    assert record["localisation_mm"] == pytest.approx(d / 3) and record["localisation_matched_mm"] == 0.0
 
 
 def test_swapped_labels_are_not_identified() -> None:
@@ -219,7 +230,10 @@ def test_missing_prediction_scores_as_empty(tmp_path: Path) -> None:
     record = score_case(tiny_files(tmp_path, None))
     assert record["status"].startswith("missing prediction")
     assert record["dice"] == 0.0 and record["id_rate"] == 0.0
-    assert record["hd95"] == record["hd"] == record["localisation_mm"] == UNDEFINED_DISTANCE_MM
+    d = record["penalty_mm"]
+    assert d == pytest.approx(penalty_mm(Geometry.of(synthetic_case())))
+    assert record["hd95"] == record["hd"] == record["localisation_mm"] == d
+    assert record["hd95_matched"] == record["localisation_matched_mm"] == d  # over nothing: left out of aggregates
     assert record["hd_missing"] == record["vertebrae"] == 3
 
 
@@ -284,7 +298,7 @@ def test_empty_prediction_mask(tmp_path: Path) -> None:
     pred = write(tmp_path, with_array(image, np.zeros_like(sitk.GetArrayFromImage(image))))
     record = score_case(tiny_files(tmp_path, pred))
     assert record["dice"] == 0.0 and record["id_rate"] == 0.0 and record["hd_missing"] == 3
-    assert record["hd95"] == UNDEFINED_DISTANCE_MM and record["status"] == "ok"
+    assert record["hd95"] == record["penalty_mm"] and record["status"].startswith("centroids: mask centres of mass")
 
 
 def test_empty_ground_truth_mask(tmp_path: Path) -> None:
@@ -306,8 +320,10 @@ def test_points_json_is_preferred_to_mask_centres(tmp_path: Path) -> None:
     record = score_case(tiny_files(tmp_path, write(tmp_path, image), points))
     assert record["dice"] == 1.0
     assert record["per_vertebra"]["L1"]["identified"] is False
-    assert "distance_mm" not in record["per_vertebra"]["L2"]  # points present: no mask fallback per label
+    l2 = record["per_vertebra"]["L2"]  # points present: no mask fallback per label, the penalty instead
+    assert l2["localised"] is False and l2["distance_mm"] == record["penalty_mm"]
     assert record["localised"] == 1
+    assert "predicted points against ground-truth mask centres of mass" in record["status"]
 
 
 def test_malformed_points_json_falls_back_to_mask_centres(tmp_path: Path) -> None:
@@ -365,16 +381,25 @@ def test_ground_truth_centroids_lacking_a_label_fall_back_to_the_mask(tmp_path: 
     geometry = Geometry.of(image)
     gt = write(tmp_path, image, "gt_seg-vert_msk.nii.gz")
     ctd = write_centroid_json(tmp_path / "gt_ctd.json", {20: geometry.index_to_world([8, 7, 12])}, geometry)
-    record = score_case(CaseFiles("tiny", gt, ctd, write(tmp_path, image), None))
-    assert record["id_rate"] == 1.0
-    assert "ground-truth centroids lack L2, L3: mask centres of mass used" in record["status"]
+    points = tmp_path / "points.json"
+    points.write_text(json.dumps({"name": "Vertebra centroids", "type": "Multiple points", "version":
+                                  {"major": 1, "minor": 0}, "points": [
+                                      {"name": name_of(v), "point": list(geometry.index_to_world(ijk))}
+                                      for v, ijk in ((20, [8, 7, 12]), (21, [7.5, 6.5, 7.5]), (22, [7.5, 6.5, 2.5]))]}))
+    record = score_case(CaseFiles("tiny", gt, ctd, write(tmp_path, image), points))
+    assert record["id_rate"] == 1.0 and record["localisation_mm"] == pytest.approx(0.0, abs=1e-9)
+    assert record["status"] == "ground-truth centroids lack L2, L3: mask centres of mass used"
 
 
-def test_nan_in_a_float_prediction_is_unreadable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["pred.mha", "pred.nii.gz", "pred.nii"])
+def test_nan_in_a_float_prediction_is_unreadable(tmp_path: Path, name: str) -> None:
+    """Regression: a NIfTI prediction's NaN voxels read as 0 (ITK) and scored as background."""
     array = sitk.GetArrayFromImage(synthetic_case()).astype(np.float32)
     array[0, 0, 0] = np.nan
-    record = score_case(tiny_files(tmp_path, write(tmp_path, with_array(synthetic_case(), array))))
-    assert record["status"].startswith("unreadable prediction")
+    array[0, 0, 1] = np.inf
+    record = score_case(tiny_files(tmp_path, write(tmp_path, with_array(synthetic_case(), array), name)))
+    assert record["status"].startswith("unreadable prediction: prediction has 2 NaN or infinite voxels")
+    assert record["dice"] == 0.0 and record["hd95"] == record["penalty_mm"]
 
 
 def test_unreadable_ground_truth_is_an_error_record(tmp_path: Path) -> None:
@@ -398,12 +423,17 @@ def test_statistics() -> None:
                                                  "min": 1.0, "max": 10.0, "count": 4}
 
 
-def test_sentinels_are_left_out_of_aggregates(tmp_path: Path) -> None:
+def test_no_case_drops_out_of_a_ranked_aggregate(tmp_path: Path) -> None:
     perfect = score_case(tiny_files(tmp_path, write(tmp_path, synthetic_case())))
     missing = score_case(tiny_files(tmp_path, None))
+    d = missing["penalty_mm"]
     agg = aggregate({"a": perfect, "b": missing})
     assert agg["dice"]["mean"] == 0.5 and agg["dice"]["count"] == 2
-    assert agg["hd95"]["mean"] == 0.0 and agg["hd95"]["count"] == 1
+    for ranked in ("hd95", "hd", "localisation_mm"):
+        assert agg[ranked]["mean"] == pytest.approx(d / 2) and agg[ranked]["count"] == 2
+    for matched in ("hd95_matched", "hd_matched", "localisation_matched_mm"):  # VerSe's: misses left out
+        assert agg[matched]["mean"] == 0.0 and agg[matched]["count"] == 1
+    assert agg["per_label"]["L1"]["hd95"]["mean"] == pytest.approx(d / 2)
     assert agg["id_rate_total"] == 0.5 and agg["vertebrae_total"] == 6
     assert agg["cases"]["missing_prediction"] == 1
     assert agg["per_label"]["L1"]["id_rate"]["mean"] == 0.5
@@ -452,7 +482,7 @@ def test_gc_mode_end_to_end(tmp_path: Path, variant: str) -> None:
     assert doc["aggregates"]["cases"] == {"total": 3, "scored": 3, "missing_prediction": 1,
                                           "unreadable_prediction": 0, "error": 0}
     assert doc["aggregates"]["dice"]["mean"] == pytest.approx(2 / 3)
-    assert doc["aggregates"]["hd95"]["count"] == 2
+    assert doc["aggregates"]["hd95"]["count"] == 3 and doc["aggregates"]["hd95_matched"]["count"] == 2
 
 
 def test_gc_mode_job_without_segmentation_and_with_bad_points(tmp_path: Path) -> None:
@@ -575,3 +605,96 @@ def test_module_help_and_console_entry(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "evaluation", "folders", "--help"], capture_output=True,
                             text=True, cwd=root, env=env, timeout=60)
     assert result.returncode == 0 and "--predictions" in result.stdout
+
+
+def run_evaluator(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "evaluation", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, cwd=HERE.parent)
+
+
+def test_unreadable_predictions_get_one_warning_line_each(tmp_path: Path) -> None:
+    """Regression: an unreadable or truncated prediction was only visible inside metrics.json."""
+    gt = make_ground_truth(tmp_path / "gt", [(f"sub-tiny00{n}", synthetic_case(), None) for n in (1, 2, 3)])
+    pred = tmp_path / "pred"
+    good = write_image(synthetic_case(), pred / "sub-tiny001_seg-vert_msk.nii.gz")
+    (pred / "sub-tiny002_seg-vert_msk.nii.gz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (pred / "sub-tiny003_seg-vert_msk.nii.gz").write_bytes(b"not an image")
+    out = tmp_path / "m.json"
+    done = run_evaluator("folders", "--predictions", pred, "--ground-truth", gt, "--output", out)
+    assert done.returncode == 0 and done.stdout == "", done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 2, done.stderr
+    assert "sub-tiny002: unreadable prediction" in warnings[0] + warnings[1]
+    assert "sub-tiny003: unreadable prediction" in warnings[0] + warnings[1]
+    assert "2 unreadable predictions" in done.stderr
+    assert "\r" not in done.stderr  # no progress bar when stderr is not a terminal
+
+
+def test_verbose_report_keeps_third_party_loggers_quiet(tmp_path: Path, tiny_gt: Path) -> None:
+    """Regression: -v printed ~600 matplotlib.font_manager debug lines."""
+    pred = tmp_path / "pred"
+    write_image(synthetic_case(), pred / "sub-tiny001_seg-vert_msk.nii.gz")
+    done = run_evaluator("folders", "--predictions", pred, "--ground-truth", tiny_gt, "--output", tmp_path / "m.json",
+                         "--report", tmp_path / "report", "-v")
+    assert done.returncode == 0, done.stderr
+    assert "DEBUG evaluation" in done.stderr  # ours do debug
+    assert [line for line in done.stderr.splitlines() if "matplotlib" in line or "PIL" in line] == []
+
+
+@pytest.mark.parametrize("flag", ["--output", "--report"])
+def test_output_paths_are_checked_before_any_work(tmp_path: Path, tiny_gt: Path, flag: str,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    args = {"--output": tmp_path / "m.json", "--report": tmp_path / "report"}
+    args[flag] = blocker / "below" if flag == "--output" else blocker
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt,
+                *(x for pair in args.items() for x in pair))
+    assert exit_info.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+    folder = tmp_path / "folder.json"
+    folder.mkdir()
+    with pytest.raises(SystemExit):
+        run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt, "--output", folder)
+    assert "is a folder, not a file" in capsys.readouterr().err
+    pred = tmp_path / "pred"
+    write_image(synthetic_case(), pred / "sub-tiny001_seg-vert_msk.nii.gz")
+    existing = tmp_path / "again.json"
+    for _ in range(2):  # an existing metrics file and report folder are overwritten, not refused
+        assert run_cli("folders", "--predictions", pred, "--ground-truth", tiny_gt, "--output", existing,
+                       "--report", tmp_path / "report", "--no-progress") == 0
+
+
+EXAMPLE = HERE.parent / "examples" / "totalsegmentator-example"
+
+
+def test_folder_mode_pairs_the_bundled_example(tmp_path: Path) -> None:
+    """The bundled example's unprefixed ground truth pairs with predict's ct_* outputs."""
+    found = find_ground_truth(EXAMPLE)
+    assert list(found) == ["ct"] and found["ct"].centroids == EXAMPLE / "seg-vert_ctd.json"
+    pred = tmp_path / "out"
+    pred.mkdir()
+    shutil.copyfile(EXAMPLE / "seg-vert_msk.nii.gz", pred / "ct_seg-vert_msk.nii.gz")
+    out = tmp_path / "m.json"
+    assert run_cli("folders", "--predictions", pred, "--ground-truth", EXAMPLE, "--output", out, "--no-progress") == 0
+    case = check_document(out)["case"]["ct"]
+    assert case["dice"] == 1.0 and case["vertebrae"] == 7 and case["id_rate"] == 1.0
+
+
+@pytest.mark.slow
+def test_readme_accuracy_row_of_the_bundled_example_is_reproducible(tmp_path: Path) -> None:
+    """Runs the README's two commands and compares Dice and id rate with its table."""
+    root = HERE.parent
+    row = next(line for line in (root / "README.md").read_text().splitlines()
+               if line.startswith("| `examples/totalsegmentator-example`"))
+    cells = [c.strip() for c in row.split("|")[1:]]
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "algorithm", "predict", str(EXAMPLE / "ct.nii.gz"), "--output", str(out),
+                    "-q"], check=True, cwd=root, timeout=600)
+    done = run_evaluator("folders", "--predictions", out, "--ground-truth", EXAMPLE, "--output", out / "m.json")
+    assert done.returncode == 0, done.stderr
+    case = check_document(out / "m.json")["case"]["ct"]
+    assert f"{case['dice']:.2f}" == cells[1]
+    assert cells[2].startswith(f"{case['id_rate']:.2f} ({case['hits']} of {case['vertebrae']})")
+    assert cells[3].startswith(f"{case['localisation_mm']:.1f} mm; {case['localisation_matched_mm']:.1f} mm")

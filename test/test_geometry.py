@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,40 @@ def test_truncated_nifti_is_refused(tmp_path: Path, suffix: str) -> None:
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])
     with pytest.raises(ImageError, match=r"truncated"):
         read_image(truncated)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha", ".nrrd"])
+def test_nan_and_inf_voxels_read_alike_in_every_format(tmp_path: Path, suffix: str, dtype: type) -> None:
+    """Regression: ITK <= 5.4 reads a NIfTI file's NaN/inf voxels as 0 (nifti_read_buffer);
+    read_image puts them back from the raw bytes, so the checks downstream see every format alike."""
+    array = np.random.default_rng(1).normal(size=(9, 11, 13)).astype(dtype)
+    array[2:4, 3:6, :] = np.nan
+    array[0, 0, 0], array[-1, -1, -1] = np.inf, -np.inf
+    path = write_image(make_image(array), tmp_path / f"nan{suffix}")
+    back = sitk.GetArrayFromImage(read_image(path))
+    np.testing.assert_array_equal(back, array)  # NaN positions included
+    assert back.dtype == array.dtype
+
+
+def test_nan_voxels_of_a_big_endian_nifti_are_found(tmp_path: Path) -> None:
+    """A NIfTI-1 file written by hand in big-endian order (ITK writes little-endian only)."""
+    array = np.arange(2 * 3 * 4, dtype=">f4").reshape(2, 3, 4)
+    array[1, 2, 3] = np.nan
+    header = bytearray(352)
+    struct.pack_into(">i", header, 0, 348)
+    struct.pack_into(">8h", header, 40, 3, 4, 3, 2, 1, 1, 1, 1)
+    struct.pack_into(">2h", header, 70, 16, 32)  # float32
+    struct.pack_into(">8f", header, 76, 1, 1, 1, 1, 1, 1, 1, 1)
+    struct.pack_into(">f", header, 108, 352.0)
+    struct.pack_into(">f", header, 112, 1.0)  # scl_slope
+    header[344:348] = b"n+1\0"
+    path = tmp_path / "big.nii"
+    path.write_bytes(bytes(header) + array.tobytes())
+    assert np.count_nonzero(sitk.GetArrayFromImage(sitk.ReadImage(str(path))) == 0) == 2  # ITK: NaN -> 0
+    back = sitk.GetArrayFromImage(read_image(path))
+    assert np.isnan(back[1, 2, 3]) and np.count_nonzero(np.isnan(back)) == 1
+    np.testing.assert_array_equal(np.nan_to_num(back), np.nan_to_num(array.astype(np.float32)))
 
 
 @pytest.mark.parametrize(("perm", "signs"), ORIENTATIONS[::5])

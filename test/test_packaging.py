@@ -51,3 +51,70 @@ def test_count_arguments_are_refused_with_a_message() -> None:
     for bad in ("0", "-1e-3", "nan", "inf", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             positive_float(bad)
+
+
+def test_export_help_texts_are_for_users() -> None:
+    """Regression: a developer docstring as the description, undocumented train options with
+    hidden defaults, and a developer-checkout path as --parity-cases' default."""
+    from export.cli import build_parser
+
+    parser = build_parser()
+    top = parser.format_help()
+    assert "registry of subcommands" not in top and "synthetic spine CTs (synth)" in top
+    commands = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    train = " ".join(commands["train"].format_help().split())
+    for option, default in (("--batch-size", "2"), ("--seed", "0"), ("--device", "auto"), ("--iterations", "1000")):
+        after = train.split(f"{option} ")[-1]
+        assert f"(default: {default})" in after.split(" --")[0], option
+    onnx_help = " ".join(commands["onnx"].format_help().split())
+    assert "../shared" not in onnx_help and "examples/totalsegmentator-example/" in onnx_help
+
+
+def test_onnx_parity_default_is_the_bundled_example() -> None:
+    from export.onnx_export import BUNDLED_EXAMPLE, _real_sources
+
+    assert (BUNDLED_EXAMPLE / "ct.nii.gz").is_file()
+    sources, description = _real_sources(None)
+    assert description == "real CT (totalsegmentator-example, bundled)"
+    assert len(sources) == 1 and sources[0][0].GetSize() == (122, 101, 112) and len(sources[0][1]) > 0
+
+
+def _project_imports() -> dict[str, set[str]]:
+    """Module -> project modules it imports anywhere (top level, inside functions, TYPE_CHECKING)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    modules: dict[str, set[str]] = {}
+    for package in ("algorithm", "evaluation", "export", "spine"):
+        for path in sorted((root / package).glob("*.py")):
+            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
+            found: set[str] = set()
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    found.add(node.module if node.level == 0 else f"{package}.{node.module}")
+                    found.update(f"{node.module}.{a.name}" for a in node.names)  # from package import module
+                elif isinstance(node, ast.Import):
+                    found.update(a.name for a in node.names)
+            modules[name] = found
+    return {m: {d for d in deps if d in modules and d != m and d not in ("algorithm", "evaluation", "export",
+                                                                            "spine")}
+            for m, deps in modules.items()}
+
+
+def test_no_import_cycles() -> None:
+    """Each module depends downwards only (regression: pipeline <-> qc, synth <-> synth_qc)."""
+    graph = _project_imports()
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            assert state.get(dep) != 1, "import cycle: " + " -> ".join([*path[path.index(dep):], dep])
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert "algorithm.qc" in graph and "export.synth_qc" in graph
