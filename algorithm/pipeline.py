@@ -29,6 +29,7 @@ from algorithm.labelling import label_candidates
 from algorithm.locate import PEAK_SEPARATION_MM, PEAK_THRESHOLD, locate_vertebrae
 from algorithm.models import Models
 from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer, json_writer
+from algorithm.plausibility import IMPLAUSIBLE_CAP, assess
 from algorithm.report import StageTimer, versions
 from algorithm.segment import SEGMENT_FLOOR, segment_vertebrae
 from spine.gc import Point, points_document
@@ -196,7 +197,14 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
         merged = image_from_array(segmentation.labels, segmentation.grid)
         labels = resample_onto(merged, geometry, nearest=True, default=0)
         del merged
-    vertebrae = [Vertebra(v.label, v.position_mm, v.confidence, segmentation.voxels.get(v.label, 0))
+    voxel_ml = float(np.prod(segmentation.grid.spacing_mm)) / 1000.0
+    check = assess([v.label for v in vertebrae], np.array([v.position_mm for v in vertebrae]),
+                   {v.label: segmentation.voxels.get(v.label, 0) * voxel_ml for v in vertebrae})
+    details["plausibility"] = check.to_dict()
+    cap = 1.0 if check.plausible else IMPLAUSIBLE_CAP
+    for reason in check.reasons:
+        log.warning("label: %s; point probabilities capped at %.1f", reason, IMPLAUSIBLE_CAP)
+    vertebrae = [Vertebra(v.label, v.position_mm, min(v.confidence, cap), segmentation.voxels.get(v.label, 0))
                  for v in vertebrae]
     return CaseResult(geometry, labels, tuple(vertebrae), "", len(candidates), timer, details)
 
