@@ -2,7 +2,8 @@
 
 ``python -m export synth --qc docs/synth_qc.png`` writes it. The real CT is the
 TotalSegmentator example (3 mm, T11 to sacrum, automatic labels) from the shared data
-folder. Bone = voxels labelled as vertebrae; soft tissue = unlabelled voxels in
+folder; the histograms pool every real labelled CT at hand (:mod:`export.real_cases`), each
+resampled to 3 mm. Bone = voxels labelled as vertebrae; soft tissue = unlabelled voxels in
 [-200, 200] HU. Synthetic cases for the histogram are drawn at the real CT's 3 mm spacing
 (partial volume changes bone HU strongly) and also shown at a fine spacing.
 """
@@ -91,7 +92,18 @@ def write_qc(path: str | Path, synth_case: Callable[..., Case], *, seed: int = 0
     real_ct = read_image(real_dir / "ct.nii.gz")
     real_mask = read_image(real_dir / "seg-vert_msk.nii.gz")
     real = Case("real", sitk.Cast(real_ct, sitk.sitkInt16), sitk.Cast(real_mask, sitk.sitkUInt8), {})
-    real_summary = hu_summary(array_of(real.ct), array_of(real.mask))
+    # Real statistics pooled over every real labelled CT at hand (each resampled to 3 mm, like the phantoms).
+    from export.real_cases import find_real_cases
+
+    per_case = {}
+    for other in find_real_cases():
+        loaded = other.load()
+        ct, mask = _canonical(Case(other.name, sitk.Cast(loaded.ct, sitk.sitkInt16), loaded.mask, {}), 3.0)
+        per_case[other.name] = hu_summary(ct, mask)
+    if not per_case:
+        per_case["real"] = hu_summary(array_of(real.ct), array_of(real.mask))
+    real_summary = HuSummary(bone=np.concatenate([h.bone for h in per_case.values()]),
+                             soft=np.concatenate([h.soft for h in per_case.values()]))
 
     coarse = [synth_case(seed + i, region="lumbar", spacing_mm=(3.0, 3.0, 3.0), orientation="RAS")
               for i in range(n_cases)]
@@ -116,16 +128,18 @@ def write_qc(path: str | Path, synth_case: Callable[..., Case], *, seed: int = 0
             ax.set_title(f"{title}: {view}", fontsize=9)
             ax.axis("off")
     medians = {
-        "real": {"bone": real_summary.bone_median, "soft": real_summary.soft_median},
+        "real": {"bone": real_summary.bone_median, "soft": real_summary.soft_median,
+                 "cases": {name: {"bone": h.bone_median, "soft": h.soft_median} for name, h in per_case.items()}},
         "synthetic": {"bone": synth_summary.bone_median, "soft": synth_summary.soft_median},
     }
     for column, (name, lo, hi) in enumerate((("bone", -200, 1400), ("soft", -200, 200))):
         ax = axes[-1, column]
         bins = np.linspace(lo, hi, 81)
-        for label, summary, colour in (("real", real_summary, "tab:blue"), ("synthetic", synth_summary, "tab:orange")):
+        for label, summary, colour in ((f"real ({len(per_case)} CTs)", real_summary, "tab:blue"),
+                                       ("synthetic", synth_summary, "tab:orange")):
             values = getattr(summary, name)
             ax.hist(values, bins=bins, density=True, histtype="step", color=colour, linewidth=1.5,
-                    label=f"{label}: median {medians[label][name]:.0f} HU, n={values.size}")
+                    label=f"{label}: median {float(np.median(values)):.0f} HU, n={values.size}")
         ax.set_title(f"{name} HU at 3 mm ({'vertebra labels' if name == 'bone' else 'unlabelled, -200..200'})")
         ax.legend(fontsize=8)
     fig.tight_layout()
