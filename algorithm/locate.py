@@ -21,7 +21,7 @@ from scipy import ndimage
 from algorithm.detect import SpineBox, crop_grid, run_on_grid
 from algorithm.models import StageModel
 from spine.image import Geometry
-from spine.labels import LOCATE_CHANNELS
+from spine.labels import LOCATE_CHANNELS, Region, region_of
 from spine.preprocess import model_grid, zyx_to_world
 
 __all__ = [
@@ -61,6 +61,16 @@ class Candidates:
 
     def __len__(self) -> int:
         return int(self.positions_mm.shape[0])
+
+    def regions(self) -> np.ndarray:
+        """``(N, 3)`` cervical / thoracic / lumbar probabilities: each candidate's label scores summed per
+        region and normalised (with the factorised locate head the scores are the label softmax scaled
+        by the centre probability, so this is the network's region posterior); uniform where all are 0."""
+        columns = [[i for i, label in enumerate(LOCATE_CHANNELS) if region_of(label) is region]
+                   for region in (Region.CERVICAL, Region.THORACIC, Region.LUMBAR)]
+        sums = np.stack([self.scores[:, c].sum(axis=1) for c in columns], axis=1).astype(np.float64)
+        total = sums.sum(axis=1, keepdims=True)
+        return np.where(total > 0, sums / np.maximum(total, 1e-12), 1.0 / 3.0)
 
     @classmethod
     def empty(cls) -> Candidates:

@@ -25,8 +25,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from algorithm.detect import detect_spine
-from algorithm.labelling import label_candidates
-from algorithm.locate import PEAK_SEPARATION_MM, PEAK_THRESHOLD, locate_vertebrae
+from algorithm.labelling import Labelling, label_candidates
+from algorithm.locate import PEAK_SEPARATION_MM, PEAK_THRESHOLD, Candidates, locate_vertebrae
 from algorithm.models import Models
 from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer, json_writer
 from algorithm.plausibility import IMPLAUSIBLE_CAP, assess
@@ -45,6 +45,7 @@ __all__ = [
     "case_outputs",
     "empty_label_map",
     "gc_outputs",
+    "label_stage",
     "predict_case",
     "read_gc_input",
     "run_gc_case",
@@ -62,6 +63,8 @@ class Options:
     peak_threshold: float = PEAK_THRESHOLD
     peak_separation_mm: float = PEAK_SEPARATION_MM
     segment_floor: float = SEGMENT_FLOOR
+    region_evidence: bool = True
+    """Give the decoder the locate network's region (C/T/L) posterior as well as its per-level scores."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -180,7 +183,7 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
         return empty(f"no vertebra candidate (no heatmap peak reaches {options.peak_threshold})")
 
     with timer.stage("label"):
-        labelling = label_candidates(candidates.positions_mm, candidates.scores)
+        labelling = label_stage(candidates, options)
         vertebrae = _accepted(candidates.positions_mm, np.asarray(labelling.labels), np.asarray(labelling.confidence))
     log.info("label: %d of %d candidates labelled: %s", len(vertebrae), len(candidates),
              " ".join(f"{v.name}({v.confidence:.2f})" for v in vertebrae))
@@ -207,6 +210,13 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
     vertebrae = [Vertebra(v.label, v.position_mm, min(v.confidence, cap), segmentation.voxels.get(v.label, 0))
                  for v in vertebrae]
     return CaseResult(geometry, labels, tuple(vertebrae), "", len(candidates), timer, details)
+
+
+def label_stage(candidates: Candidates, options: Options | None = None) -> Labelling:
+    """The decoder on the locate stage's candidates: per-level scores, and region evidence when asked."""
+    options = options or Options()
+    regions = candidates.regions() if options.region_evidence else None
+    return label_candidates(candidates.positions_mm, candidates.scores, regions=regions)
 
 
 def read_gc_input(layout: AlgorithmLayout) -> tuple[Path, sitk.Image]:

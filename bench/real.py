@@ -47,9 +47,9 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
     sys.path[0] = str(REPO)  # run as a script, bench/ would come first and shadow nothing; keep the repo importable
 
 from algorithm.detect import detect_spine  # noqa: E402
-from algorithm.labelling import label_candidates  # noqa: E402
 from algorithm.locate import locate_vertebrae  # noqa: E402
 from algorithm.models import ModelSource, find_model_dir, load_models  # noqa: E402
+from algorithm.pipeline import Options, label_stage  # noqa: E402
 from algorithm.segment import segment_vertebrae  # noqa: E402
 from export.real_cases import RealCase, find_real_cases  # noqa: E402
 from spine.case import Case  # noqa: E402
@@ -152,7 +152,7 @@ def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
-def stage_figures(case: Case, real: RealCase, models: Any) -> dict[str, Any]:
+def stage_figures(case: Case, real: RealCase, models: Any, options: Options | None = None) -> dict[str, Any]:
     """Detect, locate, label and oracle segment figures of one case (module docstring)."""
     import SimpleITK as sitk
 
@@ -178,7 +178,7 @@ def stage_figures(case: Case, real: RealCase, models: Any) -> dict[str, Any]:
                      "distance_mm": {name_of(v): round(d, 1) for v, d in matched["distance_mm"].items()}}
 
     if len(candidates):
-        labelling = label_candidates(candidates.positions_mm, candidates.scores)
+        labelling = label_stage(candidates, options)
         decoded = np.asarray(labelling.labels)
         labelled: dict[int, np.ndarray] = {}
         for position, label in zip(candidates.positions_mm, decoded, strict=True):
