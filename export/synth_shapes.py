@@ -176,6 +176,8 @@ def _templates_of(mask_path: Path, centroid_path: Path | None) -> list[Template]
 
 
 CACHE_ENV = "VERSE_GC_CACHE"
+TEMPLATES_ENV = "VERSE_GC_TEMPLATES"
+"""A template library file (``.npz``, as cached) to use as it is, e.g. on a machine without the VerSe masks."""
 _CACHE_VERSION = 2
 
 
@@ -222,10 +224,16 @@ def load_templates(shared: str | None = None) -> dict[int, tuple[Template, ...]]
 
     A template whose spacing is unknown (a vertebra without neighbours in its mask) takes the
     median spacing of its level's other templates, else 25 mm. Built once (~1 min) and cached
-    under ``$VERSE_GC_CACHE`` (default ``~/.cache/verse-gc``).
+    under ``$VERSE_GC_CACHE`` (default ``~/.cache/verse-gc``); ``$VERSE_GC_TEMPLATES`` names a library
+    file to use instead.
     """
+    import os
+
     from export.real_cases import shared_data_dir
 
+    given = os.environ.get(TEMPLATES_ENV)
+    if given:
+        return {label: tuple(t) for label, t in _load(Path(given)).items()}
     root = Path(shared) if shared else shared_data_dir()
     library: dict[int, list[Template]] = {}
     if root is None or not any((root / mask).is_file() for mask, _ in SHAPE_SOURCES):
