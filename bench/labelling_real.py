@@ -116,6 +116,8 @@ class Tally:
     scans: int = 0
     whole_right: int = 0
     strict_right: int = 0
+    detected: int = 0  # scans whose every annotated vertebra has a detection within 20 mm
+    detected_right: int = 0
     vertebrae: Counter = field(default_factory=Counter)
     identified: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
@@ -129,6 +131,8 @@ class Tally:
         self.scans += other.scans
         self.whole_right += other.whole_right
         self.strict_right += other.strict_right
+        self.detected += other.detected
+        self.detected_right += other.detected_right
         for name in ("vertebrae", "identified", "errors", "run_starts", "uncertain_right"):
             getattr(self, name).update(getattr(other, name))
         self.confidence += other.confidence
@@ -176,6 +180,8 @@ def score_scan(scan: VidScan, labels: np.ndarray, confidence: np.ndarray, tally:
     detected = np.zeros(len(truth), dtype=bool)
     if len(truth):
         detected = (distance <= HIT_MM).any(axis=0)
+    tally.detected += int(detected.all())
+    tally.detected_right += int(detected.all() and right)
     tally.errors["annotated vertebrae"] += len(truth)
     tally.errors["detector missed"] += int((~detected).sum())
     tally.errors["false detections"] += int((~matched).sum())
@@ -323,6 +329,9 @@ def report(tally: Tally, per_fold: list[Tally], seconds_30: float) -> None:
           f"{spread([t.whole_right / t.scans for t in per_fold])}")
     print(f"{'  and no false label kept':<28}{tally.scans:>10}{tally.strict_right / tally.scans:>9.3f}  "
           f"{spread([t.strict_right / t.scans for t in per_fold])}")
+    if tally.detected:
+        print(f"{'  of scans fully detected':<28}{tally.detected:>10}{tally.detected_right / tally.detected:>9.3f}  "
+              f"(the detector missed a vertebra in {tally.scans - tally.detected} scans: never whole right)")
     print("errors: " + ", ".join(f"{k} {v}" for k, v in tally.errors.items()))
     print("wrong runs start at (true level, offset): "
           + ", ".join(f"{k} {v}" for k, v in tally.run_starts.most_common(12)))
