@@ -30,8 +30,8 @@ from typing import Any
 from spine.gc import ContractError, Point
 from spine.image import write_text_atomic
 
-__all__ = ["MARKUPS_SCHEMA", "MARKUPS_SUFFIX", "is_markups_document", "markups_document", "parse_markups",
-           "read_markups", "write_markups"]
+__all__ = ["MARKUPS_SCHEMA", "MARKUPS_SUFFIX", "is_markups_document", "markups_document", "markups_name",
+           "parse_markups", "read_markups", "write_markups"]
 
 MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/"
                   "Schema/markups-schema-v1.0.3.json#")
@@ -40,6 +40,11 @@ MARKUPS_SUFFIX = ".mrk.json"
 _CONFIDENCE = re.compile(r"confidence\s+([0-9.eE+-]+)")
 _IDENTITY = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
 _UNIT_MM = {"mm": 1.0, "um": 1e-3}
+
+
+def markups_name(case_id: str) -> str:
+    """The markups file of a case's centroids, written beside its VerSe centroid JSON."""
+    return f"{case_id}_ctd{MARKUPS_SUFFIX}"
 
 
 def _control_point(k: int, point: Point) -> dict[str, Any]:
