@@ -15,13 +15,12 @@ file.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from spine.gc import ContractError, Point, read_points
+from spine.gc import ContractError, Point, load_json, read_points
 from spine.image import Geometry
 from spine.labels import NAMES, label_of, name_of
 from spine.markups import is_markups_document, read_markups
@@ -36,11 +35,9 @@ def centroid_format(path: str | os.PathLike[str]) -> str:
     """Which of :data:`CENTROID_FORMATS` a file holds; :class:`CentroidFileError` when none."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CentroidFileError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CentroidFileError(f"{path}: not a readable JSON file ({error})") from None
+        data = load_json(path)
+    except ContractError as error:
+        raise CentroidFileError(str(error)) from None
     if isinstance(data, list):
         return "verse"
     if is_markups_document(data):

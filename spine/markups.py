@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from spine.gc import ContractError, Point
+from spine.gc import ContractError, Point, load_json
 from spine.image import write_text_atomic
 
 __all__ = ["MARKUPS_SCHEMA", "MARKUPS_SUFFIX", "is_markups_document", "markups_document", "markups_name",
@@ -139,11 +139,4 @@ def parse_markups(data: Any, where: str) -> list[Point]:
 
 def read_markups(path: str | os.PathLike[str]) -> list[Point]:
     """Read a Slicer markups JSON (module docstring); :class:`spine.gc.ContractError` when it is not one."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ContractError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ContractError(f"{path}: not valid JSON ({error})") from None
-    return parse_markups(data, str(path))
+    return parse_markups(load_json(path), str(path))

@@ -202,5 +202,5 @@ def test_a_file_of_no_known_format_is_refused(tmp_path: Path, verse004) -> None:
     with pytest.raises(CentroidFileError, match="not a centroid file"):
         read_labelled_centroids(path, verse004[0])
     path.write_text("{", encoding="utf-8")
-    with pytest.raises(CentroidFileError, match="not a readable JSON"):
+    with pytest.raises(CentroidFileError, match="not valid JSON"):
         read_labelled_centroids(path, verse004[0])
