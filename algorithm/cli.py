@@ -6,6 +6,7 @@ Modes::
     python -m algorithm --input DIR --output DIR # the same on local folders in GC layout
     python -m algorithm serve [--host H --port P] # GC invoke: HTTP server, GET /health, POST /invoke
     python -m algorithm predict CT... --output DIR # research use: VerSe files, points, QC picture, report
+    python -m algorithm predict CT --centroids ctd.mrk.json --output DIR  # segment from corrected centroids
 
 Without a command the mode is ``exec``, or ``serve`` when the image was built with
 ``VERSE_GC_API_METHOD=invoke``. Log lines go to stderr (third-party libraries at WARNING
@@ -28,12 +29,21 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from algorithm.inputs import InputError, load_ct
+from algorithm.labelling import Constraints, Fix, parse_fix
 from algorithm.models import DEVICES, ModelError, Models, find_model_dir, load_models
-from algorithm.pipeline import Options, predict_case, read_gc_input, run_gc_case, write_case_outputs
+from algorithm.pipeline import (
+    Options,
+    predict_case,
+    read_gc_input,
+    run_gc_case,
+    segment_from_centroids,
+    write_case_outputs,
+)
 from algorithm.serve import DEFAULT_HOST, DEFAULT_PORT, InvokeServer
 from spine.arguments import output_folder, positive_int
+from spine.centroids import read_labelled_centroids
 from spine.console import configure_logging
-from spine.image import IMAGE_SUFFIXES, strip_image_suffix
+from spine.image import IMAGE_SUFFIXES, Geometry, strip_image_suffix
 from spine.layout import AlgorithmLayout
 from spine.verse import case_id_of
 
@@ -66,6 +76,13 @@ def _overlap(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"overlap must be in [0, 1), got {value}")
     return value
+
+
+def _fix(text: str) -> Fix:
+    try:
+        return parse_fix(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _existing_dir(text: str) -> Path:
@@ -119,11 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
     predict = commands.add_parser("predict", parents=[common], help="CT files or folders -> VerSe files + QC",
                                   description="Predict several CTs; per case write <case>_seg-vert_msk.nii.gz, "
-                                              "<case>_seg-subreg_ctd.json, <case>_points.json, <case>_snp.png "
+                                              "<case>_seg-subreg_ctd.json, <case>_points.json, <case>_ctd.mrk.json "
+                                              "(3D Slicer), <case>_snp.png "
                                               "and <case>_report.json.")
     predict.add_argument("cts", nargs="+", type=Path, metavar="CT", help="CT image files or folders of them")
     predict.add_argument("--output", type=output_folder, required=True, metavar="DIR", help="output folder")
     predict.add_argument("--no-qc", action="store_true", help="skip the QC picture")
+    known = predict.add_argument_group(
+        "what you know", "Correcting a result: segment from your centroids, or state facts the labelling must respect.")
+    known.add_argument("--centroids", type=Path, metavar="FILE",
+                       help="labelled centroids (3D Slicer .mrk.json, GC points JSON or VerSe centroid JSON; one CT): "
+                            "locate and label are skipped, the CT is segmented from them")
+    known.add_argument("--fix", type=_fix, action="append", default=[], metavar="LABEL=X,Y,Z",
+                       help="the candidate nearest this LPS point (mm) is LABEL, e.g. L5=12.5,-30,401 (repeatable)")
+    known.add_argument("--lumbar", type=int, choices=(4, 5, 6), help="the spine has this many lumbar vertebrae")
+    known.add_argument("--thoracic", type=int, choices=(11, 12, 13), help="the spine has this many thoracic vertebrae")
     return parser
 
 
@@ -140,7 +167,12 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 
 def _options(args: argparse.Namespace) -> Options:
-    return Options(overlap=args.overlap)
+    try:
+        constraints = Constraints(tuple(getattr(args, "fix", ())), getattr(args, "lumbar", None),
+                                  getattr(args, "thoracic", None))
+    except ValueError as error:
+        raise InputError(f"constraints: {error}") from None
+    return Options(overlap=args.overlap, constraints=constraints)
 
 
 def _load(args: argparse.Namespace, layout: AlgorithmLayout) -> Models:
@@ -212,6 +244,12 @@ def run_predict(args: argparse.Namespace) -> int:
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
         raise InputError(f"{args.output}: several inputs would write case {repeated[0]!r}; predict them separately")
+    options = _options(args)
+    if args.centroids is not None and len(cts) != 1:
+        raise InputError(f"{args.centroids}: --centroids belong to one CT, {len(cts)} given")
+    if args.centroids is not None and options.constraints:
+        raise InputError(f"{args.centroids}: --fix, --lumbar and --thoracic steer the labelling, which --centroids "
+                         "skips; state the labels in the centroid file instead")
     models = _load(args, AlgorithmLayout())
     failures = 0
     # the bar only on a terminal and without -q: in a log file it would glue onto the error lines
@@ -221,7 +259,12 @@ def run_predict(args: argparse.Namespace) -> int:
             progress.set_postfix_str(case_id)
             try:
                 image = load_ct(path)
-                result = predict_case(image, models, options=_options(args))
+                if args.centroids is not None:
+                    centroids = read_labelled_centroids(args.centroids, Geometry.of(image))
+                    result = segment_from_centroids(image, centroids, models, options=options,
+                                                    source=str(args.centroids))
+                else:
+                    result = predict_case(image, models, options=options)
                 written = write_case_outputs(result, image, args.output, case_id, source=str(path), models=models,
                                              qc=not args.no_qc)
                 log.info("%s: %s", case_id, ", ".join(p.name for p in written))

@@ -6,7 +6,10 @@ Entry points:
   on the input grid, labelled centroids in LPS mm with confidences, per-stage costs);
 - :func:`read_gc_input` / :func:`run_gc_case`: the Grand Challenge contract (``/input`` ->
   ``/output``, all outputs or none);
-- :func:`write_case_outputs`: the ``predict`` command's VerSe-named files, QC picture and report.
+- :func:`segment_from_centroids`: a CT and labelled centroids a user gives -> :class:`CaseResult`
+  (detect, locate and label skipped: the annotation loop's "segment again from corrected centroids");
+- :func:`write_case_outputs`: the ``predict`` command's VerSe-named files, Slicer markups, QC picture
+  and report.
 
 No spine found is not an error: the label map is all zeros and the points list empty, and
 the result's ``note`` says why.
@@ -17,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from algorithm.detect import detect_spine
-from algorithm.labelling import Labelling, label_candidates
+from algorithm.labelling import Constraints, Labelling, label_candidates
+from algorithm.labelling.constraints import changes
 from algorithm.locate import PEAK_SEPARATION_MM, PEAK_THRESHOLD, Candidates, locate_vertebrae
 from algorithm.models import Models
 from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer, json_writer
@@ -34,8 +38,9 @@ from algorithm.report import StageTimer, versions
 from algorithm.segment import SEGMENT_FLOOR, segment_vertebrae
 from spine.gc import Point, points_document
 from spine.image import Geometry, image_from_array, resample_onto
-from spine.labels import MAX_LABEL, name_of
+from spine.labels import EVALUATED, MAX_LABEL, name_of
 from spine.layout import AlgorithmLayout
+from spine.markups import markups_document, markups_name
 from spine.verse import centroid_json_name, mask_name, write_centroid_json
 
 __all__ = [
@@ -49,6 +54,7 @@ __all__ = [
     "predict_case",
     "read_gc_input",
     "run_gc_case",
+    "segment_from_centroids",
     "write_case_outputs",
 ]
 
@@ -65,6 +71,7 @@ class Options:
     segment_floor: float = SEGMENT_FLOOR
     region_evidence: bool = True
     """Give the decoder the locate network's region (C/T/L) posterior as well as its per-level scores."""
+    constraints: Constraints = field(default_factory=Constraints)  # what the user knows (algorithm.labelling, 8)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -156,6 +163,16 @@ def _accepted(positions_mm: np.ndarray, labels: np.ndarray, confidence: np.ndarr
     return sorted(best.values(), key=lambda v: -v.position_mm[2])
 
 
+def _constraint_report(candidates: Candidates, labels: np.ndarray, options: Options) -> dict[str, Any]:
+    """The constraints used and what they changed against the labelling without them (run report)."""
+    constraints, positions_mm = options.constraints, candidates.positions_mm
+    free = label_stage(candidates, replace(options, constraints=Constraints())).labels
+    changed = changes(positions_mm, free, labels)
+    log.info("label: constraints %s changed %d label(s)%s", constraints.describe(), len(changed),
+             "".join(f"; {c['from']} -> {c['to']}" for c in changed))
+    return {"stated": constraints.describe(positions_mm), "changed": changed}
+
+
 def predict_case(image: sitk.Image, models: Models, *, options: Options | None = None) -> CaseResult:
     """Detect, locate, label and segment the vertebrae of one CT (module docstring)."""
     options = options or Options()
@@ -188,35 +205,73 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
     log.info("label: %d of %d candidates labelled: %s", len(vertebrae), len(candidates),
              " ".join(f"{v.name}({v.confidence:.2f})" for v in vertebrae))
     details["label"] = {"uncertain": labelling.uncertain}
+    if options.constraints:
+        details["label"]["constraints"] = _constraint_report(candidates, labelling.labels, options)
     if labelling.uncertain:
         log.warning("label: labelling uncertain (best and runner-up labellings close); check the levels")
     if not vertebrae:
         return empty(f"the decoder rejected all {len(candidates)} candidates", len(candidates))
 
-    with timer.stage("segment"):
+    return _segmented(image, vertebrae, models, options, CaseResult(geometry, empty_label_map(geometry), (), "",
+                                                                      len(candidates), timer, details))
+
+
+def _segmented(image: sitk.Image, vertebrae: list[Vertebra], models: Models, options: Options,
+               result: CaseResult, *, cap_doubtful: bool = True) -> CaseResult:
+    """``result`` with the label map segmented from the labelled ``vertebrae``, their voxel counts and the
+    anatomy check (:mod:`algorithm.plausibility`), which caps the points of a doubtful case when asked."""
+    with result.timer.stage("segment"):
         segmentation = segment_vertebrae(image, [(v.label, np.asarray(v.position_mm)) for v in vertebrae],
                                          models.segment, floor=options.segment_floor)
-    with timer.stage("resample"):
+    with result.timer.stage("resample"):
         merged = image_from_array(segmentation.labels, segmentation.grid)
-        labels = resample_onto(merged, geometry, nearest=True, default=0)
+        result.labels = resample_onto(merged, result.geometry, nearest=True, default=0)
         del merged
     voxel_ml = float(np.prod(segmentation.grid.spacing_mm)) / 1000.0
     check = assess([v.label for v in vertebrae], np.array([v.position_mm for v in vertebrae]),
                    {v.label: segmentation.voxels.get(v.label, 0) * voxel_ml for v in vertebrae})
-    details["plausibility"] = check.to_dict()
-    cap = 1.0 if check.plausible else IMPLAUSIBLE_CAP
+    result.details["plausibility"] = check.to_dict()
+    # A doubtful labelling of ours is capped; labels a person placed keep their confidence (the log still says).
+    cap = IMPLAUSIBLE_CAP if check.reasons and cap_doubtful else 1.0
     for reason in check.reasons:
-        log.warning("label: %s; point probabilities capped at %.1f", reason, IMPLAUSIBLE_CAP)
-    vertebrae = [Vertebra(v.label, v.position_mm, min(v.confidence, cap), segmentation.voxels.get(v.label, 0))
-                 for v in vertebrae]
-    return CaseResult(geometry, labels, tuple(vertebrae), "", len(candidates), timer, details)
+        log.warning("label: %s%s", reason, f"; point probabilities capped at {cap:.1f}" if cap < 1 else "")
+    result.vertebrae = tuple(Vertebra(v.label, v.position_mm, min(v.confidence, cap),
+                                      segmentation.voxels.get(v.label, 0)) for v in vertebrae)
+    return result
+
+
+def segment_from_centroids(image: sitk.Image, centroids_mm: dict[int, np.ndarray], models: Models, *,
+                           options: Options | None = None, source: str = "") -> CaseResult:
+    """Segment one CT from labelled centroids a user gives (detect, locate and label skipped).
+
+    ``centroids_mm``: {VerSe id: LPS mm}, e.g. corrected in 3D Slicer and read by
+    :func:`spine.centroids.read_labelled_centroids`. Sacrum and coccyx points are not segmented
+    (the segment model knows C1..L6 and T13). The vertebrae keep confidence 1: a person placed them.
+    """
+    options = options or Options()
+    geometry = Geometry.of(image)
+    kept = {label: np.asarray(point, dtype=np.float64) for label, point in centroids_mm.items()
+            if label in EVALUATED}
+    skipped = sorted(set(centroids_mm) - set(kept))
+    if skipped:
+        log.warning("%s: %s not segmented (the model segments C1..L6 and T13)", source or "centroids",
+                    ", ".join(name_of(v) for v in skipped))
+    details: dict[str, Any] = {"centroids": {"source": source, "given": [name_of(v) for v in sorted(centroids_mm)]}}
+    result = CaseResult(geometry, empty_label_map(geometry), (), "", 0, StageTimer(), details)
+    if not kept:
+        result.note = "no vertebra among the given centroids"
+        return result
+    vertebrae = sorted((Vertebra(label, tuple(float(c) for c in point), 1.0)  # type: ignore[arg-type]
+                        for label, point in kept.items()), key=lambda v: -v.position_mm[2])
+    return _segmented(image, vertebrae, models, options, result, cap_doubtful=False)
 
 
 def label_stage(candidates: Candidates, options: Options | None = None) -> Labelling:
     """The decoder on the locate stage's candidates: per-level scores, and region evidence when asked."""
     options = options or Options()
     regions = candidates.regions() if options.region_evidence else None
-    return label_candidates(candidates.positions_mm, candidates.scores, regions=regions)
+    return label_candidates(candidates.positions_mm, candidates.scores, regions=regions,
+                            constraints=options.constraints)
 
 
 def read_gc_input(layout: AlgorithmLayout) -> tuple[Path, sitk.Image]:
@@ -245,12 +300,15 @@ def run_gc_case(path: Path, image: sitk.Image, layout: AlgorithmLayout, models: 
 
 
 def case_outputs(result: CaseResult, folder: Path, case_id: str) -> list[tuple[Path, Writer]]:
-    """The ``predict`` command's data files of one case: VerSe mask and centroid JSON, GC points JSON."""
+    """The ``predict`` command's data files of one case: VerSe mask and centroid JSON, GC points JSON and the
+    same points as a 3D Slicer markups file (``<case>_ctd.mrk.json``, to correct and feed back with
+    ``--centroids``)."""
     return [
         (folder / mask_name(case_id), image_writer(result.labels)),
         (folder / centroid_json_name(case_id),
          _writer_of(lambda p: write_centroid_json(p, result.centroids_mm(), result.geometry))),
         (folder / f"{case_id}_points.json", json_writer(points_document(result.points()))),
+        (folder / markups_name(case_id), json_writer(markups_document(result.points()))),
     ]
 
 

@@ -29,6 +29,9 @@ are the pooled held-out result and the mean +- sd over folds.
 Evidence modes (``--evidence``): ``broadcast`` (the baseline a new user would try: each
 candidate's 26 per-level scores set to its segment's probability, the shipped prior, no
 fitting) and ``region`` (the probabilities as region evidence, :mod:`algorithm.labelling`).
+``--fix-one`` (region evidence) gives the decoder one true label per scan, as ``predict --fix``
+does: a detection drawn at random (``--seed``) among those within 20 mm of an annotated
+vertebra is fixed to that vertebra's level (the annotation loop).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import argparse
 import logging
 import sys
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from algorithm.labelling import ChainDecoder  # noqa: E402
+from algorithm.labelling import ChainDecoder, Constraints, Fix  # noqa: E402
 from algorithm.labelling_prior import LabellingPrior, fit, read_landmarks, sacrum_room, vid_landmarks  # noqa: E402
 from spine.labels import LOCATE_CHANNELS, anatomical_rank, name_of, region_of  # noqa: E402
 from spine.vid import VidScan, read_scan, scan_ids  # noqa: E402
@@ -112,6 +116,8 @@ class Tally:
     scans: int = 0
     whole_right: int = 0
     strict_right: int = 0
+    detected: int = 0  # scans whose every annotated vertebra has a detection within 20 mm
+    detected_right: int = 0
     vertebrae: Counter = field(default_factory=Counter)
     identified: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
@@ -125,6 +131,8 @@ class Tally:
         self.scans += other.scans
         self.whole_right += other.whole_right
         self.strict_right += other.strict_right
+        self.detected += other.detected
+        self.detected_right += other.detected_right
         for name in ("vertebrae", "identified", "errors", "run_starts", "uncertain_right"):
             getattr(self, name).update(getattr(other, name))
         self.confidence += other.confidence
@@ -172,6 +180,8 @@ def score_scan(scan: VidScan, labels: np.ndarray, confidence: np.ndarray, tally:
     detected = np.zeros(len(truth), dtype=bool)
     if len(truth):
         detected = (distance <= HIT_MM).any(axis=0)
+    tally.detected += int(detected.all())
+    tally.detected_right += int(detected.all() and right)
     tally.errors["annotated vertebrae"] += len(truth)
     tally.errors["detector missed"] += int((~detected).sum())
     tally.errors["false detections"] += int((~matched).sum())
@@ -213,9 +223,25 @@ def decode_broadcast(decoder: ChainDecoder, scan: VidScan) -> tuple[np.ndarray, 
     return result.labels, result.confidence, None
 
 
-def decode_region(decoder: ChainDecoder, scan: VidScan) -> tuple[np.ndarray, np.ndarray, bool | None]:
-    result = decoder.label(scan.bodies_mm, regions=scan.region_probabilities)
+def decode_region(decoder: ChainDecoder, scan: VidScan,
+                  constraints: Constraints | None = None) -> tuple[np.ndarray, np.ndarray, bool | None]:
+    result = decoder.label(scan.bodies_mm, regions=scan.region_probabilities, constraints=constraints)
     return result.labels, result.confidence, result.uncertain
+
+
+def one_true_fix(scan: VidScan, seed: int) -> Constraints | None:
+    """One true label, as a user would give it: a detection drawn at random among those within 20 mm of
+    an annotated vertebra, fixed to that vertebra's level at the detection's own position (None when the
+    scan has no such detection)."""
+    if not len(scan.truth_mm) or not len(scan.bodies_mm):
+        return None
+    distance = np.linalg.norm(scan.bodies_mm[:, None, :] - scan.truth_mm[None, :, :], axis=2)
+    true = np.flatnonzero(distance.min(axis=1) <= HIT_MM)
+    if not len(true):
+        return None
+    rng = np.random.default_rng([seed, zlib.crc32(scan.scan.encode())])  # the same draw in every run
+    k = int(rng.choice(true))
+    return Constraints(fixes=(Fix(int(scan.truth_labels[int(np.argmin(distance[k]))]), tuple(scan.bodies_mm[k])),))
 
 
 def fit_prior(verse: np.ndarray, verse_sacrum: np.ndarray, training: list[VidScan]) -> LabellingPrior:
@@ -303,6 +329,9 @@ def report(tally: Tally, per_fold: list[Tally], seconds_30: float) -> None:
           f"{spread([t.whole_right / t.scans for t in per_fold])}")
     print(f"{'  and no false label kept':<28}{tally.scans:>10}{tally.strict_right / tally.scans:>9.3f}  "
           f"{spread([t.strict_right / t.scans for t in per_fold])}")
+    if tally.detected:
+        print(f"{'  of scans fully detected':<28}{tally.detected:>10}{tally.detected_right / tally.detected:>9.3f}  "
+              f"(the detector missed a vertebra in {tally.scans - tally.detected} scans: never whole right)")
     print("errors: " + ", ".join(f"{k} {v}" for k, v in tally.errors.items()))
     print("wrong runs start at (true level, offset): "
           + ", ".join(f"{k} {v}" for k, v in tally.run_starts.most_common(12)))
@@ -335,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end-weight", type=float, default=ChainDecoder.end_weight)
     parser.add_argument("--calibrate", action="store_true",
                         help="fit a Platt map of the confidences on each fold's training scans")
+    parser.add_argument("--fix-one", action="store_true",
+                        help="region evidence with one true label per scan given as a fix on a randomly chosen "
+                             "true detection (the annotation loop's --fix); --seed draws it")
     parser.add_argument("--vid-prior", action="store_true",
                         help="fit each fold's prior on VerSe and the VID training scans (default: VerSe alone)")
     args = parser.parse_args(argv)
@@ -349,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     patients = read_patients(args.data)
     folds = folds_by_patient(scans, patients, args.folds, args.seed)
     print(f"VID: {len(scans)} scans, {len(set(patients.get(s.scan, s.scan) for s in scans))} patients, "
-          f"{args.folds} folds; evidence {args.evidence}")
+          f"{args.folds} folds; evidence {args.evidence}{' + one true label fixed per scan' if args.fix_one else ''}")
     total, per_fold = Tally(), []
     if args.evidence == "broadcast":
         decoder = ChainDecoder()
@@ -371,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                                    {**settings, "vid_prior": vid_prior})
             log.info("fold %d: calibration a=%.3f b=%.3f", f, *decoder.region_calibration)
             tally = Tally()
-            evaluate([scans[k] for k in held_out], lambda s, d=decoder: decode_region(d, s), tally)
+            evaluate([scans[k] for k in held_out], lambda s, d=decoder: decode_region(
+                d, s, one_true_fix(s, args.seed) if args.fix_one else None), tally)
             per_fold.append(tally)
             total.merge(tally)
         seconds_30 = time_thirty(lambda p, r, d=decoder: d.decode(p, regions=r), scans, args.timing)

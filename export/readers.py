@@ -8,6 +8,9 @@ Layouts recognised (:func:`list_cases` finds the files, :func:`read_cases` reads
     (older ``_seg-vb_ctd.json``), matched by case id (subject plus entities other than
     ``seg``). Files anywhere below the root, so a flat folder works too. Subregion masks
     (``seg-subreg``) are ignored. Centroid JSONs hold voxel indices with a ``direction``.
+    Corrected cases need no conversion: without a VerSe centroid JSON, a 3D Slicer markups file
+    ``sub-X[_..]_ctd.mrk.json`` or a GC points JSON ``sub-X[_..]_points.json`` (what ``predict``
+    writes) gives the centroids (:mod:`spine.centroids`; LPS mm, names C1..L6).
 ``ctspine1k``
     NIfTI pairs ``<name>.nii.gz`` (CT) and ``<name>_seg.nii.gz`` (mask), side by side or in
     separate trees (``volumes/<source>/`` and ``labels/<source>/``, or ``data/`` and
@@ -40,8 +43,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from spine.case import Case
+from spine.centroids import centroid_format, read_labelled_centroids
 from spine.image import IMAGE_SUFFIXES, Geometry, array_of, read_image, strip_image_suffix
 from spine.labels import NAMES
+from spine.markups import MARKUPS_SUFFIX
 from spine.verse import CentroidFileError, axis_map, centroids_from_voxels, parse_verse_name, read_centroids_mm
 
 __all__ = [
@@ -105,9 +110,20 @@ def _put(table: dict[str, Path], key: str, path: Path, what: str) -> None:
 
 
 def _centroid_priority(path: Path) -> int:
-    """Prefer the subregion centroid JSON of VerSe 2020 over the older vertebral-body one."""
+    """Prefer the subregion centroid JSON of VerSe 2020 over the older vertebral-body one, any VerSe JSON over
+    a 3D Slicer markups file, and that over a GC points file (``predict`` writes all three)."""
     name = path.name
+    if name.endswith(MARKUPS_SUFFIX):
+        return 3
+    if name.endswith("_points.json"):
+        return 4
     return 0 if "seg-subreg" in name else (1 if "seg-vb" in name else 2)
+
+
+def _is_centroid_file(path: Path, suffix: str) -> bool:
+    """A VerSe centroid JSON (``_ctd.json``), a Slicer markups file (``_ctd.mrk.json``) or a GC points JSON
+    (``_points.json``) by name."""
+    return suffix in ("ctd", "points") or (suffix == "ctd.mrk" and path.name.endswith(MARKUPS_SUFFIX))
 
 
 def list_cases(root: str | os.PathLike[str]) -> list[CaseFiles]:
@@ -129,7 +145,7 @@ def list_cases(root: str | os.PathLike[str]) -> list[CaseFiles]:
         if parsed is not None and (_is_image(path) or name.lower().endswith(".json")):
             key = parsed.case_id
             if name.lower().endswith(".json"):
-                if parsed.suffix == "ctd":
+                if _is_centroid_file(path, parsed.suffix):
                     if key not in centroids or _centroid_priority(path) < _centroid_priority(centroids[key]):
                         centroids[key] = path
                     layout_of.setdefault(key, "verse")
@@ -295,7 +311,9 @@ def read_case(files: CaseFiles, *, miccai_axes: tuple[str, str, str] = _MICCAI_2
         log.warning("%s: no vertebra mask found; case %s is unlabelled", files.ct, files.case_id)
     geometry = Geometry.of(ct)
     if files.centroids is not None:
-        if _json_has_direction(files.centroids):
+        if centroid_format(files.centroids) != "verse":  # corrected in Slicer, or the algorithm's points
+            centroids = read_labelled_centroids(files.centroids, geometry)
+        elif _json_has_direction(files.centroids):
             centroids = read_centroids_mm(files.centroids, geometry)
         else:
             centroids = read_miccai_centroids_mm(files.centroids, geometry, miccai_axes)

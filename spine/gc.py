@@ -26,6 +26,7 @@ __all__ = [
     "Job",
     "Point",
     "SocketValue",
+    "load_json",
     "parse_inputs",
     "parse_jobs",
     "points_document",
@@ -83,7 +84,8 @@ def parse_inputs(data: Any, where: str = "inputs.json") -> list[SocketValue]:
     return [_socket_value(raw, f"{where}[{i}]") for i, raw in enumerate(data)]
 
 
-def _load_json(path: str | os.PathLike[str]) -> Any:
+def load_json(path: str | os.PathLike[str]) -> Any:
+    """Parsed JSON of a file; :class:`ContractError` naming it when missing or not JSON."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -95,7 +97,7 @@ def _load_json(path: str | os.PathLike[str]) -> Any:
 
 def read_inputs_json(path: str | os.PathLike[str]) -> list[SocketValue]:
     """Read ``/input/inputs.json``."""
-    return parse_inputs(_load_json(path), str(path))
+    return parse_inputs(load_json(path), str(path))
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ def parse_jobs(data: Any, where: str = "predictions.json") -> list[Job]:
 
 def read_predictions_json(path: str | os.PathLike[str]) -> list[Job]:
     """Read ``/input/predictions.json``."""
-    return parse_jobs(_load_json(path), str(path))
+    return parse_jobs(load_json(path), str(path))
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ def write_points(path: str | os.PathLike[str], points: Iterable[Point]) -> Path:
 
 def read_points(path: str | os.PathLike[str]) -> list[Point]:
     """Read a "Multiple points" JSON. Raises :class:`ContractError` when malformed."""
-    data = _load_json(path)
+    data = load_json(path)
     points = data.get("points") if isinstance(data, dict) else None
     if not isinstance(points, list):
         raise ContractError(f"{path}: not a Multiple points document (no 'points' list)")

@@ -25,6 +25,7 @@ from algorithm.plausibility import IMPLAUSIBLE_CAP
 from spine.gc import read_points
 from spine.image import Geometry
 from spine.labels import MAX_LABEL, name_of
+from spine.markups import read_markups
 from spine.verse import read_centroids_mm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,7 +158,8 @@ def test_predict_mode_on_the_real_example_ct(tmp_path: Path, phantom, capsys) ->
     assert code == 0, capsys.readouterr().err
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(f"{case}_{suffix}" for case in ("ct", "sub-phantom") for suffix in
-                           ("seg-vert_msk.nii.gz", "seg-subreg_ctd.json", "points.json", "snp.png", "report.json"))
+                           ("seg-vert_msk.nii.gz", "seg-subreg_ctd.json", "points.json", "ctd.mrk.json", "snp.png",
+                            "report.json"))
     original = sitk.ReadImage(str(ct))
     mask = sitk.ReadImage(str(out / "ct_seg-vert_msk.nii.gz"))
     assert mask.GetSize() == original.GetSize() and mask.GetPixelID() == sitk.sitkUInt8
@@ -174,6 +176,11 @@ def test_predict_mode_on_the_real_example_ct(tmp_path: Path, phantom, capsys) ->
     assert sorted(centroids) == list(PHANTOM_LABELS)
     for label, point in centroids.items():
         assert np.linalg.norm(point - phantom.centres_mm[label]) < 1.0
+    # the Slicer markups hold the same points as the GC points file, names and confidences included
+    points = read_points(out / "sub-phantom_points.json")
+    markups = read_markups(out / "sub-phantom_ctd.mrk.json")
+    assert [(p.name, p.point_mm, p.probability) for p in markups] == [(p.name, p.point_mm, p.probability)
+                                                                        for p in points]
 
 
 @pytest.mark.slow

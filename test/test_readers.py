@@ -163,3 +163,38 @@ def test_verse_miccai_layout_mm_centroids(tmp_path: Path, orientation: str):
     assert read.centroids_mm.keys() == case.centroids_mm.keys()
     for label, point in case.centroids_mm.items():
         np.testing.assert_allclose(read.centroids_mm[label], point, atol=1e-3)  # NIfTI stores float32
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "totalsegmentator-example"
+
+
+@pytest.mark.parametrize("kind", ["markups", "points"])
+def test_corrected_cases_train_without_conversion(tmp_path: Path, kind: str):
+    """A folder of corrected cases: CT, mask and the centroids as 3D Slicer markups or GC points (``predict``'s
+    files), read as the VerSe JSON would be; a VerSe JSON beside them still wins."""
+    from spine.gc import Point, write_points
+    from spine.labels import name_of
+    from spine.markups import markups_name, write_markups
+
+    ct = read_image(EXAMPLE / "ct.nii.gz")
+    truth = read_centroids_mm(EXAMPLE / "seg-vert_ctd.json", Geometry.of(ct))
+    corrected = {label: point + 2.0 for label, point in truth.items()}  # moved in the viewer
+    points = [Point(name_of(v), tuple(p), 1.0) for v, p in corrected.items()]
+    raw, der = tmp_path / "rawdata" / "sub-ts01", tmp_path / "derivatives" / "sub-ts01"
+    raw.mkdir(parents=True)
+    der.mkdir(parents=True)
+    shutil.copy(EXAMPLE / "ct.nii.gz", raw / "sub-ts01_ct.nii.gz")
+    shutil.copy(EXAMPLE / "seg-vert_msk.nii.gz", der / "sub-ts01_seg-vert_msk.nii.gz")
+    if kind == "markups":
+        write_markups(der / markups_name("sub-ts01"), points)
+    else:
+        write_points(der / "sub-ts01_points.json", points)
+    (files,) = list_cases(tmp_path)
+    assert files.layout == "verse" and files.centroids is not None
+    (case,) = list(read_cases(tmp_path))
+    assert case.centroids_mm.keys() == corrected.keys()
+    for label, point in corrected.items():
+        np.testing.assert_allclose(case.centroids_mm[label], point, atol=1e-6)
+    shutil.copy(EXAMPLE / "seg-vert_ctd.json", der / "sub-ts01_seg-subreg_ctd.json")
+    (case,) = list(read_cases(tmp_path))
+    np.testing.assert_allclose(case.centroids_mm[20], truth[20], atol=1e-6)

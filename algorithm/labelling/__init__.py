@@ -74,6 +74,17 @@ The model (all scores natural logs, "nats"; every term a log likelihood ratio ag
    must be bought by evidence. The offset is a grid dimension like the spine size: every
    pass runs over (offset, scale) hypotheses at once, about three times the work.
 
+8. **What the user knows** (:class:`Constraints`, optional): fixed labels (the candidate
+   nearest a world point is vertebra l) and spine-level facts (4, 5 or 6 lumbar, 11, 12 or 13
+   thoracic vertebrae) are hard constraints inside the model, not a relabelling afterwards. A
+   fixed candidate's other labels get ``IMPOSSIBLE`` evidence, steps that pass over it are left
+   out, chains that start below or end above it get ``IMPOSSIBLE`` start / end odds, and the empty
+   chain is no longer a labelling. A spine-level fact removes the label paths through the labels and
+   variant branches it rules out and gives the branch it decides probability 1 (the prior's variant
+   frequencies conditioned on the fact). Viterbi and forward-backward then give the best labelling
+   consistent with every constraint and the posterior given them (a fixed candidate's confidence is 1).
+   ValueError when no labelling satisfies them all.
+
 The decoder returns the exact maximiser of the total score over chains (and offsets, scales):
 Viterbi over (candidate, label) states on the ordered candidates, every skip, variant
 and rejection included. ``confidence`` is the posterior marginal of the returned label
@@ -88,10 +99,12 @@ from functools import lru_cache
 
 import numpy as np
 
+from algorithm.labelling.constraints import Constraints, Fix, parse_fix
 from algorithm.labelling.curve import order_along_spine
 from algorithm.labelling.decoder import ChainDecoder, Labelling
 
-__all__ = ["ChainDecoder", "Labelling", "decode", "label_candidates", "order_along_spine"]
+__all__ = ["ChainDecoder", "Constraints", "Fix", "Labelling", "decode", "label_candidates", "order_along_spine",
+           "parse_fix"]
 
 
 @lru_cache(maxsize=1)
@@ -100,7 +113,8 @@ def _default_decoder() -> ChainDecoder:
 
 
 def label_candidates(positions_mm: np.ndarray, scores: np.ndarray | None = None, *,
-                     regions: np.ndarray | None = None, decoder: ChainDecoder | None = None) -> Labelling:
+                     regions: np.ndarray | None = None, decoder: ChainDecoder | None = None,
+                     constraints: Constraints | None = None) -> Labelling:
     """Label vertebra candidates as one anatomically valid chain.
 
     ``positions_mm``: (N, 3) world mm, LPS (+z superior). Evidence, either or both:
@@ -109,9 +123,10 @@ def label_candidates(positions_mm: np.ndarray, scores: np.ndarray | None = None,
     [0, 1]. Values within 0.1 outside [0, 1] are clipped, others refused. Returns a
     :class:`Labelling`; labels are unique among non-zero and follow ``allowed_next`` (with
     skips) along ``order``. Raises ValueError for wrong shapes, non-finite values or no
-    evidence. ``decoder`` defaults to one built on the shipped prior.
+    evidence. ``decoder`` defaults to one built on the shipped prior. ``constraints``: what the
+    user knows (item 8); ValueError when no labelling satisfies them.
     """
-    return (decoder or _default_decoder()).label(positions_mm, scores, regions=regions)
+    return (decoder or _default_decoder()).label(positions_mm, scores, regions=regions, constraints=constraints)
 
 
 def decode(positions_mm: np.ndarray, scores: np.ndarray | None = None, *, regions: np.ndarray | None = None,

@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from algorithm.labelling.constraints import Constraints
 from algorithm.labelling_prior import CHAIN_LABELS, LabellingPrior
 from spine.labels import EVALUATED, allowed_next
 
@@ -47,11 +48,17 @@ def label_paths(max_steps: int) -> list[tuple[int, ...]]:
 
 
 def build_edges(prior: LabellingPrior, *, max_skips: int, miss_probability: float,
-                 position_sd_mm: float, size_var: float) -> Edges:
-    """Turn the prior into one edge per label path (see the module docstring, item 3)."""
+                 position_sd_mm: float, size_var: float, constraints: Constraints | None = None) -> Edges:
+    """Turn the prior into one edge per label path (see the module docstring, item 3).
+
+    With ``constraints``, only the paths the stated spine allows, their variant branches
+    conditioned on its facts (:mod:`algorithm.labelling.constraints`).
+    """
     rank = {label: k for k, label in enumerate(CHAIN_LABELS)}
     rows = []
     for path in label_paths(max_skips + 1):
+        if constraints is not None and not all(constraints.allows_step(a, b) for a, b in itertools.pairwise(path)):
+            continue
         n_steps = len(path) - 1
         steps = [prior.step(a, b) for a, b in itertools.pairwise(path)]
         medians = np.array([s.median_mm for s in steps])
@@ -60,7 +67,9 @@ def build_edges(prior: LabellingPrior, *, max_skips: int, miss_probability: floa
         mean_mm = chord * medians.sum()
         tau2 = (float((medians**2 * sds**2).sum() / medians.sum() ** 2) + size_var
                 + 2 * position_sd_mm**2 / mean_mm**2)
-        log_prior = (sum(math.log(prior.branch_probability(a, b)) for a, b in itertools.pairwise(path))
+        log_prior = (sum(math.log(prior.branch_probability(a, b)) if constraints is None
+                         else constraints.branch_log_probability(a, b, prior.branch_probability(a, b))
+                         for a, b in itertools.pairwise(path))
                      + (n_steps - 1) * math.log(miss_probability) + math.log1p(-miss_probability))
         rows.append((rank[path[0]], rank[path[-1]], log_prior, math.log(mean_mm), math.sqrt(tau2)))
     source, target, log_prior, log_mean, tau = (np.array(c) for c in zip(*rows, strict=True))
@@ -131,8 +140,10 @@ class Tables:
     A step is a triple (j, i, edge), j < i, whose distance lies within ``max_z`` standard
     deviations of the edge's mean at some scale. ``emission`` (H, N, L) is in chain-rank
     order; ``step`` and ``forward_step`` / ``backward_step`` (H, F) hold the steps' log scores in each
-    sweep's order (``IMPOSSIBLE`` at scales outside ``max_z``). ``start`` and ``end`` (L,): the log
-    odds of a chain starting / ending on each label (the prior's chain ends; zeros = none).
+    sweep's order (``IMPOSSIBLE`` at scales outside ``max_z``). ``start`` and ``end`` (N, L): the log
+    odds of a chain starting / ending on each state (the prior's chain ends, zeros = none; ``IMPOSSIBLE``
+    where a constraint forbids it). ``required``: some candidate must be in the chain (a fixed one), so
+    rejecting them all is not a labelling.
     """
 
     emission: np.ndarray
@@ -147,4 +158,5 @@ class Tables:
     backward_step: np.ndarray
     start: np.ndarray
     end: np.ndarray
+    required: bool = False
 

@@ -22,6 +22,7 @@ from algorithm.labelling.chain import (
     pairs,
     sweep,
 )
+from algorithm.labelling.constraints import Constraints
 from algorithm.labelling.curve import spine_curve
 from algorithm.labelling.evidence import OFFSET_NEIGHBOURS, RANK_TO_COLUMN, REGION_OF_RANK, validate
 from algorithm.labelling.passes import backward, forward, trace
@@ -130,6 +131,7 @@ class ChainDecoder:
     _log_prior: np.ndarray = field(init=False, repr=False, compare=False)
     _start: np.ndarray = field(init=False, repr=False, compare=False)
     _end: np.ndarray = field(init=False, repr=False, compare=False)
+    _constrained_edges: dict = field(init=False, repr=False, compare=False)
 
     @property
     def _inclusion_log_odds(self) -> float:
@@ -169,6 +171,7 @@ class ChainDecoder:
         log_distance_range = (float((edges.log_mean + log_scales[0] - reach).min()),
                               float((edges.log_mean + log_scales[-1] + reach).max()))
         object.__setattr__(self, "_edges", edges)
+        object.__setattr__(self, "_constrained_edges", {})
         object.__setattr__(self, "_log_scales", log_scales)
         object.__setattr__(self, "_log_distance_range", log_distance_range)
         log_scale_prior = log_prior - logsumexp(log_prior, axis=0)
@@ -182,6 +185,19 @@ class ChainDecoder:
         start, end = self.prior.end_log_odds()
         object.__setattr__(self, "_start", self.end_weight * start)
         object.__setattr__(self, "_end", self.end_weight * end)
+
+    def _edges_for(self, constraints: Constraints | None) -> Edges:
+        """The label paths of the stated spine (module docstring, item 8); all of them without facts."""
+        if constraints is None or constraints.spine_facts == (None, None):
+            return self._edges
+        key = constraints.spine_facts
+        if key not in self._constrained_edges:
+            size_var = self.prior.scale_log_sd**2 if self.scale_steps == 1 else 0.0
+            self._constrained_edges[key] = build_edges(
+                self.prior, max_skips=self.max_skips, miss_probability=self.miss_probability,
+                position_sd_mm=self.position_sd_mm, size_var=size_var, constraints=Constraints(
+                    lumbar=constraints.lumbar, thoracic=constraints.thoracic))
+        return self._constrained_edges[key]
 
     def _hypotheses(self, scores: np.ndarray | None) -> tuple[tuple[int, ...], np.ndarray]:
         """The offsets considered and the log prior (O * S,) of the hypotheses (offset, scale).
@@ -243,17 +259,37 @@ class ChainDecoder:
         return np.log(np.maximum(evidence, self.evidence_floor)) - math.log(self.reject_evidence)
 
     def _tables(self, positions: np.ndarray, tangents: np.ndarray, evidence: np.ndarray | None,
-                regions: np.ndarray | None, offsets: tuple[int, ...]) -> Tables:
+                regions: np.ndarray | None, offsets: tuple[int, ...], constraints: Constraints | None = None,
+                fixed: dict[int, int] | None = None) -> Tables:
         """Emission ratios (H, N, L) in chain-rank order per hypothesis (offset, scale) and the feasible
         steps of the ordered candidates, their scores (H, F) repeated over the offsets.
 
         ``tangents`` (N, 3): unit direction of the spine curve at each candidate, head to foot.
+        ``constraints`` and ``fixed`` ({ordered candidate index: chain rank}): item 8 of the module
+        docstring, as impossible emissions, starts and ends, and as steps left out.
         """
         n = len(positions)
         n_offsets, n_scales = len(offsets), len(self._log_scales)
         emission = np.repeat(self._emissions(evidence, regions, offsets), n_scales, axis=0)  # (O * S, N, L)
-        e = self._edges
+        e = self._edges_for(constraints)
+        start = np.tile(self._start, (n, 1))
+        end = np.tile(self._end, (n, 1))
         pair_j, pair_i = pairs(n)
+        if constraints is not None:
+            allowed = np.ones((n, N_LABELS), dtype=bool)
+            allowed[:, [CHAIN_LABELS.index(v) for v in constraints.forbidden_labels]] = False
+            for k, rank in (fixed or {}).items():
+                allowed[k] = False
+                allowed[k, rank] = True
+            emission = np.where(allowed, emission, emission + IMPOSSIBLE)
+        if fixed:
+            required = np.zeros(n, dtype=bool)
+            required[list(fixed)] = True
+            start[np.arange(n) > min(fixed)] += IMPOSSIBLE  # a chain starting below a fixed candidate misses it
+            end[np.arange(n) < max(fixed)] += IMPOSSIBLE
+            before = np.cumsum(required)  # fixed candidates among 0..k
+            over = before[np.maximum(pair_i - 1, 0)] - before[pair_j] > 0  # a fixed one strictly between j and i
+            pair_j, pair_i = pair_j[~over], pair_i[~over]
         displacement = positions[pair_i] - positions[pair_j]
         distance = np.maximum(np.linalg.norm(displacement, axis=1), _MIN_DISTANCE_MM)
         log_distance = np.log(distance)
@@ -263,7 +299,7 @@ class ChainDecoder:
         z = (log_distance[:, None] - e.log_mean[None, :]) * e.inv_tau  # (P, E)
         shift = self._log_scales[:, None] * e.inv_tau[None, :]  # (S, E), increasing in s
         pair, edge = np.nonzero((z >= shift[0] - self.max_z) & (z <= shift[-1] + self.max_z))
-        step = self._step_score(z[pair, edge][None, :] - shift[:, edge], edge, turn[pair])  # (S, F)
+        step = self._step_score(z[pair, edge][None, :] - shift[:, edge], e.log_norm[edge], turn[pair])  # (S, F)
         if n_offsets > 1:
             step = np.tile(step, (n_offsets, 1))  # (O * S, F): the steps do not depend on the offset
         j, i = pair_j[pair], pair_i[pair]
@@ -271,15 +307,15 @@ class ChainDecoder:
         ahead = sweep(i, target, j * N_LABELS + source, n)
         behind = sweep(j, source, i * N_LABELS + target, n)
         return Tables(emission, j, i, source, target, step,
-                      ahead, step[:, ahead.order], behind, step[:, behind.order], self._start, self._end)
+                      ahead, step[:, ahead.order], behind, step[:, behind.order], start, end, bool(fixed))
 
-    def _step_score(self, z: np.ndarray, edge: np.ndarray, turn: np.ndarray) -> np.ndarray:
-        """Log score of steps along ``edge`` whose log distance lies ``z`` edge sds from the mean at a scale.
+    def _step_score(self, z: np.ndarray, log_norm: np.ndarray, turn: np.ndarray) -> np.ndarray:
+        """Log score of steps whose log distance lies ``z`` edge sds from the mean at a scale.
 
-        ``log_prior + log N(z) / tau + turn`` (module docstring, item 3), ``IMPOSSIBLE``
-        beyond ``max_z``.
+        ``log_prior + log N(z) / tau + turn`` (module docstring, item 3; ``log_norm`` the edges'
+        ``log_prior - log(tau sqrt(2 pi))``), ``IMPOSSIBLE`` beyond ``max_z``.
         """
-        return np.where(np.abs(z) <= self.max_z, self._edges.log_norm[edge] + turn - 0.5 * z**2, IMPOSSIBLE)
+        return np.where(np.abs(z) <= self.max_z, log_norm + turn - 0.5 * z**2, IMPOSSIBLE)
 
     def _turn_penalty(self, displacement: np.ndarray, distance: np.ndarray, direction: np.ndarray) -> np.ndarray:
         """``-theta**2 / (2 s**2)`` per pair: theta the angle between the step and the spine's direction.
@@ -297,14 +333,14 @@ class ChainDecoder:
     # ----------------------------------------------------------------------- API
 
     def label(self, positions_mm: np.ndarray, scores: np.ndarray | None = None, *,
-              regions: np.ndarray | None = None) -> Labelling:
+              regions: np.ndarray | None = None, constraints: Constraints | None = None) -> Labelling:
         """Label N candidates, with posterior confidences: see :func:`algorithm.labelling.label_candidates`."""
-        return self._decode(positions_mm, scores, regions, posterior=True)
+        return self._decode(positions_mm, scores, regions, posterior=True, constraints=constraints)
 
     def decode(self, positions_mm: np.ndarray, scores: np.ndarray | None = None, *,
-               regions: np.ndarray | None = None) -> np.ndarray:
+               regions: np.ndarray | None = None, constraints: Constraints | None = None) -> np.ndarray:
         """(N,) VerSe labels, 0 for rejected candidates: the Viterbi labelling alone (no posterior)."""
-        return self._decode(positions_mm, scores, regions, posterior=False).labels
+        return self._decode(positions_mm, scores, regions, posterior=False, constraints=constraints).labels
 
     def calibrate(self, posterior: np.ndarray, *, regions_only: bool = False) -> np.ndarray:
         """``sigmoid(a logit(p) + b)`` with ``(a, b) = calibration`` (``region_calibration`` for
@@ -316,9 +352,11 @@ class ChainDecoder:
         return 1.0 / (1.0 + np.exp(-(a * (np.log(p) - np.log1p(-p)) + b)))
 
     def _decode(self, positions_mm: np.ndarray, scores: np.ndarray | None, regions: np.ndarray | None, *,
-                posterior: bool) -> Labelling:
+                posterior: bool, constraints: Constraints | None = None) -> Labelling:
         """The MAP labelling and, with ``posterior``, its calibrated marginal confidences (else nan)."""
         positions, evidence, region_evidence = validate(positions_mm, scores, regions)
+        constraints = constraints or None  # an empty Constraints constrains nothing
+        fixed = constraints.fixed_candidates(positions) if constraints is not None else {}
         n = len(positions)
         if n == 0:
             empty = np.zeros(0)
@@ -326,27 +364,34 @@ class ChainDecoder:
         offsets, log_prior = self._hypotheses(evidence)
         t, tangents = spine_curve(positions)
         order = np.argsort(t, kind="stable")
+        sorted_index = np.argsort(order)
         tables = self._tables(positions[order], tangents[order],
                               None if evidence is None else evidence[order],
-                              None if region_evidence is None else region_evidence[order], offsets)
+                              None if region_evidence is None else region_evidence[order], offsets, constraints,
+                              {int(sorted_index[k]): CHAIN_LABELS.index(v) for k, v in fixed.items()})
         with np.errstate(divide="ignore"):  # log(0) of underflowed sums is -inf, as it should be
             best, alpha = forward(tables, posterior=posterior)
             beta = backward(tables) if posterior else None
         n_hypotheses = len(log_prior)  # (offset, scale)
 
-        # MAP over (offset, scale, chain): the empty chain scores 0 under every hypothesis.
-        ended = best + self._end
-        total = np.maximum(ended.reshape(n_hypotheses, -1).max(axis=1), 0.0) + log_prior
+        # MAP over (offset, scale, chain): the empty chain scores 0 under every hypothesis (unless a fixed
+        # candidate must be in the chain).
+        ended = best + tables.end
+        empty = -np.inf if tables.required else 0.0
+        total = np.maximum(ended.reshape(n_hypotheses, -1).max(axis=1), empty) + log_prior
         s = int(np.argmax(total))
+        if total[s] - log_prior[s] <= IMPOSSIBLE / 2:
+            raise ValueError(f"no labelling satisfies the constraints ({constraints.describe(positions)}): "
+                             "the fixed labels cannot all be reached along the spine")
         marginal = None
         if alpha is not None and beta is not None:
             # Posterior marginals of (candidate, label), mixed over offsets and the scale grid.
-            log_z = np.logaddexp(logsumexp((alpha + self._end).reshape(n_hypotheses, -1), axis=1), 0.0)  # (H,)
+            log_z = np.logaddexp(logsumexp((alpha + tables.end).reshape(n_hypotheses, -1), axis=1), empty)  # (H,)
             weight = log_prior + log_z
             weight = np.exp(weight - logsumexp(weight, axis=0))
             marginal = np.einsum("s,sil->il", weight, np.exp(alpha + beta - log_z[:, None, None]))
         ranks_sorted = np.full(n, -1)
-        if ended[s].max() > 0.0:
+        if ended[s].max() > empty:
             i, label = np.unravel_index(np.argmax(ended[s]), ended[s].shape)
             for member, rank in trace(tables, best, s, int(i), int(label)):
                 ranks_sorted[member] = rank
@@ -368,7 +413,7 @@ class ChainDecoder:
                          float(np.exp(self._log_scales[scale])), int(offsets[offset]), uncertain)
 
     def score(self, positions_mm: np.ndarray, scores: np.ndarray | None, labels: np.ndarray, *,
-              regions: np.ndarray | None = None, paths: str = "max") -> float:
+              regions: np.ndarray | None = None, paths: str = "max", constraints: Constraints | None = None) -> float:
         """The model's log score (nats) of a given labelling: what :meth:`label` maximises.
 
         ``labels`` (N,): VerSe ids or 0 (rejected). Sum of the accepted candidates' evidence
@@ -379,7 +424,9 @@ class ChainDecoder:
         each with its log prior (module docstring, items 4 and 5), are maximised over with
         ``"max"`` and summed over with ``"sum"``, as the posterior mixes them. -inf for a
         labelling the model does not allow (repeated or out-of-order labels, impossible
-        steps); 0 with ``"max"`` when every candidate is rejected (one scale).
+        steps); 0 with ``"max"`` when every candidate is rejected (one scale). With ``constraints``: the
+        score under the stated spine (its label paths and conditioned variant branches, item 8), -inf
+        for a labelling that breaks a constraint.
         """
         positions, evidence, region_evidence = validate(positions_mm, scores, regions)
         labels = np.asarray(labels)
@@ -392,6 +439,11 @@ class ChainDecoder:
             raise ValueError("labels must be evaluated VerSe ids (1..25, 28) or 0")
         offsets, log_prior = self._hypotheses(evidence)
         n_scales = len(self._log_scales)
+        if constraints:
+            fixed = constraints.fixed_candidates(positions)
+            broken = any(int(labels[k]) != v for k, v in fixed.items())
+            if broken or set(labels.tolist()) & constraints.forbidden_labels:
+                return -math.inf
         if not labels.any():
             return float(log_prior.max() if paths == "max" else logsumexp(log_prior, axis=0))
         t, tangents = spine_curve(positions)
@@ -399,7 +451,7 @@ class ChainDecoder:
         ranks = [rank_of[int(labels[k])] for k in members]
         emission = self._emissions(evidence, region_evidence, offsets)[:, members, ranks].sum(axis=1)  # (O,)
         total = np.full(n_scales, self._start[ranks[0]] + self._end[ranks[-1]])
-        e = self._edges
+        e = self._edges_for(constraints or None)
         for (j, a), (i, b) in zip(zip(members[:-1], ranks[:-1], strict=True),
                                   zip(members[1:], ranks[1:], strict=True), strict=True):
             edge = np.flatnonzero((e.source == a) & (e.target == b))
@@ -410,7 +462,7 @@ class ChainDecoder:
             turn = self._turn_penalty(displacement, distance, (tangents[j] + tangents[i])[None, :])
             z = (np.log(distance) - e.log_mean[edge])[None, :] * e.inv_tau[edge] \
                 - self._log_scales[:, None] * e.inv_tau[edge]
-            step = self._step_score(z, edge, turn)  # (S, edges)
+            step = self._step_score(z, e.log_norm[edge], turn)  # (S, edges)
             total += step.max(axis=1) if paths == "max" else logsumexp(step, axis=1)
         if total.max() <= IMPOSSIBLE / 2:
             return -math.inf

@@ -19,7 +19,7 @@ def forward(t: Tables, *, posterior: bool = True) -> tuple[np.ndarray, np.ndarra
 
     ``V[i, b] = w[i, b] + max(start[b], max over steps (j, a) -> (i, b) of V[j, a] + step)`` and
     ``A[i, b] = w[i, b] + log(exp(start[b]) + sum over the same steps of exp(A[j, a] + step))``;
-    ``start[b]`` is the chain starting at (i, b). Both are computed in one stacked array;
+    ``start[i, b]`` is the chain starting at (i, b). Both are computed in one stacked array;
     A only with ``posterior``.
     """
     n_scales, n = t.emission.shape[:2]  # n_scales: the hypotheses (offset, scale)
@@ -36,7 +36,7 @@ def forward(t: Tables, *, posterior: bool = True) -> tuple[np.ndarray, np.ndarra
         segments = slice(sweep.segment_bounds[i], sweep.segment_bounds[i + 1])
         starts, labels = sweep.starts[segments], sweep.labels[segments]
         via = flat.take(sweep.other[lo:hi], axis=1) + step[:, lo:hi]  # (rows, F_i)
-        start = t.start[labels]
+        start = t.start[i, labels]
         best = np.maximum(np.maximum.reduceat(via[:n_scales], starts, axis=1) - start, 0.0)
         if not posterior:
             state[:, i, labels] += best
@@ -50,7 +50,7 @@ def forward(t: Tables, *, posterior: bool = True) -> tuple[np.ndarray, np.ndarra
 def backward(t: Tables) -> np.ndarray:
     """Sum-product beta (H, N, L): all continuations after (j, a), the chain ending there included.
 
-    ``beta[j, a] = log(exp(end[a]) + sum over steps (j, a) -> (i, b) of exp(step + w[i, b] + beta[i, b]))``.
+    ``beta[j, a] = log(exp(end[j, a]) + sum over steps (j, a) -> (i, b) of exp(step + w[i, b] + beta[i, b]))``.
     """
     n_scales, n = t.emission.shape[:2]  # n_scales: the hypotheses (offset, scale)
     beta = np.broadcast_to(t.end, (n_scales, n, _N_LABELS)).copy()
@@ -65,7 +65,7 @@ def backward(t: Tables) -> np.ndarray:
         onward = onward_flat.take(sweep.other[lo:hi], axis=1) + step[:, lo:hi]
         peak = onward.max(axis=1, keepdims=True)
         total = np.log(np.add.reduceat(np.exp(onward - peak), starts, axis=1)) + peak
-        ended = t.end[labels]
+        ended = t.end[j, labels]
         beta[:, j, labels] = np.logaddexp(total, ended)
         onward_flat[:, j * _N_LABELS + labels] += beta[:, j, labels] - ended
     return beta
@@ -84,7 +84,7 @@ def trace(t: Tables, best: np.ndarray, s: int, i: int, label: int) -> list[tuple
         last = sweep.bounds[i] + (int(sweep.starts[k + 1]) if k + 1 < hi else sweep.bounds[i + 1] - sweep.bounds[i])
         steps = sweep.order[first:last]
         via = best[s, t.j[steps], t.source[steps]] + t.step[s, steps]
-        if via.max() <= t.start[label]:  # the forward pass preferred starting the chain here
+        if via.max() <= t.start[i, label]:  # the forward pass preferred starting the chain here
             break
         step = steps[int(np.argmax(via))]
         i, label = int(t.j[step]), int(t.source[step])
