@@ -20,10 +20,11 @@ from pathlib import Path
 
 from evaluation.discover import InputError, Pairing, find_ground_truth, pair_folders, pair_gc_jobs
 from evaluation.run import evaluate_cases, metrics_document, write_metrics
+from evaluation.workers import plan_workers
 from spine.arguments import output_file, output_folder, positive_int
 from spine.console import configure_logging
 from spine.gc import ContractError
-from spine.layout import EvaluationLayout, max_workers
+from spine.layout import EvaluationLayout
 
 __all__ = ["build_parser", "main"]
 
@@ -36,7 +37,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=output_folder, metavar="DIR",
                         help="also write an HTML report with per-vertebra and per-region plots to DIR")
     parser.add_argument("--workers", type=positive_int, metavar="N",
-                        help="processes for the cases (default: GRAND_CHALLENGE_MAX_WORKERS, else the CPU count)")
+                        help="processes for the cases (default: GRAND_CHALLENGE_MAX_WORKERS, else as many as the "
+                             "CPUs and the container's memory limit allow; the log says why)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -100,11 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", str(error).replace("\n", " "))
         return 2
 
-    workers = args.workers or max_workers()
-    log.info("scoring %d cases (%d without prediction, %d predictions unmatched) with %d workers",
+    plan = plan_workers(pairing.cases, args.workers)
+    log.info("scoring %d cases (%d without prediction, %d predictions unmatched) with %d workers (%s)",
              len(pairing.cases), sum(c.prediction_mask is None for c in pairing.cases), len(pairing.unmatched),
-             min(workers, max(1, len(pairing.cases))))
-    records = evaluate_cases(pairing.cases, workers, progress=not args.no_progress)
+             plan.workers, plan.reason)
+    records = evaluate_cases(pairing.cases, plan.workers, progress=not args.no_progress)
     document = metrics_document(records, pairing.unmatched)
     path = write_metrics(args.output, document)
     aggregates = document["aggregates"]

@@ -230,7 +230,9 @@ def _distances_to(target_surface: np.ndarray, at: np.ndarray, spacing_mm: tuple[
     """Distances in mm from each voxel of ``at`` to the nearest voxel of ``target_surface`` (EDT)."""
     # edt measures the distance to the nearest zero: zeros on the target surface. Its
     # black_border=False keeps the box's edge from acting as a surface.
-    field = edt.edt(np.ascontiguousarray(~target_surface), anisotropy=spacing_mm, black_border=False, parallel=1)
+    # Handed over as uint8: edt's bool path is about 4x slower for the same (identical) result.
+    outside = np.ascontiguousarray(~target_surface).view(np.uint8)
+    field = edt.edt(outside, anisotropy=spacing_mm, black_border=False, parallel=1)
     return field[at].astype(np.float64)
 
 

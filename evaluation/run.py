@@ -1,23 +1,21 @@
 """Score many cases (in parallel) and write ``metrics.json``.
 
-Cases run in a process pool of :func:`spine.layout.max_workers` processes
-(``GRAND_CHALLENGE_MAX_WORKERS`` on Grand Challenge); with one worker, or one case, they
-run inline. A case that fails is recorded by the scorer; a worker that dies (e.g. killed
+Cases run in a process pool sized by :func:`evaluation.workers.plan_workers` (CPUs and the
+container's memory; ``--workers`` or ``GRAND_CHALLENGE_MAX_WORKERS`` override it); with one
+worker, or one case, they run inline. A case that fails is recorded by the scorer; a worker that dies (e.g. killed
 for memory) is recorded as an error for its case. Neither stops the other cases.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from evaluation.aggregate import aggregate
 from evaluation.score import ERROR, UNREADABLE_PREDICTION, CaseFiles, empty_record, score_case
@@ -36,13 +34,14 @@ def evaluate_cases(cases: Sequence[CaseFiles], workers: int, *, progress: bool =
     """
     workers = max(1, min(int(workers), len(cases)))
     records: dict[str, dict[str, Any]] = {}
-    with logging_redirect_tqdm(), tqdm(total=len(cases), desc="cases", unit="case", leave=False,
-                                       disable=True if not progress else None) as bar:
+    with _progress(len(cases), progress) as advance:
         if workers == 1:
             for case in cases:
                 records[case.case_id] = _warned(case.case_id, score_case(case))
-                bar.update()
+                advance()
         else:
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
             log.debug("scoring %d cases in %d processes", len(cases), workers)
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 futures = {pool.submit(score_case, case): case for case in cases}
@@ -54,8 +53,22 @@ def evaluate_cases(cases: Sequence[CaseFiles], workers: int, *, progress: bool =
                         reason = f"{ERROR}: worker failed: {type(error).__name__}: {error}"
                         record = empty_record(reason[:300])
                     records[case.case_id] = _warned(case.case_id, record)
-                    bar.update()
+                    advance()
     return {case_id: records[case_id] for case_id in sorted(records)}
+
+
+@contextlib.contextmanager
+def _progress(total: int, wanted: bool) -> Iterator[Any]:
+    """A progress bar's ``update`` on a terminal (log lines printed clear of it); a no-op
+    elsewhere, without importing tqdm (a log file gets no bar, the run no import time)."""
+    if not (wanted and sys.stderr.isatty()):
+        yield lambda: None
+        return
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(), tqdm(total=total, desc="cases", unit="case", leave=False) as bar:
+        yield bar.update
 
 
 def _warned(case_id: str, record: dict[str, Any]) -> dict[str, Any]:

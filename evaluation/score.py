@@ -54,6 +54,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,6 +337,9 @@ def _world(centre_index_zyx: np.ndarray, geometry: Geometry) -> np.ndarray:
 def label_array(image: sitk.Image, role: str, notes: list[str], *, note_pixel_type: bool = True) -> np.ndarray:
     """Label map of an image as uint8 in 0..28, ``(k, j, i)`` order; what was changed goes to ``notes``.
 
+    When the image already is such a map the result is a read-only VIEW of its buffer (no
+    copy of a whole volume): keep ``image`` referenced while the array is in use.
+
     Unsigned integer pixels are used as they are. Signed or floating-point pixels are accepted
     when every value is integral (noted unless ``note_pixel_type`` is False: VerSe's own
     ground truth is stored as float); otherwise :class:`LabelMapError`. Values outside
@@ -356,9 +360,9 @@ def label_array(image: sitk.Image, role: str, notes: list[str], *, note_pixel_ty
             notes.append(f"{role} pixel type {kind} accepted")
     elif not np.issubdtype(array.dtype, np.unsignedinteger):
         raise LabelMapError(f"{role} has pixel type {kind}, not a label map")
+    if array.dtype == np.uint8 and (array.size == 0 or int(array.max()) <= MAX_LABEL):
+        return array  # the common case: a read-only view, no copy (the caller keeps ``image`` alive)
     low, high = array.min(initial=0), array.max(initial=0)
-    if array.dtype == np.uint8 and high <= MAX_LABEL:
-        return sitk.GetArrayFromImage(image)  # the common case (a copy: a view would need the image kept alive)
     out = np.zeros(array.shape, dtype=np.uint8)
     if low < 0 or high > MAX_LABEL:
         inside = (array >= 0) & (array <= MAX_LABEL)
@@ -424,17 +428,21 @@ def score_case(case: CaseFiles) -> dict[str, Any]:
 def _score_case(case: CaseFiles, *, use_prediction: bool, first_note: str | None = None) -> CaseScore:
     notes: list[str] = [first_note] if first_note else []
     notes.extend(case.notes)
-    reference_image = read_image(case.reference_mask)
-    geometry = Geometry.of(reference_image)
-    reference = label_array(reference_image, "ground truth", notes, note_pixel_type=False)
-    del reference_image
-    reference_centroids = _reference_centroids(case, geometry, notes)
-    if use_prediction:
-        prediction, predicted_centroids = _read_prediction(case, geometry, notes)
-    else:
-        prediction, predicted_centroids = None, {}
+    with ThreadPoolExecutor(1) as reader:  # SimpleITK releases the GIL: both volumes are read at once
+        pending = reader.submit(read_image, case.prediction_mask) \
+            if use_prediction and case.prediction_mask is not None else None
+        reference_image = read_image(case.reference_mask)
+        geometry = Geometry.of(reference_image)
+        # a view into the image's buffer (no copy): the images stay referenced until scoring ends
+        reference = label_array(reference_image, "ground truth", notes, note_pixel_type=False)
+        reference_centroids = _reference_centroids(case, geometry, notes)
+        if use_prediction:
+            prediction_image, prediction, predicted_centroids = _read_prediction(case, pending, geometry, notes)
+        else:
+            prediction_image, prediction, predicted_centroids = None, None, {}
     score = score_label_maps(reference, prediction, geometry, reference_centroids_mm=reference_centroids,
                              predicted_centroids_mm=predicted_centroids)
+    del reference_image, prediction_image  # only now: the label maps may be views of them
     return score.with_notes(*notes)
 
 
@@ -449,14 +457,18 @@ def _reference_centroids(case: CaseFiles, geometry: Geometry, notes: list[str]) 
 
 
 def _read_prediction(
-    case: CaseFiles, geometry: Geometry, notes: list[str]
-) -> tuple[np.ndarray | None, dict[int, np.ndarray] | None]:
-    """Prediction label map on the ground-truth grid (None = empty) and its centroids (None = from the mask)."""
-    if case.prediction_mask is None:
+    case: CaseFiles, pending: Future[sitk.Image] | None, geometry: Geometry, notes: list[str]
+) -> tuple[sitk.Image | None, np.ndarray | None, dict[int, np.ndarray] | None]:
+    """The prediction image (keep it while its label map is used), its label map on the
+    ground-truth grid (None = empty) and its centroids (None = from the mask).
+
+    ``pending`` is the read started beside the ground truth's (None when there is no file).
+    """
+    if case.prediction_mask is None or pending is None:
         notes.insert(0, case.missing_reason)
-        return None, {}
+        return None, None, {}
     try:
-        image = read_image(case.prediction_mask)
+        image = pending.result()
         own_geometry = Geometry.of(image)
         if not own_geometry.same_as(geometry):
             image = resample_onto(image, geometry, nearest=True, default=0)
@@ -464,8 +476,8 @@ def _read_prediction(
         prediction = label_array(image, "prediction", notes)
     except (ImageError, LabelMapError) as error:
         notes.insert(0, f"{UNREADABLE_PREDICTION}: {error}"[:300])
-        return None, {}
-    return prediction, _predicted_centroids(case.prediction_points, own_geometry, notes)
+        return None, None, {}
+    return image, prediction, _predicted_centroids(case.prediction_points, own_geometry, notes)
 
 
 def _predicted_centroids(path: Path | None, geometry: Geometry, notes: list[str]) -> dict[int, np.ndarray] | None:

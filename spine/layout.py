@@ -7,7 +7,6 @@ roots can point at local folders for tests and researchers.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,6 @@ __all__ = [
     "EvaluationLayout",
     "MODEL_DIR_ENV",
     "SocketSpec",
-    "max_workers",
 ]
 
 
@@ -82,16 +80,3 @@ class EvaluationLayout:
     def job_output(self, pk: str, relative_path: str) -> Path:
         """File or folder of one job's output socket: ``/input/<pk>/output/<relative_path>``."""
         return self.input_dir / pk / "output" / relative_path
-
-
-def max_workers(default: int | None = None) -> int:
-    """Process-pool size: ``GRAND_CHALLENGE_MAX_WORKERS`` when set, else the CPU count."""
-    raw = os.environ.get("GRAND_CHALLENGE_MAX_WORKERS", "")
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value > 0:
-        return value
-    return default or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                          else (os.cpu_count() or 1))

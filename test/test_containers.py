@@ -54,11 +54,12 @@ def writable(path: Path) -> Path:
     return path
 
 
-def run_gc(tag: str, mounts: dict[Path, str], *args: str) -> subprocess.CompletedProcess[str]:
+def run_gc(tag: str, mounts: dict[Path, str], *args: str, memory: str = "8g",
+           cpus: str | None = None) -> subprocess.CompletedProcess[str]:
     """``docker run`` with GC's restrictions; ``mounts`` maps host folders to container paths."""
-    command = ["run", "--rm", "--network", "none", "--memory", "8g", "--memory-swap", "8g",
+    command = ["run", "--rm", "--network", "none", "--memory", memory, "--memory-swap", memory,
                "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--pids-limit", "256",
-               "--tmpfs", "/tmp:rw,exec,size=2g"]
+               "--tmpfs", "/tmp:rw,exec,size=2g", *(["--cpus", cpus] if cpus else [])]
     for host, target in mounts.items():
         command += ["-v", f"{host}:{target}"]
     return docker(*command, tag, *args, check=False)
@@ -94,6 +95,43 @@ def test_evaluation_image_scores_a_gc_layout(tmp_path: Path) -> None:
     assert cases["case-c"]["dice"] == 0.0 and cases["case-c"]["status"] != "ok"
     assert 0.0 < metrics["aggregates"]["dice"]["mean"] < 1.0
     assert metrics["aggregates"]["dice"]["count"] == 3
+
+
+def clinical_pair(folder: Path) -> tuple[Path, Path]:
+    """A 512x512x400 ground truth (.nii.gz, 20 vertebra boxes, 0.7x0.7x1 mm) and a prediction
+    (.mha, every box one voxel off): clinical size, 100 MiB per volume in memory."""
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = np.zeros((400, 512, 512), dtype=np.uint8)
+    for n, label in enumerate(range(5, 25)):
+        truth[8 + 19 * n:8 + 19 * n + 15, 200:300, 190:330] = label
+    prediction = np.roll(truth, 1, axis=0)
+    paths = []
+    for array, name in ((truth, "gt.nii.gz"), (prediction, "pred.mha")):
+        volume = sitk.GetImageFromArray(array)
+        volume.SetSpacing((0.7, 0.7, 1.0))
+        sitk.WriteImage(volume, str(folder / name), True)
+        paths.append(folder / name)
+    return paths[0], paths[1]
+
+
+def test_evaluation_image_with_2g_and_2_cpus_scores_20_clinical_cases(tmp_path: Path) -> None:
+    """The pool sizes itself from the container's limits (GC strips GRAND_CHALLENGE_MAX_WORKERS):
+    20 clinical-size cases under --memory 2g --cpus 2 finish without an OOM kill."""
+    truth, prediction = clinical_pair(tmp_path / "volumes")
+    cases = [f"sub-clin{n:03d}" for n in range(20)]
+    ground_truth = make_ground_truth(tmp_path / "gt", [(case, truth, None) for case in cases])
+    inputs = make_evaluation_input(tmp_path / "input", [(f"{case}_ct.mha", prediction, None) for case in cases])
+    output = writable(tmp_path / "output")
+    result = run_gc(image("evaluation"), {inputs: "/input:ro", ground_truth: "/opt/ml/input/data/ground_truth:ro",
+                                          output: "/output"}, memory="2g", cpus="2")
+    assert result.returncode == 0, result.stderr[-3000:]  # 137 would be the OOM killer
+    plan = next(line for line in result.stderr.splitlines() if "workers (" in line)
+    assert "memory limit 2.00 GiB" in plan, plan
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert sorted(metrics["case"]) == cases
+    assert all(record["vertebrae"] == 20 and record["status"].startswith("centroids:")
+               for record in metrics["case"].values())
+    assert metrics["aggregates"]["cases"]["error"] == 0
 
 
 def test_evaluation_image_rejects_a_malformed_predictions_json(tmp_path: Path) -> None:
