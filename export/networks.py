@@ -13,9 +13,11 @@ within 4 GB: a few hundred thousand to about two million parameters per stage.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +33,7 @@ __all__ = [
     "count_parameters",
     "default_network_config",
     "probabilities",
+    "weights_from_onnx",
 ]
 
 
@@ -241,3 +244,47 @@ def build_network(meta: ModelMeta, config: NetworkConfig | None = None) -> UNet3
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def weights_from_onnx(network: nn.Module, path: str | os.PathLike[str]) -> int:
+    """Load an exported model's weights (``export onnx`` of the same architecture) into ``network``; returns
+    how many tensors were loaded.
+
+    Convolutions and the head keep their state-dict names in the ONNX file (``network.<key>``). The
+    instance norms' weight and bias appear, in graph order, as the unnamed constants the export divides
+    by and adds (:class:`InstanceNorm3d`), so they are assigned to the norms in module order. Raises
+    ValueError when anything is missing or of another shape: fine-tuning must start from exactly that
+    model (the export's parity check then confirms the mapping).
+    """
+    import re
+
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    tensors = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    state = network.state_dict()
+    loaded: dict[str, torch.Tensor] = {}
+    for key in state:
+        name = f"network.{key}"
+        if name in tensors:
+            loaded[key] = torch.from_numpy(tensors[name].copy())
+
+    def numbered(prefix: str) -> list[np.ndarray]:
+        found = [(int(m.group(1)), array) for name, array in tensors.items()
+                 if (m := re.fullmatch(rf"onnx::{prefix}_(\d+)", name))]
+        return [array for _, array in sorted(found, key=lambda pair: pair[0])]
+
+    norms = [name for name, module in network.named_modules() if isinstance(module, nn.InstanceNorm3d)]
+    scales, shifts = numbered("Div"), numbered("Add")
+    if len(scales) != len(norms) or len(shifts) != len(norms):
+        raise ValueError(f"{path}: {len(scales)} norm scales and {len(shifts)} shifts for {len(norms)} norms")
+    for name, scale, shift in zip(norms, scales, shifts, strict=True):
+        loaded[f"{name}.weight"] = torch.from_numpy(scale.reshape(-1).copy())
+        loaded[f"{name}.bias"] = torch.from_numpy(shift.reshape(-1).copy())
+    missing = [k for k in state if k not in loaded]
+    wrong = [k for k, v in loaded.items() if tuple(v.shape) != tuple(state[k].shape)]
+    if missing or wrong:
+        raise ValueError(f"{path}: not this architecture (missing {missing[:3]}, other shapes {wrong[:3]})")
+    network.load_state_dict(loaded)
+    return len(loaded)

@@ -80,6 +80,7 @@ class TrainConfig:
     base_channels: int | None = None
     depth: int | None = None
     trained_on: str | None = None
+    init_from: str | None = None
     augment: bool = True
     progress: bool = True
 
@@ -299,6 +300,11 @@ def train(config: TrainConfig) -> TrainResult:
         optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         start, best_score, best_iteration, wall_s = 0, -math.inf, 0, 0.0
         history: list[dict[str, Any]] = []
+        if checkpoint is None and config.init_from:
+            from .networks import weights_from_onnx
+
+            count = weights_from_onnx(network, config.init_from)
+            log.info("%s: started from the weights of %s (%d tensors)", meta.stage, config.init_from, count)
         if checkpoint is not None:
             network.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -430,6 +436,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--sigma-mm", type=positive_float, help="heatmap sigma override (mm)")
     parser.add_argument("--base-channels", type=positive_int, help="U-Net width at full resolution")
     parser.add_argument("--depth", type=positive_int, help="U-Net resolution levels")
+    parser.add_argument("--init-from", metavar="MODEL.onnx",
+                        help="start from an exported model's weights (same stage and architecture): fine-tuning")
     parser.add_argument("--trained-on", help="provenance text for the model metadata")
     parser.add_argument("--no-augment", action="store_true", help="disable augmentation")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
@@ -445,6 +453,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         patch=tuple(args.patch) if args.patch else None,
         spacing=tuple(args.spacing) if args.spacing else None,
         sigma_mm=args.sigma_mm, base_channels=args.base_channels, depth=args.depth, trained_on=args.trained_on,
+        init_from=args.init_from,
         augment=not args.no_augment, progress=not args.no_progress,
     )
 

@@ -333,3 +333,34 @@ def test_volume_dataclass_defaults() -> None:
                          Geometry((2, 2, 2), (1.0, 2.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)))
     np.testing.assert_allclose(volume.spacing_zyx_mm, (3.0, 2.0, 1.0))
     assert world_to_zyx(volume.grid, np.array([3.0, 4.0, 6.0])).tolist() == [2.0, 2.0, 3.0]
+
+
+def test_weights_from_onnx_rebuild_the_bundled_locate_model_exactly() -> None:
+    """Fine-tuning starts from an exported model: the torch network rebuilt from the ONNX file gives its outputs."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from export.networks import (
+        NetworkConfig,
+        ProbabilityModel,
+        build_network,
+        default_network_config,
+        weights_from_onnx,
+    )
+    from spine.modelmeta import ModelMeta
+
+    path = Path(__file__).parents[1] / "algorithm" / "models" / "locate.onnx"
+    meta = ModelMeta.from_props({p.key: p.value for p in onnx.load(str(path)).metadata_props})
+    network = build_network(meta, default_network_config("locate"))
+    assert weights_from_onnx(network, path) == len(network.state_dict())
+    x = np.random.default_rng(0).normal(0.0, 0.5, (1, 1, *meta.patch_shape_zyx)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: x})[0]
+    network.eval()
+    with torch.no_grad():
+        got = ProbabilityModel(network)(torch.from_numpy(x)).numpy()
+    assert np.abs(got - expected).max() < 1e-4
+    wider = build_network(meta, NetworkConfig(**{**default_network_config("locate").to_dict(), "base_channels": 4}))
+    with pytest.raises(ValueError, match="not this architecture"):
+        weights_from_onnx(wider, path)
