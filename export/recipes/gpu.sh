@@ -25,6 +25,8 @@ prepare)
   for d in totalsegmentator-example tptbox-lumbar verse-sub-verse014 totalsegmentator-aorta; do
     cp -r "$shared/$d" .gpu-data/data/
   done
+  mkdir -p .gpu-data/base-models  # the recipe's starting point (no git history travels)
+  for stage in detect locate segment; do git show "90d8624:algorithm/models/$stage.onnx" > ".gpu-data/base-models/$stage.onnx"; done
   python3 -c "from export.synth_shapes import load_templates; load_templates()"  # fills the cache
   cp ~/.cache/verse-gc/vertebra-templates-*.npz .gpu-data/cache/
   du -sh .whl .gpu-data
@@ -36,6 +38,7 @@ train)
   out=${OUT:-/tmp/out}
   mkdir -p "$out"
   minutes=${GPU_MINUTES:-8}
+  mkdir -p /tmp/work && cp -r .gpu-data/base-models /tmp/work/
   # No VerSe masks travel: the synthesiser reads the template library prepared here.
   VERSE_GC_TEMPLATES=$(ls .gpu-data/cache/vertebra-templates-*.npz | head -n 1)
   export VERSE_GC_TEMPLATES
