@@ -4,11 +4,13 @@
 # That machine has PyTorch, ONNX, ONNX Runtime, SciPy and tqdm but no SimpleITK, cc3d or edt, and it cannot
 # see ../shared. So, here first (a developer checkout beside ../shared, pip reaching PyPI):
 #   bash export/recipes/gpu.sh prepare        # wheels into .whl/, real data + template cache into .gpu-data/
-# then one device call, carrying both (about 40 MB):
-#   run(command="bash export/recipes/gpu.sh train", carry=[".whl", ".gpu-data"], timeout_s=590)
+# then two device calls back to back (the wheels, ~61 MB, and the data do not fit the 64 MiB of one call; the
+# installed packages stay in .site/, an ignored folder the warm machine keeps between calls):
+#   run(command="bash export/recipes/gpu.sh install", carry=[".whl"], timeout_s=120)
+#   run(command="bash export/recipes/gpu.sh train", carry=[".gpu-data"], timeout_s=590)
 # It trains locate/segment/detect at full iteration counts on CUDA for at most GPU_MINUTES (default 8) in all,
-# exports ONNX (parity-checked) and writes models, logs and the real-CT table under $OUT (the device tool's
-# output folder). Copy the models into algorithm/models only after bench/real.py here agrees.
+# exports ONNX (parity-checked) and writes models and logs under $OUT (the device tool's output folder); the
+# real-CT table is then made here with bench/real.py --models (the unseen cases do not travel). Copy the models into algorithm/models only after bench/real.py here agrees.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 step=${1:-}
@@ -16,24 +18,27 @@ case "$step" in
 prepare)
   grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
   grep -qx '/.gpu-data/' .git/info/exclude 2>/dev/null || echo '/.gpu-data/' >> .git/info/exclude
+  grep -qx '/.site/' .git/info/exclude 2>/dev/null || echo '/.site/' >> .git/info/exclude
   mkdir -p .whl .gpu-data/data .gpu-data/cache
   for pkg in SimpleITK connected-components-3d edt; do
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "$pkg"
   done
   shared=../shared/data
-  for d in totalsegmentator-example tptbox-lumbar verse-sub-verse014 totalsegmentator-aorta; do
-    cp -r "$shared/$d" .gpu-data/data/
-  done
+  cp -r "$shared/tptbox-lumbar" .gpu-data/data/  # the example is in the repository; the unseen cases stay here
   mkdir -p .gpu-data/base-models  # the recipe's starting point (no git history travels)
   for stage in detect locate segment; do git show "90d8624:algorithm/models/$stage.onnx" > ".gpu-data/base-models/$stage.onnx"; done
-  python3 -c "from export.synth_shapes import load_templates; load_templates()"  # fills the cache
-  cp ~/.cache/verse-gc/vertebra-templates-*.npz .gpu-data/cache/
+  library=$(python3 -c "from export.real_cases import shared_data_dir as d; from export.synth_shapes import \
+load_templates, _cache_file; load_templates(); print(_cache_file(d()))")
+  cp "$library" .gpu-data/cache/
   du -sh .whl .gpu-data
   ;;
+install)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target .site .whl/*.whl
+  PYTHONPATH=.site python3 -c "import SimpleITK, cc3d, edt; print('installed', SimpleITK.Version_VersionString())"
+  ;;
 train)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD VERSE_GC_DATA=$PWD/.gpu-data/data VERSE_GC_CACHE=$PWD/.gpu-data/cache
+  export PYTHONPATH=$PWD/.site:$PWD VERSE_GC_DATA=$PWD/.gpu-data/data VERSE_GC_CACHE=$PWD/.gpu-data/cache
   export PYTHONUNBUFFERED=1
   out=${OUT:-/tmp/out}
   mkdir -p "$out"
@@ -50,7 +55,7 @@ train)
   cp /tmp/work/runs/real-mix/*/history.jsonl "$out/" 2>/dev/null || true
   ;;
 *)
-  echo "usage: bash export/recipes/gpu.sh prepare|train" >&2
+  echo "usage: bash export/recipes/gpu.sh prepare|install|train" >&2
   exit 2
   ;;
 esac
