@@ -4,7 +4,7 @@
 # That machine has PyTorch, ONNX, ONNX Runtime, SciPy and tqdm but no SimpleITK, cc3d or edt, and it cannot
 # see ../shared. So, here first (a developer checkout beside ../shared, pip reaching PyPI):
 #   bash export/recipes/gpu.sh prepare        # wheels into .whl/, real data + template cache into .gpu-data/
-# then two device calls back to back (the wheels, ~61 MB, and the data do not fit the 64 MiB of one call; the
+# then two device calls back to back (SimpleITK's wheel, ~50 MiB, and the data do not fit the 64 MiB of one call; the
 # installed packages stay in .site/, an ignored folder the warm machine keeps between calls):
 #   run(command="bash export/recipes/gpu.sh install", carry=[".whl"], timeout_s=120)
 #   run(command="bash export/recipes/gpu.sh train", carry=[".gpu-data"], timeout_s=590)
@@ -20,9 +20,12 @@ prepare)
   grep -qx '/.gpu-data/' .git/info/exclude 2>/dev/null || echo '/.gpu-data/' >> .git/info/exclude
   grep -qx '/.site/' .git/info/exclude 2>/dev/null || echo '/.site/' >> .git/info/exclude
   mkdir -p .whl .gpu-data/data .gpu-data/cache
+  # SimpleITK (~50 MiB) travels alone in the first call; cc3d and edt ride with the data in the second.
+  mkdir -p .gpu-data/whl
   for pkg in SimpleITK connected-components-3d edt; do
+    dest=.gpu-data/whl; [ "$pkg" = SimpleITK ] && dest=.whl
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "$pkg"
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dest" "$pkg"
   done
   shared=../shared/data
   cp -r "$shared/tptbox-lumbar" .gpu-data/data/  # the example is in the repository; the unseen cases stay here
@@ -35,9 +38,10 @@ load_templates, _cache_file; load_templates(); print(_cache_file(d()))")
   ;;
 install)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target .site .whl/*.whl
-  PYTHONPATH=.site python3 -c "import SimpleITK, cc3d, edt; print('installed', SimpleITK.Version_VersionString())"
+  PYTHONPATH=.site python3 -c "import SimpleITK; print('installed SimpleITK', SimpleITK.Version_VersionString())"
   ;;
 train)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target .site .gpu-data/whl/*.whl
   export PYTHONPATH=$PWD/.site:$PWD VERSE_GC_DATA=$PWD/.gpu-data/data VERSE_GC_CACHE=$PWD/.gpu-data/cache
   export PYTHONUNBUFFERED=1
   out=${OUT:-/tmp/out}
@@ -48,7 +52,7 @@ train)
   VERSE_GC_TEMPLATES=$(ls .gpu-data/cache/vertebra-templates-*.npz | head -n 1)
   export VERSE_GC_TEMPLATES
   # The GPU runs ~20x the CPU's iterations in its share of the minutes.
-  WORK=/tmp/work DEVICE=cuda OUT="$out/models" ITERATIONS_SCALE=${ITERATIONS_SCALE:-10} \
+  WORK=/tmp/work DEVICE=${DEVICE:-cuda} OUT="$out/models" ITERATIONS_SCALE=${ITERATIONS_SCALE:-10} \
     LOCATE_MINUTES=$(( minutes * 5 / 8 )) SEGMENT_MINUTES=$(( minutes * 2 / 8 )) \
     DETECT_MINUTES=$(( minutes - minutes * 7 / 8 )) \
     bash export/recipes/real-mix.sh 2>&1 | tee "$out/train.log"
