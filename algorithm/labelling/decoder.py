@@ -21,6 +21,7 @@ from algorithm.labelling.chain import (
     logsumexp,
     pairs,
     sweep,
+    visit_log_probability,
 )
 from algorithm.labelling.constraints import Constraints
 from algorithm.labelling.curve import spine_curve
@@ -129,6 +130,7 @@ class ChainDecoder:
     _log_distance_range: tuple[float, float] = field(init=False, repr=False, compare=False)
     _offsets: tuple[int, ...] = field(init=False, repr=False, compare=False)
     _log_prior: np.ndarray = field(init=False, repr=False, compare=False)
+    _first: np.ndarray = field(init=False, repr=False, compare=False)
     _start: np.ndarray = field(init=False, repr=False, compare=False)
     _end: np.ndarray = field(init=False, repr=False, compare=False)
     _constrained_edges: dict = field(init=False, repr=False, compare=False)
@@ -183,8 +185,18 @@ class ChainDecoder:
         # Log prior of each hypothesis (offset, scale): the offset's log odds against o = 0 plus the scale's.
         object.__setattr__(self, "_log_prior", (log_odds[:, None] + log_scale_prior[None, :]).ravel())
         start, end = self.prior.end_log_odds()
-        object.__setattr__(self, "_start", self.end_weight * start)
+        object.__setattr__(self, "_first", self.end_weight * start)
+        object.__setattr__(self, "_start", self._first + visit_log_probability(self.prior))
         object.__setattr__(self, "_end", self.end_weight * end)
+
+    def _start_for(self, constraints: Constraints | None) -> np.ndarray:
+        """(L,) log odds of a chain starting on each label: the variant prior of its first label
+        (:func:`~algorithm.labelling.chain.visit_log_probability`, conditioned on the stated spine's facts)
+        plus ``end_weight`` times the prior's chain-start log odds (item 6)."""
+        if constraints is None or constraints.spine_facts == (None, None):
+            return self._start
+        facts = Constraints(lumbar=constraints.lumbar, thoracic=constraints.thoracic)
+        return self._first + visit_log_probability(self.prior, facts)
 
     def _edges_for(self, constraints: Constraints | None) -> Edges:
         """The label paths of the stated spine (module docstring, item 8); all of them without facts."""
@@ -272,7 +284,7 @@ class ChainDecoder:
         n_offsets, n_scales = len(offsets), len(self._log_scales)
         emission = np.repeat(self._emissions(evidence, regions, offsets), n_scales, axis=0)  # (O * S, N, L)
         e = self._edges_for(constraints)
-        start = np.tile(self._start, (n, 1))
+        start = np.tile(self._start_for(constraints), (n, 1))
         end = np.tile(self._end, (n, 1))
         pair_j, pair_i = pairs(n)
         if constraints is not None:
@@ -450,7 +462,7 @@ class ChainDecoder:
         members = [k for k in np.argsort(t, kind="stable") if labels[k] != 0]
         ranks = [rank_of[int(labels[k])] for k in members]
         emission = self._emissions(evidence, region_evidence, offsets)[:, members, ranks].sum(axis=1)  # (O,)
-        total = np.full(n_scales, self._start[ranks[0]] + self._end[ranks[-1]])
+        total = np.full(n_scales, self._start_for(constraints or None)[ranks[0]] + self._end[ranks[-1]])
         e = self._edges_for(constraints or None)
         for (j, a), (i, b) in zip(zip(members[:-1], ranks[:-1], strict=True),
                                   zip(members[1:], ranks[1:], strict=True), strict=True):
