@@ -9,6 +9,9 @@ import pytest
 from test_support import REPO
 
 from algorithm.labelling import ChainDecoder, label_candidates
+from algorithm.labelling.region_model import FALSE_CLASS, class_groups, fit_region_model, training_ranks
+from algorithm.labelling_prior import CHAIN_LABELS
+from spine.labels import label_of
 from spine.vid import read_keypoints, read_scan
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -74,3 +77,26 @@ def test_a_broken_keypoint_file_is_named(tmp_path) -> None:
     bad.write_text('[{"coordinates": {}}]', encoding="utf-8")
     with pytest.raises(ValueError, match=r"x\.json: keypoint 0"):
         read_keypoints(bad)
+
+
+def test_a_fitted_region_model_reads_low_probabilities_as_a_false_detection() -> None:
+    # Real detections of the fixture scans, their truth from the annotations; a false detection
+    # (every probability low) is then far likelier false than any level, a clear T body thoracic.
+    scans = [read_scan(FIXTURE, WHOLE), read_scan(FIXTURE, FROM_T12)]
+    rank = {label: k for k, label in enumerate(CHAIN_LABELS)}
+    regions = np.concatenate([s.region_probabilities for s in scans] + [np.full((4, 3), 0.04)])
+    ranks = np.concatenate([training_ranks(s.bodies_mm, s.truth_mm, np.array([rank[int(v)] for v in s.truth_labels]))
+                            for s in scans] + [np.full(4, FALSE_CLASS)])
+    assert (ranks >= 0).sum() == 14 and (ranks == FALSE_CLASS).sum() == 4
+    model = fit_region_model(regions, ranks, groups="region")
+    ratio = model.log_ratio(np.array([[0.04, 0.05, 0.04], [0.02, 0.99, 0.03]]))
+    assert ratio.shape == (2, 26)
+    assert ratio[0].max() < -1.0
+    thoracic, lumbar = rank[label_of("T8")], rank[label_of("L3")]
+    assert ratio[1, thoracic] > 1.0 and ratio[1, thoracic] > ratio[1, lumbar] + 1.0
+    assert np.all(ratio[:, rank[label_of("T3")]] == ratio[:, thoracic])  # one ratio per region
+    decoder = ChainDecoder(region_model=model, region_weight=1.0)
+    result = decoder.label(scans[0].bodies_mm, regions=scans[0].region_probabilities)
+    assert set(result.labels.tolist()) - {0} == set(scans[0].truth_labels.tolist())
+    with pytest.raises(ValueError, match="region, level or junction"):
+        class_groups("vertebra")

@@ -27,6 +27,7 @@ from algorithm.labelling.constraints import Constraints
 from algorithm.labelling.curve import spine_curve
 from algorithm.labelling.evidence import OFFSET_NEIGHBOURS, RANK_TO_COLUMN, REGION_OF_RANK, validate
 from algorithm.labelling.passes import backward, forward, trace
+from algorithm.labelling.region_model import RegionModel
 from algorithm.labelling_prior import CHAIN_LABELS, LabellingPrior, load_default
 from spine.labels import LOCATE_CHANNELS
 
@@ -100,7 +101,8 @@ class ChainDecoder:
     (identity by default: on the VID detector's output the raw posterior's ECE is 0.03 and a
     Platt fit by cross-validation made it worse, ``bench/labelling_real.py --calibrate``).
     ``uncertain_below``: a case is flagged uncertain when an accepted candidate's calibrated
-    confidence is below it.
+    confidence is below it. ``region_model``: a fitted reading of region probabilities as likelihood
+    ratios (:mod:`algorithm.labelling.region_model`) in place of the ratio against ``reject_evidence``.
 
     The passes run over hypotheses h = (offset, scale), ``h = offset_index * S + scale_index``.
     """
@@ -124,6 +126,7 @@ class ChainDecoder:
     calibration: tuple[float, float] = (1.0, 0.0)
     region_calibration: tuple[float, float] = (1.0, 0.0)
     uncertain_below: float = 0.8
+    region_model: RegionModel | None = field(default=None, repr=False, compare=False)
     _edges: Edges = field(init=False, repr=False, compare=False)
     _log_scales: np.ndarray = field(init=False, repr=False, compare=False)
     _log_scale_prior: np.ndarray = field(init=False, repr=False, compare=False)
@@ -249,7 +252,9 @@ class ChainDecoder:
         ``region_weight`` times the regions' (item 2), the prior odds of a true vertebra once."""
         total = 0.0
         if regions is not None:
-            total = self.region_weight * self._ratio(regions[:, REGION_OF_RANK])[None]
+            ratio = (self._ratio(regions[:, REGION_OF_RANK]) if self.region_model is None
+                     else self.region_model.log_ratio(regions))
+            total = self.region_weight * ratio[None]
         if evidence is None:
             return total + self._inclusion_log_odds
         chain = evidence[:, RANK_TO_COLUMN]  # (N, L)
