@@ -121,7 +121,7 @@ class ChainDecoder:
     anchor_margin: float = 0.2
     anchor_min_evidence: float = 0.5
     offset_probability: float = 0.05
-    region_weight: float = 3.0
+    region_weight: float = 5.0
     end_weight: float = 0.0
     calibration: tuple[float, float] = (1.0, 0.0)
     region_calibration: tuple[float, float] = (1.0, 0.0)
