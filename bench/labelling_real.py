@@ -52,7 +52,15 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from algorithm.labelling import ChainDecoder, Constraints, Fix  # noqa: E402
-from algorithm.labelling_prior import LabellingPrior, fit, read_landmarks, sacrum_room, vid_landmarks  # noqa: E402
+from algorithm.labelling.region_model import RegionModel, fit_region_model, training_ranks  # noqa: E402
+from algorithm.labelling_prior import (  # noqa: E402
+    CHAIN_LABELS,
+    LabellingPrior,
+    fit,
+    read_landmarks,
+    sacrum_room,
+    vid_landmarks,
+)
 from spine.labels import LOCATE_CHANNELS, anatomical_rank, name_of, region_of  # noqa: E402
 from spine.vid import VidScan, read_scan, scan_ids  # noqa: E402
 
@@ -270,12 +278,42 @@ def fit_calibration(confidence: np.ndarray, correct: np.ndarray) -> tuple[float,
     return argbest
 
 
+def fit_evidence(scans: list[VidScan], *, groups: str, l2: float) -> RegionModel:
+    """The region evidence model (:mod:`algorithm.labelling.region_model`) on these scans' detections."""
+    rank = {label: k for k, label in enumerate(CHAIN_LABELS)}
+    regions = np.concatenate([s.region_probabilities for s in scans])
+    ranks = np.concatenate([training_ranks(s.bodies_mm, s.truth_mm, np.array([rank[int(v)] for v in s.truth_labels]),
+                                           HIT_MM) for s in scans])
+    return fit_region_model(regions, ranks, groups=groups, l2=l2)
+
+
+def choose_weight(scans: list[VidScan], weights: list[float], settings: dict, *, inner_folds: int, seed: int,
+                  patients: dict[str, str], verse: np.ndarray, verse_sacrum: np.ndarray) -> float:
+    """The region weight of best id rate by an inner K-fold CV by patient on ``scans`` (training folds only)."""
+    right = np.zeros(len(weights))
+    for inner in folds_by_patient(scans, patients, inner_folds, seed + 1):
+        train = np.setdiff1d(np.arange(len(scans)), inner)
+        for k, weight in enumerate(weights):
+            decoder = fold_decoder(scans, train, verse, verse_sacrum, {**settings, "region_weight": weight})
+            tally = Tally()
+            evaluate([scans[i] for i in inner], lambda s, d=decoder: decode_region(d, s), tally)
+            right[k] += tally.identified["all"]
+    log.info("inner CV: identified %s for region weights %s", right.astype(int).tolist(), weights)
+    return float(weights[int(np.argmax(right))])
+
+
 def fold_decoder(scans: list[VidScan], training: np.ndarray, verse: np.ndarray, verse_sacrum: np.ndarray,
                  settings: dict) -> ChainDecoder:
-    """A decoder fitted on the training scans only: the prior, then the confidence calibration."""
+    """A decoder fitted on the training scans only: the prior, the region evidence model, then the
+    confidence calibration."""
+    settings = dict(settings)
     train = [scans[k] for k in training]
     prior_scans = train if settings.pop("vid_prior", True) else []
     calibrate = settings.pop("calibrate", False)
+    evidence_model = settings.pop("evidence_model", "none")
+    l2 = settings.pop("region_l2", 1.0)
+    if evidence_model != "none":
+        settings["region_model"] = fit_evidence(train, groups=evidence_model, l2=l2)
     decoder = ChainDecoder(fit_prior(verse, verse_sacrum, prior_scans), **settings)
     if not calibrate:
         return decoder
@@ -362,6 +400,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="VerSe 2020 landmarks.csv: its spines join every fold's prior")
     parser.add_argument("--region-weight", type=float, default=ChainDecoder.region_weight)
     parser.add_argument("--end-weight", type=float, default=ChainDecoder.end_weight)
+    parser.add_argument("--evidence-model", choices=("none", "region", "junction", "level"), default="none",
+                        help="read region probabilities through a model fitted per fold on the training scans' "
+                             "detections (C/T/L/false, or the 26 levels/false); none: the fixed ratio")
+    parser.add_argument("--region-l2", type=float, default=1.0, help="L2 penalty of the evidence model")
+    parser.add_argument("--region-weights", default="",
+                        help="comma-separated region weights: choose one per fold by an inner CV on its training "
+                             "scans (nested; overrides --region-weight)")
+    parser.add_argument("--inner-folds", type=int, default=3, help="folds of the inner CV")
     parser.add_argument("--calibrate", action="store_true",
                         help="fit a Platt map of the confidences on each fold's training scans")
     parser.add_argument("--fix-one", action="store_true",
@@ -394,14 +440,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _, verse = read_landmarks(args.landmarks)
         verse_sacrum = sacrum_room(verse) >= 40.0
-        settings = {"region_weight": args.region_weight, "end_weight": args.end_weight}
-        vid_prior = args.vid_prior
-        settings["calibrate"] = args.calibrate
+        settings = {"region_weight": args.region_weight, "end_weight": args.end_weight, "vid_prior": args.vid_prior,
+                    "calibrate": args.calibrate, "evidence_model": args.evidence_model, "region_l2": args.region_l2}
         everything = np.arange(len(scans))
         for f, held_out in enumerate(folds):
-            decoder = fold_decoder(scans, np.setdiff1d(everything, held_out), verse, verse_sacrum,
-                                   {**settings, "vid_prior": vid_prior})
-            log.info("fold %d: calibration a=%.3f b=%.3f", f, *decoder.region_calibration)
+            training = np.setdiff1d(everything, held_out)
+            if args.region_weights:
+                settings["region_weight"] = choose_weight(
+                    [scans[k] for k in training], [float(w) for w in args.region_weights.split(",")], settings,
+                    inner_folds=args.inner_folds, seed=args.seed, patients=patients, verse=verse,
+                    verse_sacrum=verse_sacrum)
+            decoder = fold_decoder(scans, training, verse, verse_sacrum, settings)
+            log.info("fold %d: region weight %g, calibration a=%.3f b=%.3f", f, decoder.region_weight,
+                     *decoder.region_calibration)
             tally = Tally()
             evaluate([scans[k] for k in held_out], lambda s, d=decoder: decode_region(
                 d, s, one_true_fix(s, args.seed) if args.fix_one else None), tally)

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_support import shared_data
 
-from algorithm.labelling import ChainDecoder, Labelling, decode, label_candidates, order_along_spine
+from algorithm.labelling import ChainDecoder, Constraints, Labelling, decode, label_candidates, order_along_spine
+from algorithm.labelling.chain import IMPOSSIBLE, visit_log_probability
 from algorithm.labelling_prior import (
     CHAIN_LABELS,
     DEFAULT_PRIOR_PATH,
@@ -395,6 +396,54 @@ def test_viterbi_is_exact_and_confidence_is_the_posterior(seed: int, decoder: Ch
         chosen = chains[:, k] == result.labels[k]
         posterior = np.exp(np.logaddexp.reduce(weights[chosen]) - log_z)
         assert result.confidence[k] == pytest.approx(posterior, abs=1e-6)
+
+
+@pytest.mark.parametrize("constraints", [None, Constraints(thoracic=13), Constraints(lumbar=4)])
+def test_viterbi_is_exact_with_region_evidence_on_variant_first_labels(constraints: Constraints | None) -> None:
+    # Chains starting on T12, T13, L1 all compete: the start's variant prior enters Viterbi and posterior alike.
+    truth = ids("T12", "L1-L2")
+    positions = spine_positions(truth, noise_mm=3.0, seed=7)
+    regions = np.array([[0.05, 0.6, 0.5], [0.05, 0.3, 0.9], [0.02, 0.1, 0.95]])
+    result = DECODER.label(positions, regions=regions, constraints=constraints)
+    chains = np.array(_chains(3))
+    best = max(DECODER.score(positions, None, c, regions=regions, constraints=constraints) for c in chains)
+    assert result.score == pytest.approx(best, abs=1e-9)
+    weights = np.array([DECODER.score(positions, None, c, regions=regions, paths="sum", constraints=constraints)
+                        for c in chains])
+    log_z = np.logaddexp.reduce(weights)
+    for k in range(3):
+        chosen = chains[:, k] == result.labels[k]
+        assert result.confidence[k] == pytest.approx(np.exp(np.logaddexp.reduce(weights[chosen]) - log_z), abs=1e-6)
+
+
+def _variant_spines(prior: LabellingPrior) -> list[tuple[float, set[int]]]:
+    """The nine variant spines (11, 12, 13 thoracic x 4, 5, 6 lumbar): (probability, labels), by enumeration."""
+    p = prior.branch_probability
+    thoracic = [(p(18, 20), ids("C1-T11")), (p(18, 19) * p(19, 20), ids("C1-T12")),
+                (p(18, 19) * p(19, 28), ids("C1-T12", "T13"))]
+    lumbar = [(p(23, 26), ids("L1-L4")), (p(23, 24) * p(24, 26), ids("L1-L5")),
+              (p(23, 24) * p(24, 25), ids("L1-L6"))]
+    return [(pt * pl, set(t) | set(lu)) for (pt, t), (pl, lu) in itertools.product(thoracic, lumbar)]
+
+
+def test_a_chain_start_pays_the_probability_that_the_spine_has_its_label() -> None:
+    spines = _variant_spines(PRIOR)
+    assert sum(p for p, _ in spines) == pytest.approx(1.0)
+    visit = visit_log_probability(PRIOR)
+    for rank, label in enumerate(CHAIN_LABELS):
+        assert math.exp(visit[rank]) == pytest.approx(sum(p for p, labels in spines if label in labels), abs=1e-12)
+    # Conditioned on a stated spine: its labels are certain, the others impossible.
+    stated = visit_log_probability(PRIOR, Constraints(thoracic=13, lumbar=4))
+    assert stated[RANK[label_of("T13")]] == 0.0 and stated[RANK[label_of("L4")]] == 0.0
+    assert stated[RANK[label_of("L5")]] == IMPOSSIBLE
+    # A lone candidate equally thoracic: reading it as T13 costs P(T12 -> T13) against T12 (in the
+    # posterior's weights too), as a T12 -> T13 step inside a chain does.
+    one = spine_positions(ids("T12"))
+    regions = np.array([[0.0, 0.9, 0.0]])
+    for paths in ("max", "sum"):
+        t12, t13 = (DECODER.score(one, None, np.array([label_of(name)]), regions=regions, paths=paths)
+                    for name in ("T12", "T13"))
+        assert t13 - t12 == pytest.approx(math.log(PRIOR.branch_probability(19, 28)))
 
 
 def test_a_scale_grid_decodes_and_reports_the_size() -> None:

@@ -9,17 +9,21 @@ import pytest
 from test_support import REPO
 
 from algorithm.labelling import ChainDecoder, label_candidates
-from spine.vid import read_keypoints, read_scan, scan_ids
+from algorithm.labelling.region_model import FALSE_CLASS, class_groups, fit_region_model, training_ranks
+from algorithm.labelling_prior import CHAIN_LABELS
+from spine.labels import label_of
+from spine.vid import read_keypoints, read_scan
 
 sys.path.insert(0, str(REPO / "bench"))
 from labelling_real import Tally, broadcast_scores, reliability, score_scan
 
 FIXTURE = REPO / "test" / "data" / "vid-keypoints"
+WHOLE = "062JCaPtCSw6"  # T10-L5
+FROM_T12 = "1EChDwz51S4G"  # T12-L5: the chain starts at T12
 
 
 def test_region_evidence_labels_a_real_scan_whole() -> None:
-    (scan_id,) = scan_ids(FIXTURE)
-    scan = read_scan(FIXTURE, scan_id)
+    scan = read_scan(FIXTURE, WHOLE)
     result = label_candidates(scan.bodies_mm, regions=scan.region_probabilities)
     tally = Tally()
     score_scan(scan, result.labels, result.confidence, tally, result.uncertain)
@@ -27,8 +31,19 @@ def test_region_evidence_labels_a_real_scan_whole() -> None:
     assert not result.uncertain and np.all(result.confidence[result.labels > 0] > 0.8)
 
 
+def test_a_chain_starting_at_t12_is_not_read_as_t13() -> None:
+    # The bug: a chain's first label paid no variant prior, so a column whose top body is T12 read as
+    # T13 (T13 -> L1 costs nothing, T12 -> L1 costs log 0.97) and every body below was still right.
+    scan = read_scan(FIXTURE, FROM_T12)
+    result = label_candidates(scan.bodies_mm, regions=scan.region_probabilities)
+    tally = Tally()
+    score_scan(scan, result.labels, result.confidence, tally, result.uncertain)
+    assert 28 not in result.labels.tolist()
+    assert tally.whole_right == 1
+
+
 def test_scores_and_regions_combine_and_regions_alone_ignore_offsets() -> None:
-    scan = read_scan(FIXTURE, scan_ids(FIXTURE)[0])
+    scan = read_scan(FIXTURE, WHOLE)
     decoder = ChainDecoder()
     alone = decoder.label(scan.bodies_mm, regions=scan.region_probabilities)
     both = decoder.label(scan.bodies_mm, broadcast_scores(scan.region_probabilities),
@@ -45,7 +60,7 @@ def test_scores_and_regions_combine_and_regions_alone_ignore_offsets() -> None:
 
 
 def test_ambiguous_region_evidence_raises_the_uncertain_flag() -> None:
-    scan = read_scan(FIXTURE, scan_ids(FIXTURE)[0])
+    scan = read_scan(FIXTURE, WHOLE)
     flat = np.full_like(scan.region_probabilities, 0.5)  # every body equally C, T or L: no anchor
     result = label_candidates(scan.bodies_mm, regions=flat)
     assert result.uncertain
@@ -62,3 +77,26 @@ def test_a_broken_keypoint_file_is_named(tmp_path) -> None:
     bad.write_text('[{"coordinates": {}}]', encoding="utf-8")
     with pytest.raises(ValueError, match=r"x\.json: keypoint 0"):
         read_keypoints(bad)
+
+
+def test_a_fitted_region_model_reads_low_probabilities_as_a_false_detection() -> None:
+    # Real detections of the fixture scans, their truth from the annotations; a false detection
+    # (every probability low) is then far likelier false than any level, a clear T body thoracic.
+    scans = [read_scan(FIXTURE, WHOLE), read_scan(FIXTURE, FROM_T12)]
+    rank = {label: k for k, label in enumerate(CHAIN_LABELS)}
+    regions = np.concatenate([s.region_probabilities for s in scans] + [np.full((4, 3), 0.04)])
+    ranks = np.concatenate([training_ranks(s.bodies_mm, s.truth_mm, np.array([rank[int(v)] for v in s.truth_labels]))
+                            for s in scans] + [np.full(4, FALSE_CLASS)])
+    assert (ranks >= 0).sum() == 14 and (ranks == FALSE_CLASS).sum() == 4
+    model = fit_region_model(regions, ranks, groups="region")
+    ratio = model.log_ratio(np.array([[0.04, 0.05, 0.04], [0.02, 0.99, 0.03]]))
+    assert ratio.shape == (2, 26)
+    assert ratio[0].max() < -1.0
+    thoracic, lumbar = rank[label_of("T8")], rank[label_of("L3")]
+    assert ratio[1, thoracic] > 1.0 and ratio[1, thoracic] > ratio[1, lumbar] + 1.0
+    assert np.all(ratio[:, rank[label_of("T3")]] == ratio[:, thoracic])  # one ratio per region
+    decoder = ChainDecoder(region_model=model, region_weight=1.0)
+    result = decoder.label(scans[0].bodies_mm, regions=scans[0].region_probabilities)
+    assert set(result.labels.tolist()) - {0} == set(scans[0].truth_labels.tolist())
+    with pytest.raises(ValueError, match="region, level or junction"):
+        class_groups("vertebra")

@@ -54,6 +54,10 @@ The model (all scores natural logs, "nats"; every term a log likelihood ratio ag
    Gaussian angular deviation against a direction uniform over the hemisphere, ``s**2 =
    direction_sd_rad**2 + 0.1**2 + 2 position_sd_mm**2 / d**2``). Step densities are
    truncated at ``max_z`` standard deviations.
+   A chain's first member pays ``log P(the spine has its label)`` (the variants as a Markov
+   chain over the branches: T12 ``P(T11 -> T12)``, T13 ``P(T11 -> T12) P(T12 -> T13)``, L5, L6
+   alike; 0 for the others), so a chain starting on a variant pays what a step into it pays;
+   what follows the last member is out of view and costs nothing.
 4. **Spine size** (optional, ``scale_steps > 1``): one latent size factor per case on a
    grid over +-2.5 prior standard deviations, ``log scale ~ N(0, scale_log_sd**2)``.
 5. **Lost count** (``offset_probability`` > 0): one latent per-case offset ``o`` in

@@ -18,7 +18,7 @@ from algorithm.labelling_prior import CHAIN_LABELS, LabellingPrior
 from spine.labels import EVALUATED, allowed_next
 
 __all__ = ["IMPOSSIBLE", "N_LABELS", "Edges", "Sweep", "Tables", "build_edges", "label_paths", "logsumexp", "pairs",
-           "sweep"]
+           "sweep", "visit_log_probability"]
 
 N_LABELS = len(CHAIN_LABELS)
 
@@ -75,6 +75,32 @@ def build_edges(prior: LabellingPrior, *, max_skips: int, miss_probability: floa
     source, target, log_prior, log_mean, tau = (np.array(c) for c in zip(*rows, strict=True))
     return Edges(source.astype(np.intp), target.astype(np.intp), log_mean, 1.0 / tau,
                   log_prior - np.log(tau * math.sqrt(2 * math.pi)))
+
+
+def visit_log_probability(prior: LabellingPrior, constraints: Constraints | None = None) -> np.ndarray:
+    """(L,) ``log P(the spine has label l)`` in chain order: what a chain's first member pays for its variant.
+
+    The variants are a Markov chain over the labels, head to foot, with the prior's branch
+    probabilities (``P(C1) = 1``, ``P(b) = sum over a -> b of P(a) P(b | a)``; conditioned on the
+    stated spine's facts with ``constraints``). A chain whose steps run through a branch pays it on
+    the step (:func:`build_edges`); a chain that starts on a variant label (T13, L6) or a label only
+    some spines have (T12, L5) pays it here, so that a lone T13 costs what T12 -> T13 costs. What
+    follows the chain's last member is out of view, summed over: the end pays nothing. ``IMPOSSIBLE``
+    for a label the stated spine does not have.
+    """
+    rank = {label: k for k, label in enumerate(CHAIN_LABELS)}
+    visit = np.zeros(N_LABELS)
+    visit[0] = 1.0
+    for a in CHAIN_LABELS:  # chain order is a topological order of the steps
+        for b in allowed_next(a):
+            if b not in rank:
+                continue
+            p = prior.branch_probability(a, b)
+            if constraints is not None:
+                p = math.exp(constraints.branch_log_probability(a, b, p))
+            visit[rank[b]] += visit[rank[a]] * p
+    with np.errstate(divide="ignore"):
+        return np.maximum(np.log(np.minimum(visit, 1.0)), IMPOSSIBLE)
 
 
 @lru_cache(maxsize=64)

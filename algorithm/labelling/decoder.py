@@ -21,11 +21,13 @@ from algorithm.labelling.chain import (
     logsumexp,
     pairs,
     sweep,
+    visit_log_probability,
 )
 from algorithm.labelling.constraints import Constraints
 from algorithm.labelling.curve import spine_curve
 from algorithm.labelling.evidence import OFFSET_NEIGHBOURS, RANK_TO_COLUMN, REGION_OF_RANK, validate
 from algorithm.labelling.passes import backward, forward, trace
+from algorithm.labelling.region_model import RegionModel
 from algorithm.labelling_prior import CHAIN_LABELS, LabellingPrior, load_default
 from spine.labels import LOCATE_CHANNELS
 
@@ -99,7 +101,8 @@ class ChainDecoder:
     (identity by default: on the VID detector's output the raw posterior's ECE is 0.03 and a
     Platt fit by cross-validation made it worse, ``bench/labelling_real.py --calibrate``).
     ``uncertain_below``: a case is flagged uncertain when an accepted candidate's calibrated
-    confidence is below it.
+    confidence is below it. ``region_model``: a fitted reading of region probabilities as likelihood
+    ratios (:mod:`algorithm.labelling.region_model`) in place of the ratio against ``reject_evidence``.
 
     The passes run over hypotheses h = (offset, scale), ``h = offset_index * S + scale_index``.
     """
@@ -118,17 +121,19 @@ class ChainDecoder:
     anchor_margin: float = 0.2
     anchor_min_evidence: float = 0.5
     offset_probability: float = 0.05
-    region_weight: float = 3.0
+    region_weight: float = 5.0
     end_weight: float = 0.0
     calibration: tuple[float, float] = (1.0, 0.0)
     region_calibration: tuple[float, float] = (1.0, 0.0)
     uncertain_below: float = 0.8
+    region_model: RegionModel | None = field(default=None, repr=False, compare=False)
     _edges: Edges = field(init=False, repr=False, compare=False)
     _log_scales: np.ndarray = field(init=False, repr=False, compare=False)
     _log_scale_prior: np.ndarray = field(init=False, repr=False, compare=False)
     _log_distance_range: tuple[float, float] = field(init=False, repr=False, compare=False)
     _offsets: tuple[int, ...] = field(init=False, repr=False, compare=False)
     _log_prior: np.ndarray = field(init=False, repr=False, compare=False)
+    _first: np.ndarray = field(init=False, repr=False, compare=False)
     _start: np.ndarray = field(init=False, repr=False, compare=False)
     _end: np.ndarray = field(init=False, repr=False, compare=False)
     _constrained_edges: dict = field(init=False, repr=False, compare=False)
@@ -183,8 +188,18 @@ class ChainDecoder:
         # Log prior of each hypothesis (offset, scale): the offset's log odds against o = 0 plus the scale's.
         object.__setattr__(self, "_log_prior", (log_odds[:, None] + log_scale_prior[None, :]).ravel())
         start, end = self.prior.end_log_odds()
-        object.__setattr__(self, "_start", self.end_weight * start)
+        object.__setattr__(self, "_first", self.end_weight * start)
+        object.__setattr__(self, "_start", self._first + visit_log_probability(self.prior))
         object.__setattr__(self, "_end", self.end_weight * end)
+
+    def _start_for(self, constraints: Constraints | None) -> np.ndarray:
+        """(L,) log odds of a chain starting on each label: the variant prior of its first label
+        (:func:`~algorithm.labelling.chain.visit_log_probability`, conditioned on the stated spine's facts)
+        plus ``end_weight`` times the prior's chain-start log odds (item 6)."""
+        if constraints is None or constraints.spine_facts == (None, None):
+            return self._start
+        facts = Constraints(lumbar=constraints.lumbar, thoracic=constraints.thoracic)
+        return self._first + visit_log_probability(self.prior, facts)
 
     def _edges_for(self, constraints: Constraints | None) -> Edges:
         """The label paths of the stated spine (module docstring, item 8); all of them without facts."""
@@ -237,7 +252,9 @@ class ChainDecoder:
         ``region_weight`` times the regions' (item 2), the prior odds of a true vertebra once."""
         total = 0.0
         if regions is not None:
-            total = self.region_weight * self._ratio(regions[:, REGION_OF_RANK])[None]
+            ratio = (self._ratio(regions[:, REGION_OF_RANK]) if self.region_model is None
+                     else self.region_model.log_ratio(regions))
+            total = self.region_weight * ratio[None]
         if evidence is None:
             return total + self._inclusion_log_odds
         chain = evidence[:, RANK_TO_COLUMN]  # (N, L)
@@ -272,7 +289,7 @@ class ChainDecoder:
         n_offsets, n_scales = len(offsets), len(self._log_scales)
         emission = np.repeat(self._emissions(evidence, regions, offsets), n_scales, axis=0)  # (O * S, N, L)
         e = self._edges_for(constraints)
-        start = np.tile(self._start, (n, 1))
+        start = np.tile(self._start_for(constraints), (n, 1))
         end = np.tile(self._end, (n, 1))
         pair_j, pair_i = pairs(n)
         if constraints is not None:
@@ -450,7 +467,7 @@ class ChainDecoder:
         members = [k for k in np.argsort(t, kind="stable") if labels[k] != 0]
         ranks = [rank_of[int(labels[k])] for k in members]
         emission = self._emissions(evidence, region_evidence, offsets)[:, members, ranks].sum(axis=1)  # (O,)
-        total = np.full(n_scales, self._start[ranks[0]] + self._end[ranks[-1]])
+        total = np.full(n_scales, self._start_for(constraints or None)[ranks[0]] + self._end[ranks[-1]])
         e = self._edges_for(constraints or None)
         for (j, a), (i, b) in zip(zip(members[:-1], ranks[:-1], strict=True),
                                   zip(members[1:], ranks[1:], strict=True), strict=True):
