@@ -263,8 +263,8 @@ def models_training(models_dir: Path) -> dict[str, str]:
 
 
 def seen_by(training: dict[str, str], name: str) -> list[str]:
-    """The stages whose training data names this case."""
-    return [stage for stage, text in training.items() if name in text]
+    """The stages whose training data names this case (a name after "unseen:" in the text is not seen)."""
+    return [stage for stage, text in training.items() if name in text.split("unseen:")[0]]
 
 
 def format_table(rows: dict[str, dict[str, Any]], training: dict[str, str]) -> str:

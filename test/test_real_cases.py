@@ -88,3 +88,10 @@ def test_stage_figures_on_the_bundled_example() -> None:
     assert 0.0 <= row["detect"]["box_mean"] <= 1.0
     assert 0.0 <= row["segment"]["dice"] <= 1.0
     assert set(row["segment"]["per_label"]) == set(row["labels"])
+
+
+def test_seen_by_reads_the_training_text_up_to_unseen() -> None:
+    bench = _bench()
+    training = {"locate": "synthetic + real CTs tptbox-lumbar; unseen: verse-sub-verse014", "detect": "synthetic only"}
+    assert bench.seen_by(training, "tptbox-lumbar") == ["locate"]
+    assert bench.seen_by(training, "verse-sub-verse014") == []
