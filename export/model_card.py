@@ -5,10 +5,11 @@
 Runs each stage's ONNX file (ONNX Runtime, CPU) the way the card describes, on
 
 - synthetic validation cases (VerSe layout, e.g. ``python -m export synth --seed 5000``), and
-- the real CTs in ``../shared/data`` (``$VERSE_GC_DATA``): ``totalsegmentator-example``
-  (automatic TotalSegmentator labels, centroids are whole-vertebra centres of mass, not
-  annotated body centres) and ``tptbox-lumbar`` (a 1.5 mm crop, centroids from the mask's
-  centres of mass; L2 and L4 partial).
+- the real labelled CTs at hand (:mod:`export.real_cases`: the bundled example and, with
+  ``../shared/data`` or ``$VERSE_GC_DATA``, tptbox-lumbar, verse-sub-verse014 and
+  totalsegmentator-aorta), with annotated vertebral-body centres where the case has them and
+  centres estimated from the mask otherwise. ``bench/real.py`` measures the whole pipeline on
+  the same cases.
 
 Per stage (definitions in :mod:`export.validation`): detect Dice and box recall against the
 smoothed spine target; locate per-label channel-argmax distance, identification and label
@@ -35,7 +36,6 @@ from spine.labels import anatomical_rank, name_of
 from spine.modelmeta import ModelMeta
 
 from .datasets import STAGE_DEFAULTS, prepare_volume
-from .onnx_export import shared_data_dir
 from .validation import (
     detect_metrics,
     locate_metrics,
@@ -51,28 +51,11 @@ log = logging.getLogger(__name__)
 
 
 def real_cases() -> list[Case]:
-    """The labelled real CTs of ``../shared/data`` (empty when that folder is absent)."""
-    from spine.image import Geometry, read_image
-    from spine.verse import read_centroids_mm
+    """The real labelled CTs at hand (:mod:`export.real_cases`: the bundled example, and those of
+    ``../shared/data`` in a developer checkout), with vertebral-body centres."""
+    from .real_cases import find_real_cases
 
-    from .readers import centres_of_mass_mm
-
-    shared = shared_data_dir()
-    if shared is None:
-        return []
-    cases = []
-    ts = shared / "totalsegmentator-example"
-    if (ts / "ct.nii.gz").is_file():
-        ct = read_image(ts / "ct.nii.gz")
-        mask = read_image(ts / "seg-vert_msk.nii.gz")
-        cases.append(Case("totalsegmentator-example", ct, mask, read_centroids_mm(ts / "seg-vert_ctd.json",
-                                                                                   Geometry.of(ct)), ts))
-    tpt = shared / "tptbox-lumbar"
-    if (tpt / "sub-ct_label-22_ct.nii.gz").is_file():
-        ct = read_image(tpt / "sub-ct_label-22_ct.nii.gz")
-        mask = read_image(tpt / "sub-ct_seg-vert_label-22_msk.nii.gz")
-        cases.append(Case("tptbox-lumbar", ct, mask, centres_of_mass_mm(mask), tpt))
-    return cases
+    return [real.load() for real in find_real_cases()]
 
 
 def _load(path: Path) -> tuple[ModelMeta, Any, float]:

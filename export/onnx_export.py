@@ -51,7 +51,6 @@ __all__ = [
     "git_commit",
     "main",
     "parity_patches",
-    "shared_data_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,6 @@ FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 1e-2
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-DATA_ENV = "VERSE_GC_DATA"
 
 
 class ParityError(RuntimeError):
@@ -104,14 +102,6 @@ def git_commit(repo: str | os.PathLike[str] | None = None) -> str:
 
 BUNDLED_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "totalsegmentator-example"
 """The repository's example CT (TotalSegmentator's test scan): the default parity source."""
-
-
-def shared_data_dir() -> Path | None:
-    """``$VERSE_GC_DATA`` or ``<repo>/../shared/data`` when it exists."""
-    env = os.environ.get(DATA_ENV)
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
-    return next((c for c in candidates if c.is_dir()), None)
 
 
 # ----------------------------------------------------------------------------- parity patches
