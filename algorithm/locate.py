@@ -38,7 +38,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PEAK_THRESHOLD = 0.3
-"""Channel-max heatmap value a peak must reach (heatmaps are trained to peak at 1)."""
+"""Default channel-max heatmap value a peak must reach (heatmaps are trained to peak at 1); a locate model
+names its own in its metadata (``peak_threshold``), which :func:`locate_vertebrae` uses."""
 PEAK_SEPARATION_MM = 10.0
 """Minimum distance between two candidates: about a third of a thoracic or lumbar vertebra's
 height (25-35 mm centre to centre); cervical centres still lie 14 mm or more apart."""
@@ -154,11 +155,15 @@ def locate_vertebrae(
     model: StageModel,
     *,
     overlap: float = 0.5,
-    threshold: float = PEAK_THRESHOLD,
+    threshold: float | None = None,
     min_separation_mm: float = PEAK_SEPARATION_MM,
 ) -> Candidates:
-    """Run the locate stage inside ``box`` and return the candidates (strongest first)."""
+    """Run the locate stage inside ``box`` and return the candidates (strongest first).
+
+    ``threshold`` None takes the model's own ``peak_threshold`` (its metadata).
+    """
     meta = model.meta
+    threshold = meta.peak_threshold if threshold is None else threshold
     grid = crop_grid(model_grid(Geometry.of(image), meta.spacing_zyx_mm), box)
     heatmaps = run_on_grid(image, grid, model, overlap=overlap)
     channel_max = heatmaps.max(axis=0)

@@ -30,7 +30,7 @@ import SimpleITK as sitk
 from algorithm.detect import detect_spine
 from algorithm.labelling import Constraints, Labelling, label_candidates
 from algorithm.labelling.constraints import changes
-from algorithm.locate import PEAK_SEPARATION_MM, PEAK_THRESHOLD, Candidates, locate_vertebrae
+from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_vertebrae
 from algorithm.models import Models
 from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer, json_writer
 from algorithm.plausibility import IMPLAUSIBLE_CAP, assess
@@ -66,7 +66,8 @@ class Options:
     """Inference knobs that are not a model's to decide (the models' own parameters come from metadata)."""
 
     overlap: float = 0.5
-    peak_threshold: float = PEAK_THRESHOLD
+    peak_threshold: float | None = None
+    """Candidate threshold of the locate heatmaps; None: the locate model's own (its metadata)."""
     peak_separation_mm: float = PEAK_SEPARATION_MM
     segment_floor: float = SEGMENT_FLOOR
     region_evidence: bool = True
@@ -192,12 +193,13 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
     if detection.box is None:
         return empty(f"no spine found ({detection.reason})")
 
+    threshold = models.locate.meta.peak_threshold if options.peak_threshold is None else options.peak_threshold
     with timer.stage("locate"):
         candidates = locate_vertebrae(image, detection.box, models.locate, overlap=options.overlap,
-                                      threshold=options.peak_threshold,
+                                      threshold=threshold,
                                       min_separation_mm=options.peak_separation_mm)
     if len(candidates) == 0:
-        return empty(f"no vertebra candidate (no heatmap peak reaches {options.peak_threshold})")
+        return empty(f"no vertebra candidate (no heatmap peak reaches {threshold})")
 
     with timer.stage("label"):
         labelling = label_stage(candidates, options)

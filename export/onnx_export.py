@@ -257,6 +257,7 @@ def export_checkpoint(
     commit: str | None = None,
     trained_on: str | None = None,
     notes: str | None = None,
+    peak_threshold: float | None = None,
 ) -> ExportReport:
     """Export ``checkpoint`` to ``out`` with metadata and a parity check (see module docstring).
 
@@ -281,6 +282,7 @@ def export_checkpoint(
         version=version or f"{__version__}+{meta.stage}.it{int(state['iteration'])}",
         trained_on=trained_on if trained_on is not None else meta.trained_on,
         notes=notes if notes is not None else meta.notes,
+        peak_threshold=peak_threshold if peak_threshold is not None else meta.peak_threshold,
     )
     network = build_network(meta, state["network_config"])
     network.load_state_dict(state["model"])
@@ -350,6 +352,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--version", help="model version text (default <package>+<stage>.it<iteration>)")
     parser.add_argument("--trained-on", help="override the checkpoint's provenance text")
     parser.add_argument("--notes", help="override the checkpoint's notes (metadata 'notes')")
+    parser.add_argument("--peak-threshold", type=float, metavar="P",
+                        help="locate: heatmap value a peak must reach to be a candidate (metadata; default: "
+                             "the checkpoint's, 0.3)")
     parser.add_argument("--report", help="also write the export report (JSON) here")
     return parser
 
@@ -359,7 +364,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = export_checkpoint(args.checkpoint, args.out, fp16=args.fp16, parity_cases=args.parity_cases,
                                    tolerance=args.tolerance, fp16_tolerance=args.fp16_tolerance, version=args.version,
-                                   trained_on=args.trained_on, notes=args.notes)
+                                   trained_on=args.trained_on, notes=args.notes,
+                                   peak_threshold=args.peak_threshold)
     except ParityError as error:
         log.error("%s", error)
         return 1

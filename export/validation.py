@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from algorithm.locate import PEAK_THRESHOLD  # the algorithm's default candidate threshold
 from spine.labels import LOCATE_CHANNELS, MAX_LABEL
 from spine.modelmeta import ModelMeta
 from spine.preprocess import crop_patch
@@ -58,8 +59,6 @@ log = logging.getLogger(__name__)
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 ID_DISTANCE_MM = 20.0
-PEAK_THRESHOLD = 0.3
-"""Channel-max value a peak must reach (the algorithm's default candidate threshold)."""
 
 
 def torch_predictor(model: torch.nn.Module, device: str = "cpu") -> Predictor:

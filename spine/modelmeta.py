@@ -67,6 +67,9 @@ class ModelMeta:
       the locate stage's order, or ("vertebra",).
     - ``output``: "probability" when the graph ends in a sigmoid (values in [0, 1]).
     - ``heatmap_sigma_mm``: Gaussian sigma of the heatmaps the stage was trained on.
+    - ``peak_threshold``: locate only, the channel-max value a heatmap peak must reach to be a
+      candidate: how a model's heatmaps are calibrated is the model's own (absent in older
+      files: 0.3).
     """
 
     stage: str
@@ -77,6 +80,7 @@ class ModelMeta:
     intensity: Intensity = field(default_factory=Intensity)
     output: str = "probability"
     heatmap_sigma_mm: float = 0.0
+    peak_threshold: float = 0.3
     orientation: str = "LPS"
     opset: int = 17
     trained_on: str = ""
@@ -105,6 +109,8 @@ class ModelMeta:
                     raise ModelMetaError(f"channels: {name!r} is not a vertebra name") from None
             if self.heatmap_sigma_mm <= 0:
                 raise ModelMetaError("heatmap_sigma_mm: the locate stage needs a positive sigma")
+        if not 0.0 < float(self.peak_threshold) < 1.0:
+            raise ModelMetaError(f"peak_threshold: expected a value in (0, 1), got {self.peak_threshold}")
         if self.stage == "segment" and "heatmap" in self.input_channels and self.heatmap_sigma_mm <= 0:
             raise ModelMetaError("heatmap_sigma_mm: a segment stage fed a heatmap needs its sigma")
 

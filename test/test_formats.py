@@ -184,6 +184,15 @@ def test_model_meta_rejects_what_inference_cannot_use() -> None:
         ModelMeta.from_props(missing, source="m.onnx")
 
 
+def test_peak_threshold_travels_with_the_model_and_older_files_read_as_0_3() -> None:
+    meta = locate_meta(peak_threshold=0.12)
+    assert ModelMeta.from_props(meta.to_props()).peak_threshold == pytest.approx(0.12)
+    older = {k: v for k, v in meta.to_props().items() if not k.endswith("peak_threshold")}
+    assert ModelMeta.from_props(older).peak_threshold == pytest.approx(0.3)
+    with pytest.raises(ModelMetaError, match="peak_threshold"):
+        locate_meta(peak_threshold=1.5)
+
+
 def test_intensity_mapping() -> None:
     intensity = Intensity(hu_min=-1000, hu_max=2000, center=0, scale=1000)
     out = intensity.apply(np.array([-3000, 0, 500, 5000], dtype=np.int16))
