@@ -169,7 +169,8 @@ def stage_figures(case: Case, real: RealCase, models: Any, options: Options | No
     fractions = box_fractions(mask, geometry, detection.box.low_mm, detection.box.high_mm, labels)
     row["detect"] = {"box_mean": _mean(list(fractions.values())), "box_min": min(fractions.values(), default=0.0)}
 
-    candidates = locate_vertebrae(case.ct, detection.box, models.locate)
+    threshold = (options.peak_threshold if options is not None else None)
+    candidates = locate_vertebrae(case.ct, detection.box, models.locate, threshold=threshold)
     z = [c[2] for c in centres.values()]
     height = None if real.complete else (min(z) - 15.0, max(z) + 15.0)
     matched = match_candidates(candidates.positions_mm, centres, height_range_mm=height)
@@ -305,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verse", action="append", type=Path, metavar="DIR",
                         help="every labelled case of a VerSe-layout folder (repeatable)")
     parser.add_argument("--no-end-to-end", action="store_true", help="stage figures only")
+    parser.add_argument("--peak-threshold", type=float, metavar="P",
+                        help="stage figures with this locate candidate threshold instead of the model's own")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     return parser
 
@@ -325,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for real in cases:
             log.info("%s: %s", real.name, real.note)
             case = real.load()
-            rows[real.name] = stage_figures(case, real, models)
+            rows[real.name] = stage_figures(case, real, models, Options(peak_threshold=args.peak_threshold))
             if not args.no_end_to_end:
                 rows[real.name]["end_to_end"] = end_to_end(real, Path(models_dir), case, Path(tmp))
             log.info("%s: %s", real.name, json.dumps(rows[real.name])[:600])
