@@ -12,10 +12,14 @@
 # Usage (from the repository root, in a developer checkout beside ../shared/data):
 #   bash export/recipes/real-mix.sh                  # CPU: each stage stops at its wall-time cap
 #   RESUME=1 bash export/recipes/real-mix.sh         # continue from $WORK/runs/real-mix/<stage>/last.pt
+# The bundled models' last checkpoints are committed beside this file (real-mix-checkpoints/<stage>.pt, with
+# optimizer state and history): copy one to $WORK/runs/real-mix/<stage>/last.pt and run
+# `python -m export train <stage> ... --resume --iterations N` to continue training it.
 #   bash export/recipes/gpu.sh ...                   # on a lent GPU (see that file)
 # Environment: WORK (data + runs, default /work/data), DEVICE (auto), OUT (the exported models, default
 # $WORK/runs/real-mix/models: compare with bench/real.py, then copy into algorithm/models), LOCATE_MINUTES,
-# SEGMENT_MINUTES, DETECT_MINUTES (wall-time caps, default 40/20/6; 0 = none), ITERATIONS_SCALE (1).
+# SEGMENT_MINUTES, DETECT_MINUTES, LOCATE2_MINUTES, SEGMENT2_MINUTES (wall-time caps, default 40/20/6/28/7;
+# 0 = none), ITERATIONS_SCALE (1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORK=${WORK:-/work/data}
@@ -47,6 +51,13 @@ python -m export train locate  "${COMMON[@]}" --out "$RUNS/locate"  --init-from 
 # shellcheck disable=SC2046
 python -m export train segment "${COMMON[@]}" --out "$RUNS/segment" --init-from "$BASE/segment.onnx" --lr 2e-3 \
   --iterations $(its 600) --val-every 200 $(cap "${SEGMENT_MINUTES:-20}") $RESUME_FLAG
+# Second rounds, as the bundled models were made: locate resumed to 2,700 and segment to 1,200 iterations.
+# shellcheck disable=SC2046
+python -m export train locate  "${COMMON[@]}" --out "$RUNS/locate"  --lr 3e-3 --iterations $(its 2700) --val-every 300 \
+  $(cap "${LOCATE2_MINUTES:-28}") --resume
+# shellcheck disable=SC2046
+python -m export train segment "${COMMON[@]}" --out "$RUNS/segment" --lr 2e-3 --iterations $(its 1200) --val-every 200 \
+  $(cap "${SEGMENT2_MINUTES:-7}") --resume
 # shellcheck disable=SC2046
 python -m export train detect  "${COMMON[@]}" --out "$RUNS/detect"  --init-from "$BASE/detect.onnx"  --lr 2e-3 \
   --iterations $(its 300) --val-every 150 $(cap "${DETECT_MINUTES:-6}") $RESUME_FLAG
