@@ -20,6 +20,7 @@ say which check failed and by how much. Nothing here changes a label.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -78,6 +79,7 @@ class Plausibility:
                 "reasons": list(self.reasons)}
 
 
+@functools.cache
 def _step_medians() -> dict[tuple[int, int], float]:
     from algorithm.labelling_prior import load_default
 

@@ -136,13 +136,10 @@ def region_correct(positions_mm: np.ndarray, labels: np.ndarray, centres_mm: dic
 
 
 def dice_per_label(prediction: np.ndarray, reference: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
-    """Dice of each label of ``labels`` (0 when the prediction lacks it)."""
-    out = {}
-    for v in labels:
-        p, g = prediction == v, reference == v
-        total = int(p.sum()) + int(g.sum())
-        out[v] = 2.0 * float(np.logical_and(p, g).sum()) / total if total else 1.0
-    return out
+    """Dice of each label of ``labels`` (0 when the prediction lacks it): the evaluator's Dice."""
+    from evaluation.metrics import dice
+
+    return {v: dice(prediction == v, reference == v) for v in labels}
 
 
 # ----------------------------------------------------------------------------- one case
