@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="execution provider: CUDA when available and working (auto), or force one")
     common.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads per model (default: all)")
     common.add_argument("--overlap", type=_overlap, default=0.5, help="sliding-window overlap in [0, 1) (0.5)")
+    common.add_argument("--recentre", action=argparse.BooleanOptionalAction, default=None,
+                        help="move vertebra candidates onto the bodies the segment model outlines and fill gaps "
+                             f"in the chain (default: {'on' if Options().recentre else 'off'})")
     verbosity = common.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -172,7 +175,8 @@ def _options(args: argparse.Namespace) -> Options:
                                   getattr(args, "thoracic", None))
     except ValueError as error:
         raise InputError(f"constraints: {error}") from None
-    return Options(overlap=args.overlap, constraints=constraints)
+    recentre = Options().recentre if getattr(args, "recentre", None) is None else bool(args.recentre)
+    return Options(overlap=args.overlap, constraints=constraints, recentre=recentre)
 
 
 def _load(args: argparse.Namespace, layout: AlgorithmLayout) -> Models:

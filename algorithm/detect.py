@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cc3d
 import numpy as np
@@ -33,6 +33,7 @@ __all__ = [
     "largest_component_box",
     "resample_ct",
     "run_on_grid",
+    "spine_axis",
     "sub_grid",
 ]
 
@@ -69,6 +70,8 @@ class Detection:
     reason: str
     max_probability: float
     spine_volume_ml: float
+    axis_mm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    """``(N, 3)`` LPS points along the detected spine, head to feet (:func:`spine_axis`)."""
 
 
 def resample_ct(image: sitk.Image, grid: Geometry, *, default: float = AIR_HU) -> np.ndarray:
@@ -133,6 +136,24 @@ def largest_component_box(mask: np.ndarray) -> tuple[tuple[int, int, int], tuple
     return low, high, int(counts[best])  # type: ignore[return-value]
 
 
+def spine_axis(probability: np.ndarray, spine: np.ndarray, grid: Geometry) -> np.ndarray:
+    """``(N, 3)`` LPS points, one per axial slice of ``grid`` that holds spine voxels, head to feet: the
+    probability-weighted centre of that slice's ``spine`` voxels (``(z, y, x)`` arrays on the identity-
+    direction ``grid``). It runs through the middle of the column (body and arch), a seed from which the
+    segment model outlines each vertebra where the locate network finds none (:mod:`algorithm.recentre`)."""
+    points = []
+    for k in range(spine.shape[0]):
+        jj, ii = np.nonzero(spine[k])
+        if len(jj) == 0:
+            continue
+        weight = probability[k, jj, ii].astype(np.float64)
+        points.append((k, float(weight @ jj / weight.sum()), float(weight @ ii / weight.sum())))
+    if not points:
+        return np.zeros((0, 3))
+    world = grid.index_to_world(np.asarray(points, dtype=np.float64)[:, ::-1])
+    return world[np.argsort(-world[:, 2], kind="stable")]
+
+
 def detect_spine(
     image: sitk.Image,
     model: StageModel,
@@ -146,7 +167,8 @@ def detect_spine(
     grid = model_grid(Geometry.of(image), meta.spacing_zyx_mm)
     probability = run_on_grid(image, grid, model, overlap=overlap)[0]
     max_probability = float(probability.max()) if probability.size else 0.0
-    found = largest_component_box(probability >= threshold)
+    spine = probability >= threshold
+    found = largest_component_box(spine)
     voxel_ml = float(np.prod(grid.spacing_mm)) / 1000.0
     if found is None:
         return Detection(None, f"no voxel reaches spine probability {threshold} (max {max_probability:.3f})",
@@ -164,4 +186,6 @@ def detect_spine(
     box = SpineBox(tuple(float(v) for v in low), tuple(float(v) for v in high))  # type: ignore[arg-type]
     log.info("detect: spine %.1f ml, box %s mm (max probability %.3f)", volume_ml,
              "x".join(f"{s:.0f}" for s in box.size_mm), max_probability)
-    return Detection(box, "", max_probability, volume_ml)
+    inside = np.zeros_like(spine)
+    inside[low_zyx[0]:high_zyx[0] + 1, low_zyx[1]:high_zyx[1] + 1, low_zyx[2]:high_zyx[2] + 1] = True
+    return Detection(box, "", max_probability, volume_ml, spine_axis(probability, spine & inside, grid))

@@ -22,16 +22,19 @@ from algorithm.detect import SpineBox, crop_grid, run_on_grid
 from algorithm.models import StageModel
 from spine.image import Geometry
 from spine.labels import LOCATE_CHANNELS, Region, region_of
-from spine.preprocess import model_grid, zyx_to_world
+from spine.preprocess import model_grid, world_to_zyx, zyx_to_world
 
 __all__ = [
     "MAX_CANDIDATES",
     "PEAK_SEPARATION_MM",
     "PEAK_THRESHOLD",
     "Candidates",
+    "LocateMaps",
     "channel_scores",
     "find_peaks",
+    "locate_heatmaps",
     "locate_vertebrae",
+    "peak_candidates",
     "refine_peak",
 ]
 
@@ -149,6 +152,69 @@ def channel_scores(heatmaps: np.ndarray, zyx: np.ndarray, channel_labels: Sequen
     return np.clip(scores, 0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class LocateMaps:
+    """The locate model's heatmaps ``(C, z, y, x)`` on ``grid`` (the spine box on the model grid),
+    channel ``c`` the heatmap of VerSe id ``channel_labels[c]``."""
+
+    grid: Geometry
+    heatmaps: np.ndarray
+    channel_labels: tuple[int, ...]
+
+    def candidates_at(self, positions_mm: np.ndarray, *, radius_mm: float = 0.0) -> Candidates:
+        """Candidates at given world points, each score the heatmap's maximum within ``radius_mm`` of the
+        point (0: the nearest voxel; a point outside the grid reads the nearest border voxels).
+
+        A radius lets a point moved a few mm off the network's peak (onto the body centre another
+        model found) keep the network's evidence for that vertebra.
+        """
+        positions = np.asarray(positions_mm, dtype=np.float64).reshape(-1, 3)
+        if len(positions) == 0:
+            return Candidates.empty()
+        spacing = np.asarray(self.grid.spacing_mm, dtype=np.float64)[::-1]
+        shape = np.asarray(self.heatmaps.shape[1:])
+        reach = np.floor(radius_mm / spacing).astype(np.int64)
+        offsets = np.argwhere(np.ones(2 * reach + 1, dtype=bool)) - reach
+        offsets = offsets[np.linalg.norm(offsets * spacing, axis=1) <= radius_mm + 1e-9]
+        centres = np.clip(np.rint(world_to_zyx(self.grid, positions)).astype(np.int64), 0, shape - 1)
+        values = np.empty((len(positions), self.heatmaps.shape[0]), dtype=np.float32)
+        for i, centre in enumerate(centres):
+            ball = np.unique(np.clip(centre + offsets, 0, shape - 1), axis=0)
+            values[i] = self.heatmaps[(slice(None), *ball.T)].max(axis=1)
+        scores = np.zeros((len(positions), len(LOCATE_CHANNELS)), dtype=np.float32)
+        column = {label: i for i, label in enumerate(LOCATE_CHANNELS)}
+        for channel, label in enumerate(self.channel_labels):
+            if label in column:
+                scores[:, column[label]] = values[:, channel]
+        return Candidates(positions, np.clip(scores, 0.0, 1.0), values.max(axis=1).astype(np.float64))
+
+
+def locate_heatmaps(image: sitk.Image, box: SpineBox, model: StageModel, *, overlap: float = 0.5) -> LocateMaps:
+    """The locate model run inside ``box`` (Gaussian-weighted sliding windows)."""
+    meta = model.meta
+    grid = crop_grid(model_grid(Geometry.of(image), meta.spacing_zyx_mm), box)
+    return LocateMaps(grid, run_on_grid(image, grid, model, overlap=overlap), tuple(meta.channel_labels))
+
+
+def peak_candidates(maps: LocateMaps, spacing_zyx_mm: Sequence[float], *, threshold: float = PEAK_THRESHOLD,
+                    min_separation_mm: float = PEAK_SEPARATION_MM) -> Candidates:
+    """The heatmaps' peaks (:func:`find_peaks` on the channel maximum, sub-voxel refined) as candidates."""
+    channel_max = maps.heatmaps.max(axis=0)
+    peaks = find_peaks(channel_max, spacing_zyx_mm, threshold=threshold, min_separation_mm=min_separation_mm)
+    if len(peaks) == 0:
+        log.info("locate: no heatmap peak reaches %.2f (max %.3f)", threshold, float(channel_max.max(initial=0.0)))
+        return Candidates.empty()
+    refined = np.array([refine_peak(channel_max, p) for p in peaks])
+    candidates = Candidates(
+        positions_mm=zyx_to_world(maps.grid, refined),
+        scores=channel_scores(maps.heatmaps, peaks, maps.channel_labels),
+        peak=channel_max[tuple(peaks.T)].astype(np.float64),
+    )
+    log.info("locate: %d candidates on a %s grid at %s mm", len(candidates), "x".join(map(str, maps.grid.shape_zyx)),
+             "x".join(f"{s:g}" for s in spacing_zyx_mm))
+    return candidates
+
+
 def locate_vertebrae(
     image: sitk.Image,
     box: SpineBox,
@@ -164,19 +230,5 @@ def locate_vertebrae(
     """
     meta = model.meta
     threshold = meta.peak_threshold if threshold is None else threshold
-    grid = crop_grid(model_grid(Geometry.of(image), meta.spacing_zyx_mm), box)
-    heatmaps = run_on_grid(image, grid, model, overlap=overlap)
-    channel_max = heatmaps.max(axis=0)
-    peaks = find_peaks(channel_max, meta.spacing_zyx_mm, threshold=threshold, min_separation_mm=min_separation_mm)
-    if len(peaks) == 0:
-        log.info("locate: no heatmap peak reaches %.2f (max %.3f)", threshold, float(channel_max.max(initial=0.0)))
-        return Candidates.empty()
-    refined = np.array([refine_peak(channel_max, p) for p in peaks])
-    candidates = Candidates(
-        positions_mm=zyx_to_world(grid, refined),
-        scores=channel_scores(heatmaps, peaks, meta.channel_labels),
-        peak=channel_max[tuple(peaks.T)].astype(np.float64),
-    )
-    log.info("locate: %d candidates on a %s grid at %s mm", len(candidates), "x".join(map(str, grid.shape_zyx)),
-             "x".join(f"{s:g}" for s in meta.spacing_zyx_mm))
-    return candidates
+    maps = locate_heatmaps(image, box, model, overlap=overlap)
+    return peak_candidates(maps, meta.spacing_zyx_mm, threshold=threshold, min_separation_mm=min_separation_mm)

@@ -27,13 +27,14 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from algorithm.detect import detect_spine
+from algorithm.detect import Detection, detect_spine
 from algorithm.labelling import Constraints, Labelling, label_candidates
 from algorithm.labelling.constraints import changes
-from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_vertebrae
+from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_heatmaps, peak_candidates
 from algorithm.models import Models
 from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer, json_writer
 from algorithm.plausibility import IMPLAUSIBLE_CAP, assess
+from algorithm.recentre import fill_chain, on_spine_curve, recentre, spaced_by_size
 from algorithm.report import StageTimer, versions
 from algorithm.segment import SEGMENT_FLOOR, segment_vertebrae
 from spine.gc import Point, points_document
@@ -51,6 +52,7 @@ __all__ = [
     "empty_label_map",
     "gc_outputs",
     "label_stage",
+    "locate_stage",
     "predict_case",
     "read_gc_input",
     "run_gc_case",
@@ -59,6 +61,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+AXIS_TO_BODY_MM = 15.0
+"""How far in front of the detected spine's axis the vertebral bodies' centres lie (VerSe spines: the
+canal's centre is 25-35 mm behind the body's, the arch adds as much behind it)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,15 @@ class Options:
     segment_floor: float = SEGMENT_FLOOR
     region_evidence: bool = True
     """Give the decoder the locate network's region (C/T/L) posterior as well as its per-level scores."""
+    recentre: bool = False
+    """Move the candidates onto the bodies the segment model outlines and fill the chain's gaps
+    (:mod:`algorithm.recentre`); seeds are the heatmap peaks above ``seed_threshold``."""
+    seed_threshold: float = 0.05
+    axis_seeds: bool = True
+    """With ``recentre``: seed also along the detected spine's axis (every slice of the detect grid), so
+    that vertebrae the locate network misses entirely are outlined too."""
+    score_radius_mm: float = 8.0
+    """A recentred candidate's label scores: the heatmaps' maxima within this distance of it."""
     constraints: Constraints = field(default_factory=Constraints)  # what the user knows (algorithm.labelling, 8)
 
     def __post_init__(self) -> None:
@@ -193,12 +208,10 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
     if detection.box is None:
         return empty(f"no spine found ({detection.reason})")
 
-    threshold = models.locate.meta.peak_threshold if options.peak_threshold is None else options.peak_threshold
     with timer.stage("locate"):
-        candidates = locate_vertebrae(image, detection.box, models.locate, overlap=options.overlap,
-                                      threshold=threshold,
-                                      min_separation_mm=options.peak_separation_mm)
+        candidates = locate_stage(image, detection, models, options)
     if len(candidates) == 0:
+        threshold = options.seed_threshold if options.recentre else _peak_threshold(models, options)
         return empty(f"no vertebra candidate (no heatmap peak reaches {threshold})")
 
     with timer.stage("label"):
@@ -266,6 +279,37 @@ def segment_from_centroids(image: sitk.Image, centroids_mm: dict[int, np.ndarray
     vertebrae = sorted((Vertebra(label, tuple(float(c) for c in point), 1.0)  # type: ignore[arg-type]
                         for label, point in kept.items()), key=lambda v: -v.position_mm[2])
     return _segmented(image, vertebrae, models, options, result, cap_doubtful=False)
+
+
+def _peak_threshold(models: Models, options: Options) -> float:
+    return models.locate.meta.peak_threshold if options.peak_threshold is None else options.peak_threshold
+
+
+def locate_stage(image: sitk.Image, detection: Detection, models: Models,
+                 options: Options | None = None) -> Candidates:
+    """The locate stage's candidates inside the spine ``box``: the heatmap peaks, or with ``options.recentre``
+    the bodies the segment model outlines from them (:mod:`algorithm.recentre`), scored by the heatmaps."""
+    options = options or Options()
+    if detection.box is None:
+        return Candidates.empty()
+    maps = locate_heatmaps(image, detection.box, models.locate, overlap=options.overlap)
+    spacing = models.locate.meta.spacing_zyx_mm
+    if not options.recentre:
+        return peak_candidates(maps, spacing, threshold=_peak_threshold(models, options),
+                               min_separation_mm=options.peak_separation_mm)
+    seeds = peak_candidates(maps, spacing, threshold=options.seed_threshold,
+                            min_separation_mm=options.peak_separation_mm)
+    # The axis runs through the column's middle (canal and arch); bodies lie in front of it (LPS: -y).
+    axis = detection.axis_mm + np.array([0.0, -AXIS_TO_BODY_MM, 0.0]) if options.axis_seeds else np.zeros((0, 3))
+    points = [*seeds.positions_mm, *axis]
+    outlines = spaced_by_size(on_spine_curve(recentre(image, models.segment, points)))
+    outlines = fill_chain(image, models.segment, outlines)
+    candidates = maps.candidates_at(np.array([outline.centre_mm for outline in outlines]).reshape(-1, 3),
+                                    radius_mm=options.score_radius_mm)
+    order = np.argsort(-candidates.peak, kind="stable")
+    log.info("locate: %d heatmap peaks above %.2f -> %d outlined vertebrae", len(seeds), options.seed_threshold,
+             len(candidates))
+    return Candidates(candidates.positions_mm[order], candidates.scores[order], candidates.peak[order])
 
 
 def label_stage(candidates: Candidates, options: Options | None = None) -> Labelling:

@@ -47,9 +47,8 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
     sys.path[0] = str(REPO)  # run as a script, bench/ would come first and shadow nothing; keep the repo importable
 
 from algorithm.detect import detect_spine  # noqa: E402
-from algorithm.locate import locate_vertebrae  # noqa: E402
 from algorithm.models import ModelSource, find_model_dir, load_models  # noqa: E402
-from algorithm.pipeline import Options, label_stage  # noqa: E402
+from algorithm.pipeline import Options, label_stage, locate_stage  # noqa: E402
 from algorithm.segment import segment_vertebrae  # noqa: E402
 from export.real_cases import RealCase, find_real_cases  # noqa: E402
 from spine.case import Case  # noqa: E402
@@ -166,8 +165,7 @@ def stage_figures(case: Case, real: RealCase, models: Any, options: Options | No
     fractions = box_fractions(mask, geometry, detection.box.low_mm, detection.box.high_mm, labels)
     row["detect"] = {"box_mean": _mean(list(fractions.values())), "box_min": min(fractions.values(), default=0.0)}
 
-    threshold = (options.peak_threshold if options is not None else None)
-    candidates = locate_vertebrae(case.ct, detection.box, models.locate, threshold=threshold)
+    candidates = locate_stage(case.ct, detection, models, options)
     z = [c[2] for c in centres.values()]
     height = None if real.complete else (min(z) - 15.0, max(z) + 15.0)
     matched = match_candidates(candidates.positions_mm, centres, height_range_mm=height)
@@ -199,7 +197,8 @@ def stage_figures(case: Case, real: RealCase, models: Any, options: Options | No
     return row
 
 
-def end_to_end(real: RealCase, models_dir: Path, case: Case, workdir: Path) -> dict[str, Any]:
+def end_to_end(real: RealCase, models_dir: Path, case: Case, workdir: Path,
+               options: Options | None = None) -> dict[str, Any]:
     """``python -m algorithm predict`` in a fresh process, scored by the project's evaluator."""
     from evaluation.score import CaseFiles, score_case
     from spine.verse import write_centroid_json
@@ -207,7 +206,8 @@ def end_to_end(real: RealCase, models_dir: Path, case: Case, workdir: Path) -> d
     out = workdir / real.name
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "algorithm", "predict", str(real.ct), "--output", str(out),
-                           "--models", str(models_dir), "--device", "cpu", "--no-qc", "-q"],
+                           "--models", str(models_dir), "--device", "cpu", "--no-qc", "-q",
+                           "--recentre" if (options or Options()).recentre else "--no-recentre"],
                           cwd=REPO, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-end-to-end", action="store_true", help="stage figures only")
     parser.add_argument("--peak-threshold", type=float, metavar="P",
                         help="stage figures with this locate candidate threshold instead of the model's own")
+    parser.add_argument("--recentre", action=argparse.BooleanOptionalAction, default=None,
+                        help="candidates from the segment model's outlines (algorithm.recentre); default: the "
+                             "pipeline's")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     return parser
 
@@ -320,14 +323,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cases:
         print("no real case found", file=sys.stderr)
         return 1
+    options = Options(peak_threshold=args.peak_threshold,
+                      recentre=Options().recentre if args.recentre is None else args.recentre)
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-real-") as tmp:
         for real in cases:
             log.info("%s: %s", real.name, real.note)
             case = real.load()
-            rows[real.name] = stage_figures(case, real, models, Options(peak_threshold=args.peak_threshold))
+            rows[real.name] = stage_figures(case, real, models, options)
             if not args.no_end_to_end:
-                rows[real.name]["end_to_end"] = end_to_end(real, Path(models_dir), case, Path(tmp))
+                rows[real.name]["end_to_end"] = end_to_end(real, Path(models_dir), case, Path(tmp), options)
             log.info("%s: %s", real.name, json.dumps(rows[real.name])[:600])
     print("models trained on:")
     for stage, text in training.items():

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from spine.case import Case
 from spine.image import Geometry
@@ -396,11 +397,20 @@ class Augmentation:
     off_centre_mm: float = 8.0
     """Segment: with probability ``off_centre_p``, the patch centre moves this far (uniform) from the estimate."""
     off_centre_p: float = 0.3
+    spatial_p: float = 0.6
+    """Locate: probability of a random similarity transform of the patch (and of its centroids)."""
+    rotate_deg: float = 12.0
+    """Locate: largest rotation about each axis (real spines are tilted, scoliotic and lordotic)."""
+    zoom: tuple[float, float] = (0.85, 1.2)
+    """Locate: range of the isotropic zoom (body size, patient size), times +-5 % per axis."""
+    appearance_p: float = 0.5
+    """Locate: probability of each appearance change: bone contrast (osteoporotic to dense), blur or
+    sharpening (reconstruction kernel), thick-slice simulation (2-5 mm slices)."""
 
     @classmethod
     def none(cls) -> Augmentation:
         return cls(scale=(1.0, 1.0), shift=0.0, noise_std=0.0, flip_lr=0.0, centroid_jitter_mm=0.0,
-                   off_centre_mm=0.0, off_centre_p=0.0)
+                   off_centre_mm=0.0, off_centre_p=0.0, spatial_p=0.0, appearance_p=0.0)
 
 
 class PatchSampler:
@@ -467,9 +477,70 @@ class PatchSampler:
             labels = sorted(volume.centroids_zyx)
             anchor = volume.centroids_zyx[labels[int(self.rng.integers(len(labels)))]]
             centre = anchor + self.rng.uniform(-0.3, 0.3, 3) * np.asarray(self.shape)
-        x, start = crop_patch(volume.image, centre, self.shape, pad_value=self.meta.intensity.background)
-        y = locate_target(volume.centroids_zyx, start, self.shape, self.meta.heatmap_sigma_mm, self.spacing)
+        aug = self.augmentation
+        if aug.spatial_p > 0 and self.rng.random() < aug.spatial_p:
+            x, centroids = self._similarity_patch(volume, centre)
+            y = locate_target(centroids, (0, 0, 0), self.shape, self.meta.heatmap_sigma_mm, self.spacing)
+        else:
+            x, start = crop_patch(volume.image, centre, self.shape, pad_value=self.meta.intensity.background)
+            y = locate_target(volume.centroids_zyx, start, self.shape, self.meta.heatmap_sigma_mm, self.spacing)
+        if aug.appearance_p > 0:
+            x = self._appearance(x)
         return x[None], y
+
+    def _similarity_patch(self, volume: StageVolume, centre: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """The patch around ``centre`` seen through a random rotation and zoom, and the centroids moved with it.
+
+        Output voxel ``o`` samples the volume at ``centre + M (o - c_out)`` (linear interpolation, the
+        background outside), with ``M`` in voxel units of the (possibly anisotropic) model grid; a
+        centroid ``p`` lands at ``c_out + M^-1 (p - centre)``.
+        """
+        aug = self.augmentation
+        angles = np.deg2rad(self.rng.uniform(-aug.rotate_deg, aug.rotate_deg, 3))
+        rotation = np.eye(3)
+        for axis, angle in enumerate(angles):
+            c, s = np.cos(angle), np.sin(angle)
+            i, j = [a for a in range(3) if a != axis]
+            r = np.eye(3)
+            r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+            rotation = rotation @ r
+        zoom = self.rng.uniform(*aug.zoom) * self.rng.uniform(0.95, 1.05, 3)
+        # mm -> mm map from output to input (zoom > 1 magnifies: output mm cover fewer input mm).
+        to_input_mm = rotation @ np.diag(1.0 / zoom)
+        matrix = np.diag(1.0 / self.spacing) @ to_input_mm @ np.diag(self.spacing)
+        c_out = (np.asarray(self.shape, dtype=np.float64) - 1.0) / 2.0
+        offset = np.asarray(centre, dtype=np.float64) - matrix @ c_out
+        patch = ndimage.affine_transform(volume.image.astype(np.float32, copy=False), matrix, offset=offset,
+                                         output_shape=self.shape, order=1, mode="constant",
+                                         cval=float(self.meta.intensity.background))
+        inverse = np.linalg.inv(matrix)
+        centroids = {label: c_out + inverse @ (np.asarray(p, dtype=np.float64) - centre)
+                     for label, p in volume.centroids_zyx.items()}
+        return patch, centroids
+
+    def _appearance(self, ct: np.ndarray) -> np.ndarray:
+        """Scanner and patient appearance on a CT patch in network units (1.0 = 1000 HU)."""
+        aug = self.augmentation
+        ct = np.array(ct, dtype=np.float32, copy=True)
+        if self.rng.random() < aug.appearance_p:
+            # Bone contrast: trabecular bone of old patients sits near 100 HU, of young ones above 250.
+            knee = np.float32((100.0 - self.meta.intensity.center) / self.meta.intensity.scale)
+            above = ct > knee
+            ct[above] = knee + (ct[above] - knee) * np.float32(self.rng.uniform(0.6, 1.5))
+        if self.rng.random() < aug.appearance_p:
+            sigma = self.rng.uniform(0.3, 1.0, 3) * np.asarray([self.rng.uniform(1, 2), 1, 1])
+            blurred = ndimage.gaussian_filter(ct, sigma)
+            if self.rng.random() < 0.3:  # sharp kernel: unsharp masking
+                ct = ct + np.float32(self.rng.uniform(0.3, 1.0)) * (ct - blurred)
+            else:
+                ct = blurred
+        if self.rng.random() < aug.appearance_p * 0.5:
+            # Thick slices along z: average, then sample back (partial volume between bodies and discs).
+            factor = self.rng.uniform(1.3, 2.0)
+            ct = ndimage.zoom(ndimage.uniform_filter1d(ct, max(int(round(factor)), 1), axis=0),
+                              (1.0 / factor, 1.0, 1.0), order=1)
+            ct = ndimage.zoom(ct, np.asarray(self.shape, dtype=np.float64) / np.asarray(ct.shape), order=1)
+        return ct.astype(np.float32, copy=False)
 
     def _sample_segment(self) -> tuple[np.ndarray, np.ndarray]:
         index, label = self._vertebrae[int(self.rng.integers(len(self._vertebrae)))]

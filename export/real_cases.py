@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from spine.body import DEPTH_FRACTION, deepest_centre_zyx
 from spine.case import Case
 from spine.image import Geometry, read_image
 from spine.labels import EVALUATED
@@ -130,15 +131,13 @@ def find_real_cases(names: list[str] | None = None) -> list[RealCase]:
     return cases
 
 
-def body_centres_mm(mask: sitk.Image, *, depth_fraction: float = 0.6) -> dict[int, np.ndarray]:
+def body_centres_mm(mask: sitk.Image, *, depth_fraction: float = DEPTH_FRACTION) -> dict[int, np.ndarray]:
     """Estimated vertebral-body centre (LPS mm) of every evaluated label in ``mask`` (module docstring).
 
     Per label: the spacing-aware distance of each voxel to the label's surface (EDT on the
     label's bounding box, padded by one voxel); the centre of mass of the voxels at depth
     >= ``depth_fraction`` x the label's deepest voxel, mapped to world mm.
     """
-    if not 0.0 < depth_fraction < 1.0:
-        raise ValueError(f"depth_fraction must be in (0, 1), got {depth_fraction}")
     geometry = Geometry.of(mask)
     array = sitk.GetArrayViewFromImage(mask)
     spacing_zyx = tuple(reversed(geometry.spacing_mm))
@@ -148,11 +147,8 @@ def body_centres_mm(mask: sitk.Image, *, depth_fraction: float = 0.6) -> dict[in
         label = index + 1
         if box is None or label not in EVALUATED:
             continue
-        inside = np.pad(np.asarray(array[box]) == label, 1)
-        depth = ndimage.distance_transform_edt(inside, sampling=spacing_zyx)
-        deep = depth >= depth_fraction * float(depth.max())
-        zyx = np.argwhere(deep).mean(axis=0) - 1.0 + np.array([s.start for s in box], dtype=np.float64)
-        centres[label] = geometry.index_to_world(zyx[::-1])
+        zyx = deepest_centre_zyx(np.asarray(array[box]) == label, spacing_zyx, depth_fraction=depth_fraction)
+        centres[label] = geometry.index_to_world((zyx + np.array([s.start for s in box], dtype=np.float64))[::-1])
     return centres
 
 

@@ -114,6 +114,11 @@ class Geometry:
         affine = self.matrix * np.asarray(self.spacing_mm)[None, :]
         return (pts - np.asarray(self.origin_mm)) @ np.linalg.inv(affine).T
 
+    def contains_mm(self, point_mm: np.ndarray | Sequence[float]) -> bool:
+        """True when the world point lies within the image's extent (voxel centres +- half a voxel)."""
+        index = self.world_to_index(point_mm)
+        return bool(np.all(index >= -0.5) and np.all(index <= np.asarray(self.size, dtype=np.float64) - 0.5))
+
     def orientation_codes(self) -> tuple[str, str, str]:
         """nibabel-style axis codes: the RAS letter each index axis points towards."""
         ras = self.matrix * np.array([-1.0, -1.0, 1.0])[:, None]  # LPS -> RAS, per column

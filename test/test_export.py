@@ -9,6 +9,7 @@ so the model-grid resampling is exercised. Networks are shrunk through the CLI f
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -364,3 +365,44 @@ def test_weights_from_onnx_rebuild_the_bundled_locate_model_exactly() -> None:
     wider = build_network(meta, NetworkConfig(**{**default_network_config("locate").to_dict(), "base_channels": 4}))
     with pytest.raises(ValueError, match="not this architecture"):
         weights_from_onnx(wider, path)
+
+
+def test_locate_similarity_augmentation_moves_the_heatmap_with_the_anatomy() -> None:
+    """A bright marker at each centroid must stay under its heatmap peak after rotation and zoom
+    (a wrong matrix/offset convention would teach the network to point beside the vertebra)."""
+    from export.datasets import StageVolume
+    from spine.image import Geometry
+
+    meta = default_meta("locate", spacing_zyx_mm=(3.0, 2.0, 2.0), patch_shape_zyx=(32, 24, 24))
+    image = np.zeros((60, 50, 50), dtype=np.float32)
+    centroids = {20: np.array([22.0, 24.0, 26.0]), 21: np.array([34.0, 27.0, 23.0])}
+    for zyx in centroids.values():
+        image[tuple(zyx.astype(int))] = 10.0
+    volume = StageVolume("markers", image, Geometry.of(sitk.GetImageFromArray(image)), centroids)
+    augmentation = replace(Augmentation.none(), spatial_p=1.0, rotate_deg=25.0, zoom=(0.8, 1.25))
+    sampler = PatchSampler([volume], meta, np.random.default_rng(3), augmentation)
+    for _ in range(5):
+        patch, moved = sampler._similarity_patch(volume, np.array([28.0, 25.0, 25.0]))
+        assert patch.shape == (32, 24, 24)
+        for label, zyx in moved.items():
+            if np.all(zyx >= 1) and np.all(zyx <= np.array(patch.shape) - 2):
+                near = patch[tuple(slice(int(c) - 1, int(c) + 3) for c in np.floor(zyx))]
+                assert near.max() > 0.5, (label, zyx)  # the marker's interpolated mass is at the moved centroid
+        heat = locate_target(moved, (0, 0, 0), patch.shape, meta.heatmap_sigma_mm, meta.spacing_zyx_mm)
+        assert heat.shape[1:] == patch.shape
+
+
+def test_locate_appearance_augmentation_keeps_shape_and_background() -> None:
+    meta = default_meta("locate", spacing_zyx_mm=(3.0, 3.0, 3.0), patch_shape_zyx=(32, 16, 16))
+    augmentation = replace(Augmentation.none(), appearance_p=1.0)
+    from export.datasets import StageVolume
+
+    empty = np.zeros((4, 4, 4), np.float32)
+    sampler = PatchSampler([StageVolume("v", empty, Geometry.of(sitk.GetImageFromArray(empty)), {1: np.zeros(3)})],
+                           meta, np.random.default_rng(0), augmentation)
+    ct = np.full((32, 16, 16), meta.intensity.background, dtype=np.float32)
+    ct[10:20, 4:12, 4:12] = 0.3  # 300 HU bone
+    out = sampler._appearance(ct)
+    assert out.shape == ct.shape and out.dtype == np.float32
+    assert abs(float(out[0, 0, 0]) - meta.intensity.background) < 1e-3  # air stays air far from the bone
+    assert 0.1 < float(out[15, 8, 8]) < 0.6

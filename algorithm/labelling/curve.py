@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["order_along_spine", "spine_curve"]
+__all__ = ["distance_to_spine_curve", "order_along_spine", "spine_curve"]
 
 def _principal_axis(points: np.ndarray, *, iterations: int = 2,
                     scale_mm: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +67,28 @@ def _project(points: np.ndarray, curve: np.ndarray) -> tuple[np.ndarray, np.ndar
             tangent[nearest])
 
 
+def _fit(positions: np.ndarray, *, bandwidth_mm: float, robust_mm: float
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``spine_curve``'s fit: arc parameter t (N,), distance (N,) to the curve and unit tangents (N, 3)."""
+    n = len(positions)
+    if n == 0:
+        return np.zeros(0), np.zeros(0), np.zeros((0, 3))
+    if n == 1:
+        return np.zeros(1), np.zeros(1), np.array([[0.0, 0.0, -1.0]])
+    centre, axis = _principal_axis(positions)
+    offsets = positions - centre
+    t = offsets @ axis
+    distance = np.sqrt(np.maximum((offsets * offsets).sum(axis=1) - t**2, 0.0))
+    tangents = np.broadcast_to(axis, (n, 3)).copy()
+    if n >= 4 and np.ptp(t) > 0:
+        weights = np.ones(n)
+        for _ in range(2):
+            curve = _local_curve(positions, t, weights, bandwidth_mm=bandwidth_mm)
+            t, distance, tangents = _project(positions, curve)
+            weights = 1.0 / (1.0 + (distance / robust_mm) ** 2)
+    return t, distance, tangents
+
+
 def spine_curve(positions: np.ndarray, *, bandwidth_mm: float = 40.0, robust_mm: float = 10.0
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Arc parameter t (N,) in mm, increasing head to foot, and unit tangents (N, 3) of the spine curve.
@@ -77,21 +99,57 @@ def spine_curve(positions: np.ndarray, *, bandwidth_mm: float = 40.0, robust_mm:
     distance r to the curve, against outliers) and re-projection refine t and give each
     candidate the curve's tangent at its projection. Fewer candidates share the axis.
     """
-    n = len(positions)
-    if n == 0:
-        return np.zeros(0), np.zeros((0, 3))
-    if n == 1:
-        return np.zeros(1), np.array([[0.0, 0.0, -1.0]])
-    centre, axis = _principal_axis(positions)
-    t = (positions - centre) @ axis
-    tangents = np.broadcast_to(axis, (n, 3)).copy()
-    if n >= 4 and np.ptp(t) > 0:
-        weights = np.ones(n)
-        for _ in range(2):
-            curve = _local_curve(positions, t, weights, bandwidth_mm=bandwidth_mm)
-            t, distance, tangents = _project(positions, curve)
-            weights = 1.0 / (1.0 + (distance / robust_mm) ** 2)
+    t, _, tangents = _fit(np.asarray(positions, dtype=float), bandwidth_mm=bandwidth_mm, robust_mm=robust_mm)
     return t, tangents
+
+
+def _line_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    direction = (b - a) / max(float(np.linalg.norm(b - a)), 1e-9)
+    offsets = points - a
+    return np.linalg.norm(offsets - np.outer(offsets @ direction, direction), axis=1)
+
+
+def distance_to_spine_curve(positions_mm: np.ndarray, *, bandwidth_mm: float = 40.0, robust_mm: float = 10.0,
+                            inlier_mm: float = 20.0) -> np.ndarray:
+    """Distance (mm, (N,)) of each candidate to the spine through the others, robust to a few outliers.
+
+    - 7 or more candidates: to ``spine_curve``'s fit of all the others (leaving the candidate out keeps an
+      outlier from pulling the curve towards itself);
+    - 3 to 6 (a short, nearly straight stretch, where a curve through a handful of points would follow
+      an outlier): to the line through the pair of candidates that has the most others within
+      ``inlier_mm`` (ties: the smaller summed distance), refitted to those inliers;
+    - fewer than 3: 0 (nothing to tell an outlier by).
+    """
+    positions = np.asarray(positions_mm, dtype=float).reshape(-1, 3)
+    n = len(positions)
+    distance = np.zeros(n)
+    if n < 3:
+        return distance
+    if n <= 6:
+        best: tuple[int, float] | None = None
+        inliers = np.ones(n, dtype=bool)
+        for j in range(n):
+            for k in range(j + 1, n):
+                d = _line_distance(positions, positions[j], positions[k])
+                within = d <= inlier_mm
+                key = (int(within.sum()), -float(np.minimum(d, inlier_mm).sum()))
+                if best is None or key > best:
+                    best, inliers = key, within
+        centre = positions[inliers].mean(axis=0)
+        axis = np.linalg.eigh(np.cov((positions[inliers] - centre).T))[1][:, -1]
+        return _line_distance(positions, centre, centre + axis)
+    for i in range(n):
+        others = np.delete(positions, i, axis=0)
+        t, _, _ = _fit(others, bandwidth_mm=bandwidth_mm, robust_mm=robust_mm)
+        weights = np.ones(len(others))
+        curve = others[np.argsort(t)]
+        if np.ptp(t) > 0:
+            for _ in range(2):
+                curve = _local_curve(others, t, weights, bandwidth_mm=bandwidth_mm)
+                t, d, _ = _project(others, curve)
+                weights = 1.0 / (1.0 + (d / robust_mm) ** 2)
+        distance[i] = _project(positions[i:i + 1], curve)[1][0]
+    return distance
 
 
 def order_along_spine(positions_mm: np.ndarray) -> np.ndarray:
