@@ -14,6 +14,12 @@ at the junctions (thoracolumbar: T11, T12, T13, L1; lumbosacral: L4, L5, L6) and
 spines (annotated L6, T13, 11 thoracic = T11 followed by L1, 4 lumbar = L4 annotated after T12
 with no L5).
 
+The figures are also given per source (``mapping-export-Training.txt``: CT Colonography,
+Pancreas-CT, VerSe 2019/2020). ``--pedicle-profile`` prints, per source, the median change of the
+log interpedicular width between consecutive annotated vertebrae (the annotators' own body and
+pedicle keypoints, :func:`spine.vid.pedicle_widths`): the same anatomy gives the same profile, so a
+source whose profile sits one level off the others labels its levels differently.
+
 Error breakdown: detector misses (no candidate within 20 mm), true detections rejected,
 false detections kept (accepted, no annotated centroid within 20 mm), wrong labels, and the
 *runs* of wrongly labelled consecutive vertebrae with one common level offset (where each
@@ -37,6 +43,7 @@ vertebra is fixed to that vertebra's level (the annotation loop).
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
 import time
@@ -62,7 +69,7 @@ from algorithm.labelling_prior import (  # noqa: E402
     vid_landmarks,
 )
 from spine.labels import LOCATE_CHANNELS, anatomical_rank, name_of, region_of  # noqa: E402
-from spine.vid import VidScan, read_scan, scan_ids  # noqa: E402
+from spine.vid import VidScan, pedicle_widths, read_scan, scan_ids  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "vid-keypoints"
 DEFAULT_LANDMARKS = REPO / "export" / "data" / "verse2020_landmarks.csv"
@@ -84,8 +91,14 @@ def patient_of(path: str) -> str:
     return path
 
 
-def read_patients(folder: Path) -> dict[str, str]:
-    """scan id -> patient key from ``mapping-export-Training.txt`` (scan id itself when absent)."""
+def source_of(path: str) -> str:
+    """The dataset a VID source path comes from: ``COLONOG``, ``Pancreas-CT`` or ``VerSe`` (2019 and 2020)."""
+    head = path.split("/", 1)[0]
+    return "VerSe" if head.startswith("verse") else head
+
+
+def read_mapping(folder: Path) -> dict[str, str]:
+    """scan id -> source path from ``mapping-export-Training.txt`` (empty when absent)."""
     mapping = folder / "mapping-export-Training.txt"
     if not mapping.is_file():
         return {}
@@ -93,8 +106,13 @@ def read_patients(folder: Path) -> dict[str, str]:
     for line in mapping.read_text(encoding="utf-8").splitlines():
         if "," in line:
             scan, path = line.split(",", 1)
-            out[scan.strip()] = patient_of(path.strip())
+            out[scan.strip()] = path.strip()
     return out
+
+
+def read_patients(folder: Path) -> dict[str, str]:
+    """scan id -> patient key from ``mapping-export-Training.txt`` (scan id itself when absent)."""
+    return {scan: patient_of(path) for scan, path in read_mapping(folder).items()}
 
 
 def broadcast_scores(probabilities: np.ndarray) -> np.ndarray:
@@ -323,12 +341,46 @@ def fold_decoder(scans: list[VidScan], training: np.ndarray, verse: np.ndarray, 
     return ChainDecoder(decoder.prior, **settings, region_calibration=(a, b))
 
 
-def evaluate(scans: list[VidScan], decode_fn, tally: Tally) -> None:
+def evaluate(scans: list[VidScan], decode_fn, tally: Tally, by_source: dict[str, Tally] | None = None,
+             sources: dict[str, str] | None = None) -> None:
+    """Decode and score ``scans`` into ``tally`` and, with ``by_source``, into the tally of each scan's
+    source (``sources``: scan id -> source; "unknown" when absent)."""
     for scan in scans:
         start = time.perf_counter()
         labels, confidence, uncertain = decode_fn(scan)
         tally.seconds.append(time.perf_counter() - start)
         score_scan(scan, np.asarray(labels), np.asarray(confidence), tally, uncertain)
+        if by_source is not None:
+            source = (sources or {}).get(scan.scan, "unknown")
+            score_scan(scan, np.asarray(labels), np.asarray(confidence), by_source.setdefault(source, Tally()))
+
+
+def width_profile(scans: list[VidScan], sources: dict[str, str]) -> dict[tuple[str, str], list[float]]:
+    """(source, "A->B") -> changes of the log interpedicular width from A to B over consecutive annotated
+    vertebrae (head to foot) whose pedicles are both annotated (module docstring)."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for scan in scans:
+        width = pedicle_widths(scan.truth_mm, scan.truth_pedicles_mm, scan.truth_pedicle_sides)
+        order = np.argsort(-scan.truth_mm[:, 2])
+        for a, b in itertools.pairwise(order):
+            if np.isfinite(width[a]) and np.isfinite(width[b]):
+                step = f"{name_of(int(scan.truth_labels[a]))}->{name_of(int(scan.truth_labels[b]))}"
+                out.setdefault((sources.get(scan.scan, "unknown"), step), []).append(
+                    float(np.log(width[b]) - np.log(width[a])))
+    return out
+
+
+PROFILE_STEPS = ("C6->C7", "C7->T1", "T1->T2", "T9->T10", "T10->T11", "T11->T12", "T12->L1", "L1->L2", "L2->L3",
+                 "L3->L4", "L4->L5")
+
+
+def report_profile(profile: dict[tuple[str, str], list[float]]) -> None:
+    names = sorted({source for source, _ in profile})
+    print("median change of log interpedicular width between consecutive annotated vertebrae (n):")
+    print(f"{'step':<10}" + "".join(f"{name:>20}" for name in names))
+    for step in PROFILE_STEPS:
+        cells = [profile.get((name, step), []) for name in names]
+        print(f"{step:<10}" + "".join(f"{np.median(c):>+13.3f} ({len(c):>4})" if c else f"{'-':>20}" for c in cells))
 
 
 def folds_by_patient(scans: list[VidScan], patients: dict[str, str], k: int, seed: int) -> list[np.ndarray]:
@@ -350,6 +402,16 @@ def time_thirty(decoder_fn, scans: list[VidScan], runs: int) -> float:
         decoder_fn(scan.bodies_mm[top], scan.region_probabilities[top])
         seconds.append(time.perf_counter() - start)
     return float(np.median(seconds))
+
+
+def report_sources(by_source: dict[str, Tally]) -> None:
+    print(f"{'source':<14}{'scans':>6}{'vertebrae':>10}{'id rate':>9}{'whole':>7}{'of fully detected':>19}"
+          f"{'wrong labels':>14}  wrong runs start at")
+    for name, t in sorted(by_source.items()):
+        detected = f"{t.detected_right / t.detected:.3f} of {t.detected}" if t.detected else "-"
+        print(f"{name:<14}{t.scans:>6}{t.vertebrae['all']:>10}{t.rate('all'):>9.3f}{t.whole_right / t.scans:>7.3f}"
+              f"{detected:>19}{t.errors['true detections wrongly labelled']:>14}  "
+              + ", ".join(f"{k} {v}" for k, v in t.run_starts.most_common(3)))
 
 
 def report(tally: Tally, per_fold: list[Tally], seconds_30: float) -> None:
@@ -413,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fix-one", action="store_true",
                         help="region evidence with one true label per scan given as a fix on a randomly chosen "
                              "true detection (the annotation loop's --fix); --seed draws it")
+    parser.add_argument("--pedicle-profile", action="store_true",
+                        help="print the annotated interpedicular width profile per source (no decoding)")
     parser.add_argument("--vid-prior", action="store_true",
                         help="fit each fold's prior on VerSe and the VID training scans (default: VerSe alone)")
     args = parser.parse_args(argv)
@@ -425,15 +489,19 @@ def main(argv: list[str] | None = None) -> int:
         ids = ids[:args.limit]
     scans = [read_scan(args.data, scan) for scan in ids]
     patients = read_patients(args.data)
+    sources = {scan: source_of(path) for scan, path in read_mapping(args.data).items()}
+    if args.pedicle_profile:
+        report_profile(width_profile(scans, sources))
+        return 0
     folds = folds_by_patient(scans, patients, args.folds, args.seed)
     print(f"VID: {len(scans)} scans, {len(set(patients.get(s.scan, s.scan) for s in scans))} patients, "
           f"{args.folds} folds; evidence {args.evidence}{' + one true label fixed per scan' if args.fix_one else ''}")
-    total, per_fold = Tally(), []
+    total, per_fold, by_source = Tally(), [], {}
     if args.evidence == "broadcast":
         decoder = ChainDecoder()
         for held_out in folds:
             tally = Tally()
-            evaluate([scans[k] for k in held_out], lambda s: decode_broadcast(decoder, s), tally)
+            evaluate([scans[k] for k in held_out], lambda s: decode_broadcast(decoder, s), tally, by_source, sources)
             per_fold.append(tally)
             total.merge(tally)
         seconds_30 = time_thirty(lambda p, r: decoder.decode(p, broadcast_scores(r)), scans, args.timing)
@@ -455,11 +523,12 @@ def main(argv: list[str] | None = None) -> int:
                      *decoder.region_calibration)
             tally = Tally()
             evaluate([scans[k] for k in held_out], lambda s, d=decoder: decode_region(
-                d, s, one_true_fix(s, args.seed) if args.fix_one else None), tally)
+                d, s, one_true_fix(s, args.seed) if args.fix_one else None), tally, by_source, sources)
             per_fold.append(tally)
             total.merge(tally)
         seconds_30 = time_thirty(lambda p, r, d=decoder: d.decode(p, regions=r), scans, args.timing)
     report(total, per_fold, seconds_30)
+    report_sources(by_source)
     return 0
 
 

@@ -12,10 +12,10 @@ from algorithm.labelling import ChainDecoder, label_candidates
 from algorithm.labelling.region_model import FALSE_CLASS, class_groups, fit_region_model, training_ranks
 from algorithm.labelling_prior import CHAIN_LABELS
 from spine.labels import label_of
-from spine.vid import read_keypoints, read_scan
+from spine.vid import LEFT, RIGHT, pedicle_widths, read_keypoints, read_scan
 
 sys.path.insert(0, str(REPO / "bench"))
-from labelling_real import Tally, broadcast_scores, reliability, score_scan
+from labelling_real import Tally, broadcast_scores, evaluate, reliability, score_scan, source_of, width_profile
 
 FIXTURE = REPO / "test" / "data" / "vid-keypoints"
 WHOLE = "062JCaPtCSw6"  # T10-L5
@@ -100,3 +100,43 @@ def test_a_fitted_region_model_reads_low_probabilities_as_a_false_detection() ->
     assert set(result.labels.tolist()) - {0} == set(scans[0].truth_labels.tolist())
     with pytest.raises(ValueError, match="region, level or junction"):
         class_groups("vertebra")
+
+
+def test_pedicles_keep_their_side_and_give_the_lumbar_width_profile() -> None:
+    scan = read_scan(FIXTURE, WHOLE)  # T10-L5, every annotated body with both pedicles
+    assert sorted(scan.truth_pedicle_sides.tolist()) == [RIGHT] * 8 + [LEFT] * 8
+    assert len(scan.pedicle_sides) == len(scan.pedicles_mm) == 16
+    width = pedicle_widths(scan.truth_mm, scan.truth_pedicles_mm, scan.truth_pedicle_sides)
+    assert np.all((width > 15) & (width < 60))
+    step = dict(zip(["T10", "T11", "T12", "L1", "L2", "L3", "L4"], np.diff(np.log(width)), strict=True))
+    assert step["L4"] == max(step.values()) and step["L4"] > 0.2  # L4 -> L5: the widest step
+    assert abs(step["T12"]) < 0.05  # T12 -> L1: flat
+
+
+def test_a_body_without_a_pedicle_of_each_side_within_reach_has_no_width() -> None:
+    scan = read_scan(FIXTURE, WHOLE)
+    lowest = int(np.argmin(scan.truth_mm[:, 2]))
+    far = np.linalg.norm(scan.truth_pedicles_mm - scan.truth_mm[lowest], axis=1) > 40.0
+    keep = far | (scan.truth_pedicle_sides == RIGHT)  # drop the lowest body's left pedicle
+    width = pedicle_widths(scan.truth_mm, scan.truth_pedicles_mm[keep], scan.truth_pedicle_sides[keep])
+    assert np.isnan(width[lowest]) and np.isfinite(np.delete(width, lowest)).all()
+    # Sides matter: all pedicles read as left leave every body without a right one.
+    assert np.isnan(pedicle_widths(scan.truth_mm, scan.truth_pedicles_mm, np.full(16, LEFT))).all()
+    assert pedicle_widths(np.zeros((0, 3)), scan.truth_pedicles_mm, scan.truth_pedicle_sides).shape == (0,)
+
+
+def test_scans_are_scored_per_source_and_profiled() -> None:
+    assert [source_of(p) for p in ("COLONOG/x/1.3.6/y", "Pancreas-CT/data/PANCREAS_0001.nii.gz",
+                                   "verse19/a/sub-verse004", "verse20/b/sub-gl003")] == \
+        ["COLONOG", "Pancreas-CT", "VerSe", "VerSe"]
+    scans = [read_scan(FIXTURE, WHOLE), read_scan(FIXTURE, FROM_T12)]
+    sources = {WHOLE: "COLONOG"}
+    total, by_source = Tally(), {}
+    decoder = ChainDecoder()
+    evaluate(scans, lambda s: (lambda r: (r.labels, r.confidence, r.uncertain))(
+        decoder.label(s.bodies_mm, regions=s.region_probabilities)), total, by_source, sources)
+    assert sorted(by_source) == ["COLONOG", "unknown"]
+    assert sum(t.scans for t in by_source.values()) == total.scans == 2
+    assert sum(t.vertebrae["all"] for t in by_source.values()) == total.vertebrae["all"]
+    profile = width_profile(scans, sources)
+    assert profile[("COLONOG", "L4->L5")][0] > 0.2 and len(profile[("unknown", "L4->L5")]) == 1
