@@ -78,9 +78,10 @@ class Options:
     segment_floor: float = SEGMENT_FLOOR
     region_evidence: bool = True
     """Give the decoder the locate network's region (C/T/L) posterior as well as its per-level scores."""
-    recentre: bool = False
+    recentre: bool = True
     """Move the candidates onto the bodies the segment model outlines and fill the chain's gaps
-    (:mod:`algorithm.recentre`); seeds are the heatmap peaks above ``seed_threshold``."""
+    (:mod:`algorithm.recentre`); seeds are the heatmap peaks above ``seed_threshold``. Off: the heatmap
+    peaks above the locate model's threshold are the candidates."""
     seed_threshold: float = 0.05
     axis_seeds: bool = True
     """With ``recentre``: seed also along the detected spine's axis (every slice of the detect grid), so
@@ -211,8 +212,8 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
     with timer.stage("locate"):
         candidates = locate_stage(image, detection, models, options)
     if len(candidates) == 0:
-        threshold = options.seed_threshold if options.recentre else _peak_threshold(models, options)
-        return empty(f"no vertebra candidate (no heatmap peak reaches {threshold})")
+        return empty(f"no vertebra candidate (no heatmap peak reaches {_peak_threshold(models, options)}"
+                     + (" and no vertebra outlined)" if options.recentre else ")"))
 
     with timer.stage("label"):
         labelling = label_stage(candidates, options)
@@ -304,6 +305,13 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
     points = [*seeds.positions_mm, *axis]
     outlines = spaced_by_size(on_spine_curve(recentre(image, models.segment, points)))
     outlines = fill_chain(image, models.segment, outlines)
+    if not outlines:
+        # Nothing vertebra-like outlined (an odd image, or a segment model that draws no such outline):
+        # the network's own peaks are all there is; the anatomy check caps what they claim.
+        log.warning("locate: the segment model outlined no vertebra at %d seeds; using the heatmap peaks",
+                    len(points))
+        return peak_candidates(maps, spacing, threshold=_peak_threshold(models, options),
+                               min_separation_mm=options.peak_separation_mm)
     candidates = maps.candidates_at(np.array([outline.centre_mm for outline in outlines]).reshape(-1, 3),
                                     radius_mm=options.score_radius_mm)
     order = np.argsort(-candidates.peak, kind="stable")

@@ -406,3 +406,17 @@ def test_locate_appearance_augmentation_keeps_shape_and_background() -> None:
     assert out.shape == ct.shape and out.dtype == np.float32
     assert abs(float(out[0, 0, 0]) - meta.intensity.background) < 1e-3  # air stays air far from the bone
     assert 0.1 < float(out[15, 8, 8]) < 0.6
+
+
+def test_segment_similarity_augmentation_keeps_the_heatmap_on_its_vertebra() -> None:
+    """Rotated and zoomed segment samples: the heatmap's peak stays inside the target vertebra's mask."""
+    case = toy_case(0)
+    meta = default_meta("segment", spacing_zyx_mm=(2.5, 2.5, 2.5), patch_shape_zyx=(16, 16, 16))
+    volume = prepare_volume(case, meta, crop_margin_mm=STAGE_DEFAULTS["segment"].crop_margin_mm)
+    augmentation = replace(Augmentation.none(), spatial_p=1.0, rotate_deg=20.0, appearance_p=1.0)
+    sampler = PatchSampler([volume], meta, np.random.default_rng(1), augmentation)
+    for _ in range(6):
+        x, y = sampler._sample_segment()
+        assert x.shape == (2, 16, 16, 16) and y.shape == (1, 16, 16, 16)
+        peak = np.unravel_index(int(x[1].argmax()), x[1].shape)
+        assert y[0].sum() > 0 and y[0][peak] == 1.0

@@ -73,3 +73,4 @@ def test_recentre_moves_seeds_beside_real_bodies_onto_their_centres() -> None:
     for outline, centre in zip(outlines, truth, strict=True):
         assert np.linalg.norm(outline.centre_mm - centre) < 4.0
         assert 20.0 < outline.volume_ml < 120.0
+
