@@ -339,7 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {stage}: {text}")
     print(format_table(rows, training))
     if args.json:
-        args.json.write_text(json.dumps({"models": str(models_dir), "trained_on": training, "cases": rows},
+        args.json.write_text(json.dumps({"models": str(models_dir), "trained_on": training,
+                                         "options": {"recentre": options.recentre,
+                                                     "peak_threshold": options.peak_threshold},
+                                         "cases": rows},
                                         indent=1), encoding="utf-8")
     return 0
 

@@ -398,14 +398,15 @@ class Augmentation:
     """Segment: with probability ``off_centre_p``, the patch centre moves this far (uniform) from the estimate."""
     off_centre_p: float = 0.3
     spatial_p: float = 0.6
-    """Locate: probability of a random similarity transform of the patch (and of its centroids)."""
+    """Locate, segment: probability of a random similarity transform of the patch (and of its centroids,
+    labels and heatmap)."""
     rotate_deg: float = 12.0
-    """Locate: largest rotation about each axis (real spines are tilted, scoliotic and lordotic)."""
+    """Locate, segment: largest rotation about each axis (real spines are tilted, scoliotic, lordotic)."""
     zoom: tuple[float, float] = (0.85, 1.2)
-    """Locate: range of the isotropic zoom (body size, patient size), times +-5 % per axis."""
+    """Locate, segment: range of the isotropic zoom (body and patient size), times +-5 % per axis."""
     appearance_p: float = 0.5
-    """Locate: probability of each appearance change: bone contrast (osteoporotic to dense), blur or
-    sharpening (reconstruction kernel), thick-slice simulation (2-5 mm slices)."""
+    """Locate, segment: probability of each appearance change: bone contrast (osteoporotic to dense),
+    blur or sharpening (reconstruction kernel), thick-slice simulation (2-5 mm slices)."""
 
     @classmethod
     def none(cls) -> Augmentation:
@@ -488,13 +489,11 @@ class PatchSampler:
             x = self._appearance(x)
         return x[None], y
 
-    def _similarity_patch(self, volume: StageVolume, centre: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """The patch around ``centre`` seen through a random rotation and zoom, and the centroids moved with it.
-
-        Output voxel ``o`` samples the volume at ``centre + M (o - c_out)`` (linear interpolation, the
-        background outside), with ``M`` in voxel units of the (possibly anisotropic) model grid; a
-        centroid ``p`` lands at ``c_out + M^-1 (p - centre)``.
-        """
+    def _similarity(self, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A random rotation and zoom about ``centre``: ``(matrix, offset, c_out)`` such that output voxel
+        ``o`` of the patch samples the volume at ``matrix @ o + offset = centre + matrix (o - c_out)``
+        (voxel units of the possibly anisotropic model grid); a volume point ``p`` lands at
+        ``c_out + matrix^-1 (p - centre)``."""
         aug = self.augmentation
         angles = np.deg2rad(self.rng.uniform(-aug.rotate_deg, aug.rotate_deg, 3))
         rotation = np.eye(3)
@@ -509,14 +508,25 @@ class PatchSampler:
         to_input_mm = rotation @ np.diag(1.0 / zoom)
         matrix = np.diag(1.0 / self.spacing) @ to_input_mm @ np.diag(self.spacing)
         c_out = (np.asarray(self.shape, dtype=np.float64) - 1.0) / 2.0
-        offset = np.asarray(centre, dtype=np.float64) - matrix @ c_out
-        patch = ndimage.affine_transform(volume.image.astype(np.float32, copy=False), matrix, offset=offset,
-                                         output_shape=self.shape, order=1, mode="constant",
-                                         cval=float(self.meta.intensity.background))
+        return matrix, np.asarray(centre, dtype=np.float64) - matrix @ c_out, c_out
+
+    def _warp(self, array: np.ndarray, matrix: np.ndarray, offset: np.ndarray, *, labels: bool = False) -> np.ndarray:
+        """``array`` resampled through the similarity (linear for CT, nearest for labels)."""
+        if labels:
+            return ndimage.affine_transform(array, matrix, offset=offset, output_shape=self.shape, order=0,
+                                            mode="constant", cval=0)
+        return ndimage.affine_transform(array.astype(np.float32, copy=False), matrix, offset=offset,
+                                        output_shape=self.shape, order=1, mode="constant",
+                                        cval=float(self.meta.intensity.background))
+
+    def _similarity_patch(self, volume: StageVolume, centre: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """The CT patch around ``centre`` seen through a random rotation and zoom (:meth:`_similarity`),
+        and the centroids moved with it."""
+        matrix, offset, c_out = self._similarity(centre)
         inverse = np.linalg.inv(matrix)
-        centroids = {label: c_out + inverse @ (np.asarray(p, dtype=np.float64) - centre)
+        centroids = {label: c_out + inverse @ (np.asarray(p, dtype=np.float64) - np.asarray(centre))
                      for label, p in volume.centroids_zyx.items()}
-        return patch, centroids
+        return self._warp(volume.image, matrix, offset), centroids
 
     def _appearance(self, ct: np.ndarray) -> np.ndarray:
         """Scanner and patient appearance on a CT patch in network units (1.0 = 1000 HU)."""
@@ -530,14 +540,12 @@ class PatchSampler:
         if self.rng.random() < aug.appearance_p:
             sigma = self.rng.uniform(0.3, 1.0, 3) * np.asarray([self.rng.uniform(1, 2), 1, 1])
             blurred = ndimage.gaussian_filter(ct, sigma)
-            if self.rng.random() < 0.3:  # sharp kernel: unsharp masking
-                ct = ct + np.float32(self.rng.uniform(0.3, 1.0)) * (ct - blurred)
-            else:
-                ct = blurred
+            sharpen = self.rng.random() < 0.3  # a sharp kernel: unsharp masking; else a smooth one
+            ct = ct + np.float32(self.rng.uniform(0.3, 1.0)) * (ct - blurred) if sharpen else blurred
         if self.rng.random() < aug.appearance_p * 0.5:
             # Thick slices along z: average, then sample back (partial volume between bodies and discs).
             factor = self.rng.uniform(1.3, 2.0)
-            ct = ndimage.zoom(ndimage.uniform_filter1d(ct, max(int(round(factor)), 1), axis=0),
+            ct = ndimage.zoom(ndimage.uniform_filter1d(ct, max(round(factor), 1), axis=0),
                               (1.0 / factor, 1.0, 1.0), order=1)
             ct = ndimage.zoom(ct, np.asarray(self.shape, dtype=np.float64) / np.asarray(ct.shape), order=1)
         return ct.astype(np.float32, copy=False)
@@ -550,10 +558,19 @@ class PatchSampler:
         centre = estimate
         if aug.off_centre_p > 0 and self.rng.random() < aug.off_centre_p:
             centre = estimate + self.rng.uniform(-aug.off_centre_mm, aug.off_centre_mm, 3) / self.spacing
-        x, _ = segment_inputs(volume.image, estimate, self.meta, centre)
         if volume.labels is None:
             raise ValueError(f"{volume.case_id}: segment volume without labels")
-        labels, _ = crop_patch(volume.labels, centre, self.shape, pad_value=0)
+        if aug.spatial_p > 0 and self.rng.random() < aug.spatial_p:
+            matrix, offset, c_out = self._similarity(centre)
+            moved = c_out + np.linalg.inv(matrix) @ (np.asarray(estimate) - np.asarray(centre))
+            heat = gaussian_heatmap(self.shape, moved, self.meta.heatmap_sigma_mm, self.spacing).astype(np.float32)
+            x = np.stack([self._warp(volume.image, matrix, offset), heat])
+            labels = self._warp(volume.labels, matrix, offset, labels=True)
+        else:
+            x, _ = segment_inputs(volume.image, estimate, self.meta, centre)
+            labels, _ = crop_patch(volume.labels, centre, self.shape, pad_value=0)
+        if aug.appearance_p > 0:
+            x = np.stack([self._appearance(x[0]), x[1]])
         return x, (labels == label)[None].astype(np.float32)
 
     def _augment(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -74,3 +74,28 @@ def test_recentre_moves_seeds_beside_real_bodies_onto_their_centres() -> None:
         assert np.linalg.norm(outline.centre_mm - centre) < 4.0
         assert 20.0 < outline.volume_ml < 120.0
 
+
+
+def test_spine_axis_follows_a_tilted_column_head_to_feet() -> None:
+    import SimpleITK as sitk
+
+    from algorithm.detect import spine_axis
+    from spine.image import Geometry
+
+    shape = (20, 30, 30)  # z, y, x at 8 mm
+    probability = np.zeros(shape, np.float32)
+    for k in range(2, 18):
+        y, x = 10 + k // 2, 15
+        probability[k, y - 1:y + 2, x - 1:x + 2] = 0.9
+        probability[k, y, x] = 1.0
+    image = sitk.GetImageFromArray(probability)
+    image.SetSpacing((8.0, 8.0, 8.0))
+    image.SetOrigin((-100.0, 50.0, 300.0))
+    grid = Geometry.of(image)
+    axis = spine_axis(probability, probability >= 0.5, grid)
+    assert axis.shape == (16, 3)
+    assert np.all(np.diff(axis[:, 2]) < 0)  # head (large z) first
+    k = np.round((axis[:, 2] - 300.0) / 8.0).astype(int)
+    np.testing.assert_allclose(axis[:, 1], 50.0 + 8.0 * (10 + k // 2), atol=1e-6)
+    np.testing.assert_allclose(axis[:, 0], -100.0 + 8.0 * 15, atol=1e-6)
+    assert spine_axis(probability, np.zeros(shape, bool), grid).shape == (0, 3)

@@ -18,8 +18,8 @@
 #   bash export/recipes/gpu.sh ...                   # on a lent GPU (see that file)
 # Environment: WORK (data + runs, default /work/data), DEVICE (auto), OUT (the exported models, default
 # $WORK/runs/real-mix/models: compare with bench/real.py, then copy into algorithm/models), LOCATE_MINUTES,
-# SEGMENT_MINUTES, DETECT_MINUTES, LOCATE2_MINUTES, SEGMENT2_MINUTES (wall-time caps, default 40/20/6/28/7;
-# 0 = none), ITERATIONS_SCALE (1).
+# SEGMENT_MINUTES, DETECT_MINUTES, LOCATE2_MINUTES, SEGMENT2_MINUTES, LOCATE3_MINUTES, SEGMENT3_MINUTES
+# (wall-time caps, default 40/20/6/28/7/45/30; 0 = none), ITERATIONS_SCALE (1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORK=${WORK:-/work/data}
@@ -61,8 +61,27 @@ python -m export train segment "${COMMON[@]}" --out "$RUNS/segment" --lr 2e-3 --
 # shellcheck disable=SC2046
 python -m export train detect  "${COMMON[@]}" --out "$RUNS/detect"  --init-from "$BASE/detect.onnx"  --lr 2e-3 \
   --iterations $(its 300) --val-every 150 $(cap "${DETECT_MINUTES:-6}") $RESUME_FLAG
-mkdir -p "$OUT"
+ROUND2=$RUNS/models-round2
+mkdir -p "$ROUND2" "$OUT"
 for stage in locate segment detect; do
-  python -m export onnx --checkpoint "$RUNS/$stage/last.pt" --out "$OUT/$stage.onnx"
+  python -m export onnx --checkpoint "$RUNS/$stage/last.pt" --out "$ROUND2/$stage.onnx"
 done
+# Round 3: locate and segment fine-tuned from round 2 with rotation, zoom and appearance augmentation
+# (export.datasets.Augmentation: bone contrast, reconstruction kernel, thick slices), seed 1. The bundled locate
+# model stopped at its 45-minute cap (iteration 1,320) and segment at its 30-minute cap; both are the last
+# checkpoints.
+AUG_TRAINED_ON="$TRAINED_ON; then fine-tuned with rotation/zoom/appearance augmentation on the same data"
+COMMON3=(--data "$WORK/synth2-train" "$WORK/real-train" --val-data "$WORK/synth2-val" --val-cases 3 --batch-size 2
+         --seed 1 --device "$DEVICE" --trained-on "$AUG_TRAINED_ON" --no-progress)
+# shellcheck disable=SC2046
+python -m export train locate  "${COMMON3[@]}" --out "$RUNS/locate-aug" \
+  --init-from "$ROUND2/locate.onnx" --lr 2e-3 --iterations $(its 1500) --val-every 250 \
+  $(cap "${LOCATE3_MINUTES:-45}") $RESUME_FLAG
+# shellcheck disable=SC2046
+python -m export train segment "${COMMON3[@]}" --out "$RUNS/segment-aug" \
+  --init-from "$ROUND2/segment.onnx" --lr 2e-3 --iterations $(its 800) --val-every 200 \
+  $(cap "${SEGMENT3_MINUTES:-30}") $RESUME_FLAG
+python -m export onnx --checkpoint "$RUNS/locate-aug/last.pt" --out "$OUT/locate.onnx"
+python -m export onnx --checkpoint "$RUNS/segment-aug/last.pt" --out "$OUT/segment.onnx"
+cp "$ROUND2/detect.onnx" "$OUT/detect.onnx"
 python bench/real.py --models "$OUT" --json "$RUNS/real.json"
