@@ -46,6 +46,9 @@ names its own in its metadata (``peak_threshold``), which :func:`locate_vertebra
 PEAK_SEPARATION_MM = 10.0
 """Minimum distance between two candidates: about a third of a thoracic or lumbar vertebra's
 height (25-35 mm centre to centre); cervical centres still lie 14 mm or more apart."""
+REGION_CONFIDENT_PEAK = 0.3
+"""A candidate's region posterior counts in full from this centre probability up (the default peak
+threshold), less below it (:meth:`Candidates.regions`)."""
 MAX_CANDIDATES = 40
 """At most this many candidates (the strongest) go to the decoder: 26 vertebrae plus spares."""
 
@@ -66,15 +69,23 @@ class Candidates:
     def __len__(self) -> int:
         return int(self.positions_mm.shape[0])
 
-    def regions(self) -> np.ndarray:
+    def regions(self, *, confident_peak: float = REGION_CONFIDENT_PEAK) -> np.ndarray:
         """``(N, 3)`` cervical / thoracic / lumbar probabilities: each candidate's label scores summed per
         region and normalised (with the factorised locate head the scores are the label softmax scaled
-        by the centre probability, so this is the network's region posterior); uniform where all are 0."""
+        by the centre probability, so this is the network's region posterior), blended towards uniform
+        by ``w = min(peak / confident_peak, 1)``: ``w * posterior + (1 - w) / 3``.
+
+        Where the network sees no vertebral-body centre (a candidate found by another model, at a peak
+        of 0.01), its label softmax is an opinion about nothing: normalised, it would read as confident
+        region evidence. The blend keeps what the network says where it says something.
+        """
         columns = [[i for i, label in enumerate(LOCATE_CHANNELS) if region_of(label) is region]
                    for region in (Region.CERVICAL, Region.THORACIC, Region.LUMBAR)]
         sums = np.stack([self.scores[:, c].sum(axis=1) for c in columns], axis=1).astype(np.float64)
         total = sums.sum(axis=1, keepdims=True)
-        return np.where(total > 0, sums / np.maximum(total, 1e-12), 1.0 / 3.0)
+        posterior = np.where(total > 0, sums / np.maximum(total, 1e-12), 1.0 / 3.0)
+        weight = np.clip(np.asarray(self.peak, dtype=np.float64) / confident_peak, 0.0, 1.0)[:, None]
+        return weight * posterior + (1.0 - weight) / 3.0
 
     @classmethod
     def empty(cls) -> Candidates:

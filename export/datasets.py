@@ -404,6 +404,9 @@ class Augmentation:
     """Locate, segment: largest rotation about each axis (real spines are tilted, scoliotic, lordotic)."""
     zoom: tuple[float, float] = (0.85, 1.2)
     """Locate, segment: range of the isotropic zoom (body and patient size), times +-5 % per axis."""
+    sacrum_p: float = 0.1
+    """Segment: probability of a negative sample, the heatmap on the sacrum's top (S1) and an empty target:
+    a seed there must outline nothing, or S1 passes for a sixth lumbar vertebra (:mod:`algorithm.recentre`)."""
     appearance_p: float = 0.5
     """Locate, segment: probability of each appearance change: bone contrast (osteoporotic to dense),
     blur or sharpening (reconstruction kernel), thick-slice simulation (2-5 mm slices)."""
@@ -411,7 +414,7 @@ class Augmentation:
     @classmethod
     def none(cls) -> Augmentation:
         return cls(scale=(1.0, 1.0), shift=0.0, noise_std=0.0, flip_lr=0.0, centroid_jitter_mm=0.0,
-                   off_centre_mm=0.0, off_centre_p=0.0, spatial_p=0.0, appearance_p=0.0)
+                   off_centre_mm=0.0, off_centre_p=0.0, spatial_p=0.0, sacrum_p=0.0, appearance_p=0.0)
 
 
 class PatchSampler:
@@ -437,6 +440,8 @@ class PatchSampler:
                                if v.labels is not None and label <= MAX_LABEL and label not in (26, 27)]
             if not self._vertebrae:
                 raise ValueError("no vertebra with a centroid in the training volumes")
+            self._sacra = [(i, top) for i, v in enumerate(self.volumes) if v.labels is not None
+                           and len(top := sacrum_top(v.labels, self.spacing)) > 0]
         elif meta.stage == "locate" and not any(v.centroids_zyx for v in self.volumes):
             raise ValueError("no centroids in the training volumes")
 
@@ -551,9 +556,14 @@ class PatchSampler:
         return ct.astype(np.float32, copy=False)
 
     def _sample_segment(self) -> tuple[np.ndarray, np.ndarray]:
+        aug = self.augmentation
+        if self._sacra and aug.sacrum_p > 0 and self.rng.random() < aug.sacrum_p:
+            index, top = self._sacra[int(self.rng.integers(len(self._sacra)))]
+            estimate = top[int(self.rng.integers(len(top)))].astype(np.float64)
+            x, _ = segment_inputs(self.volumes[index].image, estimate, self.meta, estimate)
+            return x, np.zeros((1, *self.shape), dtype=np.float32)
         index, label = self._vertebrae[int(self.rng.integers(len(self._vertebrae)))]
         volume = self.volumes[index]
-        aug = self.augmentation
         estimate = volume.centroids_zyx[label] + self.rng.normal(0.0, aug.centroid_jitter_mm, 3) / self.spacing
         centre = estimate
         if aug.off_centre_p > 0 and self.rng.random() < aug.off_centre_p:
@@ -588,6 +598,18 @@ class PatchSampler:
             x = np.ascontiguousarray(x[..., ::-1])
             y = np.ascontiguousarray(y[..., ::-1])
         return x, y
+
+
+def sacrum_top(labels: np.ndarray, spacing_zyx_mm: np.ndarray, *, depth_mm: float = 30.0,
+               samples: int = 64) -> np.ndarray:
+    """Up to ``samples`` voxel indices ``(M, 3)`` of the sacrum (VerSe id 26) within ``depth_mm`` of its top
+    (the largest z index: model grids are LPS, +z superior): where S1's body lies. Empty without a sacrum."""
+    voxels = np.argwhere(labels == 26)
+    if len(voxels) == 0:
+        return voxels
+    top = voxels[voxels[:, 0] >= voxels[:, 0].max() - depth_mm / float(spacing_zyx_mm[0])]
+    step = max(len(top) // samples, 1)
+    return top[::step][:samples]
 
 
 def volumes_for(cases: Iterable[Case | CaseSource], meta: ModelMeta, cache_dir: str | os.PathLike[str] | None,

@@ -387,3 +387,21 @@ def test_ct_checks_name_the_problem() -> None:
         image.SetSpacing(spacing)
         with pytest.raises(InputError, match="outside"):
             check_ct(image, "spacing.mha")
+
+
+def test_region_posterior_counts_only_where_the_network_sees_a_body() -> None:
+    """A candidate with no centre probability (found by the segment model's outline, not the heatmap) must not
+    turn the network's noise-level label softmax into confident region evidence."""
+    from algorithm.locate import REGION_CONFIDENT_PEAK, Candidates
+    from spine.labels import LOCATE_CHANNELS
+
+    scores = np.zeros((3, len(LOCATE_CHANNELS)), np.float32)
+    lumbar = LOCATE_CHANNELS.index(22)
+    scores[:, lumbar] = [0.9, 0.1, 1e-4]
+    peak = np.array([0.9, 0.1, 1e-4])
+    regions = Candidates(np.zeros((3, 3)), scores, peak).regions()
+    np.testing.assert_allclose(regions[0], [0.0, 0.0, 1.0])
+    w = 0.1 / REGION_CONFIDENT_PEAK
+    np.testing.assert_allclose(regions[1], [(1 - w) / 3, (1 - w) / 3, w + (1 - w) / 3])
+    np.testing.assert_allclose(regions[2], [1 / 3, 1 / 3, 1 / 3], atol=1e-3)
+    np.testing.assert_allclose(regions.sum(axis=1), 1.0)

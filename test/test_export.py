@@ -420,3 +420,23 @@ def test_segment_similarity_augmentation_keeps_the_heatmap_on_its_vertebra() -> 
         assert x.shape == (2, 16, 16, 16) and y.shape == (1, 16, 16, 16)
         peak = np.unravel_index(int(x[1].argmax()), x[1].shape)
         assert y[0].sum() > 0 and y[0][peak] == 1.0
+
+
+def test_segment_sampler_draws_empty_targets_on_the_sacrum_top() -> None:
+    """Negative samples: a heatmap on S1 must teach the segment model to outline nothing there."""
+    from export.datasets import StageVolume, sacrum_top
+
+    labels = np.zeros((40, 20, 20), np.uint8)
+    labels[5:15, 5:15, 5:15] = 26  # sacrum below
+    labels[20:30, 5:15, 5:15] = 24  # L5 above it
+    top = sacrum_top(labels, np.array([2.0, 2.0, 2.0]), depth_mm=6.0)
+    assert len(top) > 0 and top[:, 0].min() >= 11 and np.all(labels[tuple(top.T)] == 26)
+    image = np.zeros(labels.shape, np.float32)
+    meta = default_meta("segment", spacing_zyx_mm=(2.0, 2.0, 2.0), patch_shape_zyx=(16, 16, 16))
+    volume = StageVolume("v", image, Geometry.of(sitk.GetImageFromArray(image)), {24: np.array([25.0, 10, 10])},
+                         labels=labels)
+    sampler = PatchSampler([volume], meta, np.random.default_rng(0), replace(Augmentation.none(), sacrum_p=1.0))
+    x, y = sampler._sample_segment()
+    assert y.sum() == 0 and x[1].max() > 0.9  # heatmap placed, nothing to outline
+    sampler = PatchSampler([volume], meta, np.random.default_rng(0), Augmentation.none())
+    assert sampler._sample_segment()[1].sum() > 0  # without negatives: L5's mask
