@@ -54,7 +54,8 @@ train)
   # The GPU runs ~20x the CPU's iterations in its share of the minutes.
   WORK=/tmp/work DEVICE=${DEVICE:-cuda} OUT="$out/models" ITERATIONS_SCALE=${ITERATIONS_SCALE:-10} \
     LOCATE_MINUTES=$(( minutes * 5 / 8 )) SEGMENT_MINUTES=$(( minutes * 2 / 8 )) \
-    DETECT_MINUTES=$(( minutes - minutes * 7 / 8 )) LOCATE2_MINUTES=1 SEGMENT2_MINUTES=1 \
+    DETECT_MINUTES=$(( minutes - minutes * 7 / 8 )) LOCATE2_MINUTES=1 SEGMENT2_MINUTES=1 LOCATE3_MINUTES=1 \
+    SEGMENT3_MINUTES=1 \
     bash export/recipes/real-mix.sh 2>&1 | tee "$out/train.log"
   cp /tmp/work/runs/real-mix/*/history.jsonl "$out/" 2>/dev/null || true
   ;;
