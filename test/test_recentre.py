@@ -99,3 +99,42 @@ def test_spine_axis_follows_a_tilted_column_head_to_feet() -> None:
     np.testing.assert_allclose(axis[:, 1], 50.0 + 8.0 * (10 + k // 2), atol=1e-6)
     np.testing.assert_allclose(axis[:, 0], -100.0 + 8.0 * 15, atol=1e-6)
     assert spine_axis(probability, np.zeros(shape, bool), grid).shape == (0, 3)
+
+
+def _spine_points(n: int, spacing: float, bend: float) -> np.ndarray:
+    """Body centres on a smooth lordotic/scoliotic curve, head first."""
+    t = np.arange(n) * spacing
+    return np.stack([bend * np.sin(t / 180.0), 0.5 * bend * np.cos(t / 120.0), -t], axis=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(4, 24), st.floats(16.0, 38.0), st.floats(0.0, 40.0), st.data())
+def test_distance_to_spine_curve_flags_a_point_off_the_column_only(n: int, spacing: float, bend: float,
+                                                                   data: st.DataObject) -> None:
+    from algorithm.labelling.curve import distance_to_spine_curve
+    from algorithm.recentre import OFF_CURVE_MM
+
+    points = _spine_points(n, spacing, bend)
+    assert np.all(distance_to_spine_curve(points) < 15.0)  # bodies on the curve, even a bent one, stay
+    k = data.draw(st.integers(0, n - 1))
+    moved = points.copy()
+    moved[k, 1] += 50.0  # a spinous process's outline, 50 mm behind
+    distance = distance_to_spine_curve(moved)
+    assert np.all(np.delete(distance, k) < OFF_CURVE_MM)  # no true body is dropped
+    if n >= 5:
+        assert distance[k] > OFF_CURVE_MM
+
+
+def test_spaced_by_size_drops_a_disc_outline_between_two_bodies_and_keeps_cervical_spacing() -> None:
+    from algorithm.recentre import spaced_by_size
+
+    lumbar = [Outline(np.array([0.0, 0.0, z]), v) for z, v in ((0.0, 60.0), (-18.0, 30.0), (-37.0, 58.0))]
+    assert [o.volume_ml for o in spaced_by_size(lumbar)] == [60.0, 58.0]
+    cervical = [Outline(np.array([0.0, 0.0, -16.0 * i]), 10.0) for i in range(5)]
+    assert len(spaced_by_size(cervical)) == 5
+
+
+def test_bone_like_outlines_need_a_spread_of_hounsfield_units() -> None:
+    assert Outline(np.zeros(3), 40.0, hu_spread=300.0).bone_like
+    assert not Outline(np.zeros(3), 40.0, hu_spread=90.0).bone_like  # contrast-filled vessel
+    assert merge_outlines([Outline(np.zeros(3), 40.0, hu_spread=90.0)]) == []
