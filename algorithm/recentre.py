@@ -66,7 +66,8 @@ GAP_FACTOR = 1.6
 """A gap this many times longer than its neighbouring spacings hides at least one vertebra."""
 FILL_VOLUME_FRACTION = 0.4
 """A vertebra found by filling must outline at least this fraction of the chain's median volume
-(the sacrum's S1 and partial outlines at the edge of the field of view stay smaller)."""
+(partial outlines at the edge of the field of view stay smaller; the sacrum's S1 does not, and can
+pass for an L6: the model card's limitations)."""
 MAX_FILL_PASSES = 4
 MIN_HU_SPREAD = 180.0
 """Least 10th-90th percentile HU spread of a vertebra's outline: 209-694 HU over the vertebrae of the four
