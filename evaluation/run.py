@@ -19,6 +19,7 @@ from typing import Any
 
 from evaluation.aggregate import aggregate
 from evaluation.score import ERROR, UNREADABLE_PREDICTION, CaseFiles, empty_record, score_case
+from evaluation.workers import retain_freed_memory
 from spine.image import write_text_atomic
 
 __all__ = ["evaluate_cases", "metrics_document", "safe_key", "write_metrics"]
@@ -43,7 +44,8 @@ def evaluate_cases(cases: Sequence[CaseFiles], workers: int, *, progress: bool =
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             log.debug("scoring %d cases in %d processes", len(cases), workers)
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            # workers reuse one case's memory for the next (no page faults), whatever the start method
+            with ProcessPoolExecutor(max_workers=workers, initializer=retain_freed_memory) as pool:
                 futures = {pool.submit(score_case, case): case for case in cases}
                 for future in as_completed(futures):
                     case = futures[future]
