@@ -226,13 +226,14 @@ def _check_spacing(spacing_mm: Sequence[float], ndim: int) -> tuple[float, ...]:
     return spacing
 
 
-def _distances_to(target_surface: np.ndarray, at: np.ndarray, spacing_mm: tuple[float, ...]) -> np.ndarray:
+def _distances_to(target_surface: np.ndarray, at: np.ndarray, spacing_mm: tuple[float, ...],
+                  threads: int = 1) -> np.ndarray:
     """Distances in mm from each voxel of ``at`` to the nearest voxel of ``target_surface`` (EDT)."""
     # edt measures the distance to the nearest zero: zeros on the target surface. Its
     # black_border=False keeps the box's edge from acting as a surface.
     # Handed over as uint8: edt's bool path is about 4x slower for the same (identical) result.
     outside = np.ascontiguousarray(~target_surface).view(np.uint8)
-    field = edt.edt(outside, anisotropy=spacing_mm, black_border=False, parallel=1)
+    field = edt.edt(outside, anisotropy=spacing_mm, black_border=False, parallel=threads)
     return field[at].astype(np.float64)
 
 
@@ -241,6 +242,7 @@ def surface_distances_mm(
     reference: np.ndarray,
     spacing_mm: Sequence[float],
     box: Box | None = None,
+    threads: int = 1,
 ) -> SurfaceDistances:
     """Directed surface distances between two binary 3-D masks, in mm.
 
@@ -250,6 +252,7 @@ def surface_distances_mm(
       spacing_mm: voxel size along the array axes, in mm.
       box: optional union bounding box of both masks when the caller knows it (e.g. from
         :func:`bounding_boxes`); computed otherwise.
+      threads: threads of each distance transform (the same field for any number).
 
     Returns:
       :class:`SurfaceDistances`: d(s, S_G) for s in S_P and d(s, S_P) for s in S_G, with S the
@@ -268,17 +271,18 @@ def surface_distances_mm(
         return SurfaceDistances(np.zeros(0), np.zeros(0))
     p_crop = np.pad(p[box], 1, constant_values=False)
     g_crop = np.pad(g[box], 1, constant_values=False)
-    return _crop_surface_distances(p_crop, g_crop, spacing)
+    return _crop_surface_distances(p_crop, g_crop, spacing, threads)
 
 
-def _crop_surface_distances(p_padded: np.ndarray, g_padded: np.ndarray, spacing: tuple[float, ...]) -> SurfaceDistances:
+def _crop_surface_distances(p_padded: np.ndarray, g_padded: np.ndarray, spacing: tuple[float, ...],
+                            threads: int = 1) -> SurfaceDistances:
     """Directed distances of two masks already cropped to their union box and padded by one voxel."""
     s_p = _surface_of_padded(p_padded)
     s_g = _surface_of_padded(g_padded)
     has_p, has_g = bool(s_p.any()), bool(s_g.any())
     if has_p and has_g:
-        p_to_g = _distances_to(s_g, s_p, spacing)
-        g_to_p = _distances_to(s_p, s_g, spacing)
+        p_to_g = _distances_to(s_g, s_p, spacing, threads)
+        g_to_p = _distances_to(s_p, s_g, spacing, threads)
     else:  # to an empty surface: +inf; from one: nothing
         p_to_g = np.full(int(np.count_nonzero(s_p)), np.inf)
         g_to_p = np.full(int(np.count_nonzero(s_g)), np.inf)

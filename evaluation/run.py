@@ -19,7 +19,7 @@ from typing import Any
 
 from evaluation.aggregate import aggregate
 from evaluation.score import ERROR, UNREADABLE_PREDICTION, CaseFiles, empty_record, score_case
-from evaluation.workers import retain_freed_memory
+from evaluation.workers import available_cpus, retain_freed_memory
 from spine.image import write_text_atomic
 
 __all__ = ["evaluate_cases", "metrics_document", "safe_key", "write_metrics"]
@@ -37,8 +37,9 @@ def evaluate_cases(cases: Sequence[CaseFiles], workers: int, *, progress: bool =
     records: dict[str, dict[str, Any]] = {}
     with _progress(len(cases), progress) as advance:
         if workers == 1:
+            threads = available_cpus()[0]  # one case at a time: its distance transforms take every core
             for case in cases:
-                records[case.case_id] = _warned(case.case_id, score_case(case))
+                records[case.case_id] = _warned(case.case_id, score_case(case, threads))
                 advance()
         else:
             from concurrent.futures import ProcessPoolExecutor, as_completed

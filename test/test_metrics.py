@@ -184,6 +184,18 @@ def test_mask_touching_the_volume_edge_equals_the_plain_definition() -> None:
                                rtol=1e-5, atol=1e-5)
 
 
+@FAST
+@given(seed=st.integers(0, 2**16), spacing=spacings)
+def test_threads_give_the_same_distances_bit_for_bit(seed: int, spacing: tuple) -> None:
+    """The inline path runs each distance transform on every core: the field must not change."""
+    rng = np.random.default_rng(seed)
+    a = ndimage.binary_dilation(rng.random((14, 18, 16)) < 0.05, iterations=2)
+    b = ndimage.binary_dilation(rng.random((14, 18, 16)) < 0.05, iterations=2)
+    one, two = surface_distances_mm(a, b, spacing), surface_distances_mm(a, b, spacing, threads=2)
+    np.testing.assert_array_equal(one.prediction_to_reference_mm, two.prediction_to_reference_mm)
+    np.testing.assert_array_equal(one.reference_to_prediction_mm, two.reference_to_prediction_mm)
+
+
 # --------------------------------------------------------------------------- empty masks, pinned
 
 
