@@ -32,9 +32,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-import cc3d
 import edt
 import numpy as np
+from scipy import ndimage
 
 __all__ = [
     "IDENTIFICATION_THRESHOLD_MM",
@@ -102,8 +102,11 @@ def label_extents(label_map: np.ndarray, max_label: int) -> dict[int, LabelExten
     ``max_label`` are ignored. Labels absent from the map are absent from the dict.
 
     Maximum projections first find the box of all non-zero voxels (cheap, vectorised: a spine
-    fills a few percent of a CT); ``cc3d.statistics`` then gathers every label's box, centroid
-    and count in one pass inside it, not one scan per label.
+    fills a few percent of a CT); ``scipy.ndimage.find_objects`` then finds every label's box
+    in one pass inside it, and each label's count and centre come from the projections of
+    its own mask in its own box: integer index sums, so the centre is the exact sum over the
+    count, rounded once (bit for bit what ``cc3d.statistics`` gave on the bench case, at half
+    the time).
     """
     array = np.asarray(label_map)
     if not np.issubdtype(array.dtype, np.integer):
@@ -115,27 +118,26 @@ def label_extents(label_map: np.ndarray, max_label: int) -> dict[int, LabelExten
         return {}
     crop = array[occupied]
     offset = np.array([s.start for s in occupied])
-    if crop.size > int(crop.max()):
-        stats = cc3d.statistics(np.ascontiguousarray(crop))
-        counts = stats["voxel_counts"]
-        # absent labels below the maximum come back with placeholder boxes: presence is the count
-        found = [(label, stats["bounding_boxes"][label], stats["centroids"][label], int(counts[label]))
-                 for label in range(1, min(max_label, len(counts) - 1) + 1) if counts[label] > 0]
-    else:  # fewer voxels than the largest label: cc3d refuses such tiny volumes
-        found = []
-        for label in np.unique(crop):
-            if 0 < label <= max_label:
-                where = np.argwhere(crop == label)
-                box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(where.min(0), where.max(0), strict=True))
-                found.append((int(label), box, where.mean(axis=0), len(where)))
+    found = []
+    for index, box in enumerate(ndimage.find_objects(crop, max_label)):
+        if box is not None:
+            found.append((index + 1, box, *_count_and_centre(crop[box] == index + 1, box)))
     return {
         int(label): LabelExtent(
             box=tuple(slice(s.start + int(o), s.stop + int(o)) for s, o in zip(box, offset, strict=True)),  # type: ignore[arg-type]
             centre_index=np.asarray(centre, dtype=np.float64) + offset,
             voxels=count,
         )
-        for label, box, centre, count in found
+        for label, box, count, centre in found
     }
+
+
+def _count_and_centre(mask: np.ndarray, box: Box) -> tuple[int, np.ndarray]:
+    """Voxels of a mask and their mean index (``box`` places the mask), from one projection per axis."""
+    along = [mask.sum(axis=axes, dtype=np.int64) for axes in ((1, 2), (0, 2), (0, 1))]
+    count = int(along[0].sum())
+    sums = [int(np.dot(np.arange(s.start, s.stop, dtype=np.int64), a)) for s, a in zip(box, along, strict=True)]
+    return count, np.array(sums, dtype=np.float64) / count
 
 
 def bounding_boxes(label_map: np.ndarray, max_label: int) -> dict[int, Box]:
