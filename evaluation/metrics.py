@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 import edt
 import numpy as np
-from scipy import ndimage
 
 __all__ = [
     "IDENTIFICATION_THRESHOLD_MM",
@@ -102,11 +101,11 @@ def label_extents(label_map: np.ndarray, max_label: int) -> dict[int, LabelExten
     ``max_label`` are ignored. Labels absent from the map are absent from the dict.
 
     Maximum projections first find the box of all non-zero voxels (cheap, vectorised: a spine
-    fills a few percent of a CT); ``scipy.ndimage.find_objects`` then finds every label's box
-    in one pass inside it, and each label's count and centre come from the projections of
-    its own mask in its own box: integer index sums, so the centre is the exact sum over the
-    count, rounded once (bit for bit what ``cc3d.statistics`` gave on the bench case, at half
-    the time).
+    fills a few percent of a CT); inside it, one histogram per plane along axis 0 gives every
+    label's range on that axis in one pass, and each label's other ranges, count and centre
+    come from the projections of its own mask in that slab: integer index sums, so the centre
+    is the exact sum over the count, rounded once (bit for bit what ``cc3d.statistics`` gave
+    on the bench case, in a third of its time, and without importing SciPy: 0.15 s).
     """
     array = np.asarray(label_map)
     if not np.issubdtype(array.dtype, np.integer):
@@ -119,9 +118,14 @@ def label_extents(label_map: np.ndarray, max_label: int) -> dict[int, LabelExten
     crop = array[occupied]
     offset = np.array([s.start for s in occupied])
     found = []
-    for index, box in enumerate(ndimage.find_objects(crop, max_label)):
-        if box is not None:
-            found.append((index + 1, box, *_count_and_centre(crop[box] == index + 1, box)))
+    planes = _plane_histograms(crop, max_label)
+    for label in np.flatnonzero(planes.any(axis=0)):
+        on = np.flatnonzero(planes[:, label])
+        slab = slice(int(on[0]), int(on[-1]) + 1)
+        mask = crop[slab] == label
+        rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+        box = (slab, slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        found.append((int(label), box, *_count_and_centre(mask[:, box[1], box[2]], box)))
     return {
         int(label): LabelExtent(
             box=tuple(slice(s.start + int(o), s.stop + int(o)) for s, o in zip(box, offset, strict=True)),  # type: ignore[arg-type]
@@ -130,6 +134,18 @@ def label_extents(label_map: np.ndarray, max_label: int) -> dict[int, LabelExten
         )
         for label, box, count, centre in found
     }
+
+
+def _plane_histograms(crop: np.ndarray, max_label: int) -> np.ndarray:
+    """Voxels of each label 0..``max_label`` in each plane along axis 0: (planes, max_label + 1)."""
+    histograms = np.zeros((crop.shape[0], max_label + 1), dtype=np.int64)
+    for k, plane in enumerate(crop):
+        values = plane.ravel()
+        if int(values.max()) > max_label:  # labels above max_label are ignored, not counted
+            values = values[values <= max_label]
+        histograms[k] = np.bincount(values.astype(np.intp, copy=False), minlength=max_label + 1)
+    histograms[:, 0] = 0
+    return histograms
 
 
 def _count_and_centre(mask: np.ndarray, box: Box) -> tuple[int, np.ndarray]:

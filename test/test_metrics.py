@@ -303,6 +303,15 @@ def test_bounding_boxes_ignore_labels_above_max() -> None:
     assert list(bounding_boxes(m, 28)) == [3]
 
 
+def test_label_extents_of_wide_integer_maps() -> None:
+    """uint64 maps (NumPy's bincount refuses them as they are) with a value far above max_label."""
+    m = np.zeros((4, 5, 6), np.uint64)
+    m[1, 2, 3], m[1, 2, 4], m[2, 2, 2] = 7, 7, 2**40
+    extents = metrics.label_extents(m, 28)
+    assert list(extents) == [7] and extents[7].voxels == 2
+    np.testing.assert_array_equal(extents[7].centre_index, [1.0, 2.0, 3.5])
+
+
 def test_bounding_boxes_reject_float_maps_and_negative_labels() -> None:
     with pytest.raises(TypeError):
         bounding_boxes(np.zeros((2, 2, 2)), 28)
