@@ -20,7 +20,7 @@ from pathlib import Path
 
 from evaluation.discover import InputError, Pairing, find_ground_truth, pair_folders, pair_gc_jobs
 from evaluation.run import evaluate_cases, metrics_document, write_metrics
-from evaluation.workers import plan_workers
+from evaluation.workers import plan_workers, retain_freed_memory
 from spine.arguments import output_file, output_folder, positive_int
 from spine.console import configure_logging
 from spine.gc import ContractError
@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", str(error).replace("\n", " "))
         return 2
 
+    retain_freed_memory()  # this process owns its allocator: cases reuse each other's pages
     plan = plan_workers(pairing.cases, args.workers)
     log.info("scoring %d cases (%d without prediction, %d predictions unmatched) with %d workers (%s)",
              len(pairing.cases), sum(c.prediction_mask is None for c in pairing.cases), len(pairing.unmatched),

@@ -19,6 +19,7 @@ from typing import Any
 
 from evaluation.aggregate import aggregate
 from evaluation.score import ERROR, UNREADABLE_PREDICTION, CaseFiles, empty_record, score_case
+from evaluation.workers import available_cpus, retain_freed_memory
 from spine.image import write_text_atomic
 
 __all__ = ["evaluate_cases", "metrics_document", "safe_key", "write_metrics"]
@@ -36,14 +37,16 @@ def evaluate_cases(cases: Sequence[CaseFiles], workers: int, *, progress: bool =
     records: dict[str, dict[str, Any]] = {}
     with _progress(len(cases), progress) as advance:
         if workers == 1:
+            threads = available_cpus()[0]  # one case at a time: its distance transforms take every core
             for case in cases:
-                records[case.case_id] = _warned(case.case_id, score_case(case))
+                records[case.case_id] = _warned(case.case_id, score_case(case, threads))
                 advance()
         else:
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             log.debug("scoring %d cases in %d processes", len(cases), workers)
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            # workers reuse one case's memory for the next (no page faults), whatever the start method
+            with ProcessPoolExecutor(max_workers=workers, initializer=retain_freed_memory) as pool:
                 futures = {pool.submit(score_case, case): case for case in cases}
                 for future in as_completed(futures):
                     case = futures[future]

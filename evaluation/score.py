@@ -247,6 +247,7 @@ def score_label_maps(
     *,
     reference_centroids_mm: Mapping[int, np.ndarray] | None = None,
     predicted_centroids_mm: Mapping[int, np.ndarray] | None = None,
+    threads: int = 1,
 ) -> CaseScore:
     """Scores of a prediction against the ground truth, both label maps on ``geometry``.
 
@@ -258,6 +259,7 @@ def score_label_maps(
         mask's centre of mass.
       predicted_centroids_mm: predicted centroids (LPS mm) from a points file; None means use
         the predicted mask's centres of mass.
+      threads: threads of each distance transform (more when the process has idle cores).
 
     Each label's work runs in its bounding box; the boxes of all labels come from one pass
     over each volume.
@@ -293,7 +295,8 @@ def score_label_maps(
             p = prediction[box] == v
             dice = metrics.dice(p, g)
             whole = tuple(slice(0, n) for n in g.shape)
-            distances = metrics.surface_distances_mm(p, g, spacing_zyx, box=whole)  # type: ignore[arg-type]
+            distances = metrics.surface_distances_mm(p, g, spacing_zyx, box=whole,  # type: ignore[arg-type]
+                                                   threads=threads)
             hd95, hd = metrics.hd95_mm(distances), metrics.hausdorff_mm(distances)
         outcome = outcomes.get(v)
         scores.append(VertebraScore(
@@ -407,10 +410,13 @@ class CaseFiles:
     notes: tuple[str, ...] = ()
 
 
-def score_case(case: CaseFiles) -> dict[str, Any]:
-    """The ``metrics.json`` record of one case. Never raises: failures are scored and explained."""
+def score_case(case: CaseFiles, threads: int = 1) -> dict[str, Any]:
+    """The ``metrics.json`` record of one case. Never raises: failures are scored and explained.
+
+    ``threads``: of each distance transform; more than one only when no other case runs beside it.
+    """
     try:
-        score = _score_case(case, use_prediction=True)
+        score = _score_case(case, use_prediction=True, threads=threads)
     except Exception as error:  # one bad case never stops the others
         reason = f"{ERROR}: {type(error).__name__}: {error}"[:300]
         log.debug("%s: %s", case.case_id, reason, exc_info=True)  # the caller warns, once, from the status
@@ -425,7 +431,8 @@ def score_case(case: CaseFiles) -> dict[str, Any]:
     return result
 
 
-def _score_case(case: CaseFiles, *, use_prediction: bool, first_note: str | None = None) -> CaseScore:
+def _score_case(case: CaseFiles, *, use_prediction: bool, first_note: str | None = None,
+                threads: int = 1) -> CaseScore:
     notes: list[str] = [first_note] if first_note else []
     notes.extend(case.notes)
     with ThreadPoolExecutor(1) as reader:  # SimpleITK releases the GIL: both volumes are read at once
@@ -441,7 +448,7 @@ def _score_case(case: CaseFiles, *, use_prediction: bool, first_note: str | None
         else:
             prediction_image, prediction, predicted_centroids = None, None, {}
     score = score_label_maps(reference, prediction, geometry, reference_centroids_mm=reference_centroids,
-                             predicted_centroids_mm=predicted_centroids)
+                             predicted_centroids_mm=predicted_centroids, threads=threads)
     del reference_image, prediction_image  # only now: the label maps may be views of them
     return score.with_notes(*notes)
 

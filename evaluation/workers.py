@@ -20,6 +20,8 @@ order. :func:`plan_workers` says which rule decided, for the log.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import math
 import os
@@ -39,6 +41,7 @@ __all__ = [
     "cgroup_cpu_limit",
     "cgroup_memory_limit",
     "plan_workers",
+    "retain_freed_memory",
     "volume_bytes",
 ]
 
@@ -65,6 +68,39 @@ class WorkerPlan:
 
     workers: int
     reason: str
+
+
+# --------------------------------------------------------------------------- allocator
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h> mallopt parameters
+RETAINED_BYTES = 2**31 - 1
+"""Free memory at the heap's top up to this stays with the process (glibc's trim threshold, a C int)."""
+
+
+def retain_freed_memory() -> bool:
+    """Make glibc's allocator keep and reuse freed memory instead of returning it to the kernel.
+
+    By default every volume-sized block (ITK's image buffers, distance fields) is its own
+    ``mmap``, unmapped when freed, so each case faults its memory in again, 4 KiB page by
+    page: measured, 77,000 page faults and 0.15 s of system time per bench case against
+    0.05 s of actually reading both files. With no ``mmap`` blocks, one arena and no
+    trimming, the second case of a process reuses the first one's pages (4 faults).
+    Resident memory then stays at the process's peak between cases, which the pool's
+    memory bound already assumes. Returns False (and changes nothing) off glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    except (OSError, AttributeError, TypeError):
+        return False
+    # one arena: a reader thread's volume would otherwise land in its own arena, mmap'ed after all
+    done = (mallopt(_M_ARENA_MAX, 1) == 1 and mallopt(_M_MMAP_MAX, 0) == 1
+            and mallopt(_M_TRIM_THRESHOLD, RETAINED_BYTES) == 1)
+    if not done:
+        log.debug("mallopt refused: freed memory goes back to the kernel as usual")
+    return done
 
 
 # --------------------------------------------------------------------------- limits

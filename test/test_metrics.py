@@ -184,6 +184,18 @@ def test_mask_touching_the_volume_edge_equals_the_plain_definition() -> None:
                                rtol=1e-5, atol=1e-5)
 
 
+@FAST
+@given(seed=st.integers(0, 2**16), spacing=spacings)
+def test_threads_give_the_same_distances_bit_for_bit(seed: int, spacing: tuple) -> None:
+    """The inline path runs each distance transform on every core: the field must not change."""
+    rng = np.random.default_rng(seed)
+    a = ndimage.binary_dilation(rng.random((14, 18, 16)) < 0.05, iterations=2)
+    b = ndimage.binary_dilation(rng.random((14, 18, 16)) < 0.05, iterations=2)
+    one, two = surface_distances_mm(a, b, spacing), surface_distances_mm(a, b, spacing, threads=2)
+    np.testing.assert_array_equal(one.prediction_to_reference_mm, two.prediction_to_reference_mm)
+    np.testing.assert_array_equal(one.reference_to_prediction_mm, two.reference_to_prediction_mm)
+
+
 # --------------------------------------------------------------------------- empty masks, pinned
 
 
@@ -282,13 +294,22 @@ def test_bounding_boxes_and_centres_match_per_label_scans(label_map: np.ndarray)
         where = np.argwhere(label_map == label)
         assert [s.start for s in box] == list(where.min(axis=0))
         assert [s.stop for s in box] == list(where.max(axis=0) + 1)
-        np.testing.assert_allclose(centres[label], where.mean(axis=0))
+        np.testing.assert_array_equal(centres[label], where.sum(axis=0) / len(where))  # exact sum, one rounding
 
 
 def test_bounding_boxes_ignore_labels_above_max() -> None:
     m = np.zeros((3, 3, 3), np.uint8)
     m[0, 0, 0], m[2, 2, 2] = 3, 30
     assert list(bounding_boxes(m, 28)) == [3]
+
+
+def test_label_extents_of_wide_integer_maps() -> None:
+    """uint64 maps (NumPy's bincount refuses them as they are) with a value far above max_label."""
+    m = np.zeros((4, 5, 6), np.uint64)
+    m[1, 2, 3], m[1, 2, 4], m[2, 2, 2] = 7, 7, 2**40
+    extents = metrics.label_extents(m, 28)
+    assert list(extents) == [7] and extents[7].voxels == 2
+    np.testing.assert_array_equal(extents[7].centre_index, [1.0, 2.0, 3.5])
 
 
 def test_bounding_boxes_reject_float_maps_and_negative_labels() -> None:
@@ -299,7 +320,7 @@ def test_bounding_boxes_reject_float_maps_and_negative_labels() -> None:
 
 
 def test_label_extents_in_a_large_sparse_volume() -> None:
-    # large enough for the cc3d path, with labels far apart and one above max_label
+    # labels far apart inside a larger volume (offsets of the occupied crop), one above max_label
     m = np.zeros((30, 40, 50), np.uint8)
     m[2:5, 3:9, 4:6] = 20
     m[20:28, 30:33, 40:49] = 28
