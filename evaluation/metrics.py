@@ -125,13 +125,11 @@ def label_extents(label_map: np.ndarray, max_label: int) -> dict[int, LabelExten
         mask = crop[slab] == label
         rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
         box = (slab, slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
-        found.append((int(label), box, *_count_and_centre(mask[:, box[1], box[2]], box)))
+        # Whole-volume indices before the sums, so the centre is one exact integer sum over the count, rounded once.
+        placed = tuple(slice(s.start + int(o), s.stop + int(o)) for s, o in zip(box, offset, strict=True))
+        found.append((int(label), placed, *_count_and_centre(mask[:, box[1], box[2]], placed)))
     return {
-        int(label): LabelExtent(
-            box=tuple(slice(s.start + int(o), s.stop + int(o)) for s, o in zip(box, offset, strict=True)),  # type: ignore[arg-type]
-            centre_index=np.asarray(centre, dtype=np.float64) + offset,
-            voxels=count,
-        )
+        int(label): LabelExtent(box=box, centre_index=np.asarray(centre, dtype=np.float64), voxels=count)  # type: ignore[arg-type]
         for label, box, count, centre in found
     }
 

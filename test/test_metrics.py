@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
@@ -283,6 +283,7 @@ def test_hd95_at_most_hd_and_symmetric(data: st.DataObject) -> None:
 # --------------------------------------------------------------------------- boxes and centres
 
 
+@example(np.array([[[0, 1, 1, 0, 1]]], dtype=np.uint8))  # offset added after the division: 1 ulp off
 @FAST
 @given(arrays(np.uint8, st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)),
               elements=st.integers(0, 5)))
