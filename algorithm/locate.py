@@ -152,14 +152,20 @@ def channel_scores(heatmaps: np.ndarray, zyx: np.ndarray, channel_labels: Sequen
 
     ``heatmaps`` is ``(C, Z, Y, X)`` with channel ``c`` the heatmap of VerSe id ``channel_labels[c]``.
     """
-    scores = np.zeros((len(zyx), len(LOCATE_CHANNELS)), dtype=np.float32)
     if len(zyx) == 0:
-        return scores
-    column = {label: i for i, label in enumerate(LOCATE_CHANNELS)}
+        return np.zeros((0, len(LOCATE_CHANNELS)), dtype=np.float32)
     values = heatmaps[(slice(None), *np.asarray(zyx, dtype=np.int64).T)]  # (C, N)
+    return _in_locate_columns(values.T, channel_labels)
+
+
+def _in_locate_columns(values: np.ndarray, channel_labels: Sequence[int]) -> np.ndarray:
+    """``(N, C)`` per-channel values -> ``(N, 26)`` scores in ``LOCATE_CHANNELS`` order, clipped to [0, 1]
+    (a label the model lacks scores 0)."""
+    scores = np.zeros((len(values), len(LOCATE_CHANNELS)), dtype=np.float32)
+    column = {label: i for i, label in enumerate(LOCATE_CHANNELS)}
     for channel, label in enumerate(channel_labels):
         if label in column:
-            scores[:, column[label]] = values[channel]
+            scores[:, column[label]] = values[:, channel]
     return np.clip(scores, 0.0, 1.0)
 
 
@@ -192,12 +198,8 @@ class LocateMaps:
         for i, centre in enumerate(centres):
             ball = np.unique(np.clip(centre + offsets, 0, shape - 1), axis=0)
             values[i] = self.heatmaps[(slice(None), *ball.T)].max(axis=1)
-        scores = np.zeros((len(positions), len(LOCATE_CHANNELS)), dtype=np.float32)
-        column = {label: i for i, label in enumerate(LOCATE_CHANNELS)}
-        for channel, label in enumerate(self.channel_labels):
-            if label in column:
-                scores[:, column[label]] = values[:, channel]
-        return Candidates(positions, np.clip(scores, 0.0, 1.0), values.max(axis=1).astype(np.float64))
+        return Candidates(positions, _in_locate_columns(values, self.channel_labels),
+                          values.max(axis=1).astype(np.float64))
 
 
 def locate_heatmaps(image: sitk.Image, box: SpineBox, model: StageModel, *, overlap: float = 0.5) -> LocateMaps:

@@ -201,8 +201,6 @@ def spaced_by_size(outlines: Sequence[Outline], *, factor: float = SPACING_FACTO
 def on_spine_curve(outlines: Sequence[Outline], *, max_mm: float = OFF_CURVE_MM) -> list[Outline]:
     """The outlines whose centres lie within ``max_mm`` of the spine through the others
     (:func:`algorithm.labelling.curve.distance_to_spine_curve`); fewer than four are all kept."""
-    if len(outlines) < 4:
-        return list(outlines)
     distance = distance_to_spine_curve(np.array([outline.centre_mm for outline in outlines]))
     return [outline for outline, d in zip(outlines, distance, strict=True) if d <= max_mm]
 

@@ -67,28 +67,6 @@ def _project(points: np.ndarray, curve: np.ndarray) -> tuple[np.ndarray, np.ndar
             tangent[nearest])
 
 
-def _fit(positions: np.ndarray, *, bandwidth_mm: float, robust_mm: float
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``spine_curve``'s fit: arc parameter t (N,), distance (N,) to the curve and unit tangents (N, 3)."""
-    n = len(positions)
-    if n == 0:
-        return np.zeros(0), np.zeros(0), np.zeros((0, 3))
-    if n == 1:
-        return np.zeros(1), np.zeros(1), np.array([[0.0, 0.0, -1.0]])
-    centre, axis = _principal_axis(positions)
-    offsets = positions - centre
-    t = offsets @ axis
-    distance = np.sqrt(np.maximum((offsets * offsets).sum(axis=1) - t**2, 0.0))
-    tangents = np.broadcast_to(axis, (n, 3)).copy()
-    if n >= 4 and np.ptp(t) > 0:
-        weights = np.ones(n)
-        for _ in range(2):
-            curve = _local_curve(positions, t, weights, bandwidth_mm=bandwidth_mm)
-            t, distance, tangents = _project(positions, curve)
-            weights = 1.0 / (1.0 + (distance / robust_mm) ** 2)
-    return t, distance, tangents
-
-
 def spine_curve(positions: np.ndarray, *, bandwidth_mm: float = 40.0, robust_mm: float = 10.0
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Arc parameter t (N,) in mm, increasing head to foot, and unit tangents (N, 3) of the spine curve.
@@ -99,7 +77,20 @@ def spine_curve(positions: np.ndarray, *, bandwidth_mm: float = 40.0, robust_mm:
     distance r to the curve, against outliers) and re-projection refine t and give each
     candidate the curve's tangent at its projection. Fewer candidates share the axis.
     """
-    t, _, tangents = _fit(np.asarray(positions, dtype=float), bandwidth_mm=bandwidth_mm, robust_mm=robust_mm)
+    n = len(positions)
+    if n == 0:
+        return np.zeros(0), np.zeros((0, 3))
+    if n == 1:
+        return np.zeros(1), np.array([[0.0, 0.0, -1.0]])
+    centre, axis = _principal_axis(positions)
+    t = (positions - centre) @ axis
+    tangents = np.broadcast_to(axis, (n, 3)).copy()
+    if n >= 4 and np.ptp(t) > 0:
+        weights = np.ones(n)
+        for _ in range(2):
+            curve = _local_curve(positions, t, weights, bandwidth_mm=bandwidth_mm)
+            t, distance, tangents = _project(positions, curve)
+            weights = 1.0 / (1.0 + (distance / robust_mm) ** 2)
     return t, tangents
 
 
