@@ -59,12 +59,15 @@ class Candidates:
 
     - ``positions_mm``: ``(N, 3)`` LPS world mm;
     - ``scores``: ``(N, 26)`` heatmap values per label, columns in ``LOCATE_CHANNELS`` order;
-    - ``peak``: ``(N,)`` channel-max heatmap value at the candidate (strongest first).
+    - ``peak``: ``(N,)`` channel-max heatmap value at the candidate (strongest first);
+    - ``region_likelihood``: ``(N, 3)`` cervical / thoracic / lumbar likelihoods of evidence from outside
+      the network (the ribs: :mod:`algorithm.ribs`), or None.
     """
 
     positions_mm: np.ndarray
     scores: np.ndarray
     peak: np.ndarray
+    region_likelihood: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.positions_mm.shape[0])
@@ -85,7 +88,11 @@ class Candidates:
         total = sums.sum(axis=1, keepdims=True)
         posterior = np.where(total > 0, sums / np.maximum(total, 1e-12), 1.0 / 3.0)
         weight = np.clip(np.asarray(self.peak, dtype=np.float64) / confident_peak, 0.0, 1.0)[:, None]
-        return weight * posterior + (1.0 - weight) / 3.0
+        blended = weight * posterior + (1.0 - weight) / 3.0
+        if self.region_likelihood is None:
+            return blended
+        combined = blended * np.asarray(self.region_likelihood, dtype=np.float64)
+        return combined / combined.sum(axis=1, keepdims=True)
 
     @classmethod
     def empty(cls) -> Candidates:

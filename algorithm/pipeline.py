@@ -36,6 +36,7 @@ from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer
 from algorithm.plausibility import IMPLAUSIBLE_CAP, assess
 from algorithm.recentre import fill_chain, on_spine_curve, recentre, spaced_by_size
 from algorithm.report import StageTimer, versions
+from algorithm.ribs import region_likelihood, rib_evidence
 from algorithm.segment import SEGMENT_FLOOR, segment_vertebrae
 from spine.gc import Point, points_document
 from spine.image import Geometry, image_from_array, resample_onto
@@ -88,6 +89,8 @@ class Options:
     that vertebrae the locate network misses entirely are outlined too."""
     score_radius_mm: float = 8.0
     """A recentred candidate's label scores: the heatmaps' maxima within this distance of it."""
+    rib_evidence: bool = True
+    """Region evidence from the ribs each candidate bears (:mod:`algorithm.ribs`), for the decoder."""
     constraints: Constraints = field(default_factory=Constraints)  # what the user knows (algorithm.labelling, 8)
 
     def __post_init__(self) -> None:
@@ -317,7 +320,14 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
     order = np.argsort(-candidates.peak, kind="stable")
     log.info("locate: %d heatmap peaks above %.2f -> %d outlined vertebrae", len(seeds), options.seed_threshold,
              len(candidates))
-    return Candidates(candidates.positions_mm[order], candidates.scores[order], candidates.peak[order])
+    candidates = Candidates(candidates.positions_mm[order], candidates.scores[order], candidates.peak[order])
+    return with_rib_evidence(image, candidates) if options.rib_evidence else candidates
+
+
+def with_rib_evidence(image: sitk.Image, candidates: Candidates) -> Candidates:
+    """``candidates`` with the region likelihoods of their ribs (:mod:`algorithm.ribs`)."""
+    evidence = rib_evidence(image, candidates.positions_mm)
+    return replace(candidates, region_likelihood=region_likelihood(evidence))
 
 
 def label_stage(candidates: Candidates, options: Options | None = None) -> Labelling:

@@ -1,0 +1,217 @@
+"""Which vertebra candidates bear ribs: region evidence for the decoder that does not come from a network.
+
+VerSe's rule for the thoracolumbar junction is anatomical: a vertebra with a rib of 38-40 mm or more
+is thoracic. The last rib-bearing vertebra is T12 (or T13, T11 on variant spines), the first without
+is L1. The locate network gives the decoder little level evidence on CTs unlike its training data
+(``bench/real.py``: on the unseen aortic crop a chain of eleven vertebrae was labelled two levels
+high), while the ribs are plainly there in the CT. So:
+
+1. The CT around the chain of candidates is resampled to :data:`GRID_MM` and bone is thresholded
+   (:data:`BONE_HU` after a light smoothing).
+2. Bone farther than :data:`SHELL_MM`\\ [0] from the spine's centre line (left-right, LPS x) is split
+   into connected parts; each part's *reach* is its largest lateral distance.
+3. Where a part crosses the shell :data:`SHELL_MM` behind the bodies' centres, a rib or a transverse
+   process leaves the spine. Each crossing is given to the lowest vertebra whose centre lies no more
+   than :data:`CROSSING_RISE_MM` below the crossing's top.
+4. A crossing whose part reaches :data:`RIB_REACH_MM` is a rib; lumbar transverse processes end
+   within 50 mm of the midline (43-50 mm on the real CTs at hand). A crossing taller than
+   :data:`MAX_CROSSING_MM`, or of a part larger than :data:`MAX_PART_ML`, is a plate (the sacrum's
+   ala running into the ilium), not a rib.
+
+A candidate with a rib on either side is *rib-bearing*; otherwise each side where the CT covers a rib's
+course and shows none counts against a thoracic level; where the CT does not, nothing is known.
+:func:`region_likelihood` turns that into cervical / thoracic / lumbar likelihoods that multiply the
+network's region posterior (:meth:`algorithm.locate.Candidates.regions`). It is evidence, not a rule:
+the decoder still weighs it against the chain prior and the network, so a lumbar rib or a missed
+floating rib costs a factor, not the labelling.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cc3d
+import numpy as np
+import SimpleITK as sitk
+
+from algorithm.detect import resample_ct
+from spine.image import Geometry
+
+__all__ = [
+    "BONE_HU",
+    "CROSSING_RISE_MM",
+    "GRID_MM",
+    "MAX_CROSSING_MM",
+    "RIB_REACH_MM",
+    "SHELL_MM",
+    "RibEvidence",
+    "region_likelihood",
+    "rib_evidence",
+]
+
+log = logging.getLogger(__name__)
+
+GRID_MM = 1.5
+"""Isotropic grid of the rib search: a rib is 8-12 mm tall and 5-8 mm thick."""
+BONE_HU = 200.0
+"""Bone threshold after smoothing (sigma :data:`SMOOTH_MM`): ribs' cortex stays above it at 1.5-3 mm
+slices; muscle, fat and kidneys stay below. Contrast-filled vessels do not, hence the posterior gate."""
+SMOOTH_MM = 0.7
+SHELL_MM = (36.0, 46.0)
+"""Lateral band (mm from the spine's centre line) where ribs and transverse processes leave the spine:
+outside the bodies (half-width at most 25 mm) and the costovertebral joints (20-30 mm)."""
+RIB_REACH_MM = 60.0
+"""A rib of 38 mm or more (VerSe's rule) from a head 20-25 mm beside the midline reaches 60 mm or more."""
+MAX_CROSSING_MM = 20.0
+"""Tallest shell crossing taken for a rib (ribs: 10-14 mm on the real CTs at hand; the sacrum's ala and
+the ilium: 22-31 mm)."""
+MAX_PART_ML = 25.0
+"""Largest bone part taken for a rib inside the searched box (ribs: 0.4-11 ml on the real CTs at hand; an
+iliac wing: 46-51 ml)."""
+CROSSING_RISE_MM = 5.0
+"""The top of a rib's crossing lies at most this far above its vertebra's body centre, and above the
+next lower one's: a rib leaves its joint beside the upper body or the disc above and slopes down, so
+the crossing's top edge (its medial, highest part) is nearest the head."""
+FRONT_MM = 40.0
+"""Bone more than this in front of the bodies' centres is ignored (sternum, costal cartilage, contrast)."""
+MARGIN_MM = np.array([110.0, 60.0, 30.0])
+"""Half-extent of the searched box beyond the chain (x: lateral, y: anterior/posterior, z)."""
+BACK_MM = 90.0
+"""How far behind the bodies' centres the box reaches (ribs' angles lie 40-80 mm behind them)."""
+SEEN_POSTERIOR_MM = 40.0
+"""Absence of a rib counts where the CT covers the point RIB_REACH_MM + 5 mm beside the spine, this far
+behind the body's centre (where ribs pass: 29-41 mm on the real CTs at hand), on both sides."""
+EDGE_MM = 5.0
+"""A part this close to where the CT ends may run on outside it (partial volume fades it at the edge)."""
+
+BEARING_LIKELIHOOD = np.array([0.1, 1.0, 0.05])
+"""Likelihood of a rib crossing given a cervical, thoracic or lumbar vertebra: cervical ribs and the
+first rib beside C7, lumbar ribs at L1, and long transverse processes are rare."""
+FREE_SIDE_LIKELIHOOD = np.array([1.0, 0.5, 1.0])
+"""Likelihood of seeing no rib on one side given the region (both sides: its square): a floating T11/T12
+rib can be short or faint, and one side's rib can be missing."""
+
+
+@dataclass(frozen=True)
+class RibEvidence:
+    """Per candidate (input order), on the patient's right and left: ``reach_mm`` ``(N, 2)`` the farthest
+    reach of a rib-like crossing (0: none); ``seen`` ``(N, 2)`` whether the CT covers a rib's course there."""
+
+    reach_mm: np.ndarray
+    seen: np.ndarray
+
+    @property
+    def bearing(self) -> np.ndarray:
+        """``(N,)`` a rib on either side."""
+        return np.any(self.reach_mm >= RIB_REACH_MM, axis=1)
+
+    @property
+    def free_sides(self) -> np.ndarray:
+        """``(N,)`` 0-2: on how many sides the CT covers where a rib would be and shows none (0 where bearing)."""
+        return np.where(self.bearing, 0, np.sum(self.seen & (self.reach_mm < RIB_REACH_MM), axis=1))
+
+
+def region_likelihood(evidence: RibEvidence) -> np.ndarray:
+    """``(N, 3)`` cervical / thoracic / lumbar likelihoods of each candidate's rib evidence (1 where none)."""
+    likelihood = FREE_SIDE_LIKELIHOOD[None, :] ** evidence.free_sides[:, None].astype(np.float64)
+    likelihood[evidence.bearing] = BEARING_LIKELIHOOD
+    return likelihood
+
+
+def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
+    """Rib crossings of each candidate (module docstring); fewer than two candidates: nothing known."""
+    positions = np.asarray(positions_mm, dtype=np.float64).reshape(-1, 3)
+    n = len(positions)
+    reach = np.zeros((n, 2))
+    seen = np.zeros((n, 2), dtype=bool)
+    unknown = np.zeros((n, 2), dtype=bool)
+    if n < 2:
+        return RibEvidence(reach, seen)
+    order = np.argsort(positions[:, 2], kind="stable")  # feet to head (LPS: +z is the head)
+    chain = positions[order]
+    grid = _search_grid(chain)
+    ct = resample_ct(image, grid, default=-1000.0)
+    covered = resample_ct(image, grid, default=-5000.0) > -4000.0
+    x, y, z = (grid.origin_mm[a] + GRID_MM * np.arange(grid.size[a]) for a in range(3))
+    centre_x = np.interp(z, chain[:, 2], chain[:, 0])
+    centre_y = np.interp(z, chain[:, 2], chain[:, 1])
+    side_of = np.sign(x[None, :] - centre_x[:, None])  # (z, x): +1 patient's left (LPS +x)
+    lateral = np.abs(x[None, :] - centre_x[:, None])
+    behind = y[None, :] - centre_y[:, None]  # (z, y): LPS +y is posterior
+    smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(ct), SMOOTH_MM))
+    bone = ((smooth > BONE_HU) & (lateral[:, None, :] >= SHELL_MM[0]) & (behind[:, :, None] > -FRONT_MM))
+    parts = cc3d.connected_components(bone, connectivity=26)
+    zz, yy, xx = np.nonzero(parts)
+    labels = parts[zz, yy, xx]
+    reach_of = np.zeros(int(parts.max()) + 1)
+    np.maximum.at(reach_of, labels, lateral[zz, xx])
+    plate = np.bincount(labels, minlength=len(reach_of)) * GRID_MM**3 / 1000.0 > MAX_PART_ML
+    # A part that runs out of the CT (or the box) may be a rib cut short: its reach says nothing.
+    cut_of = np.zeros(len(reach_of), dtype=bool)
+    cut_of[labels[_at_edge(covered)[zz, yy, xx]]] = True
+    shell = (parts > 0) & (lateral[:, None, :] <= SHELL_MM[1]) & (behind[:, :, None] >= 0.0)
+    crossings = cc3d.connected_components(shell, connectivity=26)
+    spacing = _local_spacing(chain)
+    cz, cy, cx = np.nonzero(crossings)
+    ids = crossings[cz, cy, cx]
+    for k in np.unique(ids):
+        here = ids == k
+        heights = z[cz[here]]
+        side = 1 if np.mean(side_of[cz[here], cx[here]]) > 0 else 0
+        part = parts[cz[here], cy[here], cx[here]]
+        if heights.max() - heights.min() + GRID_MM > MAX_CROSSING_MM or np.any(plate[part]):
+            continue
+        top = float(heights.max())
+        owner = int(np.searchsorted(chain[:, 2], top - CROSSING_RISE_MM))
+        if owner == len(chain) or chain[owner, 2] - top > spacing[owner]:
+            continue  # above the chain's top, or below its bottom
+        part_reach = float(reach_of[part].max())
+        reach[order[owner], side] = max(reach[order[owner], side], part_reach)
+        if part_reach < RIB_REACH_MM and np.any(cut_of[part]):
+            unknown[order[owner], side] = True
+    for i, centre in enumerate(chain):
+        for side, sign in ((0, -1.0), (1, 1.0)):
+            point = centre + np.array([sign * (RIB_REACH_MM + 5.0), SEEN_POSTERIOR_MM, 0.0])
+            index = np.rint(grid.world_to_index(point)).astype(int)
+            inside = bool(np.all(index >= 0) and np.all(index < np.asarray(grid.size)))
+            seen[order[i], side] = (inside and bool(covered[index[2], index[1], index[0]])
+                                    and not unknown[order[i], side])
+    evidence = RibEvidence(reach, seen)
+    log.info("ribs: %d of %d candidates bear ribs, %d show none on both sides, %d on one",
+             int(evidence.bearing.sum()), n, int(np.sum(evidence.free_sides == 2)),
+             int(np.sum(evidence.free_sides == 1)))
+    return evidence
+
+
+def _at_edge(covered: np.ndarray) -> np.ndarray:
+    """Voxels of ``covered`` within :data:`EDGE_MM` (along an axis) of one that is not, or of the box's faces."""
+    edge = np.zeros_like(covered)
+    steps = max(round(EDGE_MM / GRID_MM), 1)
+    for axis in range(3):
+        for shift in range(1, steps + 1):
+            edge |= ~np.roll(covered, shift, axis=axis) | ~np.roll(covered, -shift, axis=axis)
+        face = [slice(None)] * 3
+        for end in range(steps):
+            for index in (end, -1 - end):
+                face[axis] = index  # type: ignore[call-overload]
+                edge[tuple(face)] = True
+    return edge & covered
+
+
+def _search_grid(chain: np.ndarray) -> Geometry:
+    low = chain.min(axis=0) - MARGIN_MM
+    high = chain.max(axis=0) + MARGIN_MM
+    high[1] = chain[:, 1].max() + BACK_MM
+    size = tuple(int(v) for v in np.ceil((high - low) / GRID_MM) + 1)
+    return Geometry(size=size, spacing_mm=(GRID_MM,) * 3,  # type: ignore[arg-type]
+                    origin_mm=tuple(float(v) for v in low),  # type: ignore[arg-type]
+                    direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+
+
+def _local_spacing(chain: np.ndarray) -> np.ndarray:
+    """Each vertebra's spacing to its neighbours along z (the mean of the one or two gaps beside it)."""
+    gaps = np.abs(np.diff(chain[:, 2]))
+    left = np.concatenate([[np.nan], gaps])
+    right = np.concatenate([gaps, [np.nan]])
+    return np.nanmean(np.stack([left, right]), axis=0)

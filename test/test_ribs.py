@@ -1,0 +1,119 @@
+"""Rib evidence (algorithm.ribs) on drawn phantoms: a column of bodies, ribs that slope down and back,
+short transverse processes, an iliac-like plate, and fields of view that cut the ribs off."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from algorithm.locate import Candidates
+from algorithm.ribs import BEARING_LIKELIHOOD, FREE_SIDE_LIKELIHOOD, RibEvidence, region_likelihood, rib_evidence
+from spine.labels import LOCATE_CHANNELS
+
+SPACING = 2.0
+CENTRES_Z = (0.0, 30.0, 60.0, 90.0, 120.0)  # feet to head
+RIBBED = (False, False, True, True, True)
+
+
+def _tube(volume: np.ndarray, coords: tuple[np.ndarray, ...], start: np.ndarray, end: np.ndarray,
+          radius: float, hu: float) -> None:
+    x, y, z = coords
+    points = np.stack([x, y, z], axis=-1)
+    axis = end - start
+    t = np.clip(((points - start) @ axis) / float(axis @ axis), 0.0, 1.0)
+    nearest = start + t[..., None] * axis
+    volume[np.linalg.norm(points - nearest, axis=-1) <= radius] = hu
+
+
+def _phantom(half_width_mm: float = 120.0, plate: bool = False, back_mm: float = 100.0,
+             rib_end_y: float = 40.0) -> sitk.Image:
+    """Soft tissue with bodies at CENTRES_Z; ribs (reach 100 mm, sloping down and back) on the upper three,
+    transverse processes (reach 42 mm) on the lower two; LPS, +x the patient's left."""
+    x = np.arange(-half_width_mm, half_width_mm + 1e-6, SPACING)
+    y = np.arange(-60.0, back_mm + 1e-6, SPACING)
+    z = np.arange(-40.0, 160.0 + 1e-6, SPACING)
+    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
+    coords = (xx, yy, zz)
+    volume = np.full(xx.shape, -50.0, dtype=np.float32)
+    for c, ribbed in zip(CENTRES_Z, RIBBED, strict=True):
+        volume[(xx**2 + yy**2 + (zz - c) ** 2) <= 14.0**2] = 400.0
+        for side in (-1.0, 1.0):
+            if ribbed:
+                _tube(volume, coords, np.array([side * 22.0, 12.0, c + 4.0]),
+                      np.array([side * 100.0, rib_end_y, c - 22.0]), 4.0, 600.0)
+            else:
+                _tube(volume, coords, np.array([side * 15.0, 15.0, c]), np.array([side * 42.0, 20.0, c]), 4.0,
+                      600.0)
+    if plate:  # an iliac wing beside the lowest vertebra: thick, tall, far-reaching
+        volume[(np.abs(xx) >= 38.0) & (np.abs(xx) <= 110.0) & (yy >= 5.0) & (yy <= 20.0)
+               & (zz >= CENTRES_Z[0] - 25.0) & (zz <= CENTRES_Z[0] + 15.0)] = 500.0
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((SPACING,) * 3)
+    image.SetOrigin((float(x[0]), float(y[0]), float(z[0])))
+    return image
+
+
+def _positions() -> np.ndarray:
+    return np.array([[0.0, 0.0, c] for c in CENTRES_Z])
+
+
+def test_ribs_are_found_on_the_ribbed_vertebrae_and_absence_counts_where_seen() -> None:
+    evidence = rib_evidence(_phantom(), _positions())
+    assert evidence.bearing.tolist() == list(RIBBED)
+    assert np.all(evidence.reach_mm[2:] >= 90.0)
+    assert np.all(evidence.reach_mm[:2] < 50.0)
+    assert evidence.free_sides.tolist() == [2, 2, 0, 0, 0]
+
+
+def test_order_of_the_candidates_does_not_matter() -> None:
+    order = np.array([3, 0, 4, 2, 1])
+    evidence = rib_evidence(_phantom(), _positions()[order])
+    assert evidence.bearing.tolist() == [RIBBED[i] for i in order]
+
+
+def test_a_field_of_view_that_cuts_the_ribs_off_says_nothing() -> None:
+    """Ribs cut at 50 mm beside the spine might be ribs or transverse processes: neither bearing nor free."""
+    evidence = rib_evidence(_phantom(half_width_mm=50.0), _positions())
+    assert not evidence.bearing.any()
+    assert evidence.free_sides.tolist() == [0] * 5
+    assert np.all(region_likelihood(evidence) == 1.0)
+
+
+def test_a_rib_that_leaves_the_field_of_view_behind_the_spine_is_unknown_not_absent() -> None:
+    """The CT ends 45 mm behind the bodies; the ribs run out of it 55 mm beside the spine. Where the CT
+    covers the point a rib passes (65 mm out, 40 mm back), a cut rib must not read as no rib."""
+    evidence = rib_evidence(_phantom(back_mm=45.0, rib_end_y=90.0), _positions())
+    assert not evidence.bearing.any()
+    assert evidence.free_sides.tolist() == [2, 2, 0, 0, 0]
+
+
+def test_an_iliac_plate_is_not_a_rib() -> None:
+    evidence = rib_evidence(_phantom(plate=True), _positions())
+    assert evidence.bearing.tolist() == list(RIBBED)
+
+
+def test_fewer_than_two_candidates_say_nothing() -> None:
+    evidence = rib_evidence(_phantom(), _positions()[:1])
+    assert evidence.reach_mm.shape == (1, 2) and not evidence.bearing.any() and evidence.free_sides[0] == 0
+
+
+def test_region_likelihood_reads_bearing_free_and_unknown() -> None:
+    evidence = RibEvidence(reach_mm=np.array([[100.0, 0.0], [40.0, 0.0], [40.0, 0.0], [0.0, 0.0]]),
+                           seen=np.array([[True, True], [True, True], [True, False], [False, False]]))
+    likelihood = region_likelihood(evidence)
+    np.testing.assert_allclose(likelihood[0], BEARING_LIKELIHOOD)
+    np.testing.assert_allclose(likelihood[1], FREE_SIDE_LIKELIHOOD**2)
+    np.testing.assert_allclose(likelihood[2], FREE_SIDE_LIKELIHOOD)
+    np.testing.assert_allclose(likelihood[3], 1.0)
+
+
+@pytest.mark.parametrize("likelihood", [BEARING_LIKELIHOOD, FREE_SIDE_LIKELIHOOD**2])
+def test_candidates_regions_multiply_the_network_posterior_by_the_likelihood(likelihood: np.ndarray) -> None:
+    scores = np.zeros((1, len(LOCATE_CHANNELS)), dtype=np.float32)
+    scores[0, LOCATE_CHANNELS.index(20)] = 0.6  # L1: a lumbar opinion
+    plain = Candidates(np.zeros((1, 3)), scores, np.array([0.6]))
+    ribbed = Candidates(np.zeros((1, 3)), scores, np.array([0.6]), region_likelihood=likelihood[None])
+    expected = plain.regions()[0] * likelihood
+    np.testing.assert_allclose(ribbed.regions()[0], expected / expected.sum())
+    assert ribbed.regions()[0].sum() == pytest.approx(1.0)
