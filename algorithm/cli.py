@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--recentre", action=argparse.BooleanOptionalAction, default=None,
                         help="move vertebra candidates onto the bodies the segment model outlines and fill gaps "
                              f"in the chain (default: {'on' if Options().recentre else 'off'})")
+    common.add_argument("--ribs", action=argparse.BooleanOptionalAction, default=None,
+                        help="give the labelling the ribs each vertebra bears as region evidence "
+                             f"(default: {'on' if Options().rib_evidence else 'off'})")
     verbosity = common.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -175,8 +178,14 @@ def _options(args: argparse.Namespace) -> Options:
                                   getattr(args, "thoracic", None))
     except ValueError as error:
         raise InputError(f"constraints: {error}") from None
-    recentre = Options().recentre if getattr(args, "recentre", None) is None else bool(args.recentre)
-    return Options(overlap=args.overlap, constraints=constraints, recentre=recentre)
+    default = Options()
+
+    def flag(name: str, fallback: bool) -> bool:
+        value = getattr(args, name, None)
+        return fallback if value is None else bool(value)
+
+    return Options(overlap=args.overlap, constraints=constraints, recentre=flag("recentre", default.recentre),
+                   rib_evidence=flag("ribs", default.rib_evidence))
 
 
 def _load(args: argparse.Namespace, layout: AlgorithmLayout) -> Models:

@@ -152,6 +152,7 @@ def stage_figures(case: Case, real: RealCase, models: Any, options: Options | No
     """Detect, locate, label and oracle segment figures of one case (module docstring)."""
     import SimpleITK as sitk
 
+    options = options or Options()
     geometry = case.geometry
     mask = sitk.GetArrayFromImage(case.mask)
     centres = {v: np.asarray(c) for v, c in case.centroids_mm.items() if v in EVALUATED and np.any(mask == v)}
@@ -197,6 +198,11 @@ def stage_figures(case: Case, real: RealCase, models: Any, options: Options | No
     return row
 
 
+def _option_flags(options: Options) -> list[str]:
+    """The ``predict`` flags that reproduce ``options``' pipeline switches."""
+    return ["--recentre" if options.recentre else "--no-recentre", "--ribs" if options.rib_evidence else "--no-ribs"]
+
+
 def end_to_end(real: RealCase, models_dir: Path, case: Case, workdir: Path,
                options: Options | None = None) -> dict[str, Any]:
     """``python -m algorithm predict`` in a fresh process, scored by the project's evaluator."""
@@ -207,7 +213,7 @@ def end_to_end(real: RealCase, models_dir: Path, case: Case, workdir: Path,
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "algorithm", "predict", str(real.ct), "--output", str(out),
                            "--models", str(models_dir), "--device", "cpu", "--no-qc", "-q",
-                           "--recentre" if (options or Options()).recentre else "--no-recentre"],
+                           *_option_flags(options or Options())],
                           cwd=REPO, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -308,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recentre", action=argparse.BooleanOptionalAction, default=None,
                         help="candidates from the segment model's outlines (algorithm.recentre); default: the "
                              "pipeline's")
+    parser.add_argument("--ribs", action=argparse.BooleanOptionalAction, default=None,
+                        help="rib evidence for the labelling (algorithm.ribs); default: the pipeline's")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     return parser
 
@@ -323,8 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cases:
         print("no real case found", file=sys.stderr)
         return 1
+    default = Options()
     options = Options(peak_threshold=args.peak_threshold,
-                      recentre=Options().recentre if args.recentre is None else args.recentre)
+                      recentre=default.recentre if args.recentre is None else args.recentre,
+                      rib_evidence=default.rib_evidence if args.ribs is None else args.ribs)
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-real-") as tmp:
         for real in cases:
@@ -340,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(rows, training))
     if args.json:
         args.json.write_text(json.dumps({"models": str(models_dir), "trained_on": training,
-                                         "options": {"recentre": options.recentre,
+                                         "options": {"recentre": options.recentre, "ribs": options.rib_evidence,
                                                      "peak_threshold": options.peak_threshold},
                                          "cases": rows},
                                         indent=1), encoding="utf-8")

@@ -168,6 +168,18 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     assert exit_info.value.code == 2
 
 
+@pytest.mark.parametrize(("flags", "recentre", "ribs"), [
+    ([], True, True),
+    (["--no-ribs"], True, False),
+    (["--no-recentre", "--ribs"], False, True),
+])
+def test_pipeline_switches_reach_the_options(flags: list[str], recentre: bool, ribs: bool) -> None:
+    from algorithm.cli import _options, build_parser
+
+    options = _options(build_parser().parse_args(["predict", "ct.nii.gz", "--output", "out", *flags]))
+    assert (options.recentre, options.rib_evidence) == (recentre, ribs)
+
+
 def test_help_lists_the_modes(capsys) -> None:
     from algorithm.cli import main
 
