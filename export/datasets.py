@@ -400,8 +400,10 @@ class Augmentation:
     spatial_p: float = 0.6
     """Locate, segment: probability of a random similarity transform of the patch (and of its centroids,
     labels and heatmap)."""
-    rotate_deg: float = 12.0
-    """Locate, segment: largest rotation about each axis (real spines are tilted, scoliotic, lordotic)."""
+    rotate_deg: float | tuple[float, float, float] = 12.0
+    """Locate, segment: largest rotation about each axis (real spines are tilted, scoliotic, lordotic); three
+    values: about the z, y and x array axes (x: left-right, so its angle tilts the spine in the sagittal plane,
+    as lordosis does: 30-45 degrees at the lumbosacral junction)."""
     zoom: tuple[float, float] = (0.85, 1.2)
     """Locate, segment: range of the isotropic zoom (body and patient size), times +-5 % per axis."""
     sacrum_p: float = 0.0
@@ -502,7 +504,8 @@ class PatchSampler:
         (voxel units of the possibly anisotropic model grid); a volume point ``p`` lands at
         ``c_out + matrix^-1 (p - centre)``."""
         aug = self.augmentation
-        angles = np.deg2rad(self.rng.uniform(-aug.rotate_deg, aug.rotate_deg, 3))
+        limit = np.broadcast_to(np.asarray(aug.rotate_deg, dtype=np.float64), (3,))
+        angles = np.deg2rad(self.rng.uniform(-limit, limit))
         rotation = np.eye(3)
         for axis, angle in enumerate(angles):
             c, s = np.cos(angle), np.sin(angle)

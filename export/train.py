@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +82,8 @@ class TrainConfig:
     trained_on: str | None = None
     init_from: str | None = None
     augment: bool = True
+    rotate_deg: tuple[float, float, float] | None = None
+    """Largest augmentation rotation about the z, y, x array axes (None: :class:`Augmentation`'s default)."""
     progress: bool = True
 
 
@@ -318,7 +320,10 @@ def train(config: TrainConfig) -> TrainResult:
         params = count_parameters(network)
         log.info("%s: U-Net %s, %d parameters, patch %s, batch %d, device %s", meta.stage, network_config,
                  params, meta.patch_shape_zyx, config.batch_size, device)
-        sampler = PatchSampler(train_volumes, meta, rng, Augmentation() if config.augment else Augmentation.none())
+        augmentation = Augmentation() if config.augment else Augmentation.none()
+        if config.augment and config.rotate_deg is not None:
+            augmentation = replace(augmentation, rotate_deg=config.rotate_deg)
+        sampler = PatchSampler(train_volumes, meta, rng, augmentation)
 
         def save(path: Path, iteration: int) -> None:
             _save(path, {
@@ -440,6 +445,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help="start from an exported model's weights (same stage and architecture): fine-tuning")
     parser.add_argument("--trained-on", help="provenance text for the model metadata")
     parser.add_argument("--no-augment", action="store_true", help="disable augmentation")
+    parser.add_argument("--rotate-deg", type=float, nargs="+", metavar="DEG",
+                        help="largest augmentation rotation: one angle for every axis, or three about the z, y, x "
+                             "axes (x: the sagittal tilt); default 12")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return parser
 
@@ -454,8 +462,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         spacing=tuple(args.spacing) if args.spacing else None,
         sigma_mm=args.sigma_mm, base_channels=args.base_channels, depth=args.depth, trained_on=args.trained_on,
         init_from=args.init_from,
-        augment=not args.no_augment, progress=not args.no_progress,
+        augment=not args.no_augment, progress=not args.no_progress, rotate_deg=_rotation(args.rotate_deg),
     )
+
+
+def _rotation(values: Sequence[float] | None) -> tuple[float, float, float] | None:
+    if values is None:
+        return None
+    if len(values) not in (1, 3) or any(v < 0 or v > 90 for v in values):
+        raise SystemExit("--rotate-deg: one or three angles in [0, 90] degrees")
+    z, y, x = (float(values[0]),) * 3 if len(values) == 1 else (float(v) for v in values)
+    return (z, y, x)
 
 
 def run(args: argparse.Namespace) -> int:

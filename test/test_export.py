@@ -392,6 +392,28 @@ def test_locate_similarity_augmentation_moves_the_heatmap_with_the_anatomy() -> 
         assert heat.shape[1:] == patch.shape
 
 
+@pytest.mark.parametrize("limits", [(0.0, 0.0, 30.0), (20.0, 0.0, 0.0)])
+def test_rotation_limits_per_axis_keep_the_other_axes_fixed(limits: tuple[float, float, float]) -> None:
+    """Three rotation limits (about z, y, x): a rotation about one array axis leaves that coordinate of every
+    point unchanged and reaches angles up to its own limit only."""
+    meta = default_meta("locate", spacing_zyx_mm=(1.5, 1.5, 1.5), patch_shape_zyx=(16, 16, 16))
+    empty = np.zeros((4, 4, 4), np.float32)
+    from export.datasets import StageVolume
+
+    sampler = PatchSampler([StageVolume("v", empty, Geometry.of(sitk.GetImageFromArray(empty)), {1: np.zeros(3)})],
+                           meta, np.random.default_rng(5),
+                           replace(Augmentation.none(), spatial_p=1.0, rotate_deg=limits, zoom=(1.0, 1.0)))
+    axis = int(np.argmax(limits))
+    angles = []
+    for _ in range(200):
+        matrix, _, _ = sampler._similarity(np.zeros(3))
+        rotation = matrix / np.cbrt(np.linalg.det(matrix))  # isotropic spacing: the zoom is a near-scalar
+        plane = [a for a in range(3) if a != axis]
+        assert np.allclose(rotation[axis, plane], 0.0) and np.allclose(rotation[plane, axis], 0.0)
+        angles.append(np.degrees(abs(np.arctan2(rotation[plane[1], plane[0]], rotation[plane[0], plane[0]]))))
+    assert 0.8 * limits[axis] < max(angles) <= limits[axis] * 1.06
+
+
 def test_locate_appearance_augmentation_keeps_shape_and_background() -> None:
     meta = default_meta("locate", spacing_zyx_mm=(3.0, 3.0, 3.0), patch_shape_zyx=(32, 16, 16))
     augmentation = replace(Augmentation.none(), appearance_p=1.0)
@@ -440,3 +462,26 @@ def test_segment_sampler_draws_empty_targets_on_the_sacrum_top() -> None:
     assert y.sum() == 0 and x[1].max() > 0.9  # heatmap placed, nothing to outline
     sampler = PatchSampler([volume], meta, np.random.default_rng(0), Augmentation.none())
     assert sampler._sample_segment()[1].sum() > 0  # without negatives: L5's mask
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, None), (["20"], (20.0, 20.0, 20.0)),
+                                                 (["12", "12", "30"], (12.0, 12.0, 30.0))])
+def test_train_rotation_option(given: list[str] | None, expected: tuple[float, float, float] | None) -> None:
+    import argparse
+
+    from export.train import config_from_args, configure_parser
+
+    argv = ["segment", "--data", "d", "--out", "o", *(["--rotate-deg", *given] if given else [])]
+    assert config_from_args(configure_parser(argparse.ArgumentParser()).parse_args(argv)).rotate_deg == expected
+
+
+@pytest.mark.parametrize("given", [["10", "20"], ["100"]])
+def test_train_rotation_option_refuses_two_angles_or_beyond_90(given: list[str]) -> None:
+    import argparse
+
+    from export.train import config_from_args, configure_parser
+
+    args = configure_parser(argparse.ArgumentParser()).parse_args(["segment", "--data", "d", "--out", "o",
+                                                                   "--rotate-deg", *given])
+    with pytest.raises(SystemExit):
+        config_from_args(args)
