@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from algorithm.detect import SpineBox, crop_grid, run_on_grid
 from algorithm.models import StageModel
+from algorithm.ribs import RibEvidence, region_likelihood
 from spine.image import Geometry
 from spine.labels import LOCATE_CHANNELS, Region, region_of
 from spine.preprocess import model_grid, world_to_zyx, zyx_to_world
@@ -60,14 +61,14 @@ class Candidates:
     - ``positions_mm``: ``(N, 3)`` LPS world mm;
     - ``scores``: ``(N, 26)`` heatmap values per label, columns in ``LOCATE_CHANNELS`` order;
     - ``peak``: ``(N,)`` channel-max heatmap value at the candidate (strongest first);
-    - ``region_likelihood``: ``(N, 3)`` cervical / thoracic / lumbar likelihoods of evidence from outside
-      the network (the ribs: :mod:`algorithm.ribs`), or None.
+    - ``ribs``: the ribs each candidate bears (:mod:`algorithm.ribs`), evidence from outside the network,
+      or None.
     """
 
     positions_mm: np.ndarray
     scores: np.ndarray
     peak: np.ndarray
-    region_likelihood: np.ndarray | None = None
+    ribs: RibEvidence | None = None
 
     def __len__(self) -> int:
         return int(self.positions_mm.shape[0])
@@ -89,9 +90,9 @@ class Candidates:
         posterior = np.where(total > 0, sums / np.maximum(total, 1e-12), 1.0 / 3.0)
         weight = np.clip(np.asarray(self.peak, dtype=np.float64) / confident_peak, 0.0, 1.0)[:, None]
         blended = weight * posterior + (1.0 - weight) / 3.0
-        if self.region_likelihood is None:
+        if self.ribs is None:
             return blended
-        combined = blended * np.asarray(self.region_likelihood, dtype=np.float64)
+        combined = blended * region_likelihood(self.ribs)
         return combined / combined.sum(axis=1, keepdims=True)
 
     @classmethod

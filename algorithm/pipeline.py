@@ -36,7 +36,7 @@ from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer
 from algorithm.plausibility import IMPLAUSIBLE_CAP, assess
 from algorithm.recentre import fill_chain, on_spine_curve, recentre, spaced_by_size
 from algorithm.report import StageTimer, versions
-from algorithm.ribs import region_likelihood, rib_evidence
+from algorithm.ribs import rib_evidence
 from algorithm.segment import SEGMENT_FLOOR, segment_vertebrae
 from spine.gc import Point, points_document
 from spine.image import Geometry, image_from_array, resample_onto
@@ -224,6 +224,9 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
     log.info("label: %d of %d candidates labelled: %s", len(vertebrae), len(candidates),
              " ".join(f"{v.name}({v.confidence:.2f})" for v in vertebrae))
     details["label"] = {"uncertain": labelling.uncertain}
+    if candidates.ribs is not None:
+        details["label"]["ribs"] = {name_of(int(label)): status for label, status in
+                                    zip(labelling.labels, candidates.ribs.statuses(), strict=True) if label > 0}
     if options.constraints:
         details["label"]["constraints"] = _constraint_report(candidates, labelling.labels, options)
     if labelling.uncertain:
@@ -292,11 +295,19 @@ def _peak_threshold(models: Models, options: Options) -> float:
 def locate_stage(image: sitk.Image, detection: Detection, models: Models,
                  options: Options | None = None) -> Candidates:
     """The locate stage's candidates inside the spine ``box``: the heatmap peaks, or with ``options.recentre``
-    the bodies the segment model outlines from them (:mod:`algorithm.recentre`), scored by the heatmaps."""
+    the bodies the segment model outlines from them (:mod:`algorithm.recentre`), scored by the heatmaps; with
+    ``options.rib_evidence``, the ribs each bears (:mod:`algorithm.ribs`)."""
     options = options or Options()
     if detection.box is None:
         return Candidates.empty()
-    maps = locate_heatmaps(image, detection.box, models.locate, overlap=options.overlap)
+    candidates = _candidates(image, detection, models, options)
+    if options.rib_evidence and len(candidates):
+        candidates = replace(candidates, ribs=rib_evidence(image, candidates.positions_mm))
+    return candidates
+
+
+def _candidates(image: sitk.Image, detection: Detection, models: Models, options: Options) -> Candidates:
+    maps = locate_heatmaps(image, detection.box, models.locate, overlap=options.overlap)  # type: ignore[arg-type]
     spacing = models.locate.meta.spacing_zyx_mm
     if not options.recentre:
         return peak_candidates(maps, spacing, threshold=_peak_threshold(models, options),
@@ -320,14 +331,7 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
     order = np.argsort(-candidates.peak, kind="stable")
     log.info("locate: %d heatmap peaks above %.2f -> %d outlined vertebrae", len(seeds), options.seed_threshold,
              len(candidates))
-    candidates = Candidates(candidates.positions_mm[order], candidates.scores[order], candidates.peak[order])
-    return with_rib_evidence(image, candidates) if options.rib_evidence else candidates
-
-
-def with_rib_evidence(image: sitk.Image, candidates: Candidates) -> Candidates:
-    """``candidates`` with the region likelihoods of their ribs (:mod:`algorithm.ribs`)."""
-    evidence = rib_evidence(image, candidates.positions_mm)
-    return replace(candidates, region_likelihood=region_likelihood(evidence))
+    return Candidates(candidates.positions_mm[order], candidates.scores[order], candidates.peak[order])
 
 
 def label_stage(candidates: Candidates, options: Options | None = None) -> Labelling:

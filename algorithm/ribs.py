@@ -106,6 +106,12 @@ class RibEvidence:
         """``(N,)`` a rib on either side."""
         return np.any(self.reach_mm >= RIB_REACH_MM, axis=1)
 
+    def statuses(self) -> list[str]:
+        """Per candidate, for the run report: "rib", "no rib", "no rib on one side" or "unknown"."""
+        names = {0: "unknown", 1: "no rib on one side", 2: "no rib"}
+        return ["rib" if bearing else names[int(free)] for bearing, free in zip(self.bearing, self.free_sides,
+                                                                                strict=True)]
+
     @property
     def free_sides(self) -> np.ndarray:
         """``(N,)`` 0-2: on how many sides the CT covers where a rib would be and shows none (0 where bearing)."""

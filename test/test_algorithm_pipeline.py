@@ -73,6 +73,8 @@ def test_phantom_vertebrae_are_found_named_and_segmented(models, phantom) -> Non
     report = result.report(models, source="phantom")
     json.dumps(report, allow_nan=False)
     assert report["providers"] == ["CPUExecutionProvider"] and report["spine_found"]
+    # No ribs on the phantom, and its CT covers where they would run: every labelled vertebra says so.
+    assert report["label"]["ribs"] == {v.name: "no rib" for v in result.vertebrae}
 
 
 @pytest.mark.parametrize("direction", [

@@ -108,12 +108,19 @@ def test_region_likelihood_reads_bearing_free_and_unknown() -> None:
     np.testing.assert_allclose(likelihood[3], 1.0)
 
 
-@pytest.mark.parametrize("likelihood", [BEARING_LIKELIHOOD, FREE_SIDE_LIKELIHOOD**2])
-def test_candidates_regions_multiply_the_network_posterior_by_the_likelihood(likelihood: np.ndarray) -> None:
+@pytest.mark.parametrize(("reach", "seen", "likelihood", "status"), [
+    (100.0, True, BEARING_LIKELIHOOD, "rib"),
+    (40.0, True, FREE_SIDE_LIKELIHOOD**2, "no rib"),
+    (40.0, False, np.ones(3), "unknown"),
+])
+def test_candidates_regions_multiply_the_network_posterior_by_the_likelihood(
+        reach: float, seen: bool, likelihood: np.ndarray, status: str) -> None:
     scores = np.zeros((1, len(LOCATE_CHANNELS)), dtype=np.float32)
     scores[0, LOCATE_CHANNELS.index(20)] = 0.6  # L1: a lumbar opinion
     plain = Candidates(np.zeros((1, 3)), scores, np.array([0.6]))
-    ribbed = Candidates(np.zeros((1, 3)), scores, np.array([0.6]), region_likelihood=likelihood[None])
+    ribs = RibEvidence(np.array([[reach, 0.0]]), np.array([[seen, seen]]))
+    ribbed = Candidates(np.zeros((1, 3)), scores, np.array([0.6]), ribs=ribs)
+    assert ribs.statuses() == [status]
     expected = plain.regions()[0] * likelihood
     np.testing.assert_allclose(ribbed.regions()[0], expected / expected.sum())
     assert ribbed.regions()[0].sum() == pytest.approx(1.0)
