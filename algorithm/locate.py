@@ -62,13 +62,16 @@ class Candidates:
     - ``scores``: ``(N, 26)`` heatmap values per label, columns in ``LOCATE_CHANNELS`` order;
     - ``peak``: ``(N,)`` channel-max heatmap value at the candidate (strongest first);
     - ``ribs``: the ribs each candidate bears (:mod:`algorithm.ribs`), evidence from outside the network,
-      or None.
+      or None;
+    - ``cut``: ``(N, 2)`` bool, whether each candidate's vertebra runs out of the field of view above,
+      below (:mod:`algorithm.recentre`'s outlines), or None (not known).
     """
 
     positions_mm: np.ndarray
     scores: np.ndarray
     peak: np.ndarray
     ribs: RibEvidence | None = None
+    cut: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.positions_mm.shape[0])

@@ -89,6 +89,9 @@ class Options:
     that vertebrae the locate network misses entirely are outlined too."""
     score_radius_mm: float = 8.0
     """A recentred candidate's label scores: the heatmaps' maxima within this distance of it."""
+    censor_cut: bool = True
+    """Vertebrae the field of view cuts (their outlines reach its end): their steps' lengths are lower bounds for
+    the decoder (:mod:`algorithm.labelling`, item 9)."""
     rib_evidence: bool = True
     """Region evidence from the ribs each candidate bears (:mod:`algorithm.ribs`), for the decoder."""
     constraints: Constraints = field(default_factory=Constraints)  # what the user knows (algorithm.labelling, 8)
@@ -329,9 +332,11 @@ def _candidates(image: sitk.Image, detection: Detection, models: Models, options
     candidates = maps.candidates_at(np.array([outline.centre_mm for outline in outlines]).reshape(-1, 3),
                                     radius_mm=options.score_radius_mm)
     order = np.argsort(-candidates.peak, kind="stable")
-    log.info("locate: %d heatmap peaks above %.2f -> %d outlined vertebrae", len(seeds), options.seed_threshold,
-             len(candidates))
-    return Candidates(candidates.positions_mm[order], candidates.scores[order], candidates.peak[order])
+    cut = np.array([outline.cut for outline in outlines], dtype=bool).reshape(-1, 2)
+    log.info("locate: %d heatmap peaks above %.2f -> %d outlined vertebrae (%d cut by the field of view)",
+             len(seeds), options.seed_threshold, len(candidates), int(cut.any(axis=1).sum()))
+    return Candidates(candidates.positions_mm[order], candidates.scores[order], candidates.peak[order],
+                      cut=cut[order])
 
 
 def label_stage(candidates: Candidates, options: Options | None = None) -> Labelling:
@@ -339,7 +344,7 @@ def label_stage(candidates: Candidates, options: Options | None = None) -> Label
     options = options or Options()
     regions = candidates.regions() if options.region_evidence else None
     return label_candidates(candidates.positions_mm, candidates.scores, regions=regions,
-                            constraints=options.constraints)
+                            constraints=options.constraints, cut=candidates.cut if options.censor_cut else None)
 
 
 def read_gc_input(layout: AlgorithmLayout) -> tuple[Path, sitk.Image]:

@@ -83,12 +83,15 @@ column, lie within 25 mm of the line through their neighbours (``test_recentre``
 
 @dataclass(frozen=True)
 class Outline:
-    """The segment model's outline at a seed: its body centre (LPS mm), its volume (ml) and the spread of
-    the CT inside it (HU between its 10th and 90th percentiles)."""
+    """The segment model's outline at a seed: its body centre (LPS mm), its volume (ml), the spread of
+    the CT inside it (HU between its 10th and 90th percentiles), and whether it runs out of the CT's field
+    of view above or below (``cut``: (above, below); a vertebra the scan cuts, whose centre is that of its
+    visible part)."""
 
     centre_mm: np.ndarray
     volume_ml: float
     hu_spread: float = 1000.0
+    cut: tuple[bool, bool] = (False, False)
 
     @property
     def bone_like(self) -> bool:
@@ -119,8 +122,33 @@ def outline_vertebrae(image: sitk.Image, model: StageModel, seeds_mm: Sequence[n
                                                                                              strict=True)])
         for grid, (_, centre), probability in zip(grids, group, model.run(batch)[:, 0], strict=True):
             hu = _hounsfield(batch[len(outlines) - first], meta)
-            outlines.append(_outline(probability >= floor, hu, grid, centre, meta.spacing_zyx_mm, voxel_ml))
+            outlines.append(_outline(probability >= floor, hu, grid, centre, meta.spacing_zyx_mm, voxel_ml,
+                                     _outside_view(Geometry.of(image), grid)))
     return outlines
+
+
+def _outside_view(geometry: Geometry, grid: Geometry) -> np.ndarray:
+    """``(z, y, x)`` bool on the identity-direction ``grid``: voxels whose centre lies outside the CT."""
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in grid.shape_zyx), indexing="ij")
+    index = geometry.world_to_index(grid.index_to_world(np.stack([x, y, z], axis=-1)))
+    size = np.asarray(geometry.size, dtype=np.float64)
+    return np.any((index < -0.5) | (index > size - 0.5), axis=-1)
+
+
+CUT_REACH_VOXELS = 2
+"""An outline ending this close below (or above) the end of the field of view is cut by it: the model's
+probability fades over the last voxel or two before the padding."""
+
+
+def _cut(inside: np.ndarray, outside: np.ndarray) -> tuple[bool, bool]:
+    """Whether an outline (``inside``, on the same array as ``outside``) reaches the field of view's end
+    above (+z: array axis 0 on an identity-direction grid) or below it, within :data:`CUT_REACH_VOXELS`; an
+    outline that reaches the patch's own top or bottom inside the CT is not cut by the scan."""
+    above = below = False
+    for step in range(1, CUT_REACH_VOXELS + 1):
+        above |= bool(np.any(inside[:-step] & outside[step:]))
+        below |= bool(np.any(inside[step:] & outside[:-step]))
+    return above, below
 
 
 def _hounsfield(network_input: np.ndarray, meta: ModelMeta) -> np.ndarray:
@@ -130,7 +158,7 @@ def _hounsfield(network_input: np.ndarray, meta: ModelMeta) -> np.ndarray:
 
 
 def _outline(mask: np.ndarray, hu: np.ndarray, grid: Geometry, centre_zyx: np.ndarray,
-             spacing_zyx_mm: Sequence[float], voxel_ml: float) -> Outline | None:
+             spacing_zyx_mm: Sequence[float], voxel_ml: float, outside: np.ndarray | None = None) -> Outline | None:
     if not mask.any():
         return None
     components = cc3d.connected_components(mask, connectivity=26)
@@ -145,7 +173,12 @@ def _outline(mask: np.ndarray, hu: np.ndarray, grid: Geometry, centre_zyx: np.nd
     inside = components[box] == chosen
     zyx = deepest_centre_zyx(inside, spacing_zyx_mm) + np.array([s.start for s in box], dtype=np.float64)
     low, high = np.percentile(hu[box][inside], [10.0, 90.0])
-    return Outline(zyx_to_world(grid, zyx[None])[0], float(inside.sum()) * voxel_ml, float(high - low))
+    cut = (False, False)
+    if outside is not None:
+        whole = np.zeros(mask.shape, dtype=bool)
+        whole[box] = inside
+        cut = _cut(whole, outside)
+    return Outline(zyx_to_world(grid, zyx[None])[0], float(inside.sum()) * voxel_ml, float(high - low), cut)
 
 
 def merge_outlines(outlines: Sequence[Outline | None], *, kept: Sequence[Outline] = (),

@@ -76,6 +76,33 @@ def test_recentre_moves_seeds_beside_real_bodies_onto_their_centres() -> None:
 
 
 
+def test_cut_outlines_are_those_reaching_the_end_of_the_field_of_view() -> None:
+    from algorithm.recentre import _cut
+
+    outside = np.zeros((20, 8, 8), dtype=bool)
+    outside[:5] = True  # the CT ends below array index 5 (LPS identity grid: axis 0 runs to the head)
+    inside = np.zeros_like(outside)
+    inside[6:12, 2:6, 2:6] = True  # its lowest voxel one above the edge: cut below
+    assert _cut(inside, outside) == (False, True)
+    inside[:] = False
+    inside[9:20, 2:6, 2:6] = True  # reaches the patch's top inside the CT, 4 voxels clear of the edge: not cut
+    assert _cut(inside, outside) == (False, False)
+    assert _cut(inside[::-1], outside[::-1]) == (False, False)
+    flipped = np.zeros_like(outside)
+    flipped[6:12, 2:6, 2:6] = True
+    assert _cut(flipped[::-1], outside[::-1]) == (True, False)
+
+
+def test_recentre_marks_the_vertebra_the_example_ct_cuts() -> None:
+    """The bundled example's field of view ends in T11 (a sliver) and the sacrum: an outline seeded at its
+    top body is cut above, L3's is not."""
+    case = find_real_cases(["totalsegmentator-example"])[0].load()
+    models = load_models(ModelSource(find_model_dir().directory, "test"), device="cpu")
+    top, l3 = case.centroids_mm[19], case.centroids_mm[22]  # T12 reaches the top slice; L3 sits mid-scan
+    outlines = recentre(case.ct, models.segment, [top, l3])
+    assert [o.cut for o in outlines] == [(True, False), (False, False)]
+
+
 def test_spine_axis_follows_a_tilted_column_head_to_feet() -> None:
     import SimpleITK as sitk
 

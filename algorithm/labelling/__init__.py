@@ -88,6 +88,11 @@ The model (all scores natural logs, "nats"; every term a log likelihood ratio ag
    frequencies conditioned on the fact). Viterbi and forward-backward then give the best labelling
    consistent with every constraint and the posterior given them (a fixed candidate's confidence is 1).
    ValueError when no labelling satisfies them all.
+9. **Vertebrae cut by the field of view** (``cut``, optional, (N, 2) bool: the candidate's vertebra
+   runs out of the CT above, below). Its centre is that of the visible part, pulled towards the
+   inside, so a step from a vertebra cut above, or to one cut below, is seen shorter than it is: the
+   step's length is censored, and its score reads ``max(z, 0)`` for the ``z`` of item 3 (the most
+   likely true length at least the one seen: a short step costs nothing, a long one what it costs).
 
 The decoder returns the exact maximiser of the total score over chains (and offsets, scales):
 Viterbi over (candidate, label) states on the ordered candidates, every skip, variant
@@ -118,7 +123,7 @@ def _default_decoder() -> ChainDecoder:
 
 def label_candidates(positions_mm: np.ndarray, scores: np.ndarray | None = None, *,
                      regions: np.ndarray | None = None, decoder: ChainDecoder | None = None,
-                     constraints: Constraints | None = None) -> Labelling:
+                     constraints: Constraints | None = None, cut: np.ndarray | None = None) -> Labelling:
     """Label vertebra candidates as one anatomically valid chain.
 
     ``positions_mm``: (N, 3) world mm, LPS (+z superior). Evidence, either or both:
@@ -128,9 +133,11 @@ def label_candidates(positions_mm: np.ndarray, scores: np.ndarray | None = None,
     :class:`Labelling`; labels are unique among non-zero and follow ``allowed_next`` (with
     skips) along ``order``. Raises ValueError for wrong shapes, non-finite values or no
     evidence. ``decoder`` defaults to one built on the shipped prior. ``constraints``: what the
-    user knows (item 8); ValueError when no labelling satisfies them.
+    user knows (item 8); ValueError when no labelling satisfies them. ``cut``: (N, 2) which
+    candidates' vertebrae the field of view cuts above, below (item 9).
     """
-    return (decoder or _default_decoder()).label(positions_mm, scores, regions=regions, constraints=constraints)
+    return (decoder or _default_decoder()).label(positions_mm, scores, regions=regions, constraints=constraints,
+                                                 cut=cut)
 
 
 def decode(positions_mm: np.ndarray, scores: np.ndarray | None = None, *, regions: np.ndarray | None = None,

@@ -1,6 +1,6 @@
 """The chain decoder: the model's parameters, its per-case tables, and the MAP labelling with confidences.
 
-See :mod:`algorithm.labelling` for the model (items 1-7); the passes are in
+See :mod:`algorithm.labelling` for the model (items 1-9); the passes are in
 :mod:`algorithm.labelling.passes`, the step tables in :mod:`algorithm.labelling.chain`.
 """
 
@@ -277,13 +277,13 @@ class ChainDecoder:
 
     def _tables(self, positions: np.ndarray, tangents: np.ndarray, evidence: np.ndarray | None,
                 regions: np.ndarray | None, offsets: tuple[int, ...], constraints: Constraints | None = None,
-                fixed: dict[int, int] | None = None) -> Tables:
+                fixed: dict[int, int] | None = None, cut: np.ndarray | None = None) -> Tables:
         """Emission ratios (H, N, L) in chain-rank order per hypothesis (offset, scale) and the feasible
         steps of the ordered candidates, their scores (H, F) repeated over the offsets.
 
         ``tangents`` (N, 3): unit direction of the spine curve at each candidate, head to foot.
         ``constraints`` and ``fixed`` ({ordered candidate index: chain rank}): item 8 of the module
-        docstring, as impossible emissions, starts and ends, and as steps left out.
+        docstring, as impossible emissions, starts and ends, and as steps left out. ``cut`` (N, 2): item 9.
         """
         n = len(positions)
         n_offsets, n_scales = len(offsets), len(self._log_scales)
@@ -310,13 +310,16 @@ class ChainDecoder:
         displacement = positions[pair_i] - positions[pair_j]
         distance = np.maximum(np.linalg.norm(displacement, axis=1), _MIN_DISTANCE_MM)
         log_distance = np.log(distance)
-        near = (log_distance >= self._log_distance_range[0]) & (log_distance <= self._log_distance_range[1])
-        pair_j, pair_i, log_distance = pair_j[near], pair_i[near], log_distance[near]
+        censored = _censored(cut, pair_j, pair_i)
+        near = (((log_distance >= self._log_distance_range[0]) | censored)
+                & (log_distance <= self._log_distance_range[1]))
+        pair_j, pair_i, log_distance, censored = pair_j[near], pair_i[near], log_distance[near], censored[near]
         turn = self._turn_penalty(displacement[near], distance[near], tangents[pair_j] + tangents[pair_i])
         z = (log_distance[:, None] - e.log_mean[None, :]) * e.inv_tau  # (P, E)
         shift = self._log_scales[:, None] * e.inv_tau[None, :]  # (S, E), increasing in s
-        pair, edge = np.nonzero((z >= shift[0] - self.max_z) & (z <= shift[-1] + self.max_z))
-        step = self._step_score(z[pair, edge][None, :] - shift[:, edge], e.log_norm[edge], turn[pair])  # (S, F)
+        pair, edge = np.nonzero(((z >= shift[0] - self.max_z) | censored[:, None]) & (z <= shift[-1] + self.max_z))
+        step = self._step_score(z[pair, edge][None, :] - shift[:, edge], e.log_norm[edge], turn[pair],
+                                censored[pair])  # (S, F)
         if n_offsets > 1:
             step = np.tile(step, (n_offsets, 1))  # (O * S, F): the steps do not depend on the offset
         j, i = pair_j[pair], pair_i[pair]
@@ -326,12 +329,16 @@ class ChainDecoder:
         return Tables(emission, j, i, source, target, step,
                       ahead, step[:, ahead.order], behind, step[:, behind.order], start, end, bool(fixed))
 
-    def _step_score(self, z: np.ndarray, log_norm: np.ndarray, turn: np.ndarray) -> np.ndarray:
+    def _step_score(self, z: np.ndarray, log_norm: np.ndarray, turn: np.ndarray,
+                    censored: np.ndarray | None = None) -> np.ndarray:
         """Log score of steps whose log distance lies ``z`` edge sds from the mean at a scale.
 
         ``log_prior + log N(z) / tau + turn`` (module docstring, item 3; ``log_norm`` the edges'
-        ``log_prior - log(tau sqrt(2 pi))``), ``IMPOSSIBLE`` beyond ``max_z``.
+        ``log_prior - log(tau sqrt(2 pi))``), ``IMPOSSIBLE`` beyond ``max_z``. A ``censored`` step
+        (item 9) reads ``max(z, 0)``: its true length is at least the one seen.
         """
+        if censored is not None:
+            z = np.where(censored, np.maximum(z, 0.0), z)
         return np.where(np.abs(z) <= self.max_z, log_norm + turn - 0.5 * z**2, IMPOSSIBLE)
 
     def _turn_penalty(self, displacement: np.ndarray, distance: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -350,14 +357,16 @@ class ChainDecoder:
     # ----------------------------------------------------------------------- API
 
     def label(self, positions_mm: np.ndarray, scores: np.ndarray | None = None, *,
-              regions: np.ndarray | None = None, constraints: Constraints | None = None) -> Labelling:
+              regions: np.ndarray | None = None, constraints: Constraints | None = None,
+              cut: np.ndarray | None = None) -> Labelling:
         """Label N candidates, with posterior confidences: see :func:`algorithm.labelling.label_candidates`."""
-        return self._decode(positions_mm, scores, regions, posterior=True, constraints=constraints)
+        return self._decode(positions_mm, scores, regions, posterior=True, constraints=constraints, cut=cut)
 
     def decode(self, positions_mm: np.ndarray, scores: np.ndarray | None = None, *,
-               regions: np.ndarray | None = None, constraints: Constraints | None = None) -> np.ndarray:
+               regions: np.ndarray | None = None, constraints: Constraints | None = None,
+               cut: np.ndarray | None = None) -> np.ndarray:
         """(N,) VerSe labels, 0 for rejected candidates: the Viterbi labelling alone (no posterior)."""
-        return self._decode(positions_mm, scores, regions, posterior=False, constraints=constraints).labels
+        return self._decode(positions_mm, scores, regions, posterior=False, constraints=constraints, cut=cut).labels
 
     def calibrate(self, posterior: np.ndarray, *, regions_only: bool = False) -> np.ndarray:
         """``sigmoid(a logit(p) + b)`` with ``(a, b) = calibration`` (``region_calibration`` for
@@ -369,9 +378,10 @@ class ChainDecoder:
         return 1.0 / (1.0 + np.exp(-(a * (np.log(p) - np.log1p(-p)) + b)))
 
     def _decode(self, positions_mm: np.ndarray, scores: np.ndarray | None, regions: np.ndarray | None, *,
-                posterior: bool, constraints: Constraints | None = None) -> Labelling:
+                posterior: bool, constraints: Constraints | None = None, cut: np.ndarray | None = None) -> Labelling:
         """The MAP labelling and, with ``posterior``, its calibrated marginal confidences (else nan)."""
         positions, evidence, region_evidence = validate(positions_mm, scores, regions)
+        cut = _cut_flags(cut, len(positions))
         constraints = constraints or None  # an empty Constraints constrains nothing
         fixed = constraints.fixed_candidates(positions) if constraints is not None else {}
         n = len(positions)
@@ -385,7 +395,8 @@ class ChainDecoder:
         tables = self._tables(positions[order], tangents[order],
                               None if evidence is None else evidence[order],
                               None if region_evidence is None else region_evidence[order], offsets, constraints,
-                              {int(sorted_index[k]): CHAIN_LABELS.index(v) for k, v in fixed.items()})
+                              {int(sorted_index[k]): CHAIN_LABELS.index(v) for k, v in fixed.items()},
+                              cut=cut[order])
         with np.errstate(divide="ignore"):  # log(0) of underflowed sums is -inf, as it should be
             best, alpha = forward(tables, posterior=posterior)
             beta = backward(tables) if posterior else None
@@ -430,7 +441,8 @@ class ChainDecoder:
                          float(np.exp(self._log_scales[scale])), int(offsets[offset]), uncertain)
 
     def score(self, positions_mm: np.ndarray, scores: np.ndarray | None, labels: np.ndarray, *,
-              regions: np.ndarray | None = None, paths: str = "max", constraints: Constraints | None = None) -> float:
+              regions: np.ndarray | None = None, paths: str = "max", constraints: Constraints | None = None,
+              cut: np.ndarray | None = None) -> float:
         """The model's log score (nats) of a given labelling: what :meth:`label` maximises.
 
         ``labels`` (N,): VerSe ids or 0 (rejected). Sum of the accepted candidates' evidence
@@ -446,6 +458,7 @@ class ChainDecoder:
         for a labelling that breaks a constraint.
         """
         positions, evidence, region_evidence = validate(positions_mm, scores, regions)
+        cut = _cut_flags(cut, len(positions))
         labels = np.asarray(labels)
         if labels.shape != (len(positions),):
             raise ValueError(f"labels must have shape ({len(positions)},), got {labels.shape}")
@@ -479,10 +492,28 @@ class ChainDecoder:
             turn = self._turn_penalty(displacement, distance, (tangents[j] + tangents[i])[None, :])
             z = (np.log(distance) - e.log_mean[edge])[None, :] * e.inv_tau[edge] \
                 - self._log_scales[:, None] * e.inv_tau[edge]
-            step = self._step_score(z, e.log_norm[edge], turn)  # (S, edges)
+            step = self._step_score(z, e.log_norm[edge], turn, _censored(cut, np.array([j]), np.array([i])))
             total += step.max(axis=1) if paths == "max" else logsumexp(step, axis=1)
         if total.max() <= IMPOSSIBLE / 2:
             return -math.inf
         hypotheses = (emission[:, None] + total[None, :]).ravel() + log_prior  # (O * S,)
         assert hypotheses.shape == (len(offsets) * n_scales,)
         return float(hypotheses.max() if paths == "max" else logsumexp(hypotheses, axis=0))
+
+
+def _cut_flags(cut: np.ndarray | None, n: int) -> np.ndarray:
+    """(N, 2) bool: whether each candidate's vertebra runs out of the field of view above, below (item 9)."""
+    if cut is None:
+        return np.zeros((n, 2), dtype=bool)
+    flags = np.asarray(cut, dtype=bool)
+    if flags.shape != (n, 2):
+        raise ValueError(f"cut must have shape ({n}, 2), got {flags.shape}")
+    return flags
+
+
+def _censored(cut: np.ndarray | None, upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """Steps from ``upper`` to ``lower`` (head to foot) whose seen length is shorter than the true one: the
+    upper vertebra cut above (its visible part, and centre, lie low) or the lower one cut below."""
+    if cut is None:
+        return np.zeros(len(upper), dtype=bool)
+    return cut[upper, 0] | cut[lower, 1]
