@@ -84,6 +84,8 @@ class TrainConfig:
     augment: bool = True
     rotate_deg: tuple[float, float, float] | None = None
     """Largest augmentation rotation about the z, y, x array axes (None: :class:`Augmentation`'s default)."""
+    sacrum_p: float | None = None
+    """Segment: probability of a sacrum negative sample (None: :class:`Augmentation`'s default, off)."""
     progress: bool = True
 
 
@@ -323,6 +325,8 @@ def train(config: TrainConfig) -> TrainResult:
         augmentation = Augmentation() if config.augment else Augmentation.none()
         if config.augment and config.rotate_deg is not None:
             augmentation = replace(augmentation, rotate_deg=config.rotate_deg)
+        if config.augment and config.sacrum_p is not None:
+            augmentation = replace(augmentation, sacrum_p=config.sacrum_p)
         sampler = PatchSampler(train_volumes, meta, rng, augmentation)
 
         def save(path: Path, iteration: int) -> None:
@@ -448,6 +452,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--rotate-deg", type=float, nargs="+", metavar="DEG",
                         help="largest augmentation rotation: one angle for every axis, or three about the z, y, x "
                              "axes (x: the sagittal tilt); default 12")
+    parser.add_argument("--sacrum-p", type=float, metavar="P",
+                        help="segment: probability of a sacrum negative sample (a heatmap on S1, an empty target), "
+                             "in [0, 1]; default 0")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return parser
 
@@ -463,6 +470,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         sigma_mm=args.sigma_mm, base_channels=args.base_channels, depth=args.depth, trained_on=args.trained_on,
         init_from=args.init_from,
         augment=not args.no_augment, progress=not args.no_progress, rotate_deg=_rotation(args.rotate_deg),
+        sacrum_p=_probability(args.sacrum_p),
     )
 
 
@@ -473,6 +481,12 @@ def _rotation(values: Sequence[float] | None) -> tuple[float, float, float] | No
         raise SystemExit("--rotate-deg: one or three angles in [0, 90] degrees")
     z, y, x = (float(values[0]),) * 3 if len(values) == 1 else (float(v) for v in values)
     return (z, y, x)
+
+
+def _probability(value: float | None) -> float | None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise SystemExit(f"--sacrum-p: a probability in [0, 1], got {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

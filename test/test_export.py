@@ -485,3 +485,16 @@ def test_train_rotation_option_refuses_two_angles_or_beyond_90(given: list[str])
                                                                    "--rotate-deg", *given])
     with pytest.raises(SystemExit):
         config_from_args(args)
+
+
+def test_train_sacrum_option() -> None:
+    import argparse
+
+    from export.train import config_from_args, configure_parser
+
+    parser = configure_parser(argparse.ArgumentParser())
+    base = ["segment", "--data", "d", "--out", "o"]
+    assert config_from_args(parser.parse_args(base)).sacrum_p is None
+    assert config_from_args(parser.parse_args([*base, "--sacrum-p", "0.1"])).sacrum_p == 0.1
+    with pytest.raises(SystemExit):
+        config_from_args(parser.parse_args([*base, "--sacrum-p", "1.5"]))
