@@ -170,8 +170,14 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
             continue
         top = float(heights.max())
         owner = int(np.searchsorted(chain[:, 2], top - CROSSING_RISE_MM))
-        if owner == len(chain) or chain[owner, 2] - top > spacing[owner]:
-            continue  # above the chain's top, or below its bottom
+        if owner == len(chain):
+            # Above the chain's top: the rib of a vertebra above it, or the top one's own where the scan cuts
+            # that vertebra (its centre is then the visible part's, too low): the top one's side is unknown.
+            if top - chain[-1, 2] <= spacing[-1]:
+                unknown[order[-1], side] = True
+            continue
+        if chain[owner, 2] - top > spacing[owner]:
+            continue  # below the chain's bottom
         part_reach = float(reach_of[part].max())
         reach[order[owner], side] = max(reach[order[owner], side], part_reach)
         if part_reach < RIB_REACH_MM and np.any(cut_of[part]):

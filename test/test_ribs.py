@@ -27,12 +27,12 @@ def _tube(volume: np.ndarray, coords: tuple[np.ndarray, ...], start: np.ndarray,
 
 
 def _phantom(half_width_mm: float = 120.0, plate: bool = False, back_mm: float = 100.0,
-             rib_end_y: float = 40.0) -> sitk.Image:
+             rib_end_y: float = 40.0, top_mm: float = 160.0) -> sitk.Image:
     """Soft tissue with bodies at CENTRES_Z; ribs (reach 100 mm, sloping down and back) on the upper three,
     transverse processes (reach 42 mm) on the lower two; LPS, +x the patient's left."""
     x = np.arange(-half_width_mm, half_width_mm + 1e-6, SPACING)
     y = np.arange(-60.0, back_mm + 1e-6, SPACING)
-    z = np.arange(-40.0, 160.0 + 1e-6, SPACING)
+    z = np.arange(-40.0, top_mm + 1e-6, SPACING)
     zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
     coords = (xx, yy, zz)
     volume = np.full(xx.shape, -50.0, dtype=np.float32)
@@ -86,6 +86,17 @@ def test_a_rib_that_leaves_the_field_of_view_behind_the_spine_is_unknown_not_abs
     evidence = rib_evidence(_phantom(back_mm=45.0, rib_end_y=90.0), _positions())
     assert not evidence.bearing.any()
     assert evidence.free_sides.tolist() == [2, 2, 0, 0, 0]
+
+
+def test_the_top_vertebra_cut_by_the_scan_says_nothing_of_its_ribs() -> None:
+    """The CT ends 8 mm above the top body's centre; the candidate sits where a cut vertebra's visible part
+    puts it, 6 mm low. Its own rib then crosses above it, like a rib of the vertebra above: unknown, not
+    absent (a rib-free top vertebra reads as cervical)."""
+    positions = _positions()
+    positions[-1, 2] -= 6.0
+    evidence = rib_evidence(_phantom(top_mm=CENTRES_Z[-1] + 8.0), positions)
+    assert evidence.free_sides[-1] == 0 and not evidence.bearing[-1]
+    assert evidence.bearing.tolist()[2:4] == [True, True] and evidence.free_sides.tolist()[:2] == [2, 2]
 
 
 def test_an_iliac_plate_is_not_a_rib() -> None:
