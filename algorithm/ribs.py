@@ -19,7 +19,9 @@ high), while the ribs are plainly there in the CT. So:
    ala running into the ilium), not a rib.
 
 A candidate with a rib on either side is *rib-bearing*; otherwise each side where the CT covers a rib's
-course and shows none counts against a thoracic level; where the CT does not, nothing is known.
+course and shows none counts against a thoracic level, but only below the lowest rib-bearing candidate
+(the thoracolumbar junction; above it a first rib is short and a rib can go to a neighbour); where the
+CT does not cover it, nothing is known.
 :func:`region_likelihood` turns that into cervical / thoracic / lumbar likelihoods that multiply the
 network's region posterior (:meth:`algorithm.locate.Candidates.regions`). It is evidence, not a rule:
 the decoder still weighs it against the chain prior and the network, so a lumbar rib or a missed
@@ -189,6 +191,13 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
             inside = bool(np.all(index >= 0) and np.all(index < np.asarray(grid.size)))
             seen[order[i], side] = (inside and bool(covered[index[2], index[1], index[0]])
                                     and not unknown[order[i], side])
+    bearing = np.any(reach[order] >= RIB_REACH_MM, axis=1)  # chain order, feet to head
+    if bearing.any():
+        # Where ribs are seen, their absence speaks only below the lowest rib: there it places the
+        # thoracolumbar junction. Above it, a missing rib is a short first rib, one given to a neighbour,
+        # or one the scan cuts, and says nothing of the region.
+        lowest = int(np.argmax(bearing))
+        seen[order[lowest:]] = False
     evidence = RibEvidence(reach, seen)
     log.info("ribs: %d of %d candidates bear ribs, %d show none on both sides, %d on one",
              int(evidence.bearing.sum()), n, int(np.sum(evidence.free_sides == 2)),

@@ -27,7 +27,7 @@ def _tube(volume: np.ndarray, coords: tuple[np.ndarray, ...], start: np.ndarray,
 
 
 def _phantom(half_width_mm: float = 120.0, plate: bool = False, back_mm: float = 100.0,
-             rib_end_y: float = 40.0, top_mm: float = 160.0) -> sitk.Image:
+             rib_end_y: float = 40.0, top_mm: float = 160.0, ribbed: tuple[bool, ...] = RIBBED) -> sitk.Image:
     """Soft tissue with bodies at CENTRES_Z; ribs (reach 100 mm, sloping down and back) on the upper three,
     transverse processes (reach 42 mm) on the lower two; LPS, +x the patient's left."""
     x = np.arange(-half_width_mm, half_width_mm + 1e-6, SPACING)
@@ -36,10 +36,10 @@ def _phantom(half_width_mm: float = 120.0, plate: bool = False, back_mm: float =
     zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
     coords = (xx, yy, zz)
     volume = np.full(xx.shape, -50.0, dtype=np.float32)
-    for c, ribbed in zip(CENTRES_Z, RIBBED, strict=True):
+    for c, with_ribs in zip(CENTRES_Z, ribbed, strict=True):
         volume[(xx**2 + yy**2 + (zz - c) ** 2) <= 14.0**2] = 400.0
         for side in (-1.0, 1.0):
-            if ribbed:
+            if with_ribs:
                 _tube(volume, coords, np.array([side * 22.0, 12.0, c + 4.0]),
                       np.array([side * 100.0, rib_end_y, c - 22.0]), 4.0, 600.0)
             else:
@@ -90,13 +90,23 @@ def test_a_rib_that_leaves_the_field_of_view_behind_the_spine_is_unknown_not_abs
 
 def test_the_top_vertebra_cut_by_the_scan_says_nothing_of_its_ribs() -> None:
     """The CT ends 8 mm above the top body's centre; the candidate sits where a cut vertebra's visible part
-    puts it, 6 mm low. Its own rib then crosses above it, like a rib of the vertebra above: unknown, not
-    absent (a rib-free top vertebra reads as cervical)."""
+    puts it, 6 mm low. Its own rib (the only ribs here) then crosses above it, like a rib of the vertebra
+    above: unknown, not absent (a rib-free top vertebra reads as cervical)."""
     positions = _positions()
     positions[-1, 2] -= 6.0
-    evidence = rib_evidence(_phantom(top_mm=CENTRES_Z[-1] + 8.0), positions)
-    assert evidence.free_sides[-1] == 0 and not evidence.bearing[-1]
-    assert evidence.bearing.tolist()[2:4] == [True, True] and evidence.free_sides.tolist()[:2] == [2, 2]
+    only_top = (False, False, False, False, True)
+    evidence = rib_evidence(_phantom(top_mm=CENTRES_Z[-1] + 8.0, ribbed=only_top), positions)
+    assert not evidence.bearing.any()
+    assert evidence.free_sides.tolist() == [2, 2, 2, 2, 0]
+
+
+def test_absence_speaks_only_below_the_lowest_rib() -> None:
+    """A rib-free vertebra between ribbed ones (a rib given to a neighbour) and one above them (a short first
+    rib) say nothing; below the lowest rib, absence places the thoracolumbar junction."""
+    pattern = (False, True, False, True, False)
+    evidence = rib_evidence(_phantom(ribbed=pattern), _positions())
+    assert evidence.bearing.tolist() == list(pattern)
+    assert evidence.free_sides.tolist() == [2, 0, 0, 0, 0]
 
 
 def test_an_iliac_plate_is_not_a_rib() -> None:
