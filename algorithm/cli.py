@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--recentre", action=argparse.BooleanOptionalAction, default=None,
                         help="move vertebra candidates onto the bodies the segment model outlines and fill gaps "
                              f"in the chain (default: {'on' if Options().recentre else 'off'})")
+    common.add_argument("--sacrum", action=argparse.BooleanOptionalAction, default=None,
+                        help="drop the sacrum's S1 from the foot of the chain when the model folder has "
+                             f"sacrum.onnx (default: {'on' if Options().sacrum_check else 'off'})")
     common.add_argument("--ribs", action=argparse.BooleanOptionalAction, default=None,
                         help="give the labelling the ribs each vertebra bears as region evidence "
                              f"(default: {'on' if Options().rib_evidence else 'off'})")
@@ -185,7 +188,8 @@ def _options(args: argparse.Namespace) -> Options:
         return fallback if value is None else bool(value)
 
     return Options(overlap=args.overlap, constraints=constraints, recentre=flag("recentre", default.recentre),
-                   rib_evidence=flag("ribs", default.rib_evidence))
+                   rib_evidence=flag("ribs", default.rib_evidence),
+                   sacrum_check=flag("sacrum", default.sacrum_check))
 
 
 def _load(args: argparse.Namespace, layout: AlgorithmLayout) -> Models:

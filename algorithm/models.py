@@ -11,6 +11,10 @@ Model lookup order (first folder holding ``detect.onnx``, ``locate.onnx`` and ``
 Everything a stage needs (spacing, patch shape, channels, intensity mapping, sigma) comes from
 the model's own metadata (:class:`spine.modelmeta.ModelMeta`); nothing is hard-coded here.
 
+A folder may also hold ``sacrum.onnx`` (:data:`SACRUM_FILE`): a segment-stage model trained to outline
+nothing where its heatmap sits on the sacrum, which the pipeline asks about the chain's lowest
+candidates (:mod:`algorithm.sacrum`). It is optional: without it that check is skipped.
+
 Execution providers: ``auto`` picks CUDA when ONNX Runtime offers it, the NVIDIA driver reports
 a GPU (asked directly, so a CPU-only machine never makes ORT try CUDA and log errors) and the
 sessions really come up on it (ORT falls back to the CPU when, say, cuDNN is missing; then
@@ -287,14 +291,19 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
+SACRUM_FILE = "sacrum.onnx"
+"""Optional segment-stage model of the sacrum check, beside the three stages' files."""
+
+
 @dataclass
 class Models:
-    """The three loaded stages and where they came from."""
+    """The three loaded stages, the optional sacrum check's model, and where they came from."""
 
     detect: StageModel
     locate: StageModel
     segment: StageModel
     source: ModelSource
+    sacrum: StageModel | None = None
 
     @property
     def on_gpu(self) -> bool:
@@ -305,8 +314,11 @@ class Models:
         return self.detect.providers
 
     def describe(self) -> dict[str, Any]:
-        return {"directory": str(self.source.directory), "rule": self.source.rule,
-                **{stage: getattr(self, stage).describe() for stage in STAGES}}
+        described = {"directory": str(self.source.directory), "rule": self.source.rule,
+                     **{stage: getattr(self, stage).describe() for stage in STAGES}}
+        if self.sacrum is not None:
+            described["sacrum"] = self.sacrum.describe()
+        return described
 
 
 def _dims(shape: Sequence[Any]) -> list[int | None]:
@@ -375,8 +387,11 @@ def load_stage(stage: str, path: Path, providers: list[Any], *, threads: int | N
 
 
 def _load_stages(source: ModelSource, providers: list[Any], threads: int | None) -> dict[str, StageModel]:
-    return {stage: load_stage(stage, source.directory / f"{stage}.onnx", providers, threads=threads)
-            for stage in STAGES}
+    stages = {stage: load_stage(stage, source.directory / f"{stage}.onnx", providers, threads=threads)
+              for stage in STAGES}
+    if (source.directory / SACRUM_FILE).is_file():
+        stages["sacrum"] = load_stage("segment", source.directory / SACRUM_FILE, providers, threads=threads)
+    return stages
 
 
 def load_models(source: ModelSource, *, device: Device = "auto", threads: int | None = None) -> Models:

@@ -37,6 +37,7 @@ from algorithm.plausibility import IMPLAUSIBLE_CAP, assess
 from algorithm.recentre import fill_chain, on_spine_curve, recentre, spaced_by_size
 from algorithm.report import StageTimer, versions
 from algorithm.ribs import rib_evidence
+from algorithm.sacrum import sacral
 from algorithm.segment import SEGMENT_FLOOR, segment_vertebrae
 from spine.gc import Point, points_document
 from spine.image import Geometry, image_from_array, resample_onto
@@ -89,6 +90,9 @@ class Options:
     that vertebrae the locate network misses entirely are outlined too."""
     score_radius_mm: float = 8.0
     """A recentred candidate's label scores: the heatmaps' maxima within this distance of it."""
+    sacrum_check: bool = True
+    """Ask the models' sacrum check (``sacrum.onnx``, when the folder has one) which of the chain's lowest
+    candidates is the sacrum's S1, and drop it and those below (:mod:`algorithm.sacrum`)."""
     censor_cut: bool = True
     """Vertebrae the field of view cuts (their outlines reach its end): their steps' lengths are lower bounds for
     the decoder (:mod:`algorithm.labelling`, item 9)."""
@@ -299,14 +303,25 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
                  options: Options | None = None) -> Candidates:
     """The locate stage's candidates inside the spine ``box``: the heatmap peaks, or with ``options.recentre``
     the bodies the segment model outlines from them (:mod:`algorithm.recentre`), scored by the heatmaps; with
-    ``options.rib_evidence``, the ribs each bears (:mod:`algorithm.ribs`)."""
+    ``options.rib_evidence``, the ribs each bears (:mod:`algorithm.ribs`); with ``options.sacrum_check`` and a
+    sacrum model, without the sacrum's S1 and what lies below it (:mod:`algorithm.sacrum`)."""
     options = options or Options()
     if detection.box is None:
         return Candidates.empty()
     candidates = _candidates(image, detection, models, options)
+    if options.sacrum_check and models.sacrum is not None and len(candidates) >= 2:
+        keep = ~sacral(image, candidates.positions_mm, models.segment, models.sacrum)
+        candidates = _subset(candidates, keep)
     if options.rib_evidence and len(candidates):
         candidates = replace(candidates, ribs=rib_evidence(image, candidates.positions_mm))
     return candidates
+
+
+def _subset(candidates: Candidates, keep: np.ndarray) -> Candidates:
+    """The candidates where ``keep`` holds (their per-candidate fields with them)."""
+    return replace(candidates, positions_mm=candidates.positions_mm[keep], scores=candidates.scores[keep],
+                   peak=candidates.peak[keep], cut=None if candidates.cut is None else candidates.cut[keep],
+                   ribs=None)
 
 
 def _candidates(image: sitk.Image, detection: Detection, models: Models, options: Options) -> Candidates:

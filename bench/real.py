@@ -200,7 +200,8 @@ def stage_figures(case: Case, real: RealCase, models: Any, options: Options | No
 
 def _option_flags(options: Options) -> list[str]:
     """The ``predict`` flags that reproduce ``options``' pipeline switches."""
-    return ["--recentre" if options.recentre else "--no-recentre", "--ribs" if options.rib_evidence else "--no-ribs"]
+    return ["--recentre" if options.recentre else "--no-recentre", "--ribs" if options.rib_evidence else "--no-ribs",
+            "--sacrum" if options.sacrum_check else "--no-sacrum"]
 
 
 def end_to_end(real: RealCase, models_dir: Path, case: Case, workdir: Path,
@@ -316,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "pipeline's")
     parser.add_argument("--ribs", action=argparse.BooleanOptionalAction, default=None,
                         help="rib evidence for the labelling (algorithm.ribs); default: the pipeline's")
+    parser.add_argument("--sacrum", action=argparse.BooleanOptionalAction, default=None,
+                        help="the sacrum check (algorithm.sacrum; needs sacrum.onnx); default: the pipeline's")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     return parser
 
@@ -334,7 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     default = Options()
     options = Options(peak_threshold=args.peak_threshold,
                       recentre=default.recentre if args.recentre is None else args.recentre,
-                      rib_evidence=default.rib_evidence if args.ribs is None else args.ribs)
+                      rib_evidence=default.rib_evidence if args.ribs is None else args.ribs,
+                      sacrum_check=default.sacrum_check if args.sacrum is None else args.sacrum)
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-real-") as tmp:
         for real in cases:
@@ -351,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"models": str(models_dir), "trained_on": training,
                                          "options": {"recentre": options.recentre, "ribs": options.rib_evidence,
+                                                     "sacrum": options.sacrum_check,
                                                      "peak_threshold": options.peak_threshold},
                                          "cases": rows},
                                         indent=1), encoding="utf-8")

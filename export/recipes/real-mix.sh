@@ -19,8 +19,8 @@
 # Environment: WORK (data + runs, default /work/data), DEVICE (auto), OUT (the exported models, default
 # $WORK/runs/real-mix/models: compare with bench/real.py, then copy into algorithm/models), LOCATE_MINUTES,
 # SEGMENT_MINUTES, DETECT_MINUTES, LOCATE2_MINUTES, SEGMENT2_MINUTES, LOCATE3_MINUTES, SEGMENT3_MINUTES,
-# SEGMENT4_MINUTES, SEGMENT5_MINUTES (wall-time caps, default 40/20/6/28/7/45/30/40/40; 0 = none),
-# ITERATIONS_SCALE (1).
+# SEGMENT4_MINUTES, SEGMENT5_MINUTES, SACRUM_MINUTES (wall-time caps, default 40/20/6/28/7/45/30/40/40/40;
+# 0 = none), ITERATIONS_SCALE (1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORK=${WORK:-/work/data}
@@ -103,5 +103,18 @@ python -m export train segment "${COMMON3[@]}" --seed 3 --trained-on "$TILT40_TR
   --out "$RUNS/segment-tilt40" --init-from "$RUNS/segment-tilt.onnx" --lr 1e-3 --iterations $(its 800) \
   --val-every 200 --rotate-deg 15 15 40 $(cap "${SEGMENT5_MINUTES:-40}") $RESUME_FLAG
 python -m export onnx --checkpoint "$RUNS/segment-tilt40/last.pt" --out "$OUT/segment.onnx"
+# The sacrum check (algorithm/sacrum.py): round 5's segment model fine-tuned 800 iterations with sacrum negatives
+# (--sacrum-p 0.1: a heatmap on S1, an empty target), seed 4, the last checkpoint (committed:
+# real-mix-checkpoints/segment-sacrum.pt). As the segment model it lost verse014's and the aorta crop's labels;
+# asked only about the chain's lowest candidates, it tells S1 from L5 and L6.
+SACRUM_TRAINED_ON="the bundled segment model (round 5) fine-tuned 800 iterations with sacrum negatives \
+(probability 0.1: a heatmap on S1, an empty target) and sagittal rotations up to 40 degrees, same data; \
+unseen: verse-sub-verse014, totalsegmentator-aorta"
+# shellcheck disable=SC2046
+python -m export train segment "${COMMON3[@]}" --seed 4 --trained-on "$SACRUM_TRAINED_ON" \
+  --out "$RUNS/segment-sacrum" --init-from "$OUT/segment.onnx" --lr 1e-3 --iterations $(its 800) \
+  --val-every 200 --rotate-deg 15 15 40 --sacrum-p 0.1 $(cap "${SACRUM_MINUTES:-40}") $RESUME_FLAG
+python -m export onnx --checkpoint "$RUNS/segment-sacrum/last.pt" --out "$OUT/sacrum.onnx" \
+  --notes "sacrum check: a segment-stage model asked only about the lowest candidates of a chain (algorithm.sacrum)"
 cp "$ROUND2/detect.onnx" "$OUT/detect.onnx"
 python bench/real.py --models "$OUT" --json "$RUNS/real.json"

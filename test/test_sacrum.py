@@ -1,0 +1,45 @@
+"""The sacrum check (algorithm.sacrum): which of a chain's lowest candidates is S1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import algorithm.sacrum as sacrum
+from algorithm.models import ModelSource, find_model_dir, load_models
+from export.real_cases import find_real_cases
+
+
+def _chain(n: int) -> np.ndarray:
+    return np.array([[0.0, 0.0, -30.0 * k] for k in range(n)])  # head first
+
+
+@pytest.mark.parametrize(("volume", "ratio", "expected"), [
+    # lowest four of six, feet first in the arrays below: S1 at the third lowest, sacral fragments under it
+    ([9.0, 16.0, 57.0, 63.0], [0.56, 0.63, 0.47, 1.0], [False, False, False, True, True, True]),
+    ([49.0, 40.0, 30.0, 30.0], [0.9, 1.0, 1.0, 1.0], [False] * 6),  # no S1: nothing leaves
+    ([18.0, 23.0, 30.0, 30.0], [0.1, 0.95, 1.0, 1.0], [False] * 6),  # a small flagged fragment is no body
+    ([52.0, 23.0, 30.0, 30.0], [0.0, 0.96, 0.97, 1.0], [False, False, False, False, False, True]),  # a true L6 stays
+])
+def test_the_highest_flagged_body_among_the_lowest_is_s1(monkeypatch: pytest.MonkeyPatch, volume: list[float],
+                                                         ratio: list[float], expected: list[bool]) -> None:
+    monkeypatch.setattr(sacrum, "volume_ratios", lambda *args: (np.array(volume), np.array(ratio)))
+    positions = _chain(6)
+    flags = sacrum.sacral(None, positions, None, None)  # type: ignore[arg-type]
+    # expected is head first; the input order is head first too
+    assert flags.tolist() == expected
+
+
+def test_a_single_candidate_is_never_the_sacrum() -> None:
+    assert sacrum.sacral(None, _chain(1), None, None).tolist() == [False]  # type: ignore[arg-type]
+
+
+def test_the_bundled_sacrum_model_finds_s1_on_the_example_ct() -> None:
+    """Real CT, bundled models: seeded at L4, L5 and the sacrum's top, the check flags only the sacrum."""
+    case = find_real_cases(["totalsegmentator-example"])[0].load()
+    models = load_models(ModelSource(find_model_dir().directory, "test"), device="cpu")
+    assert models.sacrum is not None and "sacrum" in models.describe()
+    l4, l5 = case.centroids_mm[23], case.centroids_mm[24]
+    s1 = l5 + np.array([0.0, 9.0, -25.0])  # the sacrum's top body, below and behind L5 (the pipeline's S1 candidate)
+    flags = sacrum.sacral(case.ct, np.array([l4, l5, s1]), models.segment, models.sacrum)
+    assert flags.tolist() == [False, False, True]
