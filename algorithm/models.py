@@ -390,12 +390,16 @@ def _load_stages(source: ModelSource, providers: list[Any], threads: int | None)
     stages = {stage: load_stage(stage, source.directory / f"{stage}.onnx", providers, threads=threads)
               for stage in STAGES}
     if (source.directory / SACRUM_FILE).is_file():
-        stages["sacrum"] = load_stage("segment", source.directory / SACRUM_FILE, providers, threads=threads)
+        try:
+            stages["sacrum"] = load_stage("segment", source.directory / SACRUM_FILE, providers, threads=threads)
+        except ModelError as error:  # optional: a broken one costs the check, not the run
+            log.warning("%s; the sacrum check is off", error)
     return stages
 
 
 def load_models(source: ModelSource, *, device: Device = "auto", threads: int | None = None) -> Models:
-    """Load the three stages on the chosen device; log the provider ONNX Runtime really uses.
+    """Load the three stages (and the optional sacrum check's model) on the chosen device; log the provider
+    ONNX Runtime really uses.
 
     ``auto`` falls back to the CPU when a CUDA session does not come up on the GPU;
     ``cuda`` raises :class:`ModelError` then.

@@ -144,10 +144,11 @@ def _cut(inside: np.ndarray, outside: np.ndarray) -> tuple[bool, bool]:
     """Whether an outline (``inside``, on the same array as ``outside``) reaches the field of view's end
     above (+z: array axis 0 on an identity-direction grid) or below it, within :data:`CUT_REACH_VOXELS`; an
     outline that reaches the patch's own top or bottom inside the CT is not cut by the scan."""
+    within = inside & ~outside  # an outline voxel in the padding beside a narrow CT says nothing of its ends
     above = below = False
     for step in range(1, CUT_REACH_VOXELS + 1):
-        above |= bool(np.any(inside[:-step] & outside[step:]))
-        below |= bool(np.any(inside[step:] & outside[:-step]))
+        above |= bool(np.any(within[:-step] & outside[step:]))
+        below |= bool(np.any(within[step:] & outside[:-step]))
     return above, below
 
 

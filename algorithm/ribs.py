@@ -59,7 +59,11 @@ GRID_MM = 1.5
 BONE_HU = 200.0
 """Bone threshold after smoothing (sigma :data:`SMOOTH_MM`): ribs' cortex stays above it at 1.5-3 mm
 slices; muscle, fat and kidneys stay below. Contrast-filled vessels do not, hence the posterior gate."""
-SMOOTH_MM = 0.7
+SMOOTH_MM = 1.05
+"""Gaussian sigma of the smoothing before the threshold (0.7 of a search-grid voxel)."""
+PADDING_HU = -1500.0
+"""Below this the CT holds no tissue nor air: the value outside the reconstructed field of view (scanners
+write -2048 or -3024 there), so a rib there is out of view, not absent."""
 SHELL_MM = (36.0, 46.0)
 """Lateral band (mm from the spine's centre line) where ribs and transverse processes leave the spine:
 outside the bodies (half-width at most 25 mm) and the costovertebral joints (20-30 mm)."""
@@ -139,15 +143,18 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
     order = np.argsort(positions[:, 2], kind="stable")  # feet to head (LPS: +z is the head)
     chain = positions[order]
     grid = _search_grid(chain)
-    ct = resample_ct(image, grid, default=-1000.0)
-    covered = resample_ct(image, grid, default=-5000.0) > -4000.0
+    ct = resample_ct(image, grid, default=-5000.0)
+    covered = ct > PADDING_HU
+    ct[~covered] = -1000.0
     x, y, z = (grid.origin_mm[a] + GRID_MM * np.arange(grid.size[a]) for a in range(3))
     centre_x = np.interp(z, chain[:, 2], chain[:, 0])
     centre_y = np.interp(z, chain[:, 2], chain[:, 1])
     side_of = np.sign(x[None, :] - centre_x[:, None])  # (z, x): +1 patient's left (LPS +x)
     lateral = np.abs(x[None, :] - centre_x[:, None])
     behind = y[None, :] - centre_y[:, None]  # (z, y): LPS +y is posterior
-    smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(ct), SMOOTH_MM))
+    volume = sitk.GetImageFromArray(ct)
+    volume.SetSpacing((GRID_MM,) * 3)
+    smooth = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(volume, SMOOTH_MM))
     bone = ((smooth > BONE_HU) & (lateral[:, None, :] >= SHELL_MM[0]) & (behind[:, :, None] > -FRONT_MM))
     parts = cc3d.connected_components(bone, connectivity=26)
     zz, yy, xx = np.nonzero(parts)

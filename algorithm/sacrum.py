@@ -11,7 +11,8 @@ four S1s.
 
 So, along the chain (head to feet), among the lowest :data:`LOWEST` candidates the highest whose ratio
 is below :data:`SACRUM_RATIO`, with an outline of at least :data:`MIN_BODY_ML` by the segment model
-(a body, not a sacral fragment), is S1: it and every candidate below it leave the chain.
+(a body, not a sacral fragment), is S1: it and every candidate below it leave the chain. The chain's
+top candidate is never S1.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ MIN_BODY_ML = 20.0
 def volume_ratios(image: sitk.Image, positions_mm: np.ndarray, segment: StageModel,
                   sacrum: StageModel) -> tuple[np.ndarray, np.ndarray]:
     """Per candidate: the segment model's outline volume (ml) and the sacrum model's over it (0 where the
-    sacrum model outlines nothing; 1 where neither does)."""
+    sacrum model outlines nothing; 1 where the segment model outlines nothing)."""
     seeds = [np.asarray(p, dtype=np.float64) for p in np.asarray(positions_mm, dtype=np.float64).reshape(-1, 3)]
     plain = outline_vertebrae(image, segment, seeds)
     checked = outline_vertebrae(image, sacrum, seeds)
@@ -59,7 +60,9 @@ def sacral(image: sitk.Image, positions_mm: np.ndarray, segment: StageModel, sac
         return out
     foot = np.argsort(positions[:, 2], kind="stable")[:lowest]  # LPS: +z is the head; the lowest first
     volume, ratios = volume_ratios(image, positions[foot], segment, sacrum)
-    flagged = [k for k in range(len(foot)) if ratios[k] < ratio and volume[k] >= min_body_ml]
+    # S1 lies below the lumbar spine: the chain's top candidate is never it (a chain is never dropped whole).
+    flagged = [k for k in range(len(foot)) if ratios[k] < ratio and volume[k] >= min_body_ml
+               and foot[k] != int(np.argmax(positions[:, 2]))]
     if not flagged:
         return out
     top = max(flagged)  # the highest flagged of the lowest ones: S1

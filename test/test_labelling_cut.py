@@ -50,6 +50,12 @@ def test_a_short_step_to_a_cut_vertebra_costs_nothing_and_a_long_one_what_it_cos
     long = positions.copy()
     long[2] = long[1] + 1.5 * (positions[2] - positions[1])
     assert DECODER.score(long, scores, labels, cut=cut) == pytest.approx(DECODER.score(long, scores, labels))
+    # a cut vertebra's centre lies at most 15 mm inside its true one: a step 20 mm short still costs
+    far = positions.copy()
+    step = positions[2] - positions[1]
+    far[2] = far[1] + step * (1.0 - 20.0 / np.linalg.norm(step))
+    exact = DECODER.score(positions, scores, labels)
+    assert DECODER.score(far, scores, labels, cut=cut) < exact - 0.5
 
 
 def test_no_cut_is_the_plain_decoder_and_a_wrong_shape_is_refused() -> None:

@@ -91,6 +91,12 @@ def test_cut_outlines_are_those_reaching_the_end_of_the_field_of_view() -> None:
     flipped = np.zeros_like(outside)
     flipped[6:12, 2:6, 2:6] = True
     assert _cut(flipped[::-1], outside[::-1]) == (True, False)
+    # a narrow CT: its side ends at x = 6; an outline spilling into that padding is not cut above or below
+    side = np.zeros_like(outside)
+    side[:, :, 6:] = True
+    spill = np.zeros_like(outside)
+    spill[8:14, 2:6, 3:8] = True
+    assert _cut(spill, side) == (False, False)
 
 
 def test_recentre_marks_the_vertebra_the_example_ct_cuts() -> None:

@@ -27,7 +27,8 @@ def _tube(volume: np.ndarray, coords: tuple[np.ndarray, ...], start: np.ndarray,
 
 
 def _phantom(half_width_mm: float = 120.0, plate: bool = False, back_mm: float = 100.0,
-             rib_end_y: float = 40.0, top_mm: float = 160.0, ribbed: tuple[bool, ...] = RIBBED) -> sitk.Image:
+             rib_end_y: float = 40.0, top_mm: float = 160.0, ribbed: tuple[bool, ...] = RIBBED,
+             padded_beyond_mm: float | None = None) -> sitk.Image:
     """Soft tissue with bodies at CENTRES_Z; ribs (reach 100 mm, sloping down and back) on the upper three,
     transverse processes (reach 42 mm) on the lower two; LPS, +x the patient's left."""
     x = np.arange(-half_width_mm, half_width_mm + 1e-6, SPACING)
@@ -48,6 +49,8 @@ def _phantom(half_width_mm: float = 120.0, plate: bool = False, back_mm: float =
     if plate:  # an iliac wing beside the lowest vertebra: thick, tall, far-reaching
         volume[(np.abs(xx) >= 38.0) & (np.abs(xx) <= 110.0) & (yy >= 5.0) & (yy <= 20.0)
                & (zz >= CENTRES_Z[0] - 25.0) & (zz <= CENTRES_Z[0] + 15.0)] = 500.0
+    if padded_beyond_mm is not None:  # a scanner's field of view: -3024 outside the reconstruction
+        volume[np.abs(xx) > padded_beyond_mm] = -3024.0
     image = sitk.GetImageFromArray(volume)
     image.SetSpacing((SPACING,) * 3)
     image.SetOrigin((float(x[0]), float(y[0]), float(z[0])))
@@ -78,6 +81,13 @@ def test_a_field_of_view_that_cuts_the_ribs_off_says_nothing() -> None:
     assert not evidence.bearing.any()
     assert evidence.free_sides.tolist() == [0] * 5
     assert np.all(region_likelihood(evidence) == 1.0)
+
+
+def test_a_reconstruction_padded_beside_the_spine_says_nothing() -> None:
+    """The image is wide, but the scanner wrote -3024 beyond 50 mm: the ribs' course is out of view."""
+    evidence = rib_evidence(_phantom(padded_beyond_mm=50.0), _positions())
+    assert not evidence.bearing.any()
+    assert evidence.free_sides.tolist() == [0] * 5
 
 
 def test_a_rib_that_leaves_the_field_of_view_behind_the_spine_is_unknown_not_absent() -> None:

@@ -30,6 +30,25 @@ def test_the_highest_flagged_body_among_the_lowest_is_s1(monkeypatch: pytest.Mon
     assert flags.tolist() == expected
 
 
+def test_the_top_of_the_chain_is_never_s1(monkeypatch: pytest.MonkeyPatch) -> None:
+    """All three of a short chain look sacral: the top one stays (a chain is never dropped whole)."""
+    monkeypatch.setattr(sacrum, "volume_ratios", lambda *args: (np.full(3, 50.0), np.zeros(3)))
+    assert sacrum.sacral(None, _chain(3), None, None).tolist() == [False, True, True]  # type: ignore[arg-type]
+
+
+def test_a_broken_sacrum_model_costs_the_check_not_the_run(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    from algorithm_fixtures import fixture_model_dir
+
+    folder = tmp_path / "models"
+    shutil.copytree(fixture_model_dir(), folder)
+    (folder / "sacrum.onnx").write_bytes(b"not a model")
+    models = load_models(ModelSource(folder, "test"), device="cpu")
+    assert models.sacrum is None and "sacrum" not in models.describe()
+    assert "sacrum check is off" in caplog.text
+
+
 def test_a_single_candidate_is_never_the_sacrum() -> None:
     assert sacrum.sacral(None, _chain(1), None, None).tolist() == [False]  # type: ignore[arg-type]
 

@@ -90,9 +90,10 @@ The model (all scores natural logs, "nats"; every term a log likelihood ratio ag
    ValueError when no labelling satisfies them all.
 9. **Vertebrae cut by the field of view** (``cut``, optional, (N, 2) bool: the candidate's vertebra
    runs out of the CT above, below). Its centre is that of the visible part, pulled towards the
-   inside, so a step from a vertebra cut above, or to one cut below, is seen shorter than it is: the
-   step's length is censored, and its score reads ``max(z, 0)`` for the ``z`` of item 3 (the most
-   likely true length at least the one seen: a short step costs nothing, a long one what it costs).
+   inside, so a step from a vertebra cut above, or to one cut below, is seen shorter than it is, by
+   at most ``CUT_SLACK_MM`` (15 mm, half a lumbar body): the step's length is censored to
+   ``[d, d + 15 mm]``, and its score reads the ``z`` of item 3 at the point of that interval nearest
+   the mean (a step short by up to 15 mm costs nothing, a longer one what it costs).
 
 The decoder returns the exact maximiser of the total score over chains (and offsets, scales):
 Viterbi over (candidate, label) states on the ordered candidates, every skip, variant

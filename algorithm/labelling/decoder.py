@@ -310,16 +310,17 @@ class ChainDecoder:
         displacement = positions[pair_i] - positions[pair_j]
         distance = np.maximum(np.linalg.norm(displacement, axis=1), _MIN_DISTANCE_MM)
         log_distance = np.log(distance)
-        censored = _censored(cut, pair_j, pair_i)
-        near = (((log_distance >= self._log_distance_range[0]) | censored)
+        slack = _slack(cut, pair_j, pair_i, distance)  # (P,) log-length a censored step may lack (item 9)
+        near = (((log_distance + slack) >= self._log_distance_range[0])
                 & (log_distance <= self._log_distance_range[1]))
-        pair_j, pair_i, log_distance, censored = pair_j[near], pair_i[near], log_distance[near], censored[near]
+        pair_j, pair_i, log_distance, slack = pair_j[near], pair_i[near], log_distance[near], slack[near]
         turn = self._turn_penalty(displacement[near], distance[near], tangents[pair_j] + tangents[pair_i])
         z = (log_distance[:, None] - e.log_mean[None, :]) * e.inv_tau  # (P, E)
         shift = self._log_scales[:, None] * e.inv_tau[None, :]  # (S, E), increasing in s
-        pair, edge = np.nonzero(((z >= shift[0] - self.max_z) | censored[:, None]) & (z <= shift[-1] + self.max_z))
+        extra = slack[:, None] * e.inv_tau[None, :]  # (P, E)
+        pair, edge = np.nonzero((z + extra >= shift[0] - self.max_z) & (z <= shift[-1] + self.max_z))
         step = self._step_score(z[pair, edge][None, :] - shift[:, edge], e.log_norm[edge], turn[pair],
-                                censored[pair])  # (S, F)
+                                extra[pair, edge][None, :])  # (S, F)
         if n_offsets > 1:
             step = np.tile(step, (n_offsets, 1))  # (O * S, F): the steps do not depend on the offset
         j, i = pair_j[pair], pair_i[pair]
@@ -330,15 +331,15 @@ class ChainDecoder:
                       ahead, step[:, ahead.order], behind, step[:, behind.order], start, end, bool(fixed))
 
     def _step_score(self, z: np.ndarray, log_norm: np.ndarray, turn: np.ndarray,
-                    censored: np.ndarray | None = None) -> np.ndarray:
+                    extra: np.ndarray | None = None) -> np.ndarray:
         """Log score of steps whose log distance lies ``z`` edge sds from the mean at a scale.
 
         ``log_prior + log N(z) / tau + turn`` (module docstring, item 3; ``log_norm`` the edges'
-        ``log_prior - log(tau sqrt(2 pi))``), ``IMPOSSIBLE`` beyond ``max_z``. A ``censored`` step
-        (item 9) reads ``max(z, 0)``: its true length is at least the one seen.
+        ``log_prior - log(tau sqrt(2 pi))``), ``IMPOSSIBLE`` beyond ``max_z``. A censored step (item 9)
+        may be up to ``extra`` sds longer than seen: it reads the point of ``[z, z + extra]`` nearest 0.
         """
-        if censored is not None:
-            z = np.where(censored, np.maximum(z, 0.0), z)
+        if extra is not None:
+            z = np.minimum(np.maximum(z, 0.0), z + extra)
         return np.where(np.abs(z) <= self.max_z, log_norm + turn - 0.5 * z**2, IMPOSSIBLE)
 
     def _turn_penalty(self, displacement: np.ndarray, distance: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -492,13 +493,18 @@ class ChainDecoder:
             turn = self._turn_penalty(displacement, distance, (tangents[j] + tangents[i])[None, :])
             z = (np.log(distance) - e.log_mean[edge])[None, :] * e.inv_tau[edge] \
                 - self._log_scales[:, None] * e.inv_tau[edge]
-            step = self._step_score(z, e.log_norm[edge], turn, _censored(cut, np.array([j]), np.array([i])))
+            slack = _slack(cut, np.array([j]), np.array([i]), distance)
+            step = self._step_score(z, e.log_norm[edge], turn, slack[:, None] * e.inv_tau[edge][None, :])
             total += step.max(axis=1) if paths == "max" else logsumexp(step, axis=1)
         if total.max() <= IMPOSSIBLE / 2:
             return -math.inf
         hypotheses = (emission[:, None] + total[None, :]).ravel() + log_prior  # (O * S,)
         assert hypotheses.shape == (len(offsets) * n_scales,)
         return float(hypotheses.max() if paths == "max" else logsumexp(hypotheses, axis=0))
+
+
+CUT_SLACK_MM = 15.0
+"""How far a cut vertebra's seen centre may lie inside its true one: about half a lumbar body's height."""
 
 
 def _cut_flags(cut: np.ndarray | None, n: int) -> np.ndarray:
@@ -511,9 +517,11 @@ def _cut_flags(cut: np.ndarray | None, n: int) -> np.ndarray:
     return flags
 
 
-def _censored(cut: np.ndarray | None, upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
-    """Steps from ``upper`` to ``lower`` (head to foot) whose seen length is shorter than the true one: the
-    upper vertebra cut above (its visible part, and centre, lie low) or the lower one cut below."""
+def _slack(cut: np.ndarray | None, upper: np.ndarray, lower: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """Per step from ``upper`` to ``lower`` (head to foot): how much longer in log distance it may truly be
+    (item 9). A vertebra cut above (its visible part, and centre, lie low) or one cut below makes the step
+    seen too short, by at most :data:`CUT_SLACK_MM` in all; 0 for the others."""
     if cut is None:
-        return np.zeros(len(upper), dtype=bool)
-    return cut[upper, 0] | cut[lower, 1]
+        return np.zeros(len(upper))
+    censored = cut[upper, 0] | cut[lower, 1]
+    return np.where(censored, np.log(distance + CUT_SLACK_MM) - np.log(distance), 0.0)
