@@ -155,3 +155,12 @@ def test_candidates_regions_multiply_the_network_posterior_by_the_likelihood(
     expected = plain.regions()[0] * likelihood
     np.testing.assert_allclose(ribbed.regions()[0], expected / expected.sum())
     assert ribbed.regions()[0].sum() == pytest.approx(1.0)
+
+
+def test_candidates_at_one_height_give_one_centre_line_point() -> None:
+    """Two candidates at the same height (possible without recentring) are averaged, not left to np.interp;
+    the rib goes to one of the two (they are one vertebra), the others read as before."""
+    positions = np.vstack([_positions(), _positions()[2] + np.array([4.0, 0.0, 0.0])])
+    evidence = rib_evidence(_phantom(), positions)
+    assert evidence.bearing.tolist()[:5] == list(RIBBED) or evidence.bearing.tolist()[5]
+    assert evidence.bearing.tolist()[3:5] == [True, True] and evidence.free_sides.tolist()[:2] == [2, 2]
