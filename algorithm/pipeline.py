@@ -319,9 +319,10 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
 
 def _subset(candidates: Candidates, keep: np.ndarray) -> Candidates:
     """The candidates where ``keep`` holds (their per-candidate fields with them)."""
+    ribs = candidates.ribs
     return replace(candidates, positions_mm=candidates.positions_mm[keep], scores=candidates.scores[keep],
                    peak=candidates.peak[keep], cut=None if candidates.cut is None else candidates.cut[keep],
-                   ribs=None)
+                   ribs=None if ribs is None else replace(ribs, reach_mm=ribs.reach_mm[keep], seen=ribs.seen[keep]))
 
 
 def _candidates(image: sitk.Image, detection: Detection, models: Models, options: Options) -> Candidates:
