@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--ribs", action=argparse.BooleanOptionalAction, default=None,
                         help="give the labelling the ribs each vertebra bears as region evidence "
                              f"(default: {'on' if Options().rib_evidence else 'off'})")
+    common.add_argument("--fragments", action=argparse.BooleanOptionalAction, default=None,
+                        help="label the sliver of the vertebra beyond a chain end that the field of view cuts "
+                             f"(default: {'on' if Options().edge_fragments else 'off'})")
     verbosity = common.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -189,7 +192,8 @@ def _options(args: argparse.Namespace) -> Options:
 
     return Options(overlap=args.overlap, constraints=constraints, recentre=flag("recentre", default.recentre),
                    rib_evidence=flag("ribs", default.rib_evidence),
-                   sacrum_check=flag("sacrum", default.sacrum_check))
+                   sacrum_check=flag("sacrum", default.sacrum_check),
+                   edge_fragments=flag("fragments", default.edge_fragments))
 
 
 def _load(args: argparse.Namespace, layout: AlgorithmLayout) -> Models:

@@ -28,6 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from algorithm.detect import Detection, detect_spine
+from algorithm.fragments import edge_fragments
 from algorithm.labelling import Constraints, Labelling, label_candidates
 from algorithm.labelling.constraints import changes
 from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_heatmaps, peak_candidates
@@ -64,6 +65,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+FRAGMENT_CAP = 0.5
+"""Probability ceiling of a fragment's point (:mod:`algorithm.fragments`): its label is its neighbour's plus one
+level, and what it is rests on a few slices of bone."""
+
 AXIS_TO_BODY_MM = 15.0
 """How far in front of the detected spine's axis the vertebral bodies' centres lie (VerSe spines: the
 canal's centre is 25-35 mm behind the body's, the arch adds as much behind it)."""
@@ -98,6 +103,8 @@ class Options:
     the decoder (:mod:`algorithm.labelling`, item 9)."""
     rib_evidence: bool = True
     """Region evidence from the ribs each candidate bears (:mod:`algorithm.ribs`), for the decoder."""
+    edge_fragments: bool = True
+    """Label the sliver of the vertebra beyond a chain end that the field of view cuts (:mod:`algorithm.fragments`)."""
     constraints: Constraints = field(default_factory=Constraints)  # what the user knows (algorithm.labelling, 8)
 
     def __post_init__(self) -> None:
@@ -252,6 +259,13 @@ def _segmented(image: sitk.Image, vertebrae: list[Vertebra], models: Models, opt
     with result.timer.stage("segment"):
         segmentation = segment_vertebrae(image, [(v.label, np.asarray(v.position_mm)) for v in vertebrae],
                                          models.segment, floor=options.segment_floor)
+        fragments = []
+        if options.edge_fragments and cap_doubtful:  # a person's centroids say which vertebrae there are
+            fragments = edge_fragments(image, segmentation.labels, segmentation.grid,
+                                       [(v.label, np.asarray(v.position_mm)) for v in vertebrae])
+        for fragment in fragments:
+            segmentation.labels.flat[fragment.indices] = fragment.label
+            segmentation.voxels[fragment.label] = int(fragment.indices.size)
     with result.timer.stage("resample"):
         merged = image_from_array(segmentation.labels, segmentation.grid)
         result.labels = resample_onto(merged, result.geometry, nearest=True, default=0)
@@ -264,8 +278,14 @@ def _segmented(image: sitk.Image, vertebrae: list[Vertebra], models: Models, opt
     cap = IMPLAUSIBLE_CAP if check.reasons and cap_doubtful else 1.0
     for reason in check.reasons:
         log.warning("label: %s%s", reason, f"; point probabilities capped at {cap:.1f}" if cap < 1 else "")
-    result.vertebrae = tuple(Vertebra(v.label, v.position_mm, min(v.confidence, cap),
-                                      segmentation.voxels.get(v.label, 0)) for v in vertebrae)
+    # A fragment's label is its cut neighbour's, one level on; its own evidence is thin (module fragments).
+    ends = {"top": vertebrae[0], "bottom": vertebrae[-1]}
+    sliver = [Vertebra(f.label, f.position_mm, min(ends[f.end].confidence, FRAGMENT_CAP), 0) for f in fragments]
+    if fragments:
+        result.details["fragments"] = [f.to_dict() for f in fragments]
+    result.vertebrae = tuple(sorted((Vertebra(v.label, v.position_mm, min(v.confidence, cap),
+                                              segmentation.voxels.get(v.label, 0)) for v in [*vertebrae, *sliver]),
+                                    key=lambda v: -v.position_mm[2]))
     return result
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "merge_outlines",
     "on_spine_curve",
     "outline_vertebrae",
+    "outside_view",
     "recentre",
     "spaced_by_size",
 ]
@@ -123,11 +124,11 @@ def outline_vertebrae(image: sitk.Image, model: StageModel, seeds_mm: Sequence[n
         for grid, (_, centre), probability in zip(grids, group, model.run(batch)[:, 0], strict=True):
             hu = _hounsfield(batch[len(outlines) - first], meta)
             outlines.append(_outline(probability >= floor, hu, grid, centre, meta.spacing_zyx_mm, voxel_ml,
-                                     _outside_view(Geometry.of(image), grid)))
+                                     outside_view(Geometry.of(image), grid)))
     return outlines
 
 
-def _outside_view(geometry: Geometry, grid: Geometry) -> np.ndarray:
+def outside_view(geometry: Geometry, grid: Geometry) -> np.ndarray:
     """``(z, y, x)`` bool on the identity-direction ``grid``: voxels whose centre lies outside the CT."""
     z, y, x = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in grid.shape_zyx), indexing="ij")
     index = geometry.world_to_index(grid.index_to_world(np.stack([x, y, z], axis=-1)))

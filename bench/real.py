@@ -201,7 +201,8 @@ def stage_figures(case: Case, real: RealCase, models: Any, options: Options | No
 def _option_flags(options: Options) -> list[str]:
     """The ``predict`` flags that reproduce ``options``' pipeline switches."""
     return ["--recentre" if options.recentre else "--no-recentre", "--ribs" if options.rib_evidence else "--no-ribs",
-            "--sacrum" if options.sacrum_check else "--no-sacrum"]
+            "--sacrum" if options.sacrum_check else "--no-sacrum",
+            "--fragments" if options.edge_fragments else "--no-fragments"]
 
 
 def end_to_end(real: RealCase, models_dir: Path, case: Case, workdir: Path,
@@ -319,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rib evidence for the labelling (algorithm.ribs); default: the pipeline's")
     parser.add_argument("--sacrum", action=argparse.BooleanOptionalAction, default=None,
                         help="the sacrum check (algorithm.sacrum; needs sacrum.onnx); default: the pipeline's")
+    parser.add_argument("--fragments", action=argparse.BooleanOptionalAction, default=None,
+                        help="fragments beyond the chain's cut ends (algorithm.fragments; end to end only); "
+                             "default: the pipeline's")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     return parser
 
@@ -338,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = Options(peak_threshold=args.peak_threshold,
                       recentre=default.recentre if args.recentre is None else args.recentre,
                       rib_evidence=default.rib_evidence if args.ribs is None else args.ribs,
-                      sacrum_check=default.sacrum_check if args.sacrum is None else args.sacrum)
+                      sacrum_check=default.sacrum_check if args.sacrum is None else args.sacrum,
+                      edge_fragments=default.edge_fragments if args.fragments is None else args.fragments)
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-real-") as tmp:
         for real in cases:
@@ -356,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps({"models": str(models_dir), "trained_on": training,
                                          "options": {"recentre": options.recentre, "ribs": options.rib_evidence,
                                                      "sacrum": options.sacrum_check,
+                                                     "fragments": options.edge_fragments,
                                                      "peak_threshold": options.peak_threshold},
                                          "cases": rows},
                                         indent=1), encoding="utf-8")
