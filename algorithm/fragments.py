@@ -3,8 +3,9 @@
 A scan that ends inside a vertebra shows the vertebra beyond it as a sliver only: at the top, the
 laminae and spinous process of the vertebra above, which hang down behind the cut vertebra's
 upper body (the bundled example's T11: 2.2 ml in its top three 3 mm slices, 41 mm behind T12's
-body centre); at the bottom, the top of the next body. Locate and the segment model, both built
-around a vertebral body, do not see it; annotators label it (the example's ground truth does), and
+body centre); at the bottom, the articular processes of the vertebra below, which rise behind the
+cut vertebra's lower body. Locate and the segment model, both built around a vertebral body, do not
+see it; annotators label it (the example's ground truth does), and
 the evaluator counts it as missed when nothing carries its label.
 
 At each end of the labelled chain whose vertebra reaches the field of view's end (an outline voxel
@@ -57,9 +58,10 @@ MIDLINE_MM = 12.0
 """A fragment's part is centred this close to the cut vertebra's centroid, side to side: an arch is symmetric,
 a rib head or a contrast-filled aorta beside the body is not."""
 POSTERIOR_MM = (15.0, 80.0)
-"""Where a fragment lies behind the cut vertebra's centroid (LPS y, mm): the neighbour's arch (laminae, articular
-and spinous processes), behind the canal. When a vertebra's body reaches the view's end, the neighbour's body
-lies beyond it; only the arch, which hangs below its own body and rises above it at the facets, overlaps."""
+"""Where a fragment lies behind the cut vertebra's centroid (mm, along the back of the spine's frame at that
+end): the neighbour's arch (laminae, articular and spinous processes), behind the canal. When a vertebra's
+body reaches the view's end, the neighbour's body lies beyond it; only the arch, which hangs below its own
+body and rises above it at the facets, overlaps."""
 BEYOND_MM = 4.0
 """A fragment's part is centred at least this far beyond the cut vertebra's centroid, towards the view's end: at
 the body's own mid-height the bone behind the canal is the vertebra's own arch (its pedicles and laminae), the
@@ -96,7 +98,7 @@ def _beyond(label: int, end: str) -> int | None:
     """The label of the vertebra beyond ``label`` at ``end`` in the common spine (12 thoracic, 5 lumbar): none
     above C1, none below L5 or L6 (the sacrum)."""
     if end == "top":
-        return {28: 19, 20: 19}.get(label, label - 1) if label > 1 else None
+        return {28: 19, 20: 19}.get(label, label - 1) if 1 < label < 26 or label == 28 else None
     if label in (24, 25, 26, 27):
         return None
     return 20 if label in (19, 28) else label + 1
@@ -186,6 +188,8 @@ def _fragment(image: sitk.Image, geometry: Geometry, labels: np.ndarray, grid: G
     owned = np.zeros(outside.shape, dtype=labels.dtype)  # past the map's end: nobody's
     in_map = np.zeros(outside.shape, dtype=bool)  # a fragment is written into the map, so it lies in it
     z0, z1 = max(int(low[0]), 0), min(int(high[0]), labels.shape[0])
+    if z1 <= z0:  # the centroid lies past the map's end: nothing of the map beside it
+        return None
     owned[z0 - low[0]:z1 - low[0]] = labels[z0:z1, low[1]:high[1], low[2]:high[2]]
     in_map[z0 - low[0]:z1 - low[0]] = True
     steps = max(round(float(REACH_MM / spacing_zyx[0])), 1)

@@ -278,14 +278,17 @@ def _segmented(image: sitk.Image, vertebrae: list[Vertebra], models: Models, opt
     cap = IMPLAUSIBLE_CAP if check.reasons and cap_doubtful else 1.0
     for reason in check.reasons:
         log.warning("label: %s%s", reason, f"; point probabilities capped at {cap:.1f}" if cap < 1 else "")
-    # A fragment's label is its cut neighbour's, one level on; its own evidence is thin (module fragments).
+    # A fragment's label is its cut neighbour's, one level on; its own evidence is thin (module fragments). It goes
+    # beside that neighbour, head to foot along the chain (on a leaning spine it may lie lower than it).
     ends = {"top": vertebrae[0], "bottom": vertebrae[-1]}
-    sliver = [Vertebra(f.label, f.position_mm, min(ends[f.end].confidence, FRAGMENT_CAP), 0) for f in fragments]
+    sliver = {f.end: Vertebra(f.label, f.position_mm, min(ends[f.end].confidence, FRAGMENT_CAP), 0)
+              for f in fragments}
     if fragments:
         result.details["fragments"] = [f.to_dict() for f in fragments]
-    result.vertebrae = tuple(sorted((Vertebra(v.label, v.position_mm, min(v.confidence, cap),
-                                              segmentation.voxels.get(v.label, 0)) for v in [*vertebrae, *sliver]),
-                                    key=lambda v: -v.position_mm[2]))
+    ordered = [*([sliver["top"]] if "top" in sliver else []), *vertebrae,
+               *([sliver["bottom"]] if "bottom" in sliver else [])]
+    result.vertebrae = tuple(Vertebra(v.label, v.position_mm, min(v.confidence, cap),
+                                      segmentation.voxels.get(v.label, 0)) for v in ordered)
     return result
 
 

@@ -110,19 +110,44 @@ def test_a_vertebra_that_does_not_reach_the_view_end_has_no_fragment_beyond() ->
 
 
 def test_claimed_voxels_stay_with_their_vertebra() -> None:
+    """T12's mask takes the sliver's lower part: the fragment is the rest, and smaller."""
+    sliver = _box((-10.0, 10.0), (36.0, 56.0), (5.0, 12.0))
+    image, labels, chain = _phantom(sliver=sliver)
+    grid = Geometry.of(image)
+    whole = edge_fragments(image, labels, grid, chain)[0]
+    z, y, _ = np.meshgrid(*(np.arange(n) * SPACING + o for n, o in zip(labels.shape, grid.origin_mm[::-1],
+                                                                       strict=True)), indexing="ij")
+    labels[(z <= 8.0) & (y >= 30.0) & (labels == 0)] = T12
+    fragments = edge_fragments(image, labels, grid, chain)
+    assert [f.label for f in fragments] == [T11]
+    assert np.all(labels.flat[fragments[0].indices] == 0)
+    assert fragments[0].volume_ml < 0.75 * whole.volume_ml
+
+
+def test_no_label_that_the_chain_has_already() -> None:
+    """A chain labelled T12 above T11 (a decoder's or a person's slip): neither end gets a fragment, the top's
+    would be T11, the bottom's T12."""
+    image, labels, chain = _phantom()
+    assert edge_fragments(image, labels, Geometry.of(image), [(T12, chain[0][1]), (T11, chain[1][1])]) == []
+    assert edge_fragments(image, labels, Geometry.of(image), []) == []
+
+
+def test_a_centroid_past_the_map_end_finds_nothing_and_does_not_fail() -> None:
+    """The top vertebra's centroid a few voxels above the map's end (or the bottom's below its start)."""
     image, labels, chain = _phantom()
     grid = Geometry.of(image)
-    z = np.arange(labels.shape[0]) * SPACING + grid.origin_mm[2]
-    labels[z >= 9.0] = np.where(labels[z >= 9.0] == 0, T12, labels[z >= 9.0])  # T12's mask takes the top slices
-    fragments = edge_fragments(image, labels, grid, chain)
-    assert all(np.all(labels.flat[f.indices] == 0) for f in fragments)
+    for centre_z in (15.5, 17.0):
+        assert edge_fragments(image, labels, grid, [(T12, np.array([0.0, 0.0, centre_z])), chain[1]]) == []
+    for rows in (3, 5):
+        short = labels[rows:]
+        below = float(grid.origin_mm[2]) + (rows - 2) * SPACING
+        assert all(f.end == "top" for f in edge_fragments(image, short, sub_grid(grid, (rows, 0, 0), short.shape),
+                                                           [chain[0], (L1, np.array([0.0, 0.0, below]))]))
 
 
-def test_no_label_beyond_the_chain_ends_of_the_spine_or_one_already_given() -> None:
+def test_a_chain_of_one_reads_the_spine_along_the_scanner_axis() -> None:
     image, labels, chain = _phantom()
-    assert edge_fragments(image, labels, Geometry.of(image), [(T12, chain[0][1]), (T11, np.array([0, 0, 40.0]))]) \
-        == []  # T11 is in the chain already (and T12 is not its top)
-    assert edge_fragments(image, labels, Geometry.of(image), []) == []
+    assert [(f.label, f.end) for f in edge_fragments(image, labels, Geometry.of(image), chain[:1])] == [(T11, "top")]
 
 
 def test_the_bottom_end_mirrors_the_top() -> None:
