@@ -116,3 +116,27 @@ def test_bad_corrections_give_one_error_line_and_no_output(phantom_ct, tmp_path:
     if "--centroids" in extra and "lumbar" not in " ".join(extra):
         assert str(files[extra[1][1:-1]]) in line
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.slow
+def test_the_readme_worked_correction_example_prints_what_it_says(tmp_path: Path) -> None:
+    """Runs the README's "Correcting a result" bash block as written (in a folder where ``examples/`` is the
+    repository's) and compares every list it prints with the list its comment promises, in order."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text(encoding="utf-8")
+    start = text.index("A worked example on the bundled CT.")
+    block = text[text.index("```bash\n", start) + len("```bash\n"):text.index("\n```", text.index("```bash\n", start))]
+    promised = [m.group(1) for line in block.splitlines() for m in [re.search(r"#\s*(\[[^\]]*\])", line)] if m]
+    assert len(promised) == 2, block
+    (tmp_path / "examples").symlink_to(root / "examples")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = [line for line in done.stdout.splitlines() if line.startswith("[")]
+    assert printed == promised
