@@ -127,12 +127,16 @@ def _near_end(outside: np.ndarray, end: str, steps: int) -> np.ndarray:
 
 
 def edge_fragments(image: sitk.Image, labels: np.ndarray, grid: Geometry,
-                   vertebrae: list[tuple[int, np.ndarray]]) -> list[Fragment]:
+                   vertebrae: list[tuple[int, np.ndarray]], held_by_bone: np.ndarray | None = None) -> list[Fragment]:
     """The fragments beyond the chain's cut ends (module docstring).
 
     ``labels``: the merged label map ``(z, y, x)`` on the identity-direction ``grid`` (the segment stage's);
-    ``vertebrae``: ``(label, centroid LPS mm)`` of the labelled chain. Returns at most one fragment per end.
+    ``vertebrae``: ``(label, centroid LPS mm)`` of the labelled chain; ``held_by_bone``: voxels a vertebra holds by
+    the segment stage's bone floor alone (:data:`algorithm.segment.BONE_FLOOR`), which a fragment may take: its
+    bone is plain, the neighbour's claim doubtful. Returns at most one fragment per end.
     """
+    if held_by_bone is not None:
+        labels = np.where(held_by_bone, np.uint8(0), labels)
     if not vertebrae:
         return []
     spacing_zyx = np.asarray(grid.spacing_mm, dtype=np.float64)[::-1]

@@ -39,7 +39,7 @@ from algorithm.recentre import fill_chain, on_spine_curve, recentre, spaced_by_s
 from algorithm.report import StageTimer, versions
 from algorithm.ribs import rib_evidence
 from algorithm.sacrum import sacral
-from algorithm.segment import SEGMENT_FLOOR, segment_vertebrae
+from algorithm.segment import BONE_FLOOR, SEGMENT_FLOOR, segment_vertebrae
 from spine.gc import Point, points_document
 from spine.image import Geometry, image_from_array, resample_onto
 from spine.labels import EVALUATED, MAX_LABEL, name_of
@@ -83,6 +83,8 @@ class Options:
     """Candidate threshold of the locate heatmaps; None: the locate model's own (its metadata)."""
     peak_separation_mm: float = PEAK_SEPARATION_MM
     segment_floor: float = SEGMENT_FLOOR
+    bone_floor: float | None = BONE_FLOOR
+    """Segmentation floor where the CT shows bone (:mod:`algorithm.segment`); None: ``segment_floor`` everywhere."""
     region_evidence: bool = True
     """Give the decoder the locate network's region (C/T/L) posterior as well as its per-level scores."""
     recentre: bool = True
@@ -112,6 +114,8 @@ class Options:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if not 0.0 < self.segment_floor <= 1.0:
             raise ValueError(f"segment_floor must be in (0, 1], got {self.segment_floor}")
+        if self.bone_floor is not None and not 0.0 < self.bone_floor <= self.segment_floor:
+            raise ValueError(f"bone_floor must be in (0, segment_floor], got {self.bone_floor}")
 
 
 @dataclass(frozen=True)
@@ -258,12 +262,17 @@ def _segmented(image: sitk.Image, vertebrae: list[Vertebra], models: Models, opt
     anatomy check (:mod:`algorithm.plausibility`), which caps the points of a doubtful case when asked."""
     with result.timer.stage("segment"):
         segmentation = segment_vertebrae(image, [(v.label, np.asarray(v.position_mm)) for v in vertebrae],
-                                         models.segment, floor=options.segment_floor)
+                                         models.segment, floor=options.segment_floor,
+                                         bone_floor=options.bone_floor)
         fragments = []
         if options.edge_fragments and cap_doubtful:  # a person's centroids say which vertebrae there are
             fragments = edge_fragments(image, segmentation.labels, segmentation.grid,
-                                       [(v.label, np.asarray(v.position_mm)) for v in vertebrae])
+                                       [(v.label, np.asarray(v.position_mm)) for v in vertebrae],
+                                       segmentation.held_by_bone)
         for fragment in fragments:
+            taken = segmentation.labels.flat[fragment.indices]
+            for label, count in zip(*np.unique(taken[taken > 0], return_counts=True), strict=True):
+                segmentation.voxels[int(label)] -= int(count)  # held by the bone floor alone
             segmentation.labels.flat[fragment.indices] = fragment.label
             segmentation.voxels[fragment.label] = int(fragment.indices.size)
     with result.timer.stage("resample"):

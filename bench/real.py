@@ -189,7 +189,8 @@ def stage_figures(case: Case, real: RealCase, models: Any, options: Options | No
     else:
         row["label"] = {"id_rate": 0.0, "region_ok": 0.0, "predicted": []}
 
-    segmentation = segment_vertebrae(case.ct, [(v, centres[v]) for v in labels], models.segment)
+    segmentation = segment_vertebrae(case.ct, [(v, centres[v]) for v in labels], models.segment,
+                                     floor=options.segment_floor, bone_floor=options.bone_floor)
     on_input = resample_onto(image_from_array(segmentation.labels, segmentation.grid), geometry, nearest=True,
                              default=0)
     dices = dice_per_label(sitk.GetArrayFromImage(on_input), mask, labels)
