@@ -78,6 +78,16 @@ def _overlap(text: str) -> float:
     return value
 
 
+def _bone_floor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= Options().segment_floor:
+        raise argparse.ArgumentTypeError(f"bone floor must be in (0, {Options().segment_floor}], got {value}")
+    return value
+
+
 def _fix(text: str) -> Fix:
     try:
         return parse_fix(text)
@@ -119,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--ribs", action=argparse.BooleanOptionalAction, default=None,
                         help="give the labelling the ribs each vertebra bears as region evidence "
                              f"(default: {'on' if Options().rib_evidence else 'off'})")
+    common.add_argument("--bone-floor", type=_bone_floor, default=None, metavar="P",
+                        help="segmentation floor where the CT shows bone, for voxels that join their vertebra "
+                             f"(default: {Options().bone_floor}; {Options().segment_floor}: the plain floor only)")
     common.add_argument("--fragments", action=argparse.BooleanOptionalAction, default=None,
                         help="label the sliver of the vertebra beyond a chain end that the field of view cuts "
                              f"(default: {'on' if Options().edge_fragments else 'off'})")
@@ -193,7 +206,8 @@ def _options(args: argparse.Namespace) -> Options:
     return Options(overlap=args.overlap, constraints=constraints, recentre=flag("recentre", default.recentre),
                    rib_evidence=flag("ribs", default.rib_evidence),
                    sacrum_check=flag("sacrum", default.sacrum_check),
-                   edge_fragments=flag("fragments", default.edge_fragments))
+                   edge_fragments=flag("fragments", default.edge_fragments),
+                   bone_floor=default.bone_floor if getattr(args, "bone_floor", None) is None else args.bone_floor)
 
 
 def _load(args: argparse.Namespace, layout: AlgorithmLayout) -> Models:

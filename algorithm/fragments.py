@@ -20,7 +20,8 @@ centroid would misplace). It takes the next label beyond the end (none beyond C1
 L5: that bone is the sacrum) and its centroid is the fragment's centre of mass, as annotators place a
 sliver's centroid.
 
-Only unclaimed voxels are taken: a fragment never changes another vertebra's mask.
+A fragment takes only voxels no vertebra claims, or claims by the segment stage's bone floor alone
+(:data:`algorithm.segment.BONE_FLOOR`: the fragment's bone is plain, the neighbour's claim doubtful).
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ import SimpleITK as sitk
 
 from algorithm.detect import resample_ct, sub_grid
 from algorithm.recentre import outside_view
+from algorithm.segment import Segmentation
 from spine.image import Geometry
 from spine.labels import name_of
 from spine.preprocess import world_to_zyx
 
 __all__ = ["BEYOND_MM", "BONE_HU", "EDGE_MM", "LATERAL_MM", "MAX_ML", "MIDLINE_MM", "MIN_ML", "MIN_PART_ML",
-           "POSTERIOR_MM", "REACH_MM", "Fragment", "edge_fragments"]
+           "POSTERIOR_MM", "REACH_MM", "Fragment", "edge_fragments", "write_fragments"]
 
 log = logging.getLogger(__name__)
 
@@ -234,3 +236,16 @@ def _fragment(image: sitk.Image, geometry: Geometry, labels: np.ndarray, grid: G
     log.info("fragments: %.1f ml of bone beyond %s at the field of view's %s is %s's fragment", volume,
              name_of(label), end, name_of(beyond))
     return Fragment(beyond, end, tuple(float(c) for c in position), volume, indices)  # type: ignore[arg-type]
+
+
+def write_fragments(segmentation: Segmentation, fragments: list[Fragment]) -> None:
+    """Write ``fragments`` into ``segmentation`` (in place): their voxels take their labels, and the voxel counts
+    and ``held_by_bone`` follow (a voxel a neighbour held by the bone floor alone is the fragment's now)."""
+    for fragment in fragments:
+        taken = segmentation.labels.flat[fragment.indices]
+        for label, count in zip(*np.unique(taken[taken > 0], return_counts=True), strict=True):
+            segmentation.voxels[int(label)] -= int(count)
+        segmentation.labels.flat[fragment.indices] = fragment.label
+        segmentation.voxels[fragment.label] = int(fragment.indices.size)
+        if segmentation.held_by_bone is not None:
+            segmentation.held_by_bone.flat[fragment.indices] = False

@@ -28,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from algorithm.detect import Detection, detect_spine
-from algorithm.fragments import edge_fragments
+from algorithm.fragments import edge_fragments, write_fragments
 from algorithm.labelling import Constraints, Labelling, label_candidates
 from algorithm.labelling.constraints import changes
 from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_heatmaps, peak_candidates
@@ -269,12 +269,7 @@ def _segmented(image: sitk.Image, vertebrae: list[Vertebra], models: Models, opt
             fragments = edge_fragments(image, segmentation.labels, segmentation.grid,
                                        [(v.label, np.asarray(v.position_mm)) for v in vertebrae],
                                        segmentation.held_by_bone)
-        for fragment in fragments:
-            taken = segmentation.labels.flat[fragment.indices]
-            for label, count in zip(*np.unique(taken[taken > 0], return_counts=True), strict=True):
-                segmentation.voxels[int(label)] -= int(count)  # held by the bone floor alone
-            segmentation.labels.flat[fragment.indices] = fragment.label
-            segmentation.voxels[fragment.label] = int(fragment.indices.size)
+        write_fragments(segmentation, fragments)
     with result.timer.stage("resample"):
         merged = image_from_array(segmentation.labels, segmentation.grid)
         result.labels = resample_onto(merged, result.geometry, nearest=True, default=0)

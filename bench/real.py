@@ -203,7 +203,8 @@ def _option_flags(options: Options) -> list[str]:
     """The ``predict`` flags that reproduce ``options``' pipeline switches."""
     return ["--recentre" if options.recentre else "--no-recentre", "--ribs" if options.rib_evidence else "--no-ribs",
             "--sacrum" if options.sacrum_check else "--no-sacrum",
-            "--fragments" if options.edge_fragments else "--no-fragments"]
+            "--fragments" if options.edge_fragments else "--no-fragments",
+            "--bone-floor", str(options.segment_floor if options.bone_floor is None else options.bone_floor)]
 
 
 def end_to_end(real: RealCase, models_dir: Path, case: Case, workdir: Path,
@@ -321,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rib evidence for the labelling (algorithm.ribs); default: the pipeline's")
     parser.add_argument("--sacrum", action=argparse.BooleanOptionalAction, default=None,
                         help="the sacrum check (algorithm.sacrum; needs sacrum.onnx); default: the pipeline's")
+    parser.add_argument("--bone-floor", type=float, default=None, metavar="P",
+                        help="segment stage's floor where the CT shows bone (algorithm.segment; 0.5 = none); "
+                             "default: the pipeline's")
     parser.add_argument("--fragments", action=argparse.BooleanOptionalAction, default=None,
                         help="fragments beyond the chain's cut ends (algorithm.fragments; end to end only); "
                              "default: the pipeline's")
@@ -344,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       recentre=default.recentre if args.recentre is None else args.recentre,
                       rib_evidence=default.rib_evidence if args.ribs is None else args.ribs,
                       sacrum_check=default.sacrum_check if args.sacrum is None else args.sacrum,
-                      edge_fragments=default.edge_fragments if args.fragments is None else args.fragments)
+                      edge_fragments=default.edge_fragments if args.fragments is None else args.fragments,
+                      bone_floor=default.bone_floor if args.bone_floor is None else args.bone_floor)
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-real-") as tmp:
         for real in cases:
@@ -363,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          "options": {"recentre": options.recentre, "ribs": options.rib_evidence,
                                                      "sacrum": options.sacrum_check,
                                                      "fragments": options.edge_fragments,
+                                                     "bone_floor": options.bone_floor,
                                                      "peak_threshold": options.peak_threshold},
                                          "cases": rows},
                                         indent=1), encoding="utf-8")

@@ -183,6 +183,20 @@ def test_pipeline_switches_reach_the_options(flags: list[str], recentre: bool, r
         recentre, ribs, sacrum, fragments)
 
 
+def test_the_bone_floor_reaches_the_options_and_is_checked() -> None:
+    from algorithm.cli import _options, build_parser
+    from algorithm.pipeline import Options
+
+    parse = build_parser().parse_args
+    assert _options(parse(["predict", "ct.nii.gz", "--output", "out"])).bone_floor == Options().bone_floor
+    assert _options(parse(["predict", "ct.nii.gz", "--output", "out", "--bone-floor", "0.3"])).bone_floor == 0.3
+    for bad in ("0", "0.7", "x"):
+        with pytest.raises(SystemExit):
+            parse(["predict", "ct.nii.gz", "--output", "out", "--bone-floor", bad])
+    with pytest.raises(ValueError, match="bone_floor"):
+        Options(bone_floor=0.6)
+
+
 def test_help_lists_the_modes(capsys) -> None:
     from algorithm.cli import main
 

@@ -180,3 +180,29 @@ def test_height_and_depth_are_judged_along_the_spine_not_the_scanner() -> None:
     leaning = [(T12, chain[0][1]), (L1, chain[0][1] - 35.0 * np.array([0.0, -np.sin(lean), np.cos(lean)]))]
     assert [f.label for f in edge_fragments(image, labels, Geometry.of(image), chain)] == [T11]
     assert edge_fragments(image, labels, Geometry.of(image), leaning) == []
+
+
+def test_a_fragment_takes_what_a_neighbour_holds_by_the_bone_floor_alone() -> None:
+    """T12's doubtful extension (held by the segment stage's bone floor) covers the sliver's lower part: the
+    fragment takes it back, and the voxel counts and ``held_by_bone`` follow."""
+    from algorithm.fragments import write_fragments
+    from algorithm.segment import Segmentation
+
+    image, labels, chain = _phantom()
+    grid = Geometry.of(image)
+    whole = edge_fragments(image, labels, grid, chain)[0]
+    z = (np.arange(labels.shape[0]) * SPACING + grid.origin_mm[2])[:, None, None]
+    held = (z <= 8.0) & (labels == 0) & (sitk.GetArrayFromImage(image) >= 300.0)
+    held[:, :, :] &= np.isin(np.arange(labels.size).reshape(labels.shape), whole.indices)
+    assert held.any()
+    labels[held] = T12
+    assert edge_fragments(image, labels, grid, chain)[0].volume_ml < whole.volume_ml  # claimed: not taken
+    fragments = edge_fragments(image, labels, grid, chain, held)
+    assert fragments[0].volume_ml == whole.volume_ml  # held by the bone floor alone: taken
+    counts = {T12: int((labels == T12).sum()), L1: int((labels == L1).sum())}
+    segmentation = Segmentation(labels.copy(), grid, dict(counts), held.copy())
+    write_fragments(segmentation, fragments)
+    assert segmentation.voxels == {T12: counts[T12] - int(held.sum()), L1: counts[L1],
+                                   T11: int(fragments[0].indices.size)}
+    assert segmentation.voxels[T12] == int((segmentation.labels == T12).sum())
+    assert not segmentation.held_by_bone.any()

@@ -81,15 +81,16 @@ def test_doubtful_bone_that_does_not_join_its_vertebra_is_dropped(heatmap_model)
     assert not kept.held_by_bone.any()
 
 
-def test_soft_tissue_and_the_threshold(heatmap_model) -> None:
-    """Without bone nothing changes; bone just below BONE_HU is not bone."""
+@pytest.mark.parametrize(("value", "bone"), [(40.0, False), (BONE_HU - 1.0, False), (BONE_HU, True)])
+def test_what_counts_as_bone(heatmap_model, value: float, bone: bool) -> None:
+    """Soft tissue and bone just below BONE_HU change nothing; from BONE_HU on the bone floor holds."""
     r, _ = _grid()
-    for value in (40.0, BONE_HU - 1.0):
-        image = sitk.GetImageFromArray(np.full(r.shape, value, np.float32))
-        image.SetOrigin((-32.0, -32.0, -32.0))
-        kept = segment_vertebrae(image, [(L1, np.zeros(3))], heatmap_model, bone_floor=0.2)
-        plain = segment_vertebrae(image, [(L1, np.zeros(3))], heatmap_model, bone_floor=None)
-        assert np.array_equal(kept.labels, plain.labels)
+    image = sitk.GetImageFromArray(np.full(r.shape, value, np.float32))
+    image.SetOrigin((-32.0, -32.0, -32.0))
+    kept = segment_vertebrae(image, [(L1, np.zeros(3))], heatmap_model, bone_floor=0.2)
+    plain = segment_vertebrae(image, [(L1, np.zeros(3))], heatmap_model, bone_floor=None)
+    assert np.array_equal(kept.labels, plain.labels) is not bone
+    assert bool(kept.held_by_bone.any()) is bone
 
 
 def test_join_doubtful_joins_a_label_to_its_own_part_only() -> None:
