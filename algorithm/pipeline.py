@@ -330,7 +330,8 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
                  options: Options | None = None) -> Candidates:
     """The locate stage's candidates inside the spine ``box``: the heatmap peaks, or with ``options.recentre``
     the bodies the segment model outlines from them (:mod:`algorithm.recentre`), scored by the heatmaps; with
-    ``options.rib_evidence``, the ribs each bears (:mod:`algorithm.ribs`); with ``options.sacrum_check`` and a
+    ``options.rib_evidence`` (and ``options.region_evidence``, which is what reads them), the ribs each bears
+    (:mod:`algorithm.ribs`); with ``options.sacrum_check`` and a
     sacrum model, without the sacrum's S1 and what lies below it (:mod:`algorithm.sacrum`)."""
     options = options or Options()
     if detection.box is None:
@@ -339,7 +340,7 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
     if options.sacrum_check and models.sacrum is not None and len(candidates) >= 2:
         keep = ~sacral(image, candidates.positions_mm, models.segment, models.sacrum)
         candidates = _subset(candidates, keep)
-    if options.rib_evidence and len(candidates):
+    if options.rib_evidence and options.region_evidence and len(candidates):
         candidates = replace(candidates, ribs=rib_evidence(image, candidates.positions_mm))
     return candidates
 

@@ -77,6 +77,15 @@ def test_phantom_vertebrae_are_found_named_and_segmented(models, phantom) -> Non
     assert report["label"]["ribs"] == {v.name: "no rib" for v in result.vertebrae}
 
 
+def test_without_region_evidence_no_rib_search_and_no_rib_report(models, phantom) -> None:
+    """The ribs are region evidence: with the region evidence off nothing reads them, so none are sought."""
+    from algorithm.pipeline import Options
+
+    result = predict_case(phantom.image, models, options=Options(region_evidence=False))
+    assert [v.label for v in result.vertebrae] == list(PHANTOM_LABELS)
+    assert "ribs" not in result.report(models)["label"]
+
+
 @pytest.mark.parametrize("direction", [
     (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
     (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0),  # RAS, as NIfTI files usually are
