@@ -130,3 +130,20 @@ def test_parse_fix(text: str, expected: Fix) -> None:
 def test_parse_fix_refuses_bad_text(text: str) -> None:
     with pytest.raises(ValueError):
         parse_fix(text)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_decode_takes_the_same_constraints_and_cuts_as_label_candidates(case: int) -> None:
+    """The public ``decode`` (labels only) and ``label_candidates`` agree, constraints and cut vertebrae included."""
+    from algorithm.labelling import decode
+
+    truth, make = CASES[case]
+    positions = spine_positions(truth, noise_mm=3.0, seed=case)
+    scores = np.clip(evidence(truth) + np.random.default_rng(case).uniform(0, 0.3, (len(truth), 26)), 0, 1)
+    cut = np.zeros((len(truth), 2), dtype=bool)
+    cut[0, 0] = True  # the top vertebra reaches the scan's top
+    constraints = make(positions)
+    assert decode(positions, scores, constraints=constraints, cut=cut).tolist() == label_candidates(
+        positions, scores, constraints=constraints, cut=cut).labels.tolist()
+    assert set(decode(positions, scores, constraints=constraints).tolist()) - {0} >= {
+        label for label in constraints.fixed_candidates(positions).values()}

@@ -142,7 +142,9 @@ def label_candidates(positions_mm: np.ndarray, scores: np.ndarray | None = None,
 
 
 def decode(positions_mm: np.ndarray, scores: np.ndarray | None = None, *, regions: np.ndarray | None = None,
-           decoder: ChainDecoder | None = None) -> np.ndarray:
-    """(N,) VerSe labels for N candidates, 0 for a rejected one: the labels of :func:`label_candidates`,
-    without computing the confidences."""
-    return (decoder or _default_decoder()).decode(positions_mm, scores, regions=regions)
+           decoder: ChainDecoder | None = None, constraints: Constraints | None = None,
+           cut: np.ndarray | None = None) -> np.ndarray:
+    """(N,) VerSe labels for N candidates, 0 for a rejected one: the labels of :func:`label_candidates` (same
+    arguments), without computing the confidences."""
+    return (decoder or _default_decoder()).decode(positions_mm, scores, regions=regions, constraints=constraints,
+                                                  cut=cut)
