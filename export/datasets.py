@@ -414,6 +414,9 @@ class Augmentation:
     appearance_p: float = 0.5
     """Locate, segment: probability of each appearance change: bone contrast (osteoporotic to dense),
     blur or sharpening (reconstruction kernel), thick-slice simulation (2-5 mm slices)."""
+    thick_axes: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    """Locate, segment: which array axis (z, y, x) a thick-slice simulation thickens, as relative weights: axial
+    protocols thicken z; sagittal lumbar scans (VerSe's 1 x 1 x 2-3 mm) thicken x, coronal ones y."""
 
     @classmethod
     def none(cls) -> Augmentation:
@@ -553,10 +556,15 @@ class PatchSampler:
             sharpen = self.rng.random() < 0.3  # a sharp kernel: unsharp masking; else a smooth one
             ct = ct + np.float32(self.rng.uniform(0.3, 1.0)) * (ct - blurred) if sharpen else blurred
         if self.rng.random() < aug.appearance_p * 0.5:
-            # Thick slices along z: average, then sample back (partial volume between bodies and discs).
+            # Thick slices: average along one axis, then sample back (partial volume between bodies and discs, or
+            # across the laminae of a sagittal scan).
+            weights = np.asarray(aug.thick_axes, dtype=np.float64)
+            axis = int(self.rng.choice(3, p=weights / weights.sum())) if np.count_nonzero(weights) > 1 else int(
+                np.argmax(weights))
             factor = self.rng.uniform(1.3, 2.0)
-            ct = ndimage.zoom(ndimage.uniform_filter1d(ct, max(round(factor), 1), axis=0),
-                              (1.0 / factor, 1.0, 1.0), order=1)
+            zoom = np.ones(3)
+            zoom[axis] = 1.0 / factor
+            ct = ndimage.zoom(ndimage.uniform_filter1d(ct, max(round(factor), 1), axis=axis), zoom, order=1)
             ct = ndimage.zoom(ct, np.asarray(self.shape, dtype=np.float64) / np.asarray(ct.shape), order=1)
         return ct.astype(np.float32, copy=False)
 

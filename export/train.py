@@ -86,6 +86,8 @@ class TrainConfig:
     """Largest augmentation rotation about the z, y, x array axes (None: :class:`Augmentation`'s default)."""
     sacrum_p: float | None = None
     """Segment: probability of a sacrum negative sample (None: :class:`Augmentation`'s default, off)."""
+    thick_axes: tuple[float, float, float] | None = None
+    """Relative weights of the z, y, x axes for thick-slice simulation (None: :class:`Augmentation`'s, z only)."""
     progress: bool = True
 
 
@@ -327,6 +329,8 @@ def train(config: TrainConfig) -> TrainResult:
             augmentation = replace(augmentation, rotate_deg=config.rotate_deg)
         if config.augment and config.sacrum_p is not None:
             augmentation = replace(augmentation, sacrum_p=config.sacrum_p)
+        if config.augment and config.thick_axes is not None:
+            augmentation = replace(augmentation, thick_axes=config.thick_axes)
         sampler = PatchSampler(train_volumes, meta, rng, augmentation)
 
         def save(path: Path, iteration: int) -> None:
@@ -455,6 +459,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--sacrum-p", type=float, metavar="P",
                         help="segment: probability of a sacrum negative sample (a heatmap on S1, an empty target), "
                              "in [0, 1]; default 0")
+    parser.add_argument("--thick-axes", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                        help="relative weights of the axes a thick-slice simulation thickens (sagittal scans: x); "
+                             "default 1 0 0")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return parser
 
@@ -470,8 +477,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         sigma_mm=args.sigma_mm, base_channels=args.base_channels, depth=args.depth, trained_on=args.trained_on,
         init_from=args.init_from,
         augment=not args.no_augment, progress=not args.no_progress, rotate_deg=_rotation(args.rotate_deg),
-        sacrum_p=_probability(args.sacrum_p),
+        sacrum_p=_probability(args.sacrum_p), thick_axes=_axis_weights(args.thick_axes),
     )
+
+
+def _axis_weights(values: Sequence[float] | None) -> tuple[float, float, float] | None:
+    if values is None:
+        return None
+    if len(values) != 3 or any(v < 0 for v in values) or not sum(values) > 0:
+        raise SystemExit(f"--thick-axes: three non-negative weights, not all 0, got {list(values)}")
+    return (float(values[0]), float(values[1]), float(values[2]))
 
 
 def _rotation(values: Sequence[float] | None) -> tuple[float, float, float] | None:

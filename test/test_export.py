@@ -430,6 +430,30 @@ def test_locate_appearance_augmentation_keeps_shape_and_background() -> None:
     assert 0.1 < float(out[15, 8, 8]) < 0.6
 
 
+@pytest.mark.parametrize("across", [0, 2])
+def test_thick_slices_blur_along_the_chosen_axis(across: int) -> None:
+    """Thick-slice simulation (``Augmentation.thick_axes``): a thin plate across an axis spreads along it more when
+    the slices are thick along that axis than along another (sagittal scans thicken x, axial ones z). The same seed
+    draws the same contrast, kernel and thickness either way."""
+    from export.datasets import StageVolume
+
+    meta = default_meta("locate", spacing_zyx_mm=(3.0, 3.0, 3.0), patch_shape_zyx=(24, 24, 24))
+    empty = np.zeros((4, 4, 4), np.float32)
+    volume = StageVolume("v", empty, Geometry.of(sitk.GetImageFromArray(empty)), {1: np.zeros(3)})
+    ct = np.zeros((24, 24, 24), np.float32)
+    ct[(slice(None),) * across + (slice(11, 13),)] = 1.0  # a 2-voxel plate across axis ``across``
+
+    def spread(thick_axis: int) -> int:
+        weights = [0.0, 0.0, 0.0]
+        weights[thick_axis] = 1.0
+        sampler = PatchSampler([volume], meta, np.random.default_rng(3),
+                               replace(Augmentation.none(), appearance_p=1.0, thick_axes=tuple(weights)))
+        return sum(int(np.count_nonzero(np.moveaxis(sampler._appearance(ct), across, 0)[:, 12, 12] > 0.05))
+                   for _ in range(20))
+
+    assert spread(across) > spread(2 - across)
+
+
 def test_segment_similarity_augmentation_keeps_the_heatmap_on_its_vertebra() -> None:
     """Rotated and zoomed segment samples: the heatmap's peak stays inside the target vertebra's mask."""
     case = toy_case(0)
