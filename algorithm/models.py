@@ -11,9 +11,15 @@ Model lookup order (first folder holding ``detect.onnx``, ``locate.onnx`` and ``
 Everything a stage needs (spacing, patch shape, channels, intensity mapping, sigma) comes from
 the model's own metadata (:class:`spine.modelmeta.ModelMeta`); nothing is hard-coded here.
 
-A folder may also hold ``sacrum.onnx`` (:data:`SACRUM_FILE`): a segment-stage model trained to outline
-nothing where its heatmap sits on the sacrum, which the pipeline asks about the chain's lowest
-candidates (:mod:`algorithm.sacrum`). It is optional: without it that check is skipped.
+A folder may also hold two optional segment-stage models:
+
+- ``sacrum.onnx`` (:data:`SACRUM_FILE`): trained to outline nothing where its heatmap sits on the sacrum,
+  which the pipeline asks about the chain's lowest candidates (:mod:`algorithm.sacrum`); without it that
+  check is skipped;
+- ``outline.onnx`` (:data:`OUTLINE_FILE`): the model whose outlines place the candidates
+  (:mod:`algorithm.recentre`) and measure the sacrum check's ratios, when that is not the segment model:
+  the recentring's rules and the sacrum check's threshold were measured on one model's outlines, and a
+  better segmenter need not outline alike. Without it, or when it does not load, the segment model outlines.
 
 Execution providers: ``auto`` picks CUDA when ONNX Runtime offers it, the NVIDIA driver reports
 a GPU (asked directly, so a CPU-only machine never makes ORT try CUDA and log errors) and the
@@ -293,17 +299,25 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 SACRUM_FILE = "sacrum.onnx"
 """Optional segment-stage model of the sacrum check, beside the three stages' files."""
+OUTLINE_FILE = "outline.onnx"
+"""Optional segment-stage model of the candidates' outlines (module docstring), beside the three stages' files."""
 
 
 @dataclass
 class Models:
-    """The three loaded stages, the optional sacrum check's model, and where they came from."""
+    """The three loaded stages, the optional sacrum check's and outlines' models, and where they came from."""
 
     detect: StageModel
     locate: StageModel
     segment: StageModel
     source: ModelSource
     sacrum: StageModel | None = None
+    outline: StageModel | None = None
+
+    @property
+    def outliner(self) -> StageModel:
+        """The model whose outlines place the candidates: ``outline.onnx`` when the folder has one, else segment."""
+        return self.outline if self.outline is not None else self.segment
 
     @property
     def on_gpu(self) -> bool:
@@ -316,8 +330,10 @@ class Models:
     def describe(self) -> dict[str, Any]:
         described = {"directory": str(self.source.directory), "rule": self.source.rule,
                      **{stage: getattr(self, stage).describe() for stage in STAGES}}
-        if self.sacrum is not None:
-            described["sacrum"] = self.sacrum.describe()
+        for optional in ("sacrum", "outline"):
+            model = getattr(self, optional)
+            if model is not None:
+                described[optional] = model.describe()
         return described
 
 
@@ -389,17 +405,19 @@ def load_stage(stage: str, path: Path, providers: list[Any], *, threads: int | N
 def _load_stages(source: ModelSource, providers: list[Any], threads: int | None) -> dict[str, StageModel]:
     stages = {stage: load_stage(stage, source.directory / f"{stage}.onnx", providers, threads=threads)
               for stage in STAGES}
-    if (source.directory / SACRUM_FILE).is_file():
-        try:
-            stages["sacrum"] = load_stage("segment", source.directory / SACRUM_FILE, providers, threads=threads)
-        except ModelError as error:  # optional: a broken one costs the check, not the run
-            log.warning("%s; the sacrum check is off", error)
+    for name, file, without in (("sacrum", SACRUM_FILE, "the sacrum check is off"),
+                                ("outline", OUTLINE_FILE, "the segment model outlines the candidates")):
+        if (source.directory / file).is_file():
+            try:
+                stages[name] = load_stage("segment", source.directory / file, providers, threads=threads)
+            except ModelError as error:  # optional: a broken one costs what it is for, not the run
+                log.warning("%s; %s", error, without)
     return stages
 
 
 def load_models(source: ModelSource, *, device: Device = "auto", threads: int | None = None) -> Models:
-    """Load the three stages (and the optional sacrum check's model) on the chosen device; log the provider
-    ONNX Runtime really uses.
+    """Load the three stages (and the optional sacrum check's and outlines' models) on the chosen device; log the
+    provider ONNX Runtime really uses.
 
     ``auto`` falls back to the CPU when a CUDA session does not come up on the GPU;
     ``cuda`` raises :class:`ModelError` then.

@@ -338,7 +338,7 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
         return Candidates.empty()
     candidates = _candidates(image, detection, models, options)
     if options.sacrum_check and models.sacrum is not None and len(candidates) >= 2:
-        keep = ~sacral(image, candidates.positions_mm, models.segment, models.sacrum)
+        keep = ~sacral(image, candidates.positions_mm, models.outliner, models.sacrum)
         candidates = _subset(candidates, keep)
     if options.rib_evidence and options.region_evidence and len(candidates):
         candidates = replace(candidates, ribs=rib_evidence(image, candidates.positions_mm))
@@ -364,8 +364,8 @@ def _candidates(image: sitk.Image, detection: Detection, models: Models, options
     # The axis runs through the column's middle (canal and arch); bodies lie in front of it (LPS: -y).
     axis = detection.axis_mm + np.array([0.0, -AXIS_TO_BODY_MM, 0.0]) if options.axis_seeds else np.zeros((0, 3))
     points = [*seeds.positions_mm, *axis]
-    outlines = spaced_by_size(on_spine_curve(recentre(image, models.segment, points)))
-    outlines = fill_chain(image, models.segment, outlines)
+    outlines = spaced_by_size(on_spine_curve(recentre(image, models.outliner, points)))
+    outlines = fill_chain(image, models.outliner, outlines)
     if not outlines:
         # Nothing vertebra-like outlined (an odd image, or a segment model that draws no such outline):
         # the network's own peaks are all there is; the anatomy check caps what they claim.

@@ -218,3 +218,37 @@ def test_a_512x512x400_ct_stays_within_4_gb(tmp_path: Path) -> None:
     peak = max(stage["peak_rss_mib"] for stage in report["stages"])
     assert peak < 4096, report["stages"]
     assert sitk.ReadImage(str(tmp_path / "out" / "big_seg-vert_msk.nii.gz")).GetSize() == size
+
+
+def test_an_outline_model_places_the_candidates_and_the_segment_model_segments(
+        tmp_path: Path, phantom, caplog: pytest.LogCaptureFixture) -> None:
+    """``outline.onnx`` beside the stages outlines the candidates (algorithm.recentre); one that outlines nothing
+    leaves the heatmap peaks as candidates, and the segment model still segments them. A broken one is skipped."""
+    import shutil
+
+    import torch
+    from algorithm_fixtures import export_module, segment_meta
+
+    class Nothing(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :1] * 0.0
+
+    folder = tmp_path / "models"
+    shutil.copytree(fixture_model_dir(), folder)
+    export_module(Nothing(), segment_meta(), folder / "outline.onnx")
+    models = load_models(ModelSource(folder, "test"), device="cpu")
+    assert models.outliner is models.outline and "outline" in models.describe()
+    patches = {"outline": 0, "segment": 0}
+    for name in patches:
+        model = getattr(models, name)
+        model.run = (lambda run, key: lambda batch: (patches.__setitem__(key, patches[key] + len(batch)),
+                                                     run(batch))[1])(model.run, name)
+    result = predict_case(phantom.image, models)
+    assert "outlined no vertebra" in caplog.text  # the outline model was asked, and drew nothing
+    assert patches["outline"] > 0 and patches["segment"] == len(PHANTOM_LABELS)  # segment: the final masks only
+    assert [v.label for v in result.vertebrae] == list(PHANTOM_LABELS)  # from the peaks
+    assert all(v.voxels > 0 for v in result.vertebrae)  # segmented by the segment model
+    (folder / "outline.onnx").write_bytes(b"not a model")
+    models = load_models(ModelSource(folder, "test"), device="cpu")
+    assert models.outline is None and models.outliner is models.segment
+    assert "the segment model outlines the candidates" in caplog.text

@@ -60,5 +60,5 @@ def test_the_bundled_sacrum_model_finds_s1_on_the_example_ct() -> None:
     assert models.sacrum is not None and "sacrum" in models.describe()
     l4, l5 = case.centroids_mm[23], case.centroids_mm[24]
     s1 = l5 + np.array([0.0, 9.0, -25.0])  # the sacrum's top body, below and behind L5 (the pipeline's S1 candidate)
-    flags = sacrum.sacral(case.ct, np.array([l4, l5, s1]), models.segment, models.sacrum)
+    flags = sacrum.sacral(case.ct, np.array([l4, l5, s1]), models.outliner, models.sacrum)
     assert flags.tolist() == [False, False, True]

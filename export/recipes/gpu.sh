@@ -55,7 +55,7 @@ train)
   WORK=/tmp/work DEVICE=${DEVICE:-cuda} OUT="$out/models" ITERATIONS_SCALE=${ITERATIONS_SCALE:-10} \
     LOCATE_MINUTES=$(( minutes * 5 / 8 )) SEGMENT_MINUTES=$(( minutes * 2 / 8 )) \
     DETECT_MINUTES=$(( minutes - minutes * 7 / 8 )) LOCATE2_MINUTES=1 SEGMENT2_MINUTES=1 LOCATE3_MINUTES=1 \
-    SEGMENT3_MINUTES=1 SEGMENT4_MINUTES=1 SEGMENT5_MINUTES=1 SACRUM_MINUTES=1 \
+    SEGMENT3_MINUTES=1 SEGMENT4_MINUTES=1 SEGMENT5_MINUTES=1 SACRUM_MINUTES=1 SEGMENT6_MINUTES=1 \
     bash export/recipes/real-mix.sh 2>&1 | tee "$out/train.log"
   cp /tmp/work/runs/real-mix/*/history.jsonl "$out/" 2>/dev/null || true
   ;;
