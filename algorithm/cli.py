@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads per model (default: all)")
     common.add_argument("--overlap", type=_overlap, default=0.5, help="sliding-window overlap in [0, 1) (0.5)")
     common.add_argument("--recentre", action=argparse.BooleanOptionalAction, default=None,
-                        help="move vertebra candidates onto the bodies the segment model outlines and fill gaps "
+                        help="move vertebra candidates onto the bodies the outline model outlines and fill gaps "
                              f"in the chain (default: {'on' if Options().recentre else 'off'})")
     common.add_argument("--sacrum", action=argparse.BooleanOptionalAction, default=None,
                         help="drop the sacrum's S1 from the foot of the chain when the model folder has "

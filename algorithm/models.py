@@ -402,17 +402,23 @@ def load_stage(stage: str, path: Path, providers: list[Any], *, threads: int | N
     )
 
 
-def _load_stages(source: ModelSource, providers: list[Any], threads: int | None) -> dict[str, StageModel]:
+def _load_stages(source: ModelSource, providers: list[Any], threads: int | None, *,
+                 quiet: bool = False) -> tuple[dict[str, StageModel], list[str]]:
+    """The stages and the optional models that load, and the optional files that are there but do not load (a
+    warning each, unless ``quiet``: a CUDA attempt that the CPU retries)."""
     stages = {stage: load_stage(stage, source.directory / f"{stage}.onnx", providers, threads=threads)
               for stage in STAGES}
+    failed = []
     for name, file, without in (("sacrum", SACRUM_FILE, "the sacrum check is off"),
                                 ("outline", OUTLINE_FILE, "the segment model outlines the candidates")):
         if (source.directory / file).is_file():
             try:
                 stages[name] = load_stage("segment", source.directory / file, providers, threads=threads)
             except ModelError as error:  # optional: a broken one costs what it is for, not the run
-                log.warning("%s; %s", error, without)
-    return stages
+                failed.append(name)
+                if not quiet:
+                    log.warning("%s; %s", error, without)
+    return stages, failed
 
 
 def load_models(source: ModelSource, *, device: Device = "auto", threads: int | None = None) -> Models:
@@ -433,8 +439,12 @@ def load_models(source: ModelSource, *, device: Device = "auto", threads: int | 
     if len(chain) > 1:
         _preload_cuda_libraries()
         try:
-            stages = _load_stages(source, chain, threads)
-            problem = "" if all(m.on_gpu for m in stages.values()) else f"sessions run on {stages['detect'].providers}"
+            stages, failed = _load_stages(source, chain, threads, quiet=True)
+            off = [name for name, model in stages.items() if not model.on_gpu]
+            problem = (f"{', '.join(off)} run on {stages[off[0]].providers}" if off else
+                       # an optional model that loads on neither would be skipped on the CPU too; one that fails
+                       # only here must not leave the run without it (the outline model places the candidates)
+                       f"{', '.join(failed)} did not load" if failed else "")
         except ModelError as error:  # some ORT builds raise instead of falling back
             problem = str(error)
         if problem:
@@ -444,7 +454,7 @@ def load_models(source: ModelSource, *, device: Device = "auto", threads: int | 
             log.warning("the CUDA provider did not start (%s): using the CPU", problem)
             stages = None
     if stages is None:
-        stages = _load_stages(source, ["CPUExecutionProvider"], threads)
+        stages, _ = _load_stages(source, ["CPUExecutionProvider"], threads)
     models = Models(source=source, **stages)
     log.info("models from %s (%s); execution providers %s (ONNX Runtime %s offers %s)", source.directory,
              source.rule, models.providers, ort.__version__, available)

@@ -88,7 +88,7 @@ class Options:
     region_evidence: bool = True
     """Give the decoder the locate network's region (C/T/L) posterior as well as its per-level scores."""
     recentre: bool = True
-    """Move the candidates onto the bodies the segment model outlines and fill the chain's gaps
+    """Move the candidates onto the bodies the outline model (``Models.outliner``) outlines and fill the chain's gaps
     (:mod:`algorithm.recentre`); seeds are the heatmap peaks above ``seed_threshold``. Off: the heatmap
     peaks above the locate model's threshold are the candidates."""
     seed_threshold: float = 0.05
@@ -329,7 +329,7 @@ def _peak_threshold(models: Models, options: Options) -> float:
 def locate_stage(image: sitk.Image, detection: Detection, models: Models,
                  options: Options | None = None) -> Candidates:
     """The locate stage's candidates inside the spine ``box``: the heatmap peaks, or with ``options.recentre``
-    the bodies the segment model outlines from them (:mod:`algorithm.recentre`), scored by the heatmaps; with
+    the bodies the outline model outlines from them (:mod:`algorithm.recentre`), scored by the heatmaps; with
     ``options.rib_evidence`` (and ``options.region_evidence``, which is what reads them), the ribs each bears
     (:mod:`algorithm.ribs`); with ``options.sacrum_check`` and a
     sacrum model, without the sacrum's S1 and what lies below it (:mod:`algorithm.sacrum`)."""
@@ -367,10 +367,10 @@ def _candidates(image: sitk.Image, detection: Detection, models: Models, options
     outlines = spaced_by_size(on_spine_curve(recentre(image, models.outliner, points)))
     outlines = fill_chain(image, models.outliner, outlines)
     if not outlines:
-        # Nothing vertebra-like outlined (an odd image, or a segment model that draws no such outline):
+        # Nothing vertebra-like outlined (an odd image, or an outline model that draws no such outline):
         # the network's own peaks are all there is; the anatomy check caps what they claim.
-        log.warning("locate: the segment model outlined no vertebra at %d seeds; using the heatmap peaks",
-                    len(points))
+        log.warning("locate: the outline model (%s) outlined no vertebra at %d seeds; using the heatmap peaks",
+                    models.outliner.path.name, len(points))
         return peak_candidates(maps, spacing, threshold=_peak_threshold(models, options),
                                min_separation_mm=options.peak_separation_mm)
     candidates = maps.candidates_at(np.array([outline.centre_mm for outline in outlines]).reshape(-1, 3),

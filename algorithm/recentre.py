@@ -1,4 +1,8 @@
-"""Candidates moved onto the vertebral bodies the segment model outlines, and a chain without holes.
+"""Candidates moved onto the vertebral bodies a segment-stage model outlines, and a chain without holes.
+
+The model is the pipeline's outline model (``outline.onnx`` when the model folder has one, else
+``segment.onnx``: :attr:`algorithm.models.Models.outliner`); the rules and figures below were measured on
+the outlines of the bundled ``outline.onnx`` (the segment stage's round 5).
 
 On CTs unlike its training data the locate network's peaks go astray: some sit beside a body, some on
 the aorta or a spinous process, and some bodies get none. The segment model transfers better (its

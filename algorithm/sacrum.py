@@ -1,6 +1,8 @@
-"""The sacrum at the foot of the chain: a second segment model's opinion on the lowest candidates.
+"""The sacrum at the foot of the chain: a second segment-stage model's opinion on the lowest candidates.
 
-The segment model outlines whatever vertebra-like bone its heatmap sits on, the sacrum's first segment
+The outline model (:attr:`algorithm.models.Models.outliner`, here "the segment model": the bundled
+``outline.onnx``, the segment stage's round 5, which the sacrum model was fine-tuned from) outlines whatever
+vertebra-like bone its heatmap sits on, the sacrum's first segment
 (S1) included, and the decoder then labels S1 as an L6 (``bench/real.py``: the bundled example and
 verse014, at confidence 1.0). A second segment-stage model, fine-tuned with sacrum negatives (a heatmap
 on S1 and an empty target: ``export train --sacrum-p``; ``sacrum.onnx`` beside the stage models),

@@ -257,13 +257,16 @@ def _extra_cases(args: argparse.Namespace) -> list[RealCase]:
 
 
 def models_training(models_dir: Path) -> dict[str, str]:
-    """Each stage's ``trained_on`` metadata (which data, which real cases it saw)."""
+    """Each model's ``trained_on`` metadata (which data, which real cases it saw): the three stages, and the optional
+    outline and sacrum models."""
     import onnxruntime as ort
 
     from spine.modelmeta import ModelMeta
 
     out = {}
-    for stage in ("detect", "locate", "segment"):
+    for stage in ("detect", "locate", "segment", "outline", "sacrum"):  # the last two only where the folder has them
+        if stage in ("outline", "sacrum") and not (models_dir / f"{stage}.onnx").is_file():
+            continue
         session = ort.InferenceSession(str(models_dir / f"{stage}.onnx"), providers=["CPUExecutionProvider"])
         meta = ModelMeta.from_props(session.get_modelmeta().custom_metadata_map, source=stage)
         out[stage] = meta.trained_on
@@ -316,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--peak-threshold", type=float, metavar="P",
                         help="stage figures with this locate candidate threshold instead of the model's own")
     parser.add_argument("--recentre", action=argparse.BooleanOptionalAction, default=None,
-                        help="candidates from the segment model's outlines (algorithm.recentre); default: the "
+                        help="candidates from the outline model's outlines (algorithm.recentre); default: the "
                              "pipeline's")
     parser.add_argument("--ribs", action=argparse.BooleanOptionalAction, default=None,
                         help="rib evidence for the labelling (algorithm.ribs); default: the pipeline's")

@@ -236,9 +236,10 @@ def test_an_outline_model_places_the_candidates_and_the_segment_model_segments(
     folder = tmp_path / "models"
     shutil.copytree(fixture_model_dir(), folder)
     export_module(Nothing(), segment_meta(), folder / "outline.onnx")
+    shutil.copy(folder / "segment.onnx", folder / "sacrum.onnx")  # the sacrum check's ratios: over the outlines
     models = load_models(ModelSource(folder, "test"), device="cpu")
     assert models.outliner is models.outline and "outline" in models.describe()
-    patches = {"outline": 0, "segment": 0}
+    patches = {"outline": 0, "segment": 0, "sacrum": 0}
     for name in patches:
         model = getattr(models, name)
         model.run = (lambda run, key: lambda batch: (patches.__setitem__(key, patches[key] + len(batch)),
@@ -246,6 +247,7 @@ def test_an_outline_model_places_the_candidates_and_the_segment_model_segments(
     result = predict_case(phantom.image, models)
     assert "outlined no vertebra" in caplog.text  # the outline model was asked, and drew nothing
     assert patches["outline"] > 0 and patches["segment"] == len(PHANTOM_LABELS)  # segment: the final masks only
+    assert patches["sacrum"] > 0  # the sacrum check ran, its ratios over the outline model's outlines
     assert [v.label for v in result.vertebrae] == list(PHANTOM_LABELS)  # from the peaks
     assert all(v.voxels > 0 for v in result.vertebrae)  # segmented by the segment model
     (folder / "outline.onnx").write_bytes(b"not a model")

@@ -63,12 +63,12 @@ def test_deepest_centre_ignores_a_thin_process_and_rejects_an_empty_mask() -> No
 
 
 def test_recentre_moves_seeds_beside_real_bodies_onto_their_centres() -> None:
-    """Bundled segment model, bundled real CT: seeds 8 mm off three lumbar body centres land within 4 mm."""
+    """Bundled outline model, bundled real CT: seeds 8 mm off three lumbar body centres land within 4 mm."""
     case = find_real_cases(["totalsegmentator-example"])[0].load()
     models = load_models(ModelSource(find_model_dir().directory, "test"), device="cpu")
     truth = [case.centroids_mm[v] for v in (20, 21, 22)]  # L1-L3
     offsets = [np.array([8.0, 0.0, 0.0]), np.array([0.0, -8.0, 0.0]), np.array([0.0, 0.0, 8.0])]
-    outlines = recentre(case.ct, models.segment, [t + o for t, o in zip(truth, offsets, strict=True)])
+    outlines = recentre(case.ct, models.outliner, [t + o for t, o in zip(truth, offsets, strict=True)])
     assert len(outlines) == 3
     for outline, centre in zip(outlines, truth, strict=True):
         assert np.linalg.norm(outline.centre_mm - centre) < 4.0
@@ -105,7 +105,7 @@ def test_recentre_marks_the_vertebra_the_example_ct_cuts() -> None:
     case = find_real_cases(["totalsegmentator-example"])[0].load()
     models = load_models(ModelSource(find_model_dir().directory, "test"), device="cpu")
     top, l3 = case.centroids_mm[19], case.centroids_mm[22]  # T12 reaches the top slice; L3 sits mid-scan
-    outlines = recentre(case.ct, models.segment, [top, l3])
+    outlines = recentre(case.ct, models.outliner, [top, l3])
     assert [o.cut for o in outlines] == [(True, False), (False, False)]
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import algorithm.sacrum as sacrum
-from algorithm.models import ModelSource, find_model_dir, load_models
+from algorithm.models import ModelError, ModelSource, find_model_dir, load_models
 from export.real_cases import find_real_cases
 
 
@@ -62,3 +62,29 @@ def test_the_bundled_sacrum_model_finds_s1_on_the_example_ct() -> None:
     s1 = l5 + np.array([0.0, 9.0, -25.0])  # the sacrum's top body, below and behind L5 (the pipeline's S1 candidate)
     flags = sacrum.sacral(case.ct, np.array([l4, l5, s1]), models.outliner, models.sacrum)
     assert flags.tolist() == [False, False, True]
+
+
+def test_a_cuda_attempt_that_lands_on_the_cpu_names_the_models_and_falls_back(monkeypatch, caplog) -> None:
+    """ONNX Runtime here has no CUDA: pretending it offers CUDA and a GPU answers, every session (the optional
+    ones included) comes up on the CPU, so ``auto`` falls back and says which ran where, and ``cuda`` refuses."""
+    import algorithm.models as models_module
+
+    real = models_module._ort()
+
+    class Offering:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        @staticmethod
+        def get_available_providers() -> list[str]:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.setattr(models_module, "_ort", lambda: Offering())
+    monkeypatch.setattr(models_module, "cuda_devices", lambda: 1)
+    monkeypatch.setattr(models_module, "_preload_cuda_libraries", lambda: None)
+    source = ModelSource(find_model_dir().directory, "test")
+    models = load_models(source, device="auto")
+    assert models.providers == ["CPUExecutionProvider"] and models.outline is not None and models.sacrum is not None
+    assert "the CUDA provider did not start (detect, locate, segment, sacrum, outline run on" in caplog.text
+    with pytest.raises(ModelError, match="could not start the CUDA provider"):
+        load_models(source, device="cuda")

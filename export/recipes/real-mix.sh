@@ -123,7 +123,9 @@ python -m export onnx --checkpoint "$RUNS/segment-sacrum/last.pt" --out "$OUT/sa
 # rose (0.921 -> 0.927, 0.904 -> 0.908), so it is the segment model. Its outlines place candidates differently
 # (used for them, it lost the aorta crop's labels and a phantom's T11), so round 5 stays as outline.onnx: the
 # recentring's rules and the sacrum check's ratio were measured on round 5's outlines.
-cp "$OUT/segment.onnx" "$OUT/outline.onnx"
+python -m export onnx --checkpoint "$RUNS/segment-tilt40/last.pt" --out "$OUT/outline.onnx" \
+  --version "0.1.0+segment.round5.it800" --notes "outline model (round 5 of the segment stage): its outlines place \
+the candidates (algorithm.recentre) and measure the sacrum check's ratios"
 THICK_TRAINED_ON="$TILT40_TRAINED_ON, and 800 more (round 6) with thick slices along z, y or x (weights 0.5, 0.15, 0.35)"
 # shellcheck disable=SC2046
 python -m export train segment "${COMMON3[@]}" --seed 5 --trained-on "$THICK_TRAINED_ON" \
