@@ -108,15 +108,16 @@ python -m export onnx --checkpoint "$RUNS/segment-tilt40/last.pt" --out "$OUT/se
 # (--sacrum-p 0.1: a heatmap on S1, an empty target), seed 4, the last checkpoint (committed:
 # real-mix-checkpoints/segment-sacrum.pt). As the segment model it lost verse014's and the aorta crop's labels;
 # asked only about the chain's lowest candidates, it tells S1 from L5 and L6.
-SACRUM_TRAINED_ON="the bundled segment model (round 5) fine-tuned 800 iterations with sacrum negatives \
-(probability 0.1: a heatmap on S1, an empty target) and sagittal rotations up to 40 degrees, same data; \
-unseen: verse-sub-verse014, totalsegmentator-aorta"
+SACRUM_TRAINED_ON="the bundled segment model of round 5 (itself fine-tuned from the models of commit e6c6669 on \
+phantoms of 90d8624 + real-shape phantoms + totalsegmentator-example, tptbox-lumbar) fine-tuned 800 iterations with \
+sacrum negatives (probability 0.1: a heatmap on S1, an empty target) and sagittal rotations up to 40 degrees on the \
+same data (real CTs totalsegmentator-example, tptbox-lumbar); unseen: verse-sub-verse014, totalsegmentator-aorta"
 # shellcheck disable=SC2046
 python -m export train segment "${COMMON3[@]}" --seed 4 --trained-on "$SACRUM_TRAINED_ON" \
   --out "$RUNS/segment-sacrum" --init-from "$OUT/segment.onnx" --lr 1e-3 --iterations $(its 800) \
   --val-every 200 --rotate-deg 15 15 40 --sacrum-p 0.1 $(cap "${SACRUM_MINUTES:-40}") $RESUME_FLAG
 python -m export onnx --checkpoint "$RUNS/segment-sacrum/last.pt" --out "$OUT/sacrum.onnx" \
-  --notes "sacrum check: a segment-stage model asked only about the lowest candidates of a chain (algorithm.sacrum)"
+  --version "0.1.0+segment.sacrum.it800" --notes "sacrum check: a segment-stage model asked only about the lowest candidates of a chain (algorithm.sacrum)"
 # Round 6: 800 iterations more from round 5 with thick slices along any axis (--thick-axes 0.5 0.15 0.35:
 # sagittal lumbar scans are thick in x), seed 5, the last checkpoint (committed:
 # real-mix-checkpoints/segment-thick.pt). Synthetic validation 0.874 -> 0.878 and both training CTs' oracle Dice
