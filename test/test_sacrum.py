@@ -64,6 +64,7 @@ def test_the_bundled_sacrum_model_finds_s1_on_the_example_ct() -> None:
     assert flags.tolist() == [False, False, True]
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available")  # the pretence
 def test_a_cuda_attempt_that_lands_on_the_cpu_names_the_models_and_falls_back(monkeypatch, caplog) -> None:
     """ONNX Runtime here has no CUDA: pretending it offers CUDA and a GPU answers, every session (the optional
     ones included) comes up on the CPU, so ``auto`` falls back and says which ran where, and ``cuda`` refuses."""
