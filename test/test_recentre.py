@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from algorithm.models import ModelSource, find_model_dir, load_models
-from algorithm.recentre import Outline, chain_gaps, merge_outlines, recentre
+from algorithm.recentre import MIN_HU_SPREAD, Outline, chain_gaps, merge_outlines, recentre, spread_floor
 from export.real_cases import find_real_cases
 from spine.body import deepest_centre_zyx
 
@@ -171,3 +171,21 @@ def test_bone_like_outlines_need_a_spread_of_hounsfield_units() -> None:
     assert Outline(np.zeros(3), 40.0, hu_spread=300.0).bone_like
     assert not Outline(np.zeros(3), 40.0, hu_spread=90.0).bone_like  # contrast-filled vessel
     assert merge_outlines([Outline(np.zeros(3), 40.0, hu_spread=90.0)]) == []
+
+
+def _column(spreads: list[float]) -> list[Outline]:
+    return [Outline(np.array([0.0, 0.0, -35.0 * i]), 50.0, hu_spread=s) for i, s in enumerate(spreads)]
+
+
+def test_a_spine_of_dull_bone_keeps_its_bodies_and_a_vessel_among_bright_ones_still_goes() -> None:
+    """The spread floor follows the spine's own bone (0.6 of the median), never above 180 HU: low-contrast
+    bodies (120-140 HU) are kept, a 100 HU vessel among 300-600 HU bodies is not, nor one alone."""
+    dull = _column([120.0, 130.0, 140.0, 125.0])
+    assert spread_floor(dull) == pytest.approx(0.6 * 127.5)
+    assert merge_outlines(dull) == dull
+    bright = _column([300.0, 450.0, 600.0, 100.0])
+    assert spread_floor(bright) == MIN_HU_SPREAD
+    assert merge_outlines(bright) == bright[:3]
+    assert spread_floor(dull[:2]) == MIN_HU_SPREAD and merge_outlines(dull[:2]) == []  # two say nothing
+    # kept vertebrae count: a new dull outline beside kept dull ones stays
+    assert merge_outlines(_column([0, 0, 0, 0, 125.0])[4:], kept=dull[:3]) != []
