@@ -8,8 +8,9 @@ cut vertebra's lower body. Locate and the segment model, both built around a ver
 see it; annotators label it (the example's ground truth does), and
 the evaluator counts it as missed when nothing carries its label.
 
-At each end of the labelled chain whose vertebra reaches the field of view's end (an outline voxel
-within :data:`REACH_MM` of it), bone (at least :data:`BONE_HU`) that no vertebra's mask claims,
+At each end of the labelled chain whose vertebra reaches the field of view's end (a mask voxel within
+:data:`algorithm.recentre.CUT_REACH_VOXELS` of it, as an outline is cut), bone (at least :data:`BONE_HU`)
+that no vertebra's mask claims,
 within :data:`EDGE_MM` of that end, behind the cut vertebra's centroid and within :data:`LATERAL_MM`
 to either side of it, is the neighbour's fragment when its 26-connected parts that reach the view's
 end, of at least :data:`MIN_PART_ML`, centred (in the spine's frame at that end: its axis from the next
@@ -34,20 +35,17 @@ import numpy as np
 import SimpleITK as sitk
 
 from algorithm.detect import resample_ct, sub_grid
-from algorithm.recentre import outside_view
+from algorithm.recentre import CUT_REACH_VOXELS, cut_ends, outside_view
 from algorithm.segment import Segmentation
 from spine.image import Geometry
 from spine.labels import name_of
 from spine.preprocess import world_to_zyx
 
 __all__ = ["BEYOND_MM", "BONE_HU", "EDGE_MM", "LATERAL_MM", "MAX_ML", "MIDLINE_MM", "MIN_ML", "MIN_PART_ML",
-           "POSTERIOR_MM", "REACH_MM", "Fragment", "edge_fragments", "write_fragments"]
+           "POSTERIOR_MM", "Fragment", "edge_fragments", "write_fragments"]
 
 log = logging.getLogger(__name__)
 
-REACH_MM = 3.0
-"""A vertebra is cut by the field of view when its mask comes this close to the view's end (two 1.5 mm voxels,
-as :data:`algorithm.recentre.CUT_REACH_VOXELS`)."""
 EDGE_MM = 12.0
 """How far inside the view's end a fragment lies: a sliver, not a body (the example's T11 spans 9 mm)."""
 BONE_HU = 150.0
@@ -104,17 +102,6 @@ def _beyond(label: int, end: str) -> int | None:
     if label in (24, 25, 26, 27):
         return None
     return 20 if label in (19, 28) else label + 1
-
-
-def _reaches_end(mask: np.ndarray, outside: np.ndarray, end: str, steps: int) -> bool:
-    """Whether ``mask`` has a voxel within ``steps`` voxels (array axis 0, +z up) of the view's end at ``end``."""
-    inside = mask & ~outside
-    for step in range(1, steps + 1):
-        if end == "top" and np.any(inside[:-step] & outside[step:]):
-            return True
-        if end == "bottom" and np.any(inside[step:] & outside[:-step]):
-            return True
-    return False
 
 
 def _near_end(outside: np.ndarray, end: str, steps: int) -> np.ndarray:
@@ -198,8 +185,7 @@ def _fragment(image: sitk.Image, geometry: Geometry, labels: np.ndarray, grid: G
         return None
     owned[z0 - low[0]:z1 - low[0]] = labels[z0:z1, low[1]:high[1], low[2]:high[2]]
     in_map[z0 - low[0]:z1 - low[0]] = True
-    steps = max(round(float(REACH_MM / spacing_zyx[0])), 1)
-    if not _reaches_end(owned == label, outside, end, steps):
+    if not cut_ends(owned == label, outside)[0 if end == "top" else 1]:
         return None
     hu = resample_ct(image, column)
     # Nothing in front of the body's centre (LPS y grows to the back): keeps the body's rim and the great vessels
@@ -210,7 +196,7 @@ def _fragment(image: sitk.Image, geometry: Geometry, labels: np.ndarray, grid: G
         return None
     parts = cc3d.connected_components(candidate, connectivity=26)
     stats = cc3d.statistics(parts)
-    touching = np.unique(parts[_near_end(outside, end, steps) & (parts > 0)])
+    touching = np.unique(parts[_near_end(outside, end, CUT_REACH_VOXELS) & (parts > 0)])
     kept = []
     for part in range(1, len(stats["voxel_counts"])):
         volume = float(stats["voxel_counts"][part]) * voxel_ml

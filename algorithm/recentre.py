@@ -54,6 +54,7 @@ __all__ = [
     "MIN_VOLUME_ML",
     "Outline",
     "chain_gaps",
+    "cut_ends",
     "fill_chain",
     "merge_outlines",
     "on_spine_curve",
@@ -166,7 +167,7 @@ CUT_REACH_VOXELS = 2
 probability fades over the last voxel or two before the padding."""
 
 
-def _cut(inside: np.ndarray, outside: np.ndarray) -> tuple[bool, bool]:
+def cut_ends(inside: np.ndarray, outside: np.ndarray) -> tuple[bool, bool]:
     """Whether an outline (``inside``, on the same array as ``outside``) reaches the field of view's end
     above (+z: array axis 0 on an identity-direction grid) or below it, within :data:`CUT_REACH_VOXELS`; an
     outline that reaches the patch's own top or bottom inside the CT is not cut by the scan."""
@@ -204,7 +205,7 @@ def _outline(mask: np.ndarray, hu: np.ndarray, grid: Geometry, centre_zyx: np.nd
     if outside is not None:
         whole = np.zeros(mask.shape, dtype=bool)
         whole[box] = inside
-        cut = _cut(whole, outside)
+        cut = cut_ends(whole, outside)
     return Outline(zyx_to_world(grid, zyx[None])[0], float(inside.sum()) * voxel_ml, float(high - low), cut)
 
 

@@ -77,26 +77,26 @@ def test_recentre_moves_seeds_beside_real_bodies_onto_their_centres() -> None:
 
 
 def test_cut_outlines_are_those_reaching_the_end_of_the_field_of_view() -> None:
-    from algorithm.recentre import _cut
+    from algorithm.recentre import cut_ends
 
     outside = np.zeros((20, 8, 8), dtype=bool)
     outside[:5] = True  # the CT ends below array index 5 (LPS identity grid: axis 0 runs to the head)
     inside = np.zeros_like(outside)
     inside[6:12, 2:6, 2:6] = True  # its lowest voxel one above the edge: cut below
-    assert _cut(inside, outside) == (False, True)
+    assert cut_ends(inside, outside) == (False, True)
     inside[:] = False
     inside[9:20, 2:6, 2:6] = True  # reaches the patch's top inside the CT, 4 voxels clear of the edge: not cut
-    assert _cut(inside, outside) == (False, False)
-    assert _cut(inside[::-1], outside[::-1]) == (False, False)
+    assert cut_ends(inside, outside) == (False, False)
+    assert cut_ends(inside[::-1], outside[::-1]) == (False, False)
     flipped = np.zeros_like(outside)
     flipped[6:12, 2:6, 2:6] = True
-    assert _cut(flipped[::-1], outside[::-1]) == (True, False)
+    assert cut_ends(flipped[::-1], outside[::-1]) == (True, False)
     # a narrow CT: its side ends at x = 6; an outline spilling into that padding is not cut above or below
     side = np.zeros_like(outside)
     side[:, :, 6:] = True
     spill = np.zeros_like(outside)
     spill[8:14, 2:6, 3:8] = True
-    assert _cut(spill, side) == (False, False)
+    assert cut_ends(spill, side) == (False, False)
 
 
 def test_recentre_marks_the_vertebra_the_example_ct_cuts() -> None:
