@@ -7,11 +7,13 @@ Conventions (DESIGN.md, "Metrics"):
   ``(k, j, i)`` order that is the image spacing reversed).
 - Surface of a mask: its voxels minus its erosion by the 6-connected cross. Voxels on the
   volume's edge are surface (the outside counts as background).
-- Surface distances are between voxel centres, in mm, from a spacing-aware Euclidean
-  distance transform computed only in the pair's bounding box (union of both masks'
-  boxes, padded by one voxel of background). Every surface voxel of both masks lies in
-  that box, so every nearest surface voxel does too: the result equals the full-volume
-  computation exactly (the tests check it against a plain full-volume SciPy EDT).
+- Surface distances are between voxel centres, in mm, found only in the pair's bounding
+  box (union of both masks' boxes, padded by one voxel of background). Every surface voxel
+  of both masks lies in that box, so every nearest surface voxel does too: the result
+  equals the full-volume computation (the tests check it against a plain full-volume SciPy
+  EDT). Each surface voxel searches the voxel offsets nearest it, shortest first, for the
+  other surface (exact, float64); the few beyond that shell take a distance transform's
+  value (float32, within 1e-6 mm).
 - Two-stage API, as DeepMind's surface-distance: :func:`surface_distances_mm` does the
   expensive part once and returns :class:`SurfaceDistances`; :func:`hd95_mm` and
   :func:`hausdorff_mm` are cheap reducers of it.
@@ -29,10 +31,10 @@ labels present in both masks, but the pure functions must say what they return):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-import edt
 import numpy as np
 
 __all__ = [
@@ -136,13 +138,16 @@ def label_extents(label_map: np.ndarray, max_label: int) -> dict[int, LabelExten
 
 def _plane_histograms(crop: np.ndarray, max_label: int) -> np.ndarray:
     """Voxels of each label 0..``max_label`` in each plane along axis 0: (planes, max_label + 1)."""
+    # Background is most of a spine's box and is not counted: only the labelled voxels of a
+    # plane go through bincount (half the time of counting every voxel).
     histograms = np.zeros((crop.shape[0], max_label + 1), dtype=np.int64)
     for k, plane in enumerate(crop):
-        values = plane.ravel()
+        values = plane[plane != 0]
+        if values.size == 0:
+            continue
         if int(values.max()) > max_label:  # labels above max_label are ignored, not counted
             values = values[values <= max_label]
         histograms[k] = np.bincount(values.astype(np.intp, copy=False), minlength=max_label + 1)
-    histograms[:, 0] = 0
     return histograms
 
 
@@ -165,18 +170,26 @@ def centres_of_mass_index(label_map: np.ndarray, max_label: int) -> dict[int, np
 
 
 def _nonzero_box(array: np.ndarray) -> Box | None:
-    """Box of the non-zero voxels of a 3-D array (None when all zero), from maximum projections."""
+    """Box of the non-zero voxels of a 3-D array of non-negative values (None when all zero).
+
+    One pass, plane by plane: a plane's maximum says whether it holds anything, and the
+    element-wise maximum of the occupied planes (one plane in size, cache-resident) gives the
+    rows and columns. Half the time of two whole-volume projections.
+    """
     if array.ndim != 3:
         raise ValueError(f"expected a 3-D array, got shape {array.shape}")
     if array.size == 0:
         return None
-    along_0 = array.reshape(array.shape[0], -1).max(axis=1)
-    first = np.flatnonzero(along_0)
-    if first.size == 0:
+    footprint = np.zeros(array.shape[1:], dtype=array.dtype)
+    occupied = []
+    for k, plane in enumerate(array):
+        if plane.max():
+            occupied.append(k)
+            np.maximum(footprint, plane, out=footprint)
+    if not occupied:
         return None
-    plane = array[first[0]:first[-1] + 1].max(axis=0)
-    rows, cols = np.flatnonzero(plane.max(axis=1)), np.flatnonzero(plane.max(axis=0))
-    return (slice(int(first[0]), int(first[-1]) + 1), slice(int(rows[0]), int(rows[-1]) + 1),
+    rows, cols = np.flatnonzero(footprint.max(axis=1)), np.flatnonzero(footprint.max(axis=0))
+    return (slice(occupied[0], occupied[-1] + 1), slice(int(rows[0]), int(rows[-1]) + 1),
             slice(int(cols[0]), int(cols[-1]) + 1))
 
 
@@ -242,15 +255,85 @@ def _check_spacing(spacing_mm: Sequence[float], ndim: int) -> tuple[float, ...]:
     return spacing
 
 
-def _distances_to(target_surface: np.ndarray, at: np.ndarray, spacing_mm: tuple[float, ...],
-                  threads: int = 1) -> np.ndarray:
-    """Distances in mm from each voxel of ``at`` to the nearest voxel of ``target_surface`` (EDT)."""
-    # edt measures the distance to the nearest zero: zeros on the target surface. Its
-    # black_border=False keeps the box's edge from acting as a surface.
-    # Handed over as uint8: edt's bool path is about 4x slower for the same (identical) result.
-    outside = np.ascontiguousarray(~target_surface).view(np.uint8)
-    field = edt.edt(outside, anisotropy=spacing_mm, black_border=False, parallel=threads)
-    return field[at].astype(np.float64)
+SHELL_OFFSETS = 4096
+"""Voxel offsets (nearest first) searched around each surface voxel before a distance transform.
+
+4096 reach 7.3 mm at 0.7 x 0.7 x 1 mm and 9.9 mm at 1 mm: the surfaces of a matched pair
+nearly all meet within that; a vertebra labelled one level off does not (see GATHER_LIMIT)."""
+
+GATHER_LIMIT = 1 << 20
+"""Voxel-offset pairs one step of the search may gather: past it (many voxels still far from
+the other surface) one distance transform of the box is cheaper than searching on."""
+
+
+@functools.lru_cache(maxsize=16)
+def _shell(spacing_mm: tuple[float, ...], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``count`` voxel offsets nearest the origin (origin first), and their lengths in mm, ascending.
+
+    Every offset as long as the last one is included (ties are not cut), so the shell holds
+    exactly the offsets of length <= its radius, the last length. Returns ((m, 3) int64, (m,) mm).
+    """
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    reach = 1
+    while True:  # grow a cube until more than ``count`` offsets lie within the radius it surely covers
+        axes = [np.arange(-reach, reach + 1) for _ in spacing]
+        offsets = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, spacing.size)
+        lengths = np.sqrt(((offsets * spacing) ** 2).sum(axis=1))
+        covered = reach * float(spacing.min())  # every offset this short is inside the cube
+        if np.count_nonzero(lengths <= covered) > count:
+            break
+        reach += 1
+    order = np.argsort(lengths, kind="stable")
+    radius = lengths[order[count - 1]]
+    order = order[lengths[order] <= radius]
+    return offsets[order], lengths[order]
+
+
+def _directed_distances(source: np.ndarray, target: np.ndarray, spacing_mm: tuple[float, ...],
+                        threads: int = 1) -> np.ndarray:
+    """d(s, T) in mm for every voxel s of ``source`` (C order), T the voxels of ``target``; float64.
+
+    Nearest first: each source voxel looks at the offsets of :func:`_shell` in ascending length,
+    and the first offset that lands on a target voxel gives its distance, exactly (every shorter
+    offset was looked at). Most surface voxels of a matched pair stop at the first few offsets.
+    Those with no target within the shell's radius, or still many when a step would gather
+    more than :data:`GATHER_LIMIT` pairs (a far-off prediction), take theirs from a Euclidean
+    distance transform of the target over the box (edt, float32: within 1e-6 mm at a spine's
+    scale); a k-d tree would be exact in float64 but SciPy's import alone costs a one-case
+    run 0.35 s. Both masks: one shape, C order; ``target`` not empty.
+    """
+    offsets, lengths = _shell(spacing_mm, SHELL_OFFSETS)
+    margin = [(int(r), int(r)) for r in np.abs(offsets).max(axis=0)]  # no offset leaves the grid
+    grid = np.pad(target, margin)
+    cells = grid.ravel()
+    strides = np.array([grid.shape[1] * grid.shape[2], grid.shape[2], 1], dtype=np.int64)
+    steps = offsets @ strides
+    at = np.flatnonzero(np.pad(source, margin))  # source voxels in C order, as flat grid indices
+    out = np.empty(len(at), dtype=np.float64)
+    pending = np.arange(len(at))
+    # Offsets in blocks, nearest first: a block's first hit on a row is that voxel's nearest
+    # target, since earlier blocks had none. The first block is the voxel itself (shared
+    # surface), then 6 offsets, then blocks doubling: few Python steps, small gathers.
+    first, size = 0, 1
+    while first < len(steps) and len(at) * size <= GATHER_LIMIT:
+        block = slice(first, first + size)
+        hits = cells[at[:, None] + steps[None, block]]
+        found = hits.any(axis=1)
+        if found.any():
+            out[pending[found]] = lengths[first + hits[found].argmax(axis=1)]
+            missed = ~found
+            pending, at = pending[missed], at[missed]
+            if pending.size == 0:
+                return out
+        first, size = first + size, (6 if size == 1 else 2 * size)
+    import edt  # only for voxels beyond the shell
+
+    # edt measures the distance to the nearest zero: zeros on the target. black_border=False
+    # keeps the box's edge from acting as a target; uint8 is edt's fast path (bool is ~4x slower).
+    outside = np.ascontiguousarray(~grid).view(np.uint8)
+    squared = edt.edtsq(outside, anisotropy=spacing_mm, black_border=False, parallel=threads)
+    out[pending] = np.sqrt(squared.ravel()[at]).astype(np.float64)
+    return out
 
 
 def surface_distances_mm(
@@ -268,7 +351,8 @@ def surface_distances_mm(
       spacing_mm: voxel size along the array axes, in mm.
       box: optional union bounding box of both masks when the caller knows it (e.g. from
         :func:`bounding_boxes`); computed otherwise.
-      threads: threads of each distance transform (the same field for any number).
+      threads: threads of the distance transform that serves voxels far from the other surface
+        (the same distances for any number).
 
     Returns:
       :class:`SurfaceDistances`: d(s, S_G) for s in S_P and d(s, S_P) for s in S_G, with S the
@@ -297,8 +381,8 @@ def _crop_surface_distances(p_padded: np.ndarray, g_padded: np.ndarray, spacing:
     s_g = _surface_of_padded(g_padded)
     has_p, has_g = bool(s_p.any()), bool(s_g.any())
     if has_p and has_g:
-        p_to_g = _distances_to(s_g, s_p, spacing, threads)
-        g_to_p = _distances_to(s_p, s_g, spacing, threads)
+        p_to_g = _directed_distances(s_p, s_g, spacing, threads)
+        g_to_p = _directed_distances(s_g, s_p, spacing, threads)
     else:  # to an empty surface: +inf; from one: nothing
         p_to_g = np.full(int(np.count_nonzero(s_p)), np.inf)
         g_to_p = np.full(int(np.count_nonzero(s_g)), np.inf)

@@ -37,7 +37,7 @@ def evaluate_cases(cases: Sequence[CaseFiles], workers: int, *, progress: bool =
     records: dict[str, dict[str, Any]] = {}
     with _progress(len(cases), progress) as advance:
         if workers == 1:
-            threads = available_cpus()[0]  # one case at a time: its distance transforms take every core
+            threads = available_cpus()[0]  # one case at a time: a distance transform may take every core
             for case in cases:
                 records[case.case_id] = _warned(case.case_id, score_case(case, threads))
                 advance()

@@ -259,7 +259,8 @@ def score_label_maps(
         mask's centre of mass.
       predicted_centroids_mm: predicted centroids (LPS mm) from a points file; None means use
         the predicted mask's centres of mass.
-      threads: threads of each distance transform (more when the process has idle cores).
+      threads: threads of the distance transforms for far-off surfaces (more when the process
+        has idle cores).
 
     Each label's work runs in its bounding box; the boxes of all labels come from one pass
     over each volume.
@@ -413,7 +414,8 @@ class CaseFiles:
 def score_case(case: CaseFiles, threads: int = 1) -> dict[str, Any]:
     """The ``metrics.json`` record of one case. Never raises: failures are scored and explained.
 
-    ``threads``: of each distance transform; more than one only when no other case runs beside it.
+    ``threads``: of the far-off surfaces' distance transforms; more than one only when no other
+    case runs beside it.
     """
     try:
         score = _score_case(case, use_prediction=True, threads=threads)

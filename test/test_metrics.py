@@ -187,11 +187,13 @@ def test_mask_touching_the_volume_edge_equals_the_plain_definition() -> None:
 @FAST
 @given(seed=st.integers(0, 2**16), spacing=spacings)
 def test_threads_give_the_same_distances_bit_for_bit(seed: int, spacing: tuple) -> None:
-    """The inline path runs each distance transform on every core: the field must not change."""
+    """The inline path runs the far-off distance transforms on every core: nothing may change."""
     rng = np.random.default_rng(seed)
     a = ndimage.binary_dilation(rng.random((14, 18, 16)) < 0.05, iterations=2)
     b = ndimage.binary_dilation(rng.random((14, 18, 16)) < 0.05, iterations=2)
-    one, two = surface_distances_mm(a, b, spacing), surface_distances_mm(a, b, spacing, threads=2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(metrics, "SHELL_OFFSETS", 7)  # most voxels go to the distance transform
+        one, two = surface_distances_mm(a, b, spacing), surface_distances_mm(a, b, spacing, threads=2)
     np.testing.assert_array_equal(one.prediction_to_reference_mm, two.prediction_to_reference_mm)
     np.testing.assert_array_equal(one.reference_to_prediction_mm, two.reference_to_prediction_mm)
 
@@ -265,6 +267,54 @@ def test_small_blobs_in_a_large_volume_equal_full_volume_scipy(data: st.DataObje
     np.testing.assert_allclose(sd.prediction_to_reference_mm, plain_directed_distances(a, b, spacing),
                                rtol=1e-5, atol=1e-5)
     assert hd95_mm(sd) <= hausdorff_mm(sd) + 1e-9
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 0.7, 0.7), (0.3, 0.3, 0.3), (3.0, 0.5, 0.8), (2.5, 2.5, 2.5)])
+def test_shell_holds_every_offset_up_to_its_radius_nearest_first(spacing: tuple) -> None:
+    offsets, lengths = metrics._shell(spacing, 300)
+    assert np.array_equal(offsets[0], [0, 0, 0]) and lengths[0] == 0.0
+    assert np.all(np.diff(lengths) >= 0) and len(offsets) >= 300
+    np.testing.assert_array_equal(lengths, np.sqrt(((offsets * np.array(spacing)) ** 2).sum(axis=1)))
+    radius = lengths[-1]
+    reach = [math.ceil(radius / s) + 1 for s in spacing]  # a cube surely holding the whole ball
+    cube = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij"), -1).reshape(-1, 3)
+    inside = cube[np.sqrt(((cube * np.array(spacing)) ** 2).sum(axis=1)) <= radius]
+    assert {tuple(o) for o in offsets} == {tuple(o) for o in inside}
+
+
+def test_distances_within_the_shell_are_exact_in_float64() -> None:
+    a = np.zeros((4, 4, 4), bool)
+    b = np.zeros_like(a)
+    a[1, 1, 1] = b[2, 2, 1] = True
+    spacing = (0.7, 1.1, 0.9)
+    sd = surface_distances_mm(a, b, spacing)
+    assert sd.prediction_to_reference_mm.tolist() == [math.sqrt(0.7**2 + 1.1**2)]
+
+
+@pytest.mark.parametrize(("shell", "gather_limit"), [(None, None), (27, None), (None, 5000)])
+@FAST
+@given(data=st.data())
+def test_surfaces_beyond_the_shell_equal_full_volume_scipy(data: st.DataObject, shell: int | None,
+                                                          gather_limit: int | None) -> None:
+    # A near pair (found in the shell) and a far-off part of one mask: the search and, with a
+    # small shell or gather limit, the distance transform's fallback, both in one pair.
+    shape = (10, 24, 26)
+    spacing = data.draw(spacings)
+    a = box_mask(shape, (2, 2, 2), (4, 5, 5))
+    b = box_mask(shape, (2, 3, 2), (4, 5, 4))
+    far = data.draw(st.tuples(st.integers(0, 6), st.integers(12, 20), st.integers(14, 22)))
+    b[tuple(slice(s, s + 3) for s in far)] = data.draw(arrays(np.bool_, (3, 3, 3)))
+    b[far] = True
+    with pytest.MonkeyPatch.context() as patch:
+        if shell:
+            patch.setattr(metrics, "SHELL_OFFSETS", shell)
+        if gather_limit:
+            patch.setattr(metrics, "GATHER_LIMIT", gather_limit)
+        sd = surface_distances_mm(a, b, spacing)
+    np.testing.assert_allclose(sd.prediction_to_reference_mm, plain_directed_distances(a, b, spacing),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(sd.reference_to_prediction_mm, plain_directed_distances(b, a, spacing),
+                               rtol=1e-6, atol=1e-6)
 
 
 @FAST
