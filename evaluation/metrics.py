@@ -259,11 +259,16 @@ SHELL_OFFSETS = 4096
 """Voxel offsets (nearest first) searched around each surface voxel before a distance transform.
 
 4096 reach 7.3 mm at 0.7 x 0.7 x 1 mm and 9.9 mm at 1 mm: the surfaces of a matched pair
-nearly all meet within that; a vertebra labelled one level off does not (see GATHER_LIMIT)."""
+nearly all meet within that; a vertebra labelled one level off does not (see STEP_PROGRESS)."""
 
-GATHER_LIMIT = 1 << 20
-"""Voxel-offset pairs one step of the search may gather: past it (many voxels still far from
-the other surface) one distance transform of the box is cheaper than searching on."""
+GATHER_LIMIT = 1 << 21
+"""Most voxel-offset pairs one step of the search gathers (16 MiB of indices)."""
+
+STEP_PROGRESS = 0.25
+"""A search step that would gather more pairs than the box has voxels goes ahead only when the
+step before matched at least this share of the voxels it looked at. Otherwise the surfaces do
+not meet (a vertebra labelled one level off, a far-off false label): a distance transform of
+the box, a few gathers' cost per voxel, serves the rest at once."""
 
 
 @functools.lru_cache(maxsize=16)
@@ -296,8 +301,9 @@ def _directed_distances(source: np.ndarray, target: np.ndarray, spacing_mm: tupl
     Nearest first: each source voxel looks at the offsets of :func:`_shell` in ascending length,
     and the first offset that lands on a target voxel gives its distance, exactly (every shorter
     offset was looked at). Most surface voxels of a matched pair stop at the first few offsets.
-    Those with no target within the shell's radius, or still many when a step would gather
-    more than :data:`GATHER_LIMIT` pairs (a far-off prediction), take theirs from a Euclidean
+    Those with no target within the shell's radius, or all that remain when the search stops
+    paying (:data:`GATHER_LIMIT`, :data:`STEP_PROGRESS`: a far-off prediction), take theirs
+    from a Euclidean
     distance transform of the target over the box (edt, float32: within 1e-6 mm at a spine's
     scale); a k-d tree would be exact in float64 but SciPy's import alone costs a one-case
     run 0.35 s. Both masks: one shape, C order; ``target`` not empty.
@@ -314,11 +320,14 @@ def _directed_distances(source: np.ndarray, target: np.ndarray, spacing_mm: tupl
     # Offsets in blocks, nearest first: a block's first hit on a row is that voxel's nearest
     # target, since earlier blocks had none. The first block is the voxel itself (shared
     # surface), then 6 offsets, then blocks doubling: few Python steps, small gathers.
-    first, size = 0, 1
+    first, size, progress = 0, 1, 1.0
     while first < len(steps) and len(at) * size <= GATHER_LIMIT:
+        if len(at) * size > target.size and progress < STEP_PROGRESS:
+            break  # the surfaces do not meet
         block = slice(first, first + size)
         hits = cells[at[:, None] + steps[None, block]]
         found = hits.any(axis=1)
+        progress = float(found.mean())
         if found.any():
             out[pending[found]] = lengths[first + hits[found].argmax(axis=1)]
             missed = ~found
@@ -330,9 +339,11 @@ def _directed_distances(source: np.ndarray, target: np.ndarray, spacing_mm: tupl
 
     # edt measures the distance to the nearest zero: zeros on the target. black_border=False
     # keeps the box's edge from acting as a target; uint8 is edt's fast path (bool is ~4x slower).
-    outside = np.ascontiguousarray(~grid).view(np.uint8)
+    # On the box itself, not the search's wider grid: all targets are in it.
+    outside = np.ascontiguousarray(~target).view(np.uint8)
     squared = edt.edtsq(outside, anisotropy=spacing_mm, black_border=False, parallel=threads)
-    out[pending] = np.sqrt(squared.ravel()[at]).astype(np.float64)
+    where = tuple(i - m for i, (m, _) in zip(np.unravel_index(at, grid.shape), margin, strict=True))
+    out[pending] = np.sqrt(squared[where]).astype(np.float64)
     return out
 
 

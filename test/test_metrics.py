@@ -291,13 +291,15 @@ def test_distances_within_the_shell_are_exact_in_float64() -> None:
     assert sd.prediction_to_reference_mm.tolist() == [math.sqrt(0.7**2 + 1.1**2)]
 
 
-@pytest.mark.parametrize(("shell", "gather_limit"), [(None, None), (27, None), (None, 5000)])
+@pytest.mark.parametrize(("shell", "limit", "progress"), [(None, None, None), (27, None, None), (None, 200, None),
+                                                          (None, None, 1.1)])
 @FAST
 @given(data=st.data())
 def test_surfaces_beyond_the_shell_equal_full_volume_scipy(data: st.DataObject, shell: int | None,
-                                                          gather_limit: int | None) -> None:
+                                                          limit: int | None, progress: float | None) -> None:
     # A near pair (found in the shell) and a far-off part of one mask: the search and, with a
-    # small shell or gather limit, the distance transform's fallback, both in one pair.
+    # small shell, a small gather limit or a demand for more progress than any step makes,
+    # the distance transform's fallback, both in one pair.
     shape = (10, 24, 26)
     spacing = data.draw(spacings)
     a = box_mask(shape, (2, 2, 2), (4, 5, 5))
@@ -308,8 +310,10 @@ def test_surfaces_beyond_the_shell_equal_full_volume_scipy(data: st.DataObject, 
     with pytest.MonkeyPatch.context() as patch:
         if shell:
             patch.setattr(metrics, "SHELL_OFFSETS", shell)
-        if gather_limit:
-            patch.setattr(metrics, "GATHER_LIMIT", gather_limit)
+        if limit:
+            patch.setattr(metrics, "GATHER_LIMIT", limit)
+        if progress:
+            patch.setattr(metrics, "STEP_PROGRESS", progress)
         sd = surface_distances_mm(a, b, spacing)
     np.testing.assert_allclose(sd.prediction_to_reference_mm, plain_directed_distances(a, b, spacing),
                                rtol=1e-6, atol=1e-6)
