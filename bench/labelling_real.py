@@ -306,15 +306,20 @@ def fit_evidence(scans: list[VidScan], *, groups: str, l2: float) -> RegionModel
 
 
 def choose_weight(scans: list[VidScan], weights: list[float], settings: dict, *, inner_folds: int, seed: int,
-                  patients: dict[str, str], verse: np.ndarray, verse_sacrum: np.ndarray) -> float:
-    """The region weight of best id rate by an inner K-fold CV by patient on ``scans`` (training folds only)."""
+                  patients: dict[str, str], verse: np.ndarray, verse_sacrum: np.ndarray,
+                  fix_one: bool = False) -> float:
+    """The region weight of best id rate by an inner K-fold CV by patient on ``scans`` (training folds only);
+    with ``fix_one`` the inner scans are decoded as the outer ones are, one true label fixed per scan, and
+    the weight chosen is the decoder's ``fixed_region_weight``, the one a fix puts in force."""
     right = np.zeros(len(weights))
     for inner in folds_by_patient(scans, patients, inner_folds, seed + 1):
         train = np.setdiff1d(np.arange(len(scans)), inner)
         for k, weight in enumerate(weights):
-            decoder = fold_decoder(scans, train, verse, verse_sacrum, {**settings, "region_weight": weight})
+            key = "fixed_region_weight" if fix_one else "region_weight"  # the weight the decodes use
+            decoder = fold_decoder(scans, train, verse, verse_sacrum, {**settings, key: weight})
             tally = Tally()
-            evaluate([scans[i] for i in inner], lambda s, d=decoder: decode_region(d, s), tally)
+            evaluate([scans[i] for i in inner], lambda s, d=decoder: decode_region(
+                d, s, one_true_fix(s, seed) if fix_one else None), tally)
             right[k] += tally.identified["all"]
     log.info("inner CV: identified %s for region weights %s", right.astype(int).tolist(), weights)
     return float(weights[int(np.argmax(right))])
@@ -461,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--landmarks", type=Path, default=DEFAULT_LANDMARKS,
                         help="VerSe 2020 landmarks.csv: its spines join every fold's prior")
     parser.add_argument("--region-weight", type=float, default=ChainDecoder.region_weight)
+    parser.add_argument("--fixed-region-weight", type=float, default=ChainDecoder.fixed_region_weight,
+                        help="the region weight when a label is fixed (--fix-one)")
     parser.add_argument("--end-weight", type=float, default=ChainDecoder.end_weight)
     parser.add_argument("--evidence-model", choices=("none", "region", "junction", "level"), default="none",
                         help="read region probabilities through a model fitted per fold on the training scans' "
@@ -468,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--region-l2", type=float, default=1.0, help="L2 penalty of the evidence model")
     parser.add_argument("--region-weights", default="",
                         help="comma-separated region weights: choose one per fold by an inner CV on its training "
-                             "scans (nested; overrides --region-weight)")
+                             "scans (nested; overrides --region-weight, or --fixed-region-weight with --fix-one)")
     parser.add_argument("--inner-folds", type=int, default=3, help="folds of the inner CV")
     parser.add_argument("--calibrate", action="store_true",
                         help="fit a Platt map of the confidences on each fold's training scans")
@@ -508,18 +515,20 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _, verse = read_landmarks(args.landmarks)
         verse_sacrum = sacrum_room(verse) >= 40.0
-        settings = {"region_weight": args.region_weight, "end_weight": args.end_weight, "vid_prior": args.vid_prior,
+        settings = {"region_weight": args.region_weight, "fixed_region_weight": args.fixed_region_weight,
+                    "end_weight": args.end_weight, "vid_prior": args.vid_prior,
                     "calibrate": args.calibrate, "evidence_model": args.evidence_model, "region_l2": args.region_l2}
         everything = np.arange(len(scans))
         for f, held_out in enumerate(folds):
             training = np.setdiff1d(everything, held_out)
             if args.region_weights:
-                settings["region_weight"] = choose_weight(
+                settings["fixed_region_weight" if args.fix_one else "region_weight"] = choose_weight(
                     [scans[k] for k in training], [float(w) for w in args.region_weights.split(",")], settings,
                     inner_folds=args.inner_folds, seed=args.seed, patients=patients, verse=verse,
-                    verse_sacrum=verse_sacrum)
+                    verse_sacrum=verse_sacrum, fix_one=args.fix_one)
             decoder = fold_decoder(scans, training, verse, verse_sacrum, settings)
-            log.info("fold %d: region weight %g, calibration a=%.3f b=%.3f", f, decoder.region_weight,
+            log.info("fold %d: region weight %g (with a fix %g), calibration a=%.3f b=%.3f", f,
+                     decoder.region_weight, decoder.fixed_region_weight,
                      *decoder.region_calibration)
             tally = Tally()
             evaluate([scans[k] for k in held_out], lambda s, d=decoder: decode_region(

@@ -74,6 +74,26 @@ def test_a_fix_gives_the_best_unconstrained_score_among_labellings_with_that_lab
     assert result.score == pytest.approx(max(DECODER.score(positions, scores, np.array(c)) for c in chains), abs=1e-9)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_with_a_fix_region_evidence_weighs_fixed_region_weight(seed: int) -> None:
+    """A fix makes region calls count ``fixed_region_weight`` times (not ``region_weight``), in the Viterbi
+    labelling and in ``score`` alike: the same labelling scores as an unconstrained decoder's with that weight."""
+    truth = ids("T11-T12", "L1-L3")
+    rng = np.random.default_rng(seed)
+    positions = spine_positions(truth, noise_mm=3.0, seed=seed)
+    regions = rng.uniform(0, 1, (len(truth), 3))
+    fix = Constraints(fixes=(fix_at(positions, 2, "L1"),))
+    assert DECODER.fixed_region_weight != DECODER.region_weight
+    plain = ChainDecoder(PRIOR, region_weight=DECODER.fixed_region_weight)
+    chains = [np.array(c) for c in _chains(len(truth)) if c[2] == label_of("L1")]
+    for chain in chains[:40]:
+        assert DECODER.score(positions, None, chain, regions=regions, constraints=fix) == pytest.approx(
+            plain.score(positions, None, chain, regions=regions), abs=1e-9)
+    result = DECODER.label(positions, regions=regions, constraints=fix)
+    best = max(DECODER.score(positions, None, c, regions=regions, constraints=fix) for c in chains)
+    assert result.score == pytest.approx(best, abs=1e-9)
+
+
 # --------------------------------------------------------------------------- what they fix
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
-from test_support import REPO
+from test_support import REPO, bench_module
 
 from algorithm.labelling import ChainDecoder, label_candidates
 from algorithm.labelling.region_model import FALSE_CLASS, class_groups, fit_region_model, training_ranks
@@ -14,8 +12,10 @@ from algorithm.labelling_prior import CHAIN_LABELS
 from spine.labels import label_of
 from spine.vid import LEFT, RIGHT, pedicle_widths, read_keypoints, read_scan
 
-sys.path.insert(0, str(REPO / "bench"))
-from labelling_real import Tally, broadcast_scores, evaluate, reliability, score_scan, source_of, width_profile
+_bench = bench_module("labelling_real")
+Tally, broadcast_scores, evaluate = _bench.Tally, _bench.broadcast_scores, _bench.evaluate
+reliability, score_scan, source_of, width_profile = (_bench.reliability, _bench.score_scan, _bench.source_of,
+                                                     _bench.width_profile)
 
 FIXTURE = REPO / "test" / "data" / "vid-keypoints"
 WHOLE = "062JCaPtCSw6"  # T10-L5

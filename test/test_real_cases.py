@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from test_support import bench_module
 
 from export.readers import centres_of_mass_mm
-from export.real_cases import REPO, body_centres_mm, find_real_cases
+from export.real_cases import body_centres_mm, find_real_cases
 from spine.image import Geometry, read_image
 from spine.verse import read_centroids_mm
 
@@ -19,11 +18,7 @@ VERSE004 = Path(__file__).parent / "data" / "verse-sub-verse004"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_real", REPO / "bench" / "real.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_real"] = module
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("real")
 
 
 def test_body_centres_match_verse_annotations_where_centres_of_mass_do_not() -> None:

@@ -87,7 +87,12 @@ The model (all scores natural logs, "nats"; every term a log likelihood ratio ag
    variant branches it rules out and gives the branch it decides probability 1 (the prior's variant
    frequencies conditioned on the fact). Viterbi and forward-backward then give the best labelling
    consistent with every constraint and the posterior given them (a fixed candidate's confidence is 1).
-   ValueError when no labelling satisfies them all.
+   ValueError when no labelling satisfies them all. With a fixed label, region evidence (item 2)
+   counts ``fixed_region_weight`` (1) times instead of ``region_weight`` (5): a fix anchors the
+   chain, which is most of what region calls are for, and a detector's region calls at the
+   junctions (T1 read cervical, T12 lumbar) then mislead more than they help. Chosen by nested
+   cross-validation on the VID detections with one true label fixed per scan (1 in every fold of
+   0.5, 1, 2, 3, 5; ``bench/labelling_real.py --fix-one --region-weights``).
 9. **Vertebrae cut by the field of view** (``cut``, optional, (N, 2) bool: the candidate's vertebra
    runs out of the CT above, below). Its centre is that of the visible part, pulled towards the
    inside, so a step from a vertebra cut above, or to one cut below, is seen shorter than it is, by

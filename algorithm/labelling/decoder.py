@@ -97,7 +97,8 @@ class ChainDecoder:
     region (C/T/L) evidence relative to per-level scores (item 2). ``end_weight``: the weight of
     the prior's chain-end log odds (item 6; 0 switches them off). ``calibration``: ``(a, b)`` of
     the confidence map ``sigmoid(a logit(p) + b)`` (item 7; (1, 0) = the raw posterior) when
-    per-level scores are given; ``region_calibration`` the same for region evidence alone
+    per-level scores are given; ``fixed_region_weight`` replaces ``region_weight`` when the user fixes
+    a label (item 8); ``region_calibration`` the same for region evidence alone
     (identity by default: on the VID detector's output the raw posterior's ECE is 0.03 and a
     Platt fit by cross-validation made it worse, ``bench/labelling_real.py --calibrate``).
     ``uncertain_below``: a case is flagged uncertain when an accepted candidate's calibrated
@@ -122,6 +123,7 @@ class ChainDecoder:
     anchor_min_evidence: float = 0.5
     offset_probability: float = 0.05
     region_weight: float = 5.0
+    fixed_region_weight: float = 1.0
     end_weight: float = 0.0
     calibration: tuple[float, float] = (1.0, 0.0)
     region_calibration: tuple[float, float] = (1.0, 0.0)
@@ -156,8 +158,9 @@ class ChainDecoder:
             raise ValueError("anchor_margin must be in [0, 1) and anchor_min_evidence in [0, 1]")
         if not 0 <= self.offset_probability < 0.5:
             raise ValueError(f"offset_probability must be in [0, 0.5), got {self.offset_probability}")
-        if self.region_weight < 0 or self.end_weight < 0 or min(self.calibration[0], self.region_calibration[0]) <= 0:
-            raise ValueError("region_weight and end_weight must be >= 0, the calibration slope > 0")
+        if min(self.region_weight, self.fixed_region_weight, self.end_weight) < 0 \
+                or min(self.calibration[0], self.region_calibration[0]) <= 0:
+            raise ValueError("region weights and end_weight must be >= 0, the calibration slope > 0")
         if not 0 < self.uncertain_below < 1:
             raise ValueError(f"uncertain_below must be in (0, 1), got {self.uncertain_below}")
         if not 0 <= self.max_skips <= 4 or self.scale_steps < 1 or self.position_sd_mm < 0 or self.max_z <= 0:
@@ -246,15 +249,16 @@ class ChainDecoder:
         return np.where(self._anchors(evidence), self.anchor_weight, 1.0)
 
     def _emissions(self, evidence: np.ndarray | None, regions: np.ndarray | None,
-                   offsets: tuple[int, ...]) -> np.ndarray:
+                   offsets: tuple[int, ...], fixed: bool = False) -> np.ndarray:
         """Evidence ratios (O, N, L) in chain-rank order under each of ``offsets``: the scores' (item 5:
         ordinary candidates read the shifted evidence, recognised anchors their own) plus
-        ``region_weight`` times the regions' (item 2), the prior odds of a true vertebra once."""
+        ``region_weight`` (``fixed_region_weight`` when the user ``fixed`` a label, item 8) times the
+        regions' (item 2), the prior odds of a true vertebra once."""
         total = 0.0
         if regions is not None:
             ratio = (self._ratio(regions[:, REGION_OF_RANK]) if self.region_model is None
                      else self.region_model.log_ratio(regions))
-            total = self.region_weight * ratio[None]
+            total = (self.fixed_region_weight if fixed else self.region_weight) * ratio[None]
         if evidence is None:
             return total + self._inclusion_log_odds
         chain = evidence[:, RANK_TO_COLUMN]  # (N, L)
@@ -287,7 +291,7 @@ class ChainDecoder:
         """
         n = len(positions)
         n_offsets, n_scales = len(offsets), len(self._log_scales)
-        emission = np.repeat(self._emissions(evidence, regions, offsets), n_scales, axis=0)  # (O * S, N, L)
+        emission = np.repeat(self._emissions(evidence, regions, offsets, bool(fixed)), n_scales, axis=0)  # (O*S, N, L)
         e = self._edges_for(constraints)
         start = np.tile(self._start_for(constraints), (n, 1))
         end = np.tile(self._end, (n, 1))
@@ -470,8 +474,8 @@ class ChainDecoder:
             raise ValueError("labels must be evaluated VerSe ids (1..25, 28) or 0")
         offsets, log_prior = self._hypotheses(evidence)
         n_scales = len(self._log_scales)
+        fixed = constraints.fixed_candidates(positions) if constraints else {}
         if constraints:
-            fixed = constraints.fixed_candidates(positions)
             broken = any(int(labels[k]) != v for k, v in fixed.items())
             if broken or set(labels.tolist()) & constraints.forbidden_labels:
                 return -math.inf
@@ -480,7 +484,7 @@ class ChainDecoder:
         t, tangents = spine_curve(positions)
         members = [k for k in np.argsort(t, kind="stable") if labels[k] != 0]
         ranks = [rank_of[int(labels[k])] for k in members]
-        emission = self._emissions(evidence, region_evidence, offsets)[:, members, ranks].sum(axis=1)  # (O,)
+        emission = self._emissions(evidence, region_evidence, offsets, bool(fixed))[:, members, ranks].sum(axis=1)
         total = np.full(n_scales, self._start_for(constraints or None)[ranks[0]] + self._end[ranks[-1]])
         e = self._edges_for(constraints or None)
         for (j, a), (i, b) in zip(zip(members[:-1], ranks[:-1], strict=True),
