@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -68,24 +68,29 @@ def _port(text: str) -> int:
     return value
 
 
-def _overlap(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"overlap must be in [0, 1), got {value}")
-    return value
+def _number_in(what: str, low: float, high: float, *, low_closed: bool, high_closed: bool) -> Callable[[str], float]:
+    """An argparse type: a float in the interval from ``low`` to ``high`` (each end closed or open),
+    else one error line that names ``what`` and the interval."""
+    interval = f"{'[' if low_closed else '('}{low:g}, {high:g}{']' if high_closed else ')'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        above = value >= low if low_closed else value > low
+        below = value <= high if high_closed else value < high
+        if not (above and below):
+            raise argparse.ArgumentTypeError(f"{what} must be in {interval}, got {value:g}")
+        return value
+
+    return parse
 
 
-def _bone_floor(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < value <= Options().segment_floor:
-        raise argparse.ArgumentTypeError(f"bone floor must be in (0, {Options().segment_floor}], got {value}")
-    return value
+overlap_value = _number_in("overlap", 0.0, 1.0, low_closed=True, high_closed=False)
+"""``--overlap``: the sliding window's overlap, in [0, 1)."""
+bone_floor_value = _number_in("bone floor", 0.0, Options().segment_floor, low_closed=False, high_closed=True)
+"""``--bone-floor``: the segment stage's floor where the CT shows bone, in (0, the segment floor]."""
 
 
 def _fix(text: str) -> Fix:
@@ -119,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", choices=DEVICES, default="auto",
                         help="execution provider: CUDA when available and working (auto), or force one")
     common.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads per model (default: all)")
-    common.add_argument("--overlap", type=_overlap, default=0.5, help="sliding-window overlap in [0, 1) (0.5)")
+    common.add_argument("--overlap", type=overlap_value, default=0.5, help="sliding-window overlap in [0, 1) (0.5)")
     common.add_argument("--recentre", action=argparse.BooleanOptionalAction, default=None,
                         help="move vertebra candidates onto the bodies the outline model outlines and fill gaps "
                              f"in the chain (default: {'on' if Options().recentre else 'off'})")
@@ -129,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--ribs", action=argparse.BooleanOptionalAction, default=None,
                         help="give the labelling the ribs each vertebra bears as region evidence "
                              f"(default: {'on' if Options().rib_evidence else 'off'})")
-    common.add_argument("--bone-floor", type=_bone_floor, default=None, metavar="P",
+    common.add_argument("--bone-floor", type=bone_floor_value, default=None, metavar="P",
                         help="segmentation floor where the CT shows bone, for voxels that join their vertebra "
                              f"(default: {Options().bone_floor}; {Options().segment_floor}: the plain floor only)")
     common.add_argument("--fragments", action=argparse.BooleanOptionalAction, default=None,

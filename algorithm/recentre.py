@@ -110,14 +110,6 @@ class Outline:
     hu_spread: float = 1000.0
     cut: tuple[bool, bool] = (False, False)
 
-    @property
-    def bone_like(self) -> bool:
-        """Bone is a cortical shell over cancellous bone and marrow: across a vertebra's outline the CT spans
-        hundreds of HU. Blood with contrast (an aneurysm, the heart), fluid and soft tissue are nearly
-        uniform; the segment model outlines a bright round one as if it were a body. (Alone; among other
-        outlines :func:`spread_floor` decides.)"""
-        return self.hu_spread >= MIN_HU_SPREAD
-
 
 def spread_floor(outlines: Sequence[Outline]) -> float:
     """The least HU spread of bone among these outlines: :data:`MIN_HU_SPREAD`, or :data:`RELATIVE_HU_SPREAD`

@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(REPO)  # run as a script, bench/ would come first and shadow nothing; keep the repo importable
 
+from algorithm.cli import bone_floor_value  # noqa: E402
 from algorithm.detect import detect_spine  # noqa: E402
 from algorithm.models import ModelSource, find_model_dir, load_models  # noqa: E402
 from algorithm.pipeline import Options, label_stage, locate_stage  # noqa: E402
@@ -325,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rib evidence for the labelling (algorithm.ribs); default: the pipeline's")
     parser.add_argument("--sacrum", action=argparse.BooleanOptionalAction, default=None,
                         help="the sacrum check (algorithm.sacrum; needs sacrum.onnx); default: the pipeline's")
-    parser.add_argument("--bone-floor", type=float, default=None, metavar="P",
+    parser.add_argument("--bone-floor", type=bone_floor_value, default=None, metavar="P",
                         help="segment stage's floor where the CT shows bone (algorithm.segment; 0.5 = none); "
                              "default: the pipeline's")
     parser.add_argument("--fragments", action=argparse.BooleanOptionalAction, default=None,

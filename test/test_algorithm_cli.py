@@ -7,6 +7,7 @@ line), nothing on stdout and nothing at all in the output folder.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -195,6 +196,25 @@ def test_the_bone_floor_reaches_the_options_and_is_checked() -> None:
             parse(["predict", "ct.nii.gz", "--output", "out", "--bone-floor", bad])
     with pytest.raises(ValueError, match="bone_floor"):
         Options(bone_floor=0.6)
+
+
+@pytest.mark.parametrize(("value", "ok"), [("0", True), ("0.999", True), ("1", False), ("-0.1", False)])
+def test_the_overlap_interval_is_closed_below_and_open_above(value: str, ok: bool) -> None:
+    from algorithm.cli import overlap_value
+
+    if ok:
+        assert overlap_value(value) == float(value)
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match=r"overlap must be in \[0, 1\)"):
+            overlap_value(value)
+
+
+def test_bench_real_checks_its_bone_floor_as_predict_does(capsys) -> None:
+    from test_support import bench_module
+
+    with pytest.raises(SystemExit):
+        bench_module("real").build_parser().parse_args(["--bone-floor", "0.9"])
+    assert "bone floor must be in (0, 0.5], got 0.9" in capsys.readouterr().err
 
 
 def test_help_lists_the_modes(capsys) -> None:

@@ -167,9 +167,10 @@ def test_spaced_by_size_drops_a_disc_outline_between_two_bodies_and_keeps_cervic
     assert len(spaced_by_size(cervical)) == 5
 
 
-def test_bone_like_outlines_need_a_spread_of_hounsfield_units() -> None:
-    assert Outline(np.zeros(3), 40.0, hu_spread=300.0).bone_like
-    assert not Outline(np.zeros(3), 40.0, hu_spread=90.0).bone_like  # contrast-filled vessel
+def test_an_outline_alone_needs_a_spread_of_hounsfield_units() -> None:
+    bone, vessel = Outline(np.zeros(3), 40.0, hu_spread=300.0), Outline(np.zeros(3), 40.0, hu_spread=90.0)
+    assert bone.hu_spread >= spread_floor([bone])
+    assert vessel.hu_spread < spread_floor([vessel])  # contrast-filled vessel
     assert merge_outlines([Outline(np.zeros(3), 40.0, hu_spread=90.0)]) == []
 
 
