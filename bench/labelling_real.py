@@ -469,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixed-region-weight", type=float, default=ChainDecoder.fixed_region_weight,
                         help="the region weight when a label is fixed (--fix-one)")
     parser.add_argument("--end-weight", type=float, default=ChainDecoder.end_weight)
+    parser.add_argument("--scale-steps", type=int, default=ChainDecoder.scale_steps,
+                        help="spine-size grid of the decoder (1: the size spread joins every step's variance)")
     parser.add_argument("--evidence-model", choices=("none", "region", "junction", "level"), default="none",
                         help="read region probabilities through a model fitted per fold on the training scans' "
                              "detections (C/T/L/false, or the 26 levels/false); none: the fixed ratio")
@@ -516,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         _, verse = read_landmarks(args.landmarks)
         verse_sacrum = sacrum_room(verse) >= 40.0
         settings = {"region_weight": args.region_weight, "fixed_region_weight": args.fixed_region_weight,
-                    "end_weight": args.end_weight, "vid_prior": args.vid_prior,
+                    "end_weight": args.end_weight, "scale_steps": args.scale_steps, "vid_prior": args.vid_prior,
                     "calibrate": args.calibrate, "evidence_model": args.evidence_model, "region_l2": args.region_l2}
         everything = np.arange(len(scans))
         for f, held_out in enumerate(folds):
