@@ -337,13 +337,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)
     models_dir = args.models or find_model_dir().directory
     models = load_models(ModelSource(Path(models_dir), "bench"), device="cpu")
     training = models_training(Path(models_dir))
-    cases = [*find_real_cases(args.cases), *_extra_cases(args)]
+    try:
+        cases = [*find_real_cases(args.cases), *_extra_cases(args)]
+    except ValueError as error:  # an unknown case name: one line, not a traceback
+        parser.error(str(error))
     if not cases:
         print("no real case found", file=sys.stderr)
         return 1
