@@ -261,13 +261,12 @@ def _segmented(image: sitk.Image, vertebrae: list[Vertebra], models: Models, opt
     """``result`` with the label map segmented from the labelled ``vertebrae``, their voxel counts and the
     anatomy check (:mod:`algorithm.plausibility`), which caps the points of a doubtful case when asked."""
     with result.timer.stage("segment"):
-        segmentation = segment_vertebrae(image, [(v.label, np.asarray(v.position_mm)) for v in vertebrae],
-                                         models.segment, floor=options.segment_floor,
+        placed = [(v.label, np.asarray(v.position_mm)) for v in vertebrae]
+        segmentation = segment_vertebrae(image, placed, models.segment, floor=options.segment_floor,
                                          bone_floor=options.bone_floor)
         fragments = []
         if options.edge_fragments and cap_doubtful:  # a person's centroids say which vertebrae there are
-            fragments = edge_fragments(image, segmentation.labels, segmentation.grid,
-                                       [(v.label, np.asarray(v.position_mm)) for v in vertebrae],
+            fragments = edge_fragments(image, segmentation.labels, segmentation.grid, placed,
                                        segmentation.held_by_bone)
         write_fragments(segmentation, fragments)
     with result.timer.stage("resample"):

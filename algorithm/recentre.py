@@ -129,7 +129,8 @@ def outline_vertebrae(image: sitk.Image, model: StageModel, seeds_mm: Sequence[n
     centre of its deepest part (:func:`spine.body.deepest_centre_zyx`).
     """
     meta = model.meta
-    full = model_grid(Geometry.of(image), meta.spacing_zyx_mm)
+    geometry = Geometry.of(image)
+    full = model_grid(geometry, meta.spacing_zyx_mm)
     patch = np.asarray(meta.patch_shape_zyx, dtype=np.int64)
     voxel_ml = float(np.prod(meta.spacing_zyx_mm)) / 1000.0
     placed = [patch_start(full, seed, patch) for seed in seeds_mm]
@@ -142,7 +143,7 @@ def outline_vertebrae(image: sitk.Image, model: StageModel, seeds_mm: Sequence[n
         for grid, (_, centre), probability in zip(grids, group, model.run(batch)[:, 0], strict=True):
             hu = _hounsfield(batch[len(outlines) - first], meta)
             outlines.append(_outline(probability >= floor, hu, grid, centre, meta.spacing_zyx_mm, voxel_ml,
-                                     outside_view(Geometry.of(image), grid)))
+                                     outside_view(geometry, grid)))
     return outlines
 
 
