@@ -25,6 +25,19 @@ which real cases each model saw in training (its ``trained_on`` metadata).
     python bench/real.py                         # all known real cases, bundled models
     python bench/real.py --models my-models/ --json real.json
     python bench/real.py --case ct.nii.gz msk.nii.gz ctd.json --verse /data/verse20
+    python bench/real.py --reformats                   # also each case cropped, resliced, as a slab
+    python bench/real.py --only-openkbp --openkbp train  # the annotated head-and-neck development set
+
+**Reformats** (``--reformats``, ``export.reformat``): every masked case also as users meet the same
+anatomy elsewhere: the sacrum cropped away, the top two levels cropped away, a VerSe-style sagittal
+slab (3 mm sagittal slices, 104 mm wide, PIR), 5 mm slices, 4 mm pixels; labels follow (a vertebra
+mostly out of view loses its label).
+
+**OpenKBP** (``--openkbp train|validation``): real head-and-neck CTs (skull base to the upper thoracic
+spine) with the project's own centroid annotations (``bench/annotations/openkbp-headneck``): ``train``
+is the development set to choose on; ``validation`` is LOCKED: annotated before the pipeline's output
+on it was seen, scored once when a round of work closes. These cases have no masks: no oracle Dice,
+and end to end is the identification rate and the matched localisation error of the points.
 """
 
 from __future__ import annotations
@@ -51,7 +64,7 @@ from algorithm.detect import detect_spine  # noqa: E402
 from algorithm.models import ModelSource, find_model_dir, load_models  # noqa: E402
 from algorithm.pipeline import Options, label_stage, locate_stage  # noqa: E402
 from algorithm.segment import segment_vertebrae  # noqa: E402
-from export.real_cases import RealCase, find_real_cases  # noqa: E402
+from export.real_cases import LOCKED_SPLIT, RealCase, find_real_cases, openkbp_cases  # noqa: E402
 from spine.case import Case  # noqa: E402
 from spine.image import Geometry, image_from_array, resample_onto  # noqa: E402
 from spine.labels import EVALUATED, name_of, region_of  # noqa: E402
@@ -150,13 +163,18 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def stage_figures(case: Case, real: RealCase, models: Any, options: Options | None = None) -> dict[str, Any]:
-    """Detect, locate, label and oracle segment figures of one case (module docstring)."""
+    """Detect, locate, label and oracle segment figures of one case (module docstring).
+
+    A case annotated with centroids only (no mask) gets every figure but the oracle Dice, and its detect
+    figure is the fraction of body centres inside the box.
+    """
     import SimpleITK as sitk
 
     options = options or Options()
     geometry = case.geometry
-    mask = sitk.GetArrayFromImage(case.mask)
-    centres = {v: np.asarray(c) for v, c in case.centroids_mm.items() if v in EVALUATED and np.any(mask == v)}
+    mask = None if case.mask is None else sitk.GetArrayFromImage(case.mask)
+    centres = {v: np.asarray(c) for v, c in case.centroids_mm.items()
+               if v in EVALUATED and (mask is None or np.any(mask == v))}
     labels = sorted(centres)
     row: dict[str, Any] = {"labels": [name_of(v) for v in labels], "reference": real.reference}
 
@@ -164,7 +182,11 @@ def stage_figures(case: Case, real: RealCase, models: Any, options: Options | No
     if detection.box is None:
         row["detect"] = {"box_mean": 0.0, "box_min": 0.0, "note": detection.reason}
         return row
-    fractions = box_fractions(mask, geometry, detection.box.low_mm, detection.box.high_mm, labels)
+    if mask is not None:
+        fractions = box_fractions(mask, geometry, detection.box.low_mm, detection.box.high_mm, labels)
+    else:
+        low, high = np.asarray(detection.box.low_mm), np.asarray(detection.box.high_mm)
+        fractions = {v: float(np.all((c >= low) & (c <= high))) for v, c in centres.items()}
     row["detect"] = {"box_mean": _mean(list(fractions.values())), "box_min": min(fractions.values(), default=0.0)}
 
     candidates = locate_stage(case.ct, detection, models, options)
@@ -190,6 +212,8 @@ def stage_figures(case: Case, real: RealCase, models: Any, options: Options | No
     else:
         row["label"] = {"id_rate": 0.0, "region_ok": 0.0, "predicted": []}
 
+    if mask is None:
+        return row
     segmentation = segment_vertebrae(case.ct, [(v, centres[v]) for v in labels], models.segment,
                                      floor=options.segment_floor, bone_floor=options.bone_floor)
     on_input = resample_onto(image_from_array(segmentation.labels, segmentation.grid), geometry, nearest=True,
@@ -198,6 +222,23 @@ def stage_figures(case: Case, real: RealCase, models: Any, options: Options | No
     row["segment"] = {"dice": _mean(list(dices.values())), "per_label": {name_of(v): round(d, 3)
                                                                          for v, d in dices.items()}}
     return row
+
+
+def points_figures(points_json: Path, centres_mm: dict[int, np.ndarray]) -> dict[str, Any]:
+    """End-to-end figures of a centroid-only case: the evaluator's identification and localisation on points.
+
+    ``id_rate`` = hits / annotated vertebrae (DESIGN.md's rule); ``localisation_mm`` = the mean distance of
+    each annotated vertebra's predicted point, over those predicted (VerSe's matched definition: without a
+    mask there is no image diagonal to penalise a miss with).
+    """
+    from spine.gc import points_to_centroids, read_points
+
+    predicted, _ = points_to_centroids(read_points(points_json))
+    hits = identification(predicted, centres_mm)
+    distances = [float(np.linalg.norm(predicted[v] - c)) for v, c in centres_mm.items() if v in predicted]
+    return {"id_rate": _mean([float(h) for h in hits.values()]), "localisation_mm": _mean(distances),
+            "hits": int(sum(hits.values())), "vertebrae": len(centres_mm),
+            "false_positive_labels": len(set(predicted) - set(centres_mm)), "dice": None}
 
 
 def _option_flags(options: Options) -> list[str]:
@@ -225,15 +266,18 @@ def end_to_end(real: RealCase, models_dir: Path, case: Case, workdir: Path,
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1], "wall_s": wall}
     stem = next(out.glob("*_report.json")).name[: -len("_report.json")]
     report = json.loads((out / f"{stem}_report.json").read_text(encoding="utf-8"))
+    timing = {"predicted": [v["name"] for v in report.get("vertebrae", [])], "wall_s": round(wall, 2),
+              "pipeline_s": report.get("total_s"), "peak_rss_mib": report.get("peak_rss_mib")}
+    if real.mask is None:
+        centres = {v: np.asarray(c) for v, c in case.centroids_mm.items() if v in EVALUATED}
+        return {**points_figures(out / f"{stem}_points.json", centres), **timing}
     reference_ctd = workdir / f"{real.name}_reference_ctd.json"
     write_centroid_json(reference_ctd, case.centroids_mm, case.geometry)
     scored = score_case(CaseFiles(real.name, real.mask, reference_ctd, out / f"{stem}_seg-vert_msk.nii.gz",
                                   out / f"{stem}_points.json"))
     return {"dice": scored["dice"], "id_rate": scored["id_rate"], "localisation_mm": scored["localisation_mm"],
             "hits": scored["hits"], "vertebrae": scored["vertebrae"],
-            "false_positive_labels": scored["false_positive_labels"], "status": scored["status"],
-            "predicted": [v["name"] for v in report.get("vertebrae", [])],
-            "wall_s": round(wall, 2), "pipeline_s": report.get("total_s"), "peak_rss_mib": report.get("peak_rss_mib")}
+            "false_positive_labels": scored["false_positive_labels"], "status": scored["status"], **timing}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -255,6 +299,27 @@ def _extra_cases(args: argparse.Namespace) -> list[RealCase]:
                 continue
             extra.append(RealCase(files.case_id, files.ct, files.mask, files.centroids, note=str(folder)))
     return extra
+
+
+def reformat_cases(cases: Sequence[RealCase], names: list[str] | None, folder: Path) -> list[RealCase]:
+    """Every applicable reformat (``export.reformat``) of every masked case, written under ``folder``."""
+    from export.reformat import reformats
+    from spine.image import write_image
+    from spine.verse import write_centroid_json
+
+    out = []
+    for real in cases:
+        if real.mask is None:
+            continue
+        for recipe, variant in reformats(real.load(), names):
+            stem = folder / variant.case_id
+            ct, mask, ctd = (Path(f"{stem}_ct.nii.gz"), Path(f"{stem}_seg-vert_msk.nii.gz"), Path(f"{stem}_ctd.json"))
+            write_image(variant.ct, ct)
+            write_image(variant.mask, mask)
+            write_centroid_json(ctd, variant.centroids_mm, variant.geometry)
+            out.append(RealCase(variant.case_id, ct, mask, ctd, reference=real.reference, complete=real.complete,
+                                note=f"{real.name} reformatted: {recipe.name}"))
+    return out
 
 
 def models_training(models_dir: Path) -> dict[str, str]:
@@ -280,6 +345,7 @@ def seen_by(training: dict[str, str], name: str) -> list[str]:
 
 
 def format_table(rows: dict[str, dict[str, Any]], training: dict[str, str]) -> str:
+    """A Markdown table of the rows, then their means and how many were labelled whole (end-to-end id 1)."""
     def f(value: Any, digits: int = 2) -> str:
         return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -301,8 +367,11 @@ def format_table(rows: dict[str, dict[str, Any]], training: dict[str, str]) -> s
              for stage, key in (("locate", "found"), ("label", "id_rate"), ("label", "region_ok"),
                                 ("segment", "dice"), ("end_to_end", "dice"), ("end_to_end", "id_rate"))}
     summary = {k: _mean(v) for k, v in means.items()}
+    whole = [r["end_to_end"].get("id_rate") == 1.0 for r in rows.values() if "end_to_end" in r]
     lines.append("")
     lines.append("means over cases: " + ", ".join(f"{k} {f(v)}" for k, v in summary.items()))
+    if whole:
+        lines.append(f"every vertebra labelled right (end to end): {sum(whole)} of {len(whole)} cases")
     return "\n".join(lines)
 
 
@@ -316,6 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="another case: CT MASK [CENTROIDS] (repeatable)")
     parser.add_argument("--verse", action="append", type=Path, metavar="DIR",
                         help="every labelled case of a VerSe-layout folder (repeatable)")
+    parser.add_argument("--reformats", nargs="*", metavar="NAME",
+                        help="also every masked case in the forms users meet (export.reformat: sacrum-cropped, "
+                             "top-cropped, sagittal-slab, thick-slices, coarse-pixels; none named: all)")
+    parser.add_argument("--openkbp", choices=("train", "validation"), action="append",
+                        help="the project's annotated OpenKBP head-and-neck CTs of this split (centroids only); "
+                             "validation is the LOCKED split: report it once, never choose on it")
+    parser.add_argument("--only-openkbp", action="store_true", help="leave out the masked real cases")
     parser.add_argument("--no-end-to-end", action="store_true", help="stage figures only")
     parser.add_argument("--peak-threshold", type=float, metavar="P",
                         help="stage figures with this locate candidate threshold instead of the model's own")
@@ -345,12 +421,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = load_models(ModelSource(Path(models_dir), "bench"), device="cpu")
     training = models_training(Path(models_dir))
     try:
-        cases = [*find_real_cases(args.cases), *_extra_cases(args)]
+        cases = [] if args.only_openkbp else [*find_real_cases(args.cases), *_extra_cases(args)]
     except ValueError as error:  # an unknown case name: one line, not a traceback
         parser.error(str(error))
-    if not cases:
-        print("no real case found", file=sys.stderr)
-        return 1
+    groups: dict[str, list[RealCase]] = {"real CTs": cases}
+    for split in args.openkbp or []:
+        title = f"OpenKBP {split}" + (" (LOCKED split)" if split == LOCKED_SPLIT else " (development set)")
+        groups[title] = openkbp_cases(split)
+        if split == LOCKED_SPLIT:
+            log.warning("scoring the LOCKED OpenKBP split: report these figures once; choose nothing on them")
     default = Options()
     options = Options(peak_threshold=args.peak_threshold,
                       recentre=default.recentre if args.recentre is None else args.recentre,
@@ -359,18 +438,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                       edge_fragments=default.edge_fragments if args.fragments is None else args.fragments,
                       bone_floor=default.bone_floor if args.bone_floor is None else args.bone_floor)
     rows: dict[str, dict[str, Any]] = {}
+    tables: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-real-") as tmp:
-        for real in cases:
-            log.info("%s: %s", real.name, real.note)
-            case = real.load()
-            rows[real.name] = stage_figures(case, real, models, options)
-            if not args.no_end_to_end:
-                rows[real.name]["end_to_end"] = end_to_end(real, Path(models_dir), case, Path(tmp), options)
-            log.info("%s: %s", real.name, json.dumps(rows[real.name])[:600])
+        if args.reformats is not None:
+            try:
+                groups["reformats"] = reformat_cases(cases, args.reformats or None, Path(tmp))
+            except ValueError as error:
+                parser.error(str(error))
+        if not any(groups.values()):
+            print("no real case found", file=sys.stderr)
+            return 1
+        for title, members in groups.items():
+            tables[title] = []
+            for real in members:
+                log.info("%s: %s", real.name, real.note)
+                case = real.load()
+                rows[real.name] = stage_figures(case, real, models, options)
+                if not args.no_end_to_end:
+                    rows[real.name]["end_to_end"] = end_to_end(real, Path(models_dir), case, Path(tmp), options)
+                log.info("%s: %s", real.name, json.dumps(rows[real.name])[:600])
+                tables[title].append(real.name)
     print("models trained on:")
     for stage, text in training.items():
         print(f"  {stage}: {text}")
-    print(format_table(rows, training))
+    for title, names in tables.items():
+        if names:
+            print(f"\n## {title}\n")
+            print(format_table({name: rows[name] for name in names}, training))
     if args.json:
         args.json.write_text(json.dumps({"models": str(models_dir), "trained_on": training,
                                          "options": {"recentre": options.recentre, "ribs": options.rib_evidence,

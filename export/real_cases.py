@@ -36,12 +36,15 @@ from spine.labels import EVALUATED
 from spine.verse import centroid_json_name, mask_name, read_centroids_mm, write_centroid_json
 
 __all__ = [
+    "ANNOTATIONS",
+    "LOCKED_SPLIT",
     "REAL_CASES",
     "REPO",
     "RealCase",
     "body_centres_mm",
     "find_real_cases",
     "main",
+    "openkbp_cases",
     "shared_data_dir",
     "write_training_folder",
 ]
@@ -68,23 +71,31 @@ class RealCase:
       :func:`body_centres_mm` estimates them from the mask);
     - ``reference``: ``"manual"`` (ground truth) or ``"automatic"`` (another model's output);
     - ``complete``: every vertebra in view is labelled (False: false-detection counts are
-      limited to the labelled levels' extent).
+      limited to the labelled levels' extent);
+    - ``mask`` None: a case annotated with centroids only (``centroids`` then required), measured
+      on finding and naming, not on outlines.
     """
 
     name: str
     ct: Path
-    mask: Path
+    mask: Path | None
     centroids: Path | None = None
     reference: str = "manual"
     complete: bool = True
     note: str = ""
 
     def exists(self) -> bool:
+        if self.mask is None:
+            return self.ct.is_file() and self.centroids is not None and self.centroids.is_file()
         return self.ct.is_file() and self.mask.is_file()
 
     def load(self) -> Case:
         """The case with body centres: annotated when a JSON is given, else estimated from the mask."""
         ct = read_image(self.ct)
+        if self.mask is None:
+            if self.centroids is None:
+                raise ValueError(f"{self.name}: a case without a mask needs its centroids")
+            return Case(self.name, ct, None, read_centroids_mm(self.centroids, Geometry.of(ct)), self.ct.parent)
         mask = read_image(self.mask)
         if not Geometry.of(mask).same_as(Geometry.of(ct)):
             raise ValueError(f"{self.mask}: mask and CT are on different grids")
@@ -117,6 +128,31 @@ def _bundled_and_shared(shared: Path | None) -> list[RealCase]:
 
 
 REAL_CASES: tuple[RealCase, ...] = tuple(_bundled_and_shared(shared_data_dir()))
+
+ANNOTATIONS = REPO / "bench" / "annotations" / "openkbp-headneck"
+"""The project's own vertebra annotations of OpenKBP head-and-neck CTs (its README says how they were made):
+``train/`` a development set, ``validation/`` the LOCKED split (report once, never tune on it)."""
+LOCKED_SPLIT = "validation"
+
+
+def openkbp_cases(split: str, shared: Path | None = None) -> list[RealCase]:
+    """The annotated OpenKBP CTs of ``split`` (``train`` or ``validation``) whose CTs are in ``../shared/data``.
+
+    Centroid-only cases (no vertebra masks exist): every fully visible vertebra's body centre, annotated
+    from the images before any pipeline output on them was seen.
+    """
+    if split not in ("train", LOCKED_SPLIT):
+        raise ValueError(f"unknown OpenKBP split {split!r}: train or {LOCKED_SPLIT}")
+    shared = shared if shared is not None else shared_data_dir()
+    if shared is None:
+        return []
+    cases = []
+    for ctd in sorted((ANNOTATIONS / split).glob("pt_*_ctd.json"), key=lambda p: int(p.name.split("_")[1])):
+        stem = ctd.name[: -len("_ctd.json")]
+        ct = shared / "openkbp-headneck" / split / f"{stem}_ct.nii.gz"
+        cases.append(RealCase(f"openkbp-{split}-{stem}", ct, None, ctd, reference="manual", complete=False,
+                              note=f"OpenKBP {split} head-and-neck CT, centroids annotated by the project"))
+    return [case for case in cases if case.exists()]
 """The known real labelled CTs (the bundled example always; the others when ``../shared/data`` is there)."""
 
 
@@ -165,6 +201,8 @@ def write_training_folder(cases: Sequence[RealCase], out: str | os.PathLike[str]
     root = Path(out)
     written = []
     for real in cases:
+        if real.mask is None:
+            raise ValueError(f"{real.name}: no vertebra mask; a training case needs one")
         case = real.load()
         for k in range(copies):
             case_id = f"real-{real.name}-r{k}"
