@@ -90,3 +90,33 @@ def test_seen_by_reads_the_training_text_up_to_unseen() -> None:
     training = {"locate": "synthetic + real CTs tptbox-lumbar; unseen: verse-sub-verse014", "detect": "synthetic only"}
     assert bench.seen_by(training, "tptbox-lumbar") == ["locate"]
     assert bench.seen_by(training, "verse-sub-verse014") == []
+
+
+def test_points_figures_score_a_centroid_only_case(tmp_path: Path) -> None:
+    """A case annotated with centroids only: hits by DESIGN.md's rule, matched localisation, extra labels."""
+    from spine.gc import Point, write_points
+
+    centres = {1: np.array([0.0, 0.0, 100.0]), 2: np.array([0.0, 0.0, 80.0]), 3: np.array([0.0, 0.0, 62.0])}
+    points = [Point("C1", (0.0, 3.0, 100.0)), Point("C3", (0.0, 0.0, 80.0)),  # C2 called C3: no hit
+              Point("C4", (0.0, 0.0, 62.0))]
+    path = write_points(tmp_path / "points.json", points)
+    figures = _bench().points_figures(path, centres)
+    assert figures["hits"] == 1 and figures["vertebrae"] == 3
+    assert figures["id_rate"] == pytest.approx(1 / 3)
+    assert figures["localisation_mm"] == pytest.approx((3.0 + 18.0) / 2)  # C1 3 mm off; "C3" 18 mm above C3; no C2
+    assert figures["false_positive_labels"] == 1  # C4 is not annotated
+
+
+def test_a_centroid_only_real_case_loads_without_a_mask(tmp_path: Path) -> None:
+    from export.real_cases import RealCase
+    from spine.verse import write_centroid_json
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "totalsegmentator-example"
+    ct = read_image(example / "ct.nii.gz")
+    centres = {20: Geometry.of(ct).index_to_world([60.0, 50.0, 60.0])}
+    ctd = write_centroid_json(tmp_path / "case_ctd.json", centres, Geometry.of(ct))
+    real = RealCase("centroids-only", example / "ct.nii.gz", None, ctd)
+    assert real.exists()
+    case = real.load()
+    assert case.mask is None and np.allclose(case.centroids_mm[20], centres[20], atol=0.01)
+    assert not RealCase("no-centroids", example / "ct.nii.gz", None, tmp_path / "missing.json").exists()
