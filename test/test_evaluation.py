@@ -126,18 +126,28 @@ def test_ground_truth_against_itself_is_perfect() -> None:
     assert set(record["per_vertebra"]) == {name_of(v) for v in range(16, 25)}
 
 
-def test_mask_centres_of_mass_are_compared_like_with_like() -> None:
-    # Without points the prediction's centroids are mask centres of mass, ~12 mm from the
-    # annotated body centres; the ground truth's are then mask centres of mass too, so a
-    # perfect mask scores 0 mm, and the status says so.
+def test_without_points_the_mask_is_ranked_against_the_annotated_centroids() -> None:
+    """Regression (issue 20): without points both sides fell back to mask centres of mass, so
+    leaving points out scored 0 mm where good points scored more. Now the ranked values always
+    use the annotated body centres (a mask's centre of mass lies ~12 mm from them); the
+    mask-to-mask comparison is the unranked ``localisation_mask_mm``."""
     record = score_case(CaseFiles(CASE, sample_mask(), sample_centroids(), sample_mask(), None))
+    image = read_image(sample_mask())
+    geometry = Geometry.of(image)
+    annotated = read_centroids_mm(sample_centroids(), geometry)
+    array = sitk.GetArrayFromImage(image)
+    by_hand = np.mean([np.linalg.norm(geometry.index_to_world(np.argwhere(array == v).mean(axis=0)[::-1]) - p)
+                       for v, p in annotated.items()])
+    assert 5.0 < by_hand < 20.0
+    assert record["localisation_mm"] == pytest.approx(by_hand, abs=1e-6)
+    assert record["localisation_matched_mm"] == pytest.approx(by_hand, abs=1e-6)
+    assert record["localisation_mask_mm"] == pytest.approx(0.0, abs=1e-9)
+    assert record["per_vertebra"]["L1"]["distance_mask_mm"] == pytest.approx(0.0, abs=1e-9)
     assert record["id_rate"] == 1.0
-    assert record["localisation_mm"] == pytest.approx(0.0, abs=1e-9)
-    assert "centroids: mask centres of mass on both sides" in record["status"]
-    assert "annotated ground-truth centroids not used" in record["status"]
-    annotated = read_centroids_mm(sample_centroids(), Geometry.of(read_image(sample_mask())))
-    body_vs_mass = score_case(CaseFiles(CASE, sample_mask(), sample_centroids(), sample_mask(), sample_centroids()))
-    assert body_vs_mass["localisation_mm"] == pytest.approx(0.0, abs=1e-9) and len(annotated) == 9
+    assert record["status"].startswith("prediction pixel type") and "no points file" in record["status"]
+    with_points = score_case(CaseFiles(CASE, sample_mask(), sample_centroids(), sample_mask(), sample_centroids()))
+    assert with_points["localisation_mm"] == pytest.approx(0.0, abs=1e-9)
+    assert with_points["localisation_mask_mm"] == record["localisation_mask_mm"]
 
 
 def test_shared_data_sample_matches_the_shipped_copy() -> None:
@@ -186,9 +196,10 @@ def test_missing_label_and_false_positive_label() -> None:
     d = penalty_mm(Geometry.of(image))
     assert d == pytest.approx(np.sqrt(16 ** 2 + 14 ** 2 + (17 * 2) ** 2))
     assert record["per_vertebra"]["L3"] == {"dice": 0.0, "hd95": d, "hd": d, "identified": False, "distance_mm": d,
-                                            "predicted": False, "localised": False}
+                                            "distance_mask_mm": d, "predicted": False, "localised": False}
     assert record["hd95"] == pytest.approx(d / 3) and record["hd95_matched"] == 0.0
     assert record["localisation_mm"] == pytest.approx(d / 3) and record["localisation_matched_mm"] == 0.0
+    assert record["localisation_mask_mm"] == pytest.approx(d / 3)
 
 
 def test_swapped_labels_are_not_identified() -> None:
@@ -298,7 +309,7 @@ def test_empty_prediction_mask(tmp_path: Path) -> None:
     pred = write(tmp_path, with_array(image, np.zeros_like(sitk.GetArrayFromImage(image))))
     record = score_case(tiny_files(tmp_path, pred))
     assert record["dice"] == 0.0 and record["id_rate"] == 0.0 and record["hd_missing"] == 3
-    assert record["hd95"] == record["penalty_mm"] and record["status"].startswith("centroids: mask centres of mass")
+    assert record["hd95"] == record["penalty_mm"] and "no points file" in record["status"]
 
 
 def test_empty_ground_truth_mask(tmp_path: Path) -> None:
@@ -320,20 +331,22 @@ def test_points_json_is_preferred_to_mask_centres(tmp_path: Path) -> None:
     record = score_case(tiny_files(tmp_path, write(tmp_path, image), points))
     assert record["dice"] == 1.0
     assert record["per_vertebra"]["L1"]["identified"] is False
-    l2 = record["per_vertebra"]["L2"]  # points present: no mask fallback per label, the penalty instead
-    assert l2["localised"] is False and l2["distance_mm"] == record["penalty_mm"]
-    assert record["localised"] == 1
-    assert "predicted points against ground-truth mask centres of mass" in record["status"]
+    l2 = record["per_vertebra"]["L2"]  # a vertebra the points leave out keeps its mask's centre of mass
+    assert l2["localised"] is True and l2["identified"] is True and l2["distance_mm"] == pytest.approx(0.0, abs=1e-9)
+    assert record["localised"] == 3
+    assert "points lack L2, L3: the mask's centres of mass used" in record["status"]
+    assert "ground truth has no centroid file" in record["status"]
 
 
 def test_malformed_points_json_falls_back_to_mask_centres(tmp_path: Path) -> None:
     points = tmp_path / "points.json"
     points.write_text('{"points": [{"name": "L1", "point": [1, 2]}]}')
     record = score_case(tiny_files(tmp_path, write(tmp_path, synthetic_case()), points))
-    assert record["id_rate"] == 1.0 and "points JSON unusable" in record["status"]
+    assert record["id_rate"] == 1.0 and "invalid points, scored as absent" in record["status"]
+    assert str(tmp_path) not in record["status"] and "points.json: point 0 is malformed" in record["status"]
     points.write_text("{not json")
     record = score_case(tiny_files(tmp_path, write(tmp_path, synthetic_case()), points))
-    assert record["id_rate"] == 1.0 and "points JSON unusable" in record["status"]
+    assert record["id_rate"] == 1.0 and "unreadable points, scored as absent" in record["status"]
 
 
 def test_unknown_point_names_are_ignored(tmp_path: Path) -> None:
@@ -388,7 +401,7 @@ def test_ground_truth_centroids_lacking_a_label_fall_back_to_the_mask(tmp_path: 
                                       for v, ijk in ((20, [8, 7, 12]), (21, [7.5, 6.5, 7.5]), (22, [7.5, 6.5, 2.5]))]}))
     record = score_case(CaseFiles("tiny", gt, ctd, write(tmp_path, image), points))
     assert record["id_rate"] == 1.0 and record["localisation_mm"] == pytest.approx(0.0, abs=1e-9)
-    assert record["status"] == "ground-truth centroids lack L2, L3: mask centres of mass used"
+    assert record["status"] == "ground-truth centroids lack L2, L3: the mask's centres of mass used"
 
 
 @pytest.mark.parametrize("name", ["pred.mha", "pred.nii.gz", "pred.nii"])
@@ -480,7 +493,8 @@ def test_gc_mode_end_to_end(tmp_path: Path, variant: str) -> None:
     assert doc["case"]["sub-nojob001"]["status"].startswith("missing prediction")
     assert [u["image_name"] for u in doc["unmatched_predictions"]] == ["sub-other999_ct.mha"]
     assert doc["aggregates"]["cases"] == {"total": 3, "scored": 3, "missing_prediction": 1,
-                                          "unreadable_prediction": 0, "error": 0}
+                                          "unreadable_prediction": 0, "error": 0, "without_points": 1,
+                                          "unusable_points": 0, "resampled": 0}
     assert doc["aggregates"]["dice"]["mean"] == pytest.approx(2 / 3)
     assert doc["aggregates"]["hd95"]["count"] == 3 and doc["aggregates"]["hd95_matched"]["count"] == 2
 
@@ -570,7 +584,8 @@ def test_folder_mode_with_points_ctd_and_report(tmp_path: Path) -> None:
                    "--no-progress", "-v") == 0
     doc = check_document(out)
     assert doc["case"][CASE]["dice"] == 1.0 and doc["case"][CASE]["localisation_mm"] < 1e-6
-    assert doc["case"]["sub-tiny001"]["id_rate"] == 0.0  # its one point is far off
+    tiny = doc["case"]["sub-tiny001"]  # its one point is far off; L2, L3 keep their masks' centres of mass
+    assert tiny["id_rate"] == pytest.approx(2 / 3) and tiny["per_vertebra"]["L1"]["identified"] is False
     assert doc["case"]["sub-tiny002"]["status"].startswith("missing prediction")
     assert doc["unmatched_predictions"][0]["case"] == "sub-extra001"
     page = (report / "index.html").read_text()
@@ -622,10 +637,11 @@ def test_unreadable_predictions_get_one_warning_line_each(tmp_path: Path) -> Non
     out = tmp_path / "m.json"
     done = run_evaluator("folders", "--predictions", pred, "--ground-truth", gt, "--output", out)
     assert done.returncode == 0 and done.stdout == "", done.stderr
-    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
-    assert len(warnings) == 2, done.stderr
-    assert "sub-tiny002: unreadable prediction" in warnings[0] + warnings[1]
-    assert "sub-tiny003: unreadable prediction" in warnings[0] + warnings[1]
+    warnings = sorted(line for line in done.stderr.splitlines() if line.startswith("WARNING"))
+    assert len(warnings) == 3, done.stderr
+    assert "sub-tiny001: no points file" in warnings[0]
+    assert "sub-tiny002: unreadable prediction" in warnings[1]
+    assert "sub-tiny003: unreadable prediction" in warnings[2]
     assert "2 unreadable predictions" in done.stderr
     assert "\r" not in done.stderr  # no progress bar when stderr is not a terminal
 
