@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -19,9 +21,10 @@ from evaluation import cli, score
 from evaluation.aggregate import aggregate, statistics
 from evaluation.discover import find_ground_truth
 from evaluation.score import CaseFiles, penalty_mm, score_case, score_label_maps
-from spine.gc import Point
-from spine.image import Geometry, image_from_array, read_image, write_image
+from spine.gc import Point, points_document
+from spine.image import Geometry, image_from_array, read_image, resample_onto, write_image
 from spine.labels import name_of
+from spine.layout import EvaluationLayout
 from spine.verse import read_centroids_mm, write_centroid_json
 
 HERE = Path(__file__).resolve().parent
@@ -657,29 +660,154 @@ def test_verbose_report_keeps_third_party_loggers_quiet(tmp_path: Path, tiny_gt:
     assert [line for line in done.stderr.splitlines() if "matplotlib" in line or "PIL" in line] == []
 
 
+def _scoring_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any scoring fail the test: the output must be checked before it."""
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a case was scored before the output was checked")
+    monkeypatch.setattr(cli, "evaluate_cases", refuse)
+
+
 @pytest.mark.parametrize("flag", ["--output", "--report"])
-def test_output_paths_are_checked_before_any_work(tmp_path: Path, tiny_gt: Path, flag: str,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_output_under_a_file_is_one_line_before_any_work(tmp_path: Path, tiny_gt: Path, flag: str,
+                                                         capsys: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path under a regular file cannot be written by anyone, root included."""
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     args = {"--output": tmp_path / "m.json", "--report": tmp_path / "report"}
-    args[flag] = blocker / "below" if flag == "--output" else blocker
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt,
-                *(x for pair in args.items() for x in pair))
-    assert exit_info.value.code == 2
-    assert f"argument {flag}" in capsys.readouterr().err
+    args[flag] = blocker / "below" / ("m.json" if flag == "--output" else "")
+    _scoring_refused(monkeypatch)
+    assert run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt,
+                   *(x for pair in args.items() for x in pair)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write the output" in err[0] and f"{blocker} is a file, not a folder" in err[0]
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_output_that_is_a_folder_is_refused(tmp_path: Path, tiny_gt: Path, capsys: pytest.CaptureFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "folder.json"
     folder.mkdir()
-    with pytest.raises(SystemExit):
-        run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt, "--output", folder)
-    assert "is a folder, not a file" in capsys.readouterr().err
+    _scoring_refused(monkeypatch)
+    assert run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt, "--output", folder) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a folder, not a file" in err[0]
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root writes into a read-only (chmod 555) folder: covered by the path-under-a-file test")
+def test_read_only_output_folder_is_one_line_before_any_work(tmp_path: Path, tiny_gt: Path,
+                                                             capsys: pytest.CaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (issue 20): an unwritable /output was found only after scoring, as a 28-line traceback."""
+    locked = tmp_path / "output"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        _scoring_refused(monkeypatch)
+        assert run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt, "--output",
+                       locked / "metrics.json") == 2
+    finally:
+        locked.chmod(0o755)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write in" in err[0] and "Permission denied" in err[0]
+
+
+def test_gc_default_output_is_checked_too(tmp_path: Path, tiny_gt: Path, capsys: pytest.CaptureFixture,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """GC mode's default /output/metrics.json (no --output given) is checked like an explicit one."""
+    blocker = tmp_path / "output"
+    blocker.write_text("a file where /output should be a folder")
+    monkeypatch.setattr(cli, "EvaluationLayout", functools.partial(EvaluationLayout,
+                                                                    metrics_path=blocker / "metrics.json"))
+    _scoring_refused(monkeypatch)
+    inp = make_evaluation_input(tmp_path / "input", [("sub-tiny001_ct.mha", synthetic_case(), None)])
+    assert run_cli("--input", inp, "--ground-truth", tiny_gt) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(blocker / "metrics.json") in err[0]
+
+
+def test_existing_outputs_are_overwritten(tmp_path: Path, tiny_gt: Path) -> None:
     pred = tmp_path / "pred"
     write_image(synthetic_case(), pred / "sub-tiny001_seg-vert_msk.nii.gz")
     existing = tmp_path / "again.json"
     for _ in range(2):  # an existing metrics file and report folder are overwritten, not refused
         assert run_cli("folders", "--predictions", pred, "--ground-truth", tiny_gt, "--output", existing,
                        "--report", tmp_path / "report", "--no-progress") == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".write-probe")]
+
+
+# --------------------------------------------------------------------------- one stderr line per affected case
+
+
+def _problem_case(folder: Path, problem: str) -> tuple[Path, Path]:
+    """Ground truth (mask + annotated centroids) and a prediction folder with one problem of one case."""
+    image = synthetic_case()
+    geometry = Geometry.of(image)
+    array = sitk.GetArrayFromImage(image)
+    centres = {v: geometry.index_to_world(np.argwhere(array == v).mean(axis=0)[::-1]) for v in (20, 21, 22)}
+    gt = make_ground_truth(folder / "gt", [("sub-tiny001", image, centres)])
+    pred = folder / "pred"
+    mask = pred / "sub-tiny001_seg-vert_msk.nii.gz"
+    points = pred / "sub-tiny001_points.json"
+    pred.mkdir(parents=True)
+    if problem != "missing prediction":
+        write_image(image, mask)
+        points.write_text(json.dumps(points_document([Point(name_of(v), tuple(p), 1.0) for v, p in centres.items()])))
+    if problem == "unreadable mask":
+        mask.write_bytes(mask.read_bytes()[:100])
+    elif problem == "unreadable points":
+        points.write_text("{not json")
+    elif problem == "invalid points":
+        points.write_text('{"type": "Multiple points", "points": [{"name": "L1", "point": [1, 2]}]}')
+    elif problem == "no points file":
+        points.unlink()
+    elif problem == "resampled":
+        coarse = Geometry(size=(8, 7, 9), spacing_mm=(2.0, 2.0, 4.0), origin_mm=geometry.origin_mm,
+                          direction=geometry.direction)
+        write_image(resample_onto(image, coarse, nearest=True), mask)
+    return gt, pred
+
+
+PROBLEM_LINES = {
+    "missing prediction": "sub-tiny001: missing prediction: no sub-tiny001_seg-vert_msk image in the predictions "
+                          "folder",
+    "unreadable mask": "sub-tiny001: unreadable prediction: sub-tiny001_seg-vert_msk.nii.gz: ",
+    "unreadable points": "sub-tiny001: unreadable points, scored as absent, the mask's centres of mass used "
+                         "(sub-tiny001_points.json: Expecting property name",
+    "invalid points": "sub-tiny001: invalid points, scored as absent, the mask's centres of mass used "
+                      "(sub-tiny001_points.json: point 0 is malformed",
+    "no points file": "sub-tiny001: no points file: the mask's centres of mass used",
+    "resampled": "sub-tiny001: prediction resampled (nearest neighbour) from 8x7x9 voxels of 2x2x4 mm onto the "
+                 "ground truth's 16x14x17 voxels of 1x1x2 mm",
+}
+
+
+@pytest.mark.parametrize("problem", list(PROBLEM_LINES))
+def test_each_problem_is_one_stderr_line_naming_the_case(tmp_path: Path, problem: str,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Regression (issue 20): a missing prediction, a broken points file or a resampled prediction
+    printed nothing; an organiser reads stderr, not every metrics.json."""
+    gt, pred = _problem_case(tmp_path, problem)
+    out = tmp_path / "m.json"
+    assert run_cli("folders", "--predictions", pred, "--ground-truth", gt, "--output", out, "--no-progress") == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    warnings = [line for line in lines if line.startswith("WARNING")]
+    assert len(warnings) == 1, lines
+    assert warnings[0].startswith("WARNING evaluation.run: " + PROBLEM_LINES[problem]), warnings[0]
+    assert str(tmp_path) not in warnings[0]  # file names, not the organiser's folders
+    assert lines[-1].startswith("INFO evaluation: wrote") and lines.index(warnings[0]) < len(lines) - 1
+    record = check_document(out)["case"]["sub-tiny001"]
+    assert PROBLEM_LINES[problem].split(": ", 1)[1] in record["status"]
+
+
+def test_a_case_without_problems_prints_no_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    gt, pred = _problem_case(tmp_path, "none")
+    assert run_cli("folders", "--predictions", pred, "--ground-truth", gt, "--output", tmp_path / "m.json",
+                   "--no-progress") == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING")] == []
+    record = check_document(tmp_path / "m.json")["case"]["sub-tiny001"]
+    assert record["status"] == "ok" and record["localisation_mm"] < 1e-6
 
 
 EXAMPLE = HERE.parent / "examples" / "totalsegmentator-example"
