@@ -253,3 +253,14 @@ def test_page_renders_in_headless_chromium(submission: dict[str, Any], tmp_path:
     keep = os.environ.get("VERSE_REPORT_SCREENSHOT")
     if keep:
         Image.open(shot).convert("P", palette=Image.Palette.ADAPTIVE, colors=128).save(keep, optimize=True)
+
+
+def test_evaluator_commit_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container has no .git: build.sh passes the commit as VERSE_GC_COMMIT."""
+    from evaluation.report import evaluator_commit
+
+    monkeypatch.setenv("VERSE_GC_COMMIT", "0123456789abcdef")
+    assert evaluator_commit() == "0123456789abcdef"
+    monkeypatch.delenv("VERSE_GC_COMMIT")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
+    assert evaluator_commit() == head
