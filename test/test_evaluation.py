@@ -842,3 +842,52 @@ def test_readme_accuracy_row_of_the_bundled_example_is_reproducible(tmp_path: Pa
     assert f"{case['dice']:.2f}" == cells[1]
     assert cells[2].startswith(f"{case['id_rate']:.2f} ({case['hits']} of {case['vertebrae']})")
     assert cells[3].startswith(f"{case['localisation_mm']:.1f} mm; {case['localisation_matched_mm']:.1f} mm")
+
+
+# --------------------------------------------------------------------------- the Centroids rule on both paths
+
+
+@pytest.mark.parametrize("mode", ["gc", "folders"])
+def test_leaving_out_or_breaking_points_never_pays(tmp_path: Path, mode: str) -> None:
+    """Regression (issue 20): the same real mask with a broken points file scored 0.87 mm where
+    good points scored 9.57 mm (both sides fell back to centres of mass). Now absent and broken
+    points score alike, against the annotated centroids, and good points score best."""
+    image = read_image(sample_mask())
+    geometry = Geometry.of(image)
+    annotated = read_centroids_mm(sample_centroids(), geometry)
+    good = [Point(name_of(v), tuple(p), 1.0) for v, p in annotated.items()]
+    variants = {"absent": None, "broken": "{not json", "invalid": {"points": "L1"}, "good": good}
+    gt = make_ground_truth(tmp_path / "gt", [(f"sub-v{name}", sample_mask(), sample_centroids())
+                                             for name in variants])
+    out = tmp_path / "m.json"
+    if mode == "gc":
+        inp = make_evaluation_input(tmp_path / "input", [(f"sub-v{name}_ct.nii.gz", sitk.Cast(image, sitk.sitkUInt8),
+                                                          points) for name, points in variants.items()])
+        assert run_cli("--input", inp, "--ground-truth", gt, "--output", out, "--no-progress") == 0
+    else:
+        pred = tmp_path / "pred"
+        pred.mkdir()
+        for name, points in variants.items():
+            write_image(sitk.Cast(image, sitk.sitkUInt8), pred / f"sub-v{name}_seg-vert_msk.nii.gz")
+            if isinstance(points, str):
+                (pred / f"sub-v{name}_points.json").write_text(points)
+            elif isinstance(points, dict):
+                (pred / f"sub-v{name}_points.json").write_text(json.dumps(points))
+            elif points is not None:
+                (pred / f"sub-v{name}_points.json").write_text(json.dumps(points_document(points)))
+        assert run_cli("folders", "--predictions", pred, "--ground-truth", gt, "--output", out, "--no-progress") == 0
+    doc = check_document(out)
+    record = {name: doc["case"][f"sub-v{name}"] for name in variants}
+
+    def scores(r: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in r.items() if k != "status"}
+
+    assert scores(record["broken"]) == scores(record["absent"]) == scores(record["invalid"])
+    assert "no points file" in record["absent"]["status"]
+    assert "unreadable points, scored as absent" in record["broken"]["status"]
+    assert "invalid points, scored as absent" in record["invalid"]["status"]
+    assert record["good"]["status"] == "ok" and record["good"]["localisation_mm"] == pytest.approx(0.0, abs=1e-6)
+    assert record["absent"]["localisation_mm"] > 5.0  # centres of mass against the annotated body centres
+    assert record["good"]["localisation_mask_mm"] == record["absent"]["localisation_mask_mm"] == pytest.approx(0.0)
+    assert doc["aggregates"]["localisation_mask_mm"]["count"] == 4
+    assert doc["aggregates"]["cases"]["without_points"] == 1 and doc["aggregates"]["cases"]["unusable_points"] == 2
