@@ -310,7 +310,8 @@ tr.section td {{ text-align: left; background: #eef1f5; font-weight: bold; }}
 .groups {{ display: grid; grid-template-columns: max-content minmax(0, 1fr); gap: 2em; align-items: start; }}
 .groups img {{ max-width: 100%; height: auto; }}
 td.dir, td.case {{ white-space: nowrap; }}
-td.status {{ min-width: 24em; }}
+table.cases {{ width: 100%; }}
+td.status {{ min-width: 16em; }}
 p.small {{ font-size: 0.85em; color: #555; }}
 </style></head><body>
 <h1>{title}</h1>
@@ -346,8 +347,8 @@ alt="Dice and identification rate per region" width="520"></div></div>
 out.</p>
 <h2>Cases</h2>
 {shared_notes}
-<table><tr><th class="text">case</th><th>vertebrae</th><th>Dice</th><th>HD95 mm</th><th>HD mm</th><th>id rate</th>
-<th>localisation mm</th><th class="diag">HD95 matched</th><th class="diag">localisation matched</th>
+<table class="cases"><tr><th class="text">case</th><th>vertebrae</th><th>Dice</th><th>HD95 mm</th><th>HD mm</th>
+<th>id rate</th><th>localisation mm</th><th class="diag">HD95 matched</th><th class="diag">localisation matched</th>
 <th class="diag">localisation mask to mask</th><th>FP labels</th><th>missed</th><th class="text">status</th></tr>
 {case_rows}
 </table>
