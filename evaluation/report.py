@@ -310,8 +310,8 @@ tr.section td {{ text-align: left; background: #eef1f5; font-weight: bold; }}
 .groups {{ display: grid; grid-template-columns: max-content minmax(0, 1fr); gap: 2em; align-items: start; }}
 .groups img {{ max-width: 100%; height: auto; }}
 td.dir, td.case {{ white-space: nowrap; }}
-table.cases {{ width: 100%; }}
-td.status {{ min-width: 16em; }}
+table.cases {{ width: 100%; font-size: 0.84em; }}
+td.status {{ min-width: 11em; overflow-wrap: anywhere; }}
 p.small {{ font-size: 0.85em; color: #555; }}
 </style></head><body>
 <h1>{title}</h1>

@@ -246,6 +246,7 @@ def test_page_renders_in_headless_chromium(submission: dict[str, Any], tmp_path:
     ink = np.any(pixels < 200, axis=2)
     assert 0.03 < ink.mean() < 0.6, f"{ink.mean():.3f} of the page inked: blank or a black screen"
     assert ink[: WINDOW[1] // 4].mean() > 0.02 and ink[WINDOW[1] // 2:].mean() > 0.02  # text at the top and below
+    assert not ink[:, -16:].any(), "something runs past the page's right margin (a table too wide for the window)"
     # the plots were loaded and drawn: the lumbar bars' red (#C44E52) and thoracic green (#55A868) are on the page
     for rgb in ((0xC4, 0x4E, 0x52), (0x55, 0xA8, 0x68)):
         near = np.all(np.abs(pixels - np.array(rgb)) < 12, axis=2)
