@@ -25,6 +25,9 @@ COPY pyproject.toml README.md LICENSE /opt/app/
 COPY spine /opt/app/spine
 COPY evaluation /opt/app/evaluation
 RUN python -m pip install --no-deps /opt/app && rm -rf /opt/app/build
+# the report's header names the evaluator's commit (no .git in the image; build.sh passes it)
+ARG VERSE_GC_COMMIT=""
+ENV VERSE_GC_COMMIT=${VERSE_GC_COMMIT}
 USER user
 ENTRYPOINT ["python", "-m", "evaluation"]
 

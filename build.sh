@@ -16,5 +16,6 @@ for target in "${targets[@]}"; do
   echo "build.sh: building verse-gc-$target" >&2
   docker build --network host --target "$target" \
     --build-arg "API_METHOD=${API_METHOD:-exec}" \
+    --build-arg "VERSE_GC_COMMIT=$(git rev-parse HEAD 2>/dev/null || true)" \
     -t "verse-gc-$target" .
 done

@@ -5,10 +5,11 @@ aggregates can be recomputed from a ``metrics.json``). Output keys (no dots anyw
 
     {<metric>: {"mean", "std", "median", "min", "max", "count"}   for metric in
          dice, hd95, hd, id_rate, localisation_mm (ranked), hd95_matched, hd_matched,
-         localisation_matched_mm, false_positive_labels, hd_missing,
+         localisation_matched_mm, localisation_mask_mm, false_positive_labels, hd_missing,
      "id_rate_total": hits over all cases / ground-truth vertebrae over all cases,
      "hits_total", "vertebrae_total",
-     "cases": {"total", "scored", "missing_prediction", "unreadable_prediction", "error"},
+     "cases": {"total", "scored", "missing_prediction", "unreadable_prediction", "error",
+               "without_points", "unusable_points", "resampled"},
      "per_label":  {"C1".."L6", "T13": {"dice": stats, "id_rate": stats, "hd95": stats}},
      "per_region": {"cervical" | "thoracic" | "lumbar": {"dice": stats, "id_rate": stats, "hd95": stats}}}
 
@@ -18,6 +19,8 @@ Rules:
   has a vertebra: a missed vertebra scores the penalty D in the case's value, so no case
   drops out because a submission predicted nothing (DESIGN.md, "Ranking safety"). Missing
   and unreadable predictions count (Dice 0, id 0, distances D).
+- ``localisation_mask_mm`` (never for ranking: it ignores the annotated centroids) over the
+  same cases as the ranked metrics.
 - ``*_matched`` (VerSe-comparable, never for ranking): over the cases where at least one
   vertebra was matched (``hd95_matched``, ``hd_matched``) or has a predicted centroid
   (``localisation_matched_mm``).
@@ -41,14 +44,20 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.score import INVALID_POINTS, NO_POINTS, RESAMPLED, UNREADABLE_POINTS
 from spine.labels import EVALUATED, Region, name_of, region_of
 
-__all__ = ["CASE_METRICS", "GROUP_METRICS", "LEADERBOARD_PATHS", "RANKED", "REGIONS", "aggregate", "statistics"]
+__all__ = ["CASE_METRICS", "DIAGNOSTICS", "GROUP_METRICS", "LEADERBOARD_PATHS", "RANKED", "REGIONS", "aggregate",
+           "statistics"]
 
 CASE_METRICS: tuple[str, ...] = ("dice", "hd95", "hd", "id_rate", "localisation_mm", "hd95_matched", "hd_matched",
-                                 "localisation_matched_mm", "false_positive_labels", "hd_missing")
+                                 "localisation_matched_mm", "localisation_mask_mm", "false_positive_labels",
+                                 "hd_missing")
 RANKED: tuple[str, ...] = ("dice", "hd95", "hd", "id_rate", "localisation_mm")
 """Case metrics a leaderboard may rank on: every case with ground-truth vertebrae counts."""
+DIAGNOSTICS: tuple[str, ...] = ("hd95_matched", "hd_matched", "localisation_matched_mm", "localisation_mask_mm")
+"""Unranked diagnostics: predicting fewer vertebrae can improve a ``*_matched`` value, and
+``localisation_mask_mm`` ignores the annotated centroids."""
 LEADERBOARD_PATHS: dict[str, int] = {
     "aggregates.id_rate.mean": 1, "aggregates.id_rate_total": 1, "aggregates.dice.mean": 1,
     "aggregates.hd95.mean": -1, "aggregates.hd.mean": -1, "aggregates.localisation_mm.mean": -1,
@@ -85,6 +94,10 @@ def _defined(record: Mapping[str, Any], metric: str) -> bool:
     return True
 
 
+def _has_note(status: str, prefix: str | tuple[str, ...]) -> bool:
+    return any(note.startswith(prefix) for note in status.split("; "))
+
+
 def _status_kind(status: str) -> str:
     for kind in ("missing prediction", "unreadable prediction", "error"):
         if status.startswith(kind):
@@ -110,6 +123,10 @@ def aggregate(cases: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "missing_prediction": kinds.count("missing_prediction"),
         "unreadable_prediction": kinds.count("unreadable_prediction"),
         "error": kinds.count("error"),
+        "without_points": sum(_has_note(str(r.get("status", "")), NO_POINTS) for r in records),
+        "unusable_points": sum(_has_note(str(r.get("status", "")), (UNREADABLE_POINTS, INVALID_POINTS))
+                               for r in records),
+        "resampled": sum(_has_note(str(r.get("status", "")), RESAMPLED) for r in records),
     }
 
     per_label: dict[int, dict[str, list[float]]] = {v: {"dice": [], "id_rate": [], "hd95": []} for v in EVALUATED}

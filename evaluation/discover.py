@@ -237,6 +237,6 @@ def pair_folders(predictions_dir: Path, ground_truth: Mapping[str, GroundTruthCa
             **_gt_fields(gt),
             prediction_mask=masks.get(case),
             prediction_points=points.get(case) or centroids.get(case),
-            missing_reason=f"{MISSING_PREDICTION}: no {case}{MASK_TAIL} image in {root}",
+            missing_reason=f"{MISSING_PREDICTION}: no {case}{MASK_TAIL} image in the predictions folder",
         ))
     return Pairing(tuple(cases), tuple(unmatched))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.aggregate import aggregate
-from evaluation.score import ERROR, UNREADABLE_PREDICTION, CaseFiles, empty_record, score_case
+from evaluation.score import ERROR, CaseFiles, empty_record, score_case_problems
 from evaluation.workers import available_cpus, retain_freed_memory
 from spine.image import write_text_atomic
 
@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 def evaluate_cases(cases: Sequence[CaseFiles], workers: int, *, progress: bool = True) -> dict[str, dict[str, Any]]:
     """Records of all cases, ``{case id: record}`` sorted by case id.
 
-    One warning line on stderr per case whose prediction could not be read or whose scoring
-    failed (``metrics.json`` has the whole story); the progress bar shows only on a terminal.
+    One warning line on stderr per case with a problem an organiser must see (missing or
+    unreadable prediction, missing, unreadable or invalid points, a resampled prediction,
+    a failure: :data:`evaluation.score.PROBLEMS`), naming the case and its problems;
+    ``metrics.json`` has the whole story. The progress bar shows only on a terminal.
     """
     workers = max(1, min(int(workers), len(cases)))
     records: dict[str, dict[str, Any]] = {}
@@ -39,7 +41,7 @@ def evaluate_cases(cases: Sequence[CaseFiles], workers: int, *, progress: bool =
         if workers == 1:
             threads = available_cpus()[0]  # one case at a time: a distance transform may take every core
             for case in cases:
-                records[case.case_id] = _warned(case.case_id, score_case(case, threads))
+                records[case.case_id] = _warned(case.case_id, *score_case_problems(case, threads))
                 advance()
         else:
             from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -47,15 +49,15 @@ def evaluate_cases(cases: Sequence[CaseFiles], workers: int, *, progress: bool =
             log.debug("scoring %d cases in %d processes", len(cases), workers)
             # workers reuse one case's memory for the next (no page faults), whatever the start method
             with ProcessPoolExecutor(max_workers=workers, initializer=retain_freed_memory) as pool:
-                futures = {pool.submit(score_case, case): case for case in cases}
+                futures = {pool.submit(score_case_problems, case): case for case in cases}
                 for future in as_completed(futures):
                     case = futures[future]
                     try:
-                        record = future.result()
+                        record, problems = future.result()
                     except Exception as error:  # the worker process itself died
-                        reason = f"{ERROR}: worker failed: {type(error).__name__}: {error}"
-                        record = empty_record(reason[:300])
-                    records[case.case_id] = _warned(case.case_id, record)
+                        reason = f"{ERROR}: worker failed: {type(error).__name__}: {error}"[:300]
+                        record, problems = empty_record(reason), (reason,)
+                    records[case.case_id] = _warned(case.case_id, record, problems)
                     advance()
     return {case_id: records[case_id] for case_id in sorted(records)}
 
@@ -74,11 +76,10 @@ def _progress(total: int, wanted: bool) -> Iterator[Any]:
         yield bar.update
 
 
-def _warned(case_id: str, record: dict[str, Any]) -> dict[str, Any]:
-    """``record``, after one warning line when its prediction was unreadable or scoring failed."""
-    status = str(record.get("status", ""))
-    if status.startswith((UNREADABLE_PREDICTION, ERROR)):
-        log.warning("%s: %s", case_id, status.split("; ")[0])
+def _warned(case_id: str, record: dict[str, Any], problems: Sequence[str]) -> dict[str, Any]:
+    """``record``, after one warning line naming the case and its problems, when it has any."""
+    if problems:
+        log.warning("%s: %s", case_id, "; ".join(p.replace("\n", " ") for p in problems))
     return record
 
 

@@ -16,14 +16,16 @@ T13; not sacrum or coccyx) present in the ground-truth mask and P those in the p
   (vertebrae of G with a predicted centroid); the matched vertebrae are
   ``vertebrae - hd_missing``. ``penalty_mm`` is the case's D.
 
-Centroids, like with like: the prediction's from the points JSON when one is given and
-usable (GC "Multiple points" in world mm, or a VerSe centroid JSON in the prediction
-image's voxels), and then only from it; the ground truth's then from the VerSe centroid
-JSON (voxel -> world mm through the ground-truth geometry; labels it lacks fall back to
-the mask's centre of mass). Without usable points the prediction's centroids are its
-mask's centres of mass, and so are the ground truth's (an annotated vertebral-body centre
-lies 10-15 mm from a whole vertebra's centre of mass, which would penalise a perfect
-mask). The status says which were used whenever it is not annotated against points.
+Centroids, one definition for every case (DESIGN.md, "Metrics"): the ground truth's from
+the VerSe centroid JSON (voxel -> world mm through the ground-truth geometry; labels it
+lacks, or no JSON, fall back to the mask's centre of mass); the prediction's from its
+points JSON (GC "Multiple points" in world mm, or a VerSe centroid JSON in the prediction
+image's voxels) when present and valid, else from its mask's centres of mass, label by
+label (a vertebra the points leave out takes its mask's centre of mass). The ranked
+``id_rate``, ``localisation_mm`` and ``localisation_matched_mm`` always compare with the
+ground truth's annotated centroids, so leaving out points or sending a broken points file
+never scores better than sending good ones. ``localisation_mask_mm`` (unranked) compares
+both sides' mask centres of mass: mean over ALL of G, D for a v not in P.
 
 Undefined values (never NaN, inf or null in the output):
 
@@ -43,9 +45,12 @@ Bad input never raises out of :func:`score_case`: a missing or unreadable predic
 scores as empty (Dice 0, id 0, every vertebra missing) and ``status`` says why; a
 prediction on another grid is resampled (nearest neighbour) onto the ground-truth grid;
 float or signed pixel types are accepted when every value is integral; values outside
-0..28 are dropped; unusable points JSON falls back to the mask's centres of mass. The
-``status`` field is ``"ok"`` or ``"; "``-joined notes, led by ``missing prediction``,
-``unreadable prediction``, ``error`` or ``empty ground truth`` when one applies.
+0..28 are dropped; a missing, unreadable or invalid points JSON is scored as absent (mask
+centres of mass). The ``status`` field is ``"ok"`` or ``"; "``-joined notes, led by
+``missing prediction``, ``unreadable prediction``, ``error`` or ``empty ground truth`` when
+one applies; file names appear without their folders. The notes an organiser must see (see
+:data:`PROBLEMS`) are also returned apart by :func:`score_case_problems`, for one stderr line
+per case.
 """
 
 from __future__ import annotations
@@ -75,9 +80,11 @@ __all__ = [
     "LabelMapError",
     "VertebraScore",
     "empty_record",
+    "grid_text",
     "label_array",
     "penalty_mm",
     "score_case",
+    "score_case_problems",
     "score_label_maps",
 ]
 
@@ -90,6 +97,17 @@ MISSING_PREDICTION = "missing prediction"
 UNREADABLE_PREDICTION = "unreadable prediction"
 EMPTY_GROUND_TRUTH = "empty ground truth"
 ERROR = "error"
+NO_POINTS = "no points file"
+UNREADABLE_POINTS = "unreadable points"
+INVALID_POINTS = "invalid points"
+RESAMPLED = "prediction resampled"
+UNUSABLE_GT_CENTROIDS = "ground-truth centroids unusable"
+PROBLEMS: tuple[str, ...] = (MISSING_PREDICTION, UNREADABLE_PREDICTION, ERROR, NO_POINTS, UNREADABLE_POINTS,
+                             INVALID_POINTS, RESAMPLED, UNUSABLE_GT_CENTROIDS)
+"""Prefixes of the notes that get a stderr line (the others, e.g. an accepted pixel type, stay in ``status``)."""
+LEADING: tuple[str, ...] = (MISSING_PREDICTION, UNREADABLE_PREDICTION, ERROR, EMPTY_GROUND_TRUTH)
+"""Notes that lead the status (the aggregates count cases by them)."""
+MASS_CENTRES = "the mask's centres of mass used"
 
 
 class LabelMapError(ValueError):
@@ -119,16 +137,20 @@ class VertebraScore:
     hd_mm: float | None
     identified: bool
     distance_mm: float | None  # None when v has no predicted centroid
+    mask_distance_mm: float | None = None  # both sides' mask centres of mass; None when v is not in P
 
     def to_dict(self, penalty: float) -> dict[str, Any]:
         """Ranked values: ``hd95``, ``hd``, ``distance_mm`` are ``penalty`` when not computed;
-        ``predicted`` (v in P) and ``localised`` (v has a predicted centroid) say which."""
+        ``predicted`` (v in P) and ``localised`` (v has a predicted centroid) say which.
+        ``distance_mask_mm`` (unranked): mask centre of mass to mask centre of mass, ``penalty``
+        when v is not in P."""
         return {
             "dice": self.dice,
             "hd95": penalty if self.hd95_mm is None else self.hd95_mm,
             "hd": penalty if self.hd_mm is None else self.hd_mm,
             "identified": self.identified,
             "distance_mm": penalty if self.distance_mm is None else self.distance_mm,
+            "distance_mask_mm": penalty if self.mask_distance_mm is None else self.mask_distance_mm,
             "predicted": self.hd95_mm is not None,
             "localised": self.distance_mm is not None,
         }
@@ -173,6 +195,11 @@ class CaseScore:
         return self._ranked([v.distance_mm for v in self.vertebrae])
 
     @property
+    def localisation_mask_mm(self) -> float:
+        """Unranked: both sides' mask centres of mass, mean over all of G (D for v not in P)."""
+        return self._ranked([v.mask_distance_mm for v in self.vertebrae])
+
+    @property
     def hd95_matched_mm(self) -> float:
         return self._matched([v.hd95_mm for v in self.vertebrae])
 
@@ -200,9 +227,18 @@ class CaseScore:
     def localised(self) -> int:
         return sum(v.distance_mm is not None for v in self.vertebrae)
 
+    def _ordered_notes(self) -> list[str]:
+        """The notes, each once, led by the one that says why nothing was scored."""
+        return sorted(dict.fromkeys(self.notes), key=lambda n: not n.startswith(LEADING))
+
     @property
     def status(self) -> str:
-        return "; ".join(self.notes) if self.notes else "ok"
+        return "; ".join(self._ordered_notes()) or "ok"
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """The notes an organiser must see on stderr (:data:`PROBLEMS`), each once, the leading one first."""
+        return tuple(n for n in self._ordered_notes() if n.startswith(PROBLEMS))
 
     def with_notes(self, *notes: str) -> CaseScore:
         return CaseScore(self.vertebrae, self.false_positive_labels, (*self.notes, *notes), self.penalty_mm)
@@ -217,6 +253,7 @@ class CaseScore:
             "hd95_matched": self.hd95_matched_mm,
             "hd_matched": self.hd_matched_mm,
             "localisation_matched_mm": self.localisation_matched_mm,
+            "localisation_mask_mm": self.localisation_mask_mm,
             "false_positive_labels": self.false_positive_labels,
             "hd_missing": self.hd_missing,
             "vertebrae": len(self.vertebrae),
@@ -255,15 +292,17 @@ def score_label_maps(
       reference, prediction: integer label maps in SimpleITK's ``(k, j, i)`` order with values
         in 0..28 (see :func:`label_array`); ``prediction`` None scores an empty prediction.
       geometry: the ground-truth grid (spacing for distances, index -> world for centroids).
-      reference_centroids_mm: annotated centroids (LPS mm); labels of G it lacks use the
-        mask's centre of mass.
-      predicted_centroids_mm: predicted centroids (LPS mm) from a points file; None means use
-        the predicted mask's centres of mass.
+      reference_centroids_mm: annotated centroids (LPS mm); labels of G it lacks (all when None)
+        use the mask's centre of mass.
+      predicted_centroids_mm: predicted centroids (LPS mm) from a points file; labels it lacks
+        (all when None: no usable points file) use the predicted mask's centre of mass.
       threads: threads of the distance transforms for far-off surfaces (more when the process
         has idle cores).
 
-    Each label's work runs in its bounding box; the boxes of all labels come from one pass
-    over each volume.
+    Ranked centroid values compare the prediction's centroids with the ground truth's
+    annotated ones, g_v; ``localisation_mask_mm`` compares the two masks' centres of mass,
+    |com(P_v) - com(G_v)| (DESIGN.md, "Metrics"). Each label's work runs in its bounding box;
+    the boxes of all labels come from one pass over each volume.
     """
     if reference.shape != geometry.shape_zyx:
         raise ValueError(f"reference shape {reference.shape} does not match geometry {geometry.shape_zyx}")
@@ -276,16 +315,15 @@ def score_label_maps(
                     if prediction is not None else {})
     g_labels = sorted(ref_extents)
 
-    like_for_like = predicted_centroids_mm is None  # mask centres of mass on the prediction's side
-    annotated = None if like_for_like else reference_centroids_mm
-    g_centroids = {v: np.asarray(annotated[v], dtype=np.float64) if annotated and v in annotated
-                   else _world(ref_extents[v].centre_index, geometry)
+    g_masses = {v: _world(ref_extents[v].centre_index, geometry) for v in g_labels}
+    p_masses = {v: _world(e.centre_index, geometry) for v, e in pred_extents.items()}
+    annotated = reference_centroids_mm or {}
+    g_centroids = {v: np.asarray(annotated[v], dtype=np.float64) if v in annotated else g_masses[v]
                    for v in g_labels}
-    if predicted_centroids_mm is None:
-        p_centroids = {v: _world(e.centre_index, geometry) for v, e in pred_extents.items()}
-    else:
-        p_centroids = {v: np.asarray(p, dtype=np.float64) for v, p in predicted_centroids_mm.items()}
+    points = {v: np.asarray(p, dtype=np.float64) for v, p in (predicted_centroids_mm or {}).items()}
+    p_centroids = {**p_masses, **points}  # a label the points leave out keeps its mask's centre of mass
     outcomes = metrics.identify(p_centroids, g_centroids)
+    mask_outcomes = metrics.identify(p_masses, g_masses)
 
     scores = []
     for v in g_labels:
@@ -300,34 +338,38 @@ def score_label_maps(
                                                    threads=threads)
             hd95, hd = metrics.hd95_mm(distances), metrics.hausdorff_mm(distances)
         outcome = outcomes.get(v)
+        mask_outcome = mask_outcomes.get(v)
         scores.append(VertebraScore(
             label=v, dice=dice, hd95_mm=hd95, hd_mm=hd,
             identified=bool(outcome and outcome.identified),
             distance_mm=outcome.distance_mm if outcome else None,
+            mask_distance_mm=mask_outcome.distance_mm if mask_outcome else None,
         ))
     false_positives = len(set(pred_extents) - set(g_labels))
     notes: list[str] = [] if g_labels else [f"{EMPTY_GROUND_TRUTH}: no evaluated vertebra in the ground-truth mask"]
     if g_labels:
-        notes.extend(_centroid_notes(g_labels, reference_centroids_mm, like_for_like, prediction is not None))
+        notes.extend(_centroid_notes(g_labels, reference_centroids_mm, predicted_centroids_mm, set(pred_extents)))
     return CaseScore(tuple(scores), false_positives, tuple(notes), penalty_mm(geometry))
 
 
-CENTROIDS_OF_MASKS = "centroids: mask centres of mass on both sides"
-
-
-def _centroid_notes(g_labels: list[int], annotated: Mapping[int, np.ndarray] | None, like_for_like: bool,
-                    predicted: bool) -> list[str]:
-    """What the case's status says about which centroids were compared; nothing for the usual
-    case (annotated ground truth against a points file) and when nothing was predicted."""
-    if not predicted:
-        return []
-    if like_for_like:
-        why = "no ground-truth centroids either" if not annotated else "annotated ground-truth centroids not used"
-        return [f"{CENTROIDS_OF_MASKS} (prediction has no usable points file; {why})"]
+def _centroid_notes(g_labels: list[int], annotated: Mapping[int, np.ndarray] | None,
+                    points: Mapping[int, np.ndarray] | None, predicted: set[int]) -> list[str]:
+    """What the case's status says about centroids that are not annotated or not from points:
+    ground-truth labels without an annotated centroid, and (when a points file was used)
+    predicted vertebrae of G it leaves out. A missing or unusable points file is noted by the
+    caller, who knows why."""
+    notes = []
     if annotated is None:
-        return ["centroids: predicted points against ground-truth mask centres of mass (no ground-truth centroids)"]
-    lacking = [name_of(v) for v in g_labels if v not in annotated]
-    return [f"ground-truth centroids lack {', '.join(lacking)}: mask centres of mass used"] if lacking else []
+        notes.append(f"ground truth has no centroid file: {MASS_CENTRES}")
+    else:
+        lacking = [name_of(v) for v in g_labels if v not in annotated]
+        if lacking:
+            notes.append(f"ground-truth centroids lack {', '.join(lacking)}: {MASS_CENTRES}")
+    if points is not None:
+        unpointed = [name_of(v) for v in g_labels if v in predicted and v not in points]
+        if unpointed:
+            notes.append(f"points lack {', '.join(unpointed)}: {MASS_CENTRES}")
+    return notes
 
 
 def _world(centre_index_zyx: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -417,20 +459,39 @@ def score_case(case: CaseFiles, threads: int = 1) -> dict[str, Any]:
     ``threads``: of the far-off surfaces' distance transforms; more than one only when no other
     case runs beside it.
     """
+    return score_case_problems(case, threads)[0]
+
+
+def score_case_problems(case: CaseFiles, threads: int = 1) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """:func:`score_case`'s record and the notes of it an organiser must see (:data:`PROBLEMS`),
+    each once, for the caller's stderr line."""
     try:
         score = _score_case(case, use_prediction=True, threads=threads)
     except Exception as error:  # one bad case never stops the others
-        reason = f"{ERROR}: {type(error).__name__}: {error}"[:300]
-        log.debug("%s: %s", case.case_id, reason, exc_info=True)  # the caller warns, once, from the status
+        reason = _short(f"{ERROR}: {type(error).__name__}: {_without_folders(str(error), case)}")
+        log.debug("%s: %s", case.case_id, reason, exc_info=True)  # the caller warns, once, from the problems
         try:  # score it as an empty prediction when the ground truth itself is fine
             score = _score_case(case, use_prediction=False, first_note=reason)
         except Exception:
             log.debug("%s: ground truth unusable too", case.case_id, exc_info=True)
-            return empty_record(reason)
+            return empty_record(reason), (reason,)
     result = score.to_dict()
     log.debug("%s: dice %.4f id_rate %.3f status %s", case.case_id, result["dice"], result["id_rate"],
               result["status"])
-    return result
+    return result, score.problems
+
+
+def _short(note: str, limit: int = 300) -> str:
+    return note if len(note) <= limit else note[: limit - 3] + "..."
+
+
+def _without_folders(message: str, case: CaseFiles) -> str:
+    """``message`` with the case's file paths shortened to their names: a status is published,
+    the organiser's folders are not."""
+    for path in (case.prediction_mask, case.prediction_points, case.reference_mask, case.reference_centroids):
+        if path is not None:
+            message = message.replace(str(path), path.name)
+    return message
 
 
 def _score_case(case: CaseFiles, *, use_prediction: bool, first_note: str | None = None,
@@ -448,11 +509,11 @@ def _score_case(case: CaseFiles, *, use_prediction: bool, first_note: str | None
         if use_prediction:
             prediction_image, prediction, predicted_centroids = _read_prediction(case, pending, geometry, notes)
         else:
-            prediction_image, prediction, predicted_centroids = None, None, {}
+            prediction_image, prediction, predicted_centroids = None, None, None
     score = score_label_maps(reference, prediction, geometry, reference_centroids_mm=reference_centroids,
                              predicted_centroids_mm=predicted_centroids, threads=threads)
     del reference_image, prediction_image  # only now: the label maps may be views of them
-    return score.with_notes(*notes)
+    return score.with_notes(*(_short(_without_folders(n, case)) for n in notes))
 
 
 def _reference_centroids(case: CaseFiles, geometry: Geometry, notes: list[str]) -> dict[int, np.ndarray] | None:
@@ -461,8 +522,25 @@ def _reference_centroids(case: CaseFiles, geometry: Geometry, notes: list[str]) 
     try:
         return read_centroids_mm(case.reference_centroids, geometry)
     except CentroidFileError as error:
-        notes.append(f"ground-truth centroids unusable, mask centres of mass used ({error})"[:300])
+        notes.append(f"{UNUSABLE_GT_CENTROIDS}, {MASS_CENTRES} ({error})")
         return None
+
+
+def grid_text(geometry: Geometry) -> str:
+    """``122x101x112 voxels of 0.8x0.8x1 mm`` (i, j, k order, as ITK and the headers give it)."""
+    size = "x".join(str(n) for n in geometry.size)
+    spacing = "x".join(f"{s:.4g}" for s in geometry.spacing_mm)
+    return f"{size} voxels of {spacing} mm"
+
+
+def _resampled_note(own: Geometry, target: Geometry) -> str:
+    """Which grid the prediction came on and which it was resampled onto; when size and spacing
+    agree, the origin or direction is what differed."""
+    source, onto = grid_text(own), grid_text(target)
+    if source == onto:
+        what = "origin" if not np.allclose(own.origin_mm, target.origin_mm, atol=1e-3, rtol=0) else "direction"
+        source = f"{source} with another {what}"
+    return f"{RESAMPLED} (nearest neighbour) from {source} onto the ground truth's {onto}"
 
 
 def _read_prediction(
@@ -475,28 +553,30 @@ def _read_prediction(
     """
     if case.prediction_mask is None or pending is None:
         notes.insert(0, case.missing_reason)
-        return None, None, {}
+        return None, None, None
     try:
         image = pending.result()
         own_geometry = Geometry.of(image)
         if not own_geometry.same_as(geometry):
             image = resample_onto(image, geometry, nearest=True, default=0)
-            notes.append("prediction resampled (nearest neighbour) onto the ground-truth grid")
+            notes.append(_resampled_note(own_geometry, geometry))
         prediction = label_array(image, "prediction", notes)
     except (ImageError, LabelMapError) as error:
-        notes.insert(0, f"{UNREADABLE_PREDICTION}: {error}"[:300])
-        return None, None, {}
+        notes.insert(0, f"{UNREADABLE_PREDICTION}: {error}")
+        return None, None, None
     return image, prediction, _predicted_centroids(case.prediction_points, own_geometry, notes)
 
 
 def _predicted_centroids(path: Path | None, geometry: Geometry, notes: list[str]) -> dict[int, np.ndarray] | None:
-    """Centroids from a GC Multiple points or VerSe centroid JSON; None (use the mask) when unusable."""
+    """Centroids from a GC Multiple points or VerSe centroid JSON; None (score as absent: the
+    mask's centres of mass) when there is no file or it is unreadable or invalid, noted."""
     if path is None:
+        notes.append(f"{NO_POINTS}: {MASS_CENTRES}")
         return None
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        notes.append(f"points JSON unusable, mask centres of mass used ({path.name}: {error})"[:300])
+        notes.append(f"{UNREADABLE_POINTS}, scored as absent, {MASS_CENTRES} ({path.name}: {error})")
         return None
     try:
         if isinstance(data, list):  # VerSe centroid JSON, voxels of the prediction image
@@ -507,10 +587,13 @@ def _predicted_centroids(path: Path | None, geometry: Geometry, notes: list[str]
                 shown = ", ".join(repr(n) for n in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
                 notes.append(f"ignored {len(unknown)} points with unknown names ({shown})")
     except (ContractError, CentroidFileError) as error:
-        notes.append(f"points JSON unusable, mask centres of mass used ({error})"[:300])
+        notes.append(f"{INVALID_POINTS}, scored as absent, {MASS_CENTRES} ({error})")
         return None
-    kept = {v: p for v, p in centroids.items() if v in EVALUATED and np.all(np.isfinite(p))}
-    return kept
+    finite = {v: p for v, p in centroids.items() if np.all(np.isfinite(p))}
+    if len(finite) < len(centroids):
+        dropped = sorted(name_of(v) for v in set(centroids) - set(finite))
+        notes.append(f"ignored non-finite points ({', '.join(dropped)})")
+    return {v: p for v, p in finite.items() if v in EVALUATED}
 
 
 def is_finite_record(record: Mapping[str, Any]) -> bool:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from pathlib import Path
 
-__all__ = ["output_file", "output_folder", "positive_float", "positive_int"]
+__all__ = ["output_file", "output_folder", "positive_float", "positive_int", "write_problem"]
 
 
 def positive_int(text: str) -> int:
@@ -64,3 +65,27 @@ def output_file(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"{path} is a folder, not a file")
     _creatable(path)
     return path
+
+
+def write_problem(path: Path, *, folder: bool = False) -> str | None:
+    """Why ``path`` (a file, or with ``folder`` a folder to write into) cannot be written, or None.
+
+    Tried for real: a temporary file is created and removed in the nearest existing folder on
+    the way, so a read-only mount, a folder without write permission or a path under a regular
+    file is found before any work, whoever runs it (permission bits alone say nothing for root).
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        return f"{path} exists and is not a folder"
+    if not folder and path.is_dir():
+        return f"{path} is a folder, not a file"
+    existing = _first_existing(path if folder else path.parent)
+    if not existing.is_dir():
+        return f"{path}: {existing} is a file, not a folder"
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".write-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        return f"{path}: cannot write in {existing} ({error.strerror or error})"
+    return None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -19,9 +21,10 @@ from evaluation import cli, score
 from evaluation.aggregate import aggregate, statistics
 from evaluation.discover import find_ground_truth
 from evaluation.score import CaseFiles, penalty_mm, score_case, score_label_maps
-from spine.gc import Point
-from spine.image import Geometry, image_from_array, read_image, write_image
+from spine.gc import Point, points_document
+from spine.image import Geometry, image_from_array, read_image, resample_onto, write_image
 from spine.labels import name_of
+from spine.layout import EvaluationLayout
 from spine.verse import read_centroids_mm, write_centroid_json
 
 HERE = Path(__file__).resolve().parent
@@ -126,18 +129,28 @@ def test_ground_truth_against_itself_is_perfect() -> None:
     assert set(record["per_vertebra"]) == {name_of(v) for v in range(16, 25)}
 
 
-def test_mask_centres_of_mass_are_compared_like_with_like() -> None:
-    # Without points the prediction's centroids are mask centres of mass, ~12 mm from the
-    # annotated body centres; the ground truth's are then mask centres of mass too, so a
-    # perfect mask scores 0 mm, and the status says so.
+def test_without_points_the_mask_is_ranked_against_the_annotated_centroids() -> None:
+    """Regression (issue 20): without points both sides fell back to mask centres of mass, so
+    leaving points out scored 0 mm where good points scored more. Now the ranked values always
+    use the annotated body centres (a mask's centre of mass lies ~12 mm from them); the
+    mask-to-mask comparison is the unranked ``localisation_mask_mm``."""
     record = score_case(CaseFiles(CASE, sample_mask(), sample_centroids(), sample_mask(), None))
+    image = read_image(sample_mask())
+    geometry = Geometry.of(image)
+    annotated = read_centroids_mm(sample_centroids(), geometry)
+    array = sitk.GetArrayFromImage(image)
+    by_hand = np.mean([np.linalg.norm(geometry.index_to_world(np.argwhere(array == v).mean(axis=0)[::-1]) - p)
+                       for v, p in annotated.items()])
+    assert 5.0 < by_hand < 20.0
+    assert record["localisation_mm"] == pytest.approx(by_hand, abs=1e-6)
+    assert record["localisation_matched_mm"] == pytest.approx(by_hand, abs=1e-6)
+    assert record["localisation_mask_mm"] == pytest.approx(0.0, abs=1e-9)
+    assert record["per_vertebra"]["L1"]["distance_mask_mm"] == pytest.approx(0.0, abs=1e-9)
     assert record["id_rate"] == 1.0
-    assert record["localisation_mm"] == pytest.approx(0.0, abs=1e-9)
-    assert "centroids: mask centres of mass on both sides" in record["status"]
-    assert "annotated ground-truth centroids not used" in record["status"]
-    annotated = read_centroids_mm(sample_centroids(), Geometry.of(read_image(sample_mask())))
-    body_vs_mass = score_case(CaseFiles(CASE, sample_mask(), sample_centroids(), sample_mask(), sample_centroids()))
-    assert body_vs_mass["localisation_mm"] == pytest.approx(0.0, abs=1e-9) and len(annotated) == 9
+    assert record["status"].startswith("prediction pixel type") and "no points file" in record["status"]
+    with_points = score_case(CaseFiles(CASE, sample_mask(), sample_centroids(), sample_mask(), sample_centroids()))
+    assert with_points["localisation_mm"] == pytest.approx(0.0, abs=1e-9)
+    assert with_points["localisation_mask_mm"] == record["localisation_mask_mm"]
 
 
 def test_shared_data_sample_matches_the_shipped_copy() -> None:
@@ -186,9 +199,10 @@ def test_missing_label_and_false_positive_label() -> None:
     d = penalty_mm(Geometry.of(image))
     assert d == pytest.approx(np.sqrt(16 ** 2 + 14 ** 2 + (17 * 2) ** 2))
     assert record["per_vertebra"]["L3"] == {"dice": 0.0, "hd95": d, "hd": d, "identified": False, "distance_mm": d,
-                                            "predicted": False, "localised": False}
+                                            "distance_mask_mm": d, "predicted": False, "localised": False}
     assert record["hd95"] == pytest.approx(d / 3) and record["hd95_matched"] == 0.0
     assert record["localisation_mm"] == pytest.approx(d / 3) and record["localisation_matched_mm"] == 0.0
+    assert record["localisation_mask_mm"] == pytest.approx(d / 3)
 
 
 def test_swapped_labels_are_not_identified() -> None:
@@ -298,7 +312,7 @@ def test_empty_prediction_mask(tmp_path: Path) -> None:
     pred = write(tmp_path, with_array(image, np.zeros_like(sitk.GetArrayFromImage(image))))
     record = score_case(tiny_files(tmp_path, pred))
     assert record["dice"] == 0.0 and record["id_rate"] == 0.0 and record["hd_missing"] == 3
-    assert record["hd95"] == record["penalty_mm"] and record["status"].startswith("centroids: mask centres of mass")
+    assert record["hd95"] == record["penalty_mm"] and "no points file" in record["status"]
 
 
 def test_empty_ground_truth_mask(tmp_path: Path) -> None:
@@ -320,20 +334,22 @@ def test_points_json_is_preferred_to_mask_centres(tmp_path: Path) -> None:
     record = score_case(tiny_files(tmp_path, write(tmp_path, image), points))
     assert record["dice"] == 1.0
     assert record["per_vertebra"]["L1"]["identified"] is False
-    l2 = record["per_vertebra"]["L2"]  # points present: no mask fallback per label, the penalty instead
-    assert l2["localised"] is False and l2["distance_mm"] == record["penalty_mm"]
-    assert record["localised"] == 1
-    assert "predicted points against ground-truth mask centres of mass" in record["status"]
+    l2 = record["per_vertebra"]["L2"]  # a vertebra the points leave out keeps its mask's centre of mass
+    assert l2["localised"] is True and l2["identified"] is True and l2["distance_mm"] == pytest.approx(0.0, abs=1e-9)
+    assert record["localised"] == 3
+    assert "points lack L2, L3: the mask's centres of mass used" in record["status"]
+    assert "ground truth has no centroid file" in record["status"]
 
 
 def test_malformed_points_json_falls_back_to_mask_centres(tmp_path: Path) -> None:
     points = tmp_path / "points.json"
     points.write_text('{"points": [{"name": "L1", "point": [1, 2]}]}')
     record = score_case(tiny_files(tmp_path, write(tmp_path, synthetic_case()), points))
-    assert record["id_rate"] == 1.0 and "points JSON unusable" in record["status"]
+    assert record["id_rate"] == 1.0 and "invalid points, scored as absent" in record["status"]
+    assert str(tmp_path) not in record["status"] and "points.json: point 0 is malformed" in record["status"]
     points.write_text("{not json")
     record = score_case(tiny_files(tmp_path, write(tmp_path, synthetic_case()), points))
-    assert record["id_rate"] == 1.0 and "points JSON unusable" in record["status"]
+    assert record["id_rate"] == 1.0 and "unreadable points, scored as absent" in record["status"]
 
 
 def test_unknown_point_names_are_ignored(tmp_path: Path) -> None:
@@ -388,7 +404,7 @@ def test_ground_truth_centroids_lacking_a_label_fall_back_to_the_mask(tmp_path: 
                                       for v, ijk in ((20, [8, 7, 12]), (21, [7.5, 6.5, 7.5]), (22, [7.5, 6.5, 2.5]))]}))
     record = score_case(CaseFiles("tiny", gt, ctd, write(tmp_path, image), points))
     assert record["id_rate"] == 1.0 and record["localisation_mm"] == pytest.approx(0.0, abs=1e-9)
-    assert record["status"] == "ground-truth centroids lack L2, L3: mask centres of mass used"
+    assert record["status"] == "ground-truth centroids lack L2, L3: the mask's centres of mass used"
 
 
 @pytest.mark.parametrize("name", ["pred.mha", "pred.nii.gz", "pred.nii"])
@@ -480,7 +496,8 @@ def test_gc_mode_end_to_end(tmp_path: Path, variant: str) -> None:
     assert doc["case"]["sub-nojob001"]["status"].startswith("missing prediction")
     assert [u["image_name"] for u in doc["unmatched_predictions"]] == ["sub-other999_ct.mha"]
     assert doc["aggregates"]["cases"] == {"total": 3, "scored": 3, "missing_prediction": 1,
-                                          "unreadable_prediction": 0, "error": 0}
+                                          "unreadable_prediction": 0, "error": 0, "without_points": 1,
+                                          "unusable_points": 0, "resampled": 0}
     assert doc["aggregates"]["dice"]["mean"] == pytest.approx(2 / 3)
     assert doc["aggregates"]["hd95"]["count"] == 3 and doc["aggregates"]["hd95_matched"]["count"] == 2
 
@@ -570,7 +587,8 @@ def test_folder_mode_with_points_ctd_and_report(tmp_path: Path) -> None:
                    "--no-progress", "-v") == 0
     doc = check_document(out)
     assert doc["case"][CASE]["dice"] == 1.0 and doc["case"][CASE]["localisation_mm"] < 1e-6
-    assert doc["case"]["sub-tiny001"]["id_rate"] == 0.0  # its one point is far off
+    tiny = doc["case"]["sub-tiny001"]  # its one point is far off; L2, L3 keep their masks' centres of mass
+    assert tiny["id_rate"] == pytest.approx(2 / 3) and tiny["per_vertebra"]["L1"]["identified"] is False
     assert doc["case"]["sub-tiny002"]["status"].startswith("missing prediction")
     assert doc["unmatched_predictions"][0]["case"] == "sub-extra001"
     page = (report / "index.html").read_text()
@@ -622,10 +640,11 @@ def test_unreadable_predictions_get_one_warning_line_each(tmp_path: Path) -> Non
     out = tmp_path / "m.json"
     done = run_evaluator("folders", "--predictions", pred, "--ground-truth", gt, "--output", out)
     assert done.returncode == 0 and done.stdout == "", done.stderr
-    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
-    assert len(warnings) == 2, done.stderr
-    assert "sub-tiny002: unreadable prediction" in warnings[0] + warnings[1]
-    assert "sub-tiny003: unreadable prediction" in warnings[0] + warnings[1]
+    warnings = sorted(line for line in done.stderr.splitlines() if line.startswith("WARNING"))
+    assert len(warnings) == 3, done.stderr
+    assert "sub-tiny001: no points file" in warnings[0]
+    assert "sub-tiny002: unreadable prediction" in warnings[1]
+    assert "sub-tiny003: unreadable prediction" in warnings[2]
     assert "2 unreadable predictions" in done.stderr
     assert "\r" not in done.stderr  # no progress bar when stderr is not a terminal
 
@@ -641,29 +660,154 @@ def test_verbose_report_keeps_third_party_loggers_quiet(tmp_path: Path, tiny_gt:
     assert [line for line in done.stderr.splitlines() if "matplotlib" in line or "PIL" in line] == []
 
 
+def _scoring_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any scoring fail the test: the output must be checked before it."""
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a case was scored before the output was checked")
+    monkeypatch.setattr(cli, "evaluate_cases", refuse)
+
+
 @pytest.mark.parametrize("flag", ["--output", "--report"])
-def test_output_paths_are_checked_before_any_work(tmp_path: Path, tiny_gt: Path, flag: str,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_output_under_a_file_is_one_line_before_any_work(tmp_path: Path, tiny_gt: Path, flag: str,
+                                                         capsys: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path under a regular file cannot be written by anyone, root included."""
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     args = {"--output": tmp_path / "m.json", "--report": tmp_path / "report"}
-    args[flag] = blocker / "below" if flag == "--output" else blocker
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt,
-                *(x for pair in args.items() for x in pair))
-    assert exit_info.value.code == 2
-    assert f"argument {flag}" in capsys.readouterr().err
+    args[flag] = blocker / "below" / ("m.json" if flag == "--output" else "")
+    _scoring_refused(monkeypatch)
+    assert run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt,
+                   *(x for pair in args.items() for x in pair)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write the output" in err[0] and f"{blocker} is a file, not a folder" in err[0]
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_output_that_is_a_folder_is_refused(tmp_path: Path, tiny_gt: Path, capsys: pytest.CaptureFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "folder.json"
     folder.mkdir()
-    with pytest.raises(SystemExit):
-        run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt, "--output", folder)
-    assert "is a folder, not a file" in capsys.readouterr().err
+    _scoring_refused(monkeypatch)
+    assert run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt, "--output", folder) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a folder, not a file" in err[0]
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root writes into a read-only (chmod 555) folder: covered by the path-under-a-file test")
+def test_read_only_output_folder_is_one_line_before_any_work(tmp_path: Path, tiny_gt: Path,
+                                                             capsys: pytest.CaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (issue 20): an unwritable /output was found only after scoring, as a 28-line traceback."""
+    locked = tmp_path / "output"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        _scoring_refused(monkeypatch)
+        assert run_cli("folders", "--predictions", tmp_path, "--ground-truth", tiny_gt, "--output",
+                       locked / "metrics.json") == 2
+    finally:
+        locked.chmod(0o755)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write in" in err[0] and "Permission denied" in err[0]
+
+
+def test_gc_default_output_is_checked_too(tmp_path: Path, tiny_gt: Path, capsys: pytest.CaptureFixture,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """GC mode's default /output/metrics.json (no --output given) is checked like an explicit one."""
+    blocker = tmp_path / "output"
+    blocker.write_text("a file where /output should be a folder")
+    monkeypatch.setattr(cli, "EvaluationLayout", functools.partial(EvaluationLayout,
+                                                                    metrics_path=blocker / "metrics.json"))
+    _scoring_refused(monkeypatch)
+    inp = make_evaluation_input(tmp_path / "input", [("sub-tiny001_ct.mha", synthetic_case(), None)])
+    assert run_cli("--input", inp, "--ground-truth", tiny_gt) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(blocker / "metrics.json") in err[0]
+
+
+def test_existing_outputs_are_overwritten(tmp_path: Path, tiny_gt: Path) -> None:
     pred = tmp_path / "pred"
     write_image(synthetic_case(), pred / "sub-tiny001_seg-vert_msk.nii.gz")
     existing = tmp_path / "again.json"
     for _ in range(2):  # an existing metrics file and report folder are overwritten, not refused
         assert run_cli("folders", "--predictions", pred, "--ground-truth", tiny_gt, "--output", existing,
                        "--report", tmp_path / "report", "--no-progress") == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".write-probe")]
+
+
+# --------------------------------------------------------------------------- one stderr line per affected case
+
+
+def _problem_case(folder: Path, problem: str) -> tuple[Path, Path]:
+    """Ground truth (mask + annotated centroids) and a prediction folder with one problem of one case."""
+    image = synthetic_case()
+    geometry = Geometry.of(image)
+    array = sitk.GetArrayFromImage(image)
+    centres = {v: geometry.index_to_world(np.argwhere(array == v).mean(axis=0)[::-1]) for v in (20, 21, 22)}
+    gt = make_ground_truth(folder / "gt", [("sub-tiny001", image, centres)])
+    pred = folder / "pred"
+    mask = pred / "sub-tiny001_seg-vert_msk.nii.gz"
+    points = pred / "sub-tiny001_points.json"
+    pred.mkdir(parents=True)
+    if problem != "missing prediction":
+        write_image(image, mask)
+        points.write_text(json.dumps(points_document([Point(name_of(v), tuple(p), 1.0) for v, p in centres.items()])))
+    if problem == "unreadable mask":
+        mask.write_bytes(mask.read_bytes()[:100])
+    elif problem == "unreadable points":
+        points.write_text("{not json")
+    elif problem == "invalid points":
+        points.write_text('{"type": "Multiple points", "points": [{"name": "L1", "point": [1, 2]}]}')
+    elif problem == "no points file":
+        points.unlink()
+    elif problem == "resampled":
+        coarse = Geometry(size=(8, 7, 9), spacing_mm=(2.0, 2.0, 4.0), origin_mm=geometry.origin_mm,
+                          direction=geometry.direction)
+        write_image(resample_onto(image, coarse, nearest=True), mask)
+    return gt, pred
+
+
+PROBLEM_LINES = {
+    "missing prediction": "sub-tiny001: missing prediction: no sub-tiny001_seg-vert_msk image in the predictions "
+                          "folder",
+    "unreadable mask": "sub-tiny001: unreadable prediction: sub-tiny001_seg-vert_msk.nii.gz: ",
+    "unreadable points": "sub-tiny001: unreadable points, scored as absent, the mask's centres of mass used "
+                         "(sub-tiny001_points.json: Expecting property name",
+    "invalid points": "sub-tiny001: invalid points, scored as absent, the mask's centres of mass used "
+                      "(sub-tiny001_points.json: point 0 is malformed",
+    "no points file": "sub-tiny001: no points file: the mask's centres of mass used",
+    "resampled": "sub-tiny001: prediction resampled (nearest neighbour) from 8x7x9 voxels of 2x2x4 mm onto the "
+                 "ground truth's 16x14x17 voxels of 1x1x2 mm",
+}
+
+
+@pytest.mark.parametrize("problem", list(PROBLEM_LINES))
+def test_each_problem_is_one_stderr_line_naming_the_case(tmp_path: Path, problem: str,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Regression (issue 20): a missing prediction, a broken points file or a resampled prediction
+    printed nothing; an organiser reads stderr, not every metrics.json."""
+    gt, pred = _problem_case(tmp_path, problem)
+    out = tmp_path / "m.json"
+    assert run_cli("folders", "--predictions", pred, "--ground-truth", gt, "--output", out, "--no-progress") == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    warnings = [line for line in lines if line.startswith("WARNING")]
+    assert len(warnings) == 1, lines
+    assert warnings[0].startswith("WARNING evaluation.run: " + PROBLEM_LINES[problem]), warnings[0]
+    assert str(tmp_path) not in warnings[0]  # file names, not the organiser's folders
+    assert lines[-1].startswith("INFO evaluation: wrote") and lines.index(warnings[0]) < len(lines) - 1
+    record = check_document(out)["case"]["sub-tiny001"]
+    assert PROBLEM_LINES[problem].split(": ", 1)[1] in record["status"]
+
+
+def test_a_case_without_problems_prints_no_warning(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    gt, pred = _problem_case(tmp_path, "none")
+    assert run_cli("folders", "--predictions", pred, "--ground-truth", gt, "--output", tmp_path / "m.json",
+                   "--no-progress") == 0
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("WARNING")] == []
+    record = check_document(tmp_path / "m.json")["case"]["sub-tiny001"]
+    assert record["status"] == "ok" and record["localisation_mm"] < 1e-6
 
 
 EXAMPLE = HERE.parent / "examples" / "totalsegmentator-example"
@@ -698,3 +842,52 @@ def test_readme_accuracy_row_of_the_bundled_example_is_reproducible(tmp_path: Pa
     assert f"{case['dice']:.2f}" == cells[1]
     assert cells[2].startswith(f"{case['id_rate']:.2f} ({case['hits']} of {case['vertebrae']})")
     assert cells[3].startswith(f"{case['localisation_mm']:.1f} mm; {case['localisation_matched_mm']:.1f} mm")
+
+
+# --------------------------------------------------------------------------- the Centroids rule on both paths
+
+
+@pytest.mark.parametrize("mode", ["gc", "folders"])
+def test_leaving_out_or_breaking_points_never_pays(tmp_path: Path, mode: str) -> None:
+    """Regression (issue 20): the same real mask with a broken points file scored 0.87 mm where
+    good points scored 9.57 mm (both sides fell back to centres of mass). Now absent and broken
+    points score alike, against the annotated centroids, and good points score best."""
+    image = read_image(sample_mask())
+    geometry = Geometry.of(image)
+    annotated = read_centroids_mm(sample_centroids(), geometry)
+    good = [Point(name_of(v), tuple(p), 1.0) for v, p in annotated.items()]
+    variants = {"absent": None, "broken": "{not json", "invalid": {"points": "L1"}, "good": good}
+    gt = make_ground_truth(tmp_path / "gt", [(f"sub-v{name}", sample_mask(), sample_centroids())
+                                             for name in variants])
+    out = tmp_path / "m.json"
+    if mode == "gc":
+        inp = make_evaluation_input(tmp_path / "input", [(f"sub-v{name}_ct.nii.gz", sitk.Cast(image, sitk.sitkUInt8),
+                                                          points) for name, points in variants.items()])
+        assert run_cli("--input", inp, "--ground-truth", gt, "--output", out, "--no-progress") == 0
+    else:
+        pred = tmp_path / "pred"
+        pred.mkdir()
+        for name, points in variants.items():
+            write_image(sitk.Cast(image, sitk.sitkUInt8), pred / f"sub-v{name}_seg-vert_msk.nii.gz")
+            if isinstance(points, str):
+                (pred / f"sub-v{name}_points.json").write_text(points)
+            elif isinstance(points, dict):
+                (pred / f"sub-v{name}_points.json").write_text(json.dumps(points))
+            elif points is not None:
+                (pred / f"sub-v{name}_points.json").write_text(json.dumps(points_document(points)))
+        assert run_cli("folders", "--predictions", pred, "--ground-truth", gt, "--output", out, "--no-progress") == 0
+    doc = check_document(out)
+    record = {name: doc["case"][f"sub-v{name}"] for name in variants}
+
+    def scores(r: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in r.items() if k != "status"}
+
+    assert scores(record["broken"]) == scores(record["absent"]) == scores(record["invalid"])
+    assert "no points file" in record["absent"]["status"]
+    assert "unreadable points, scored as absent" in record["broken"]["status"]
+    assert "invalid points, scored as absent" in record["invalid"]["status"]
+    assert record["good"]["status"] == "ok" and record["good"]["localisation_mm"] == pytest.approx(0.0, abs=1e-6)
+    assert record["absent"]["localisation_mm"] > 5.0  # centres of mass against the annotated body centres
+    assert record["good"]["localisation_mask_mm"] == record["absent"]["localisation_mask_mm"] == pytest.approx(0.0)
+    assert doc["aggregates"]["localisation_mask_mm"]["count"] == 4
+    assert doc["aggregates"]["cases"]["without_points"] == 1 and doc["aggregates"]["cases"]["unusable_points"] == 2
