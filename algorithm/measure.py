@@ -22,10 +22,10 @@ samples anterior of ``a_post`` connected to the core: the pedicles leave it behi
 
 **Heights** (mm, along ``u``, on the mid-sagittal plane ``l = l_c``, the opened body's mean ``l``): the
 walls ``a_ant``, ``a_post`` on that plane at mid-height (the 0.5 level of the mask's profile); the anterior,
-middle and posterior heights are the lengths of ``u``-lines at ``a_ant - INSET_MM``, the midpoint and
-``a_post + INSET_MM`` inside the mask's 0.5 level (linear interpolation, 0.25 mm steps), each the mean of
-nine lines 1 mm apart (3 x 3 in ``l`` and ``a``). The inset keeps the lines off the rounded rim, as readers
-place morphometry points just inside the corners.
+middle and posterior heights are the lengths of ``u``-lines at ``a_ant - d``, the midpoint and
+``a_post + d`` inside the mask's 0.5 level (linear interpolation, 0.25 mm steps), each the mean of 15 lines
+(``LINE_L_MM`` x ``LINE_A_MM``). The inset ``d`` (:func:`inset_mm`: 3 mm, 1.5 voxels on coarse voxels) keeps
+the lines off the rounded rim, as readers place morphometry points just inside the corners.
 
 **Genant grade** (semi-quantitative, Genant et al. 1993) from the height losses ``wedge = 1 - A/P``,
 ``biconcave = 1 - M/P`` and ``crush = 1 - max(A, M, P)/H_nb`` (``H_nb``: mean largest height of the
@@ -84,6 +84,13 @@ GRID_HIGH_MM = (36.0, 32.0, 30.0)
 for the metal check)."""
 OPENING_FRACTION = 0.5
 INSET_MM = 3.0
+INSET_VOXELS = 1.5
+"""The height lines' inset from the walls: ``max(INSET_MM, INSET_VOXELS x`` the largest voxel side): a coarse
+voxel's wall is only known to half a voxel."""
+LINE_L_MM = np.linspace(-3.0, 3.0, 5)
+LINE_A_MM = np.linspace(-1.0, 1.0, 3)
+"""Offsets of the lines averaged into one height (mm, across and along the mid-sagittal plane): coarse voxels'
+staircases on a tilted endplate average out."""
 MARGIN_MM = 5.0
 VEIN_DEPTH_FRACTION = 1.0 / 3.0
 MIN_CORE_VOXELS = 20
@@ -203,7 +210,8 @@ def genant(heights: Heights, neighbour_height_mm: float | None) -> tuple[int, st
     kind = max(losses, key=lambda k: losses[k])
     loss = losses[kind]
     mild, moderate, severe = GENANT_BANDS
-    grade = 0 if loss < mild else 1 if loss < moderate else 2 if loss <= severe else 3
+    banded = round(loss, 9)  # 1 - 20.8/26 is 0.1999...: a loss on a band's edge is on it
+    grade = 0 if banded < mild else 1 if banded < moderate else 2 if banded <= severe else 3
     return grade, kind if grade else "", loss
 
 
@@ -227,6 +235,11 @@ def spine_axis(centroids_mm: Mapping[int, Sequence[float]], label: int) -> np.nd
     vector = np.asarray(top, dtype=np.float64) - np.asarray(bottom, dtype=np.float64)
     norm = float(np.linalg.norm(vector))
     return vector / norm if norm > 1e-6 else None
+
+
+def inset_mm(spacing_mm: Sequence[float]) -> float:
+    """How far inside the walls the anterior and posterior heights are measured (mm), on voxels ``spacing_mm``."""
+    return max(INSET_MM, INSET_VOXELS * max(spacing_mm))
 
 
 def _run_length(values: np.ndarray, start: int, step_mm: float, level: float = 0.5) -> float:
@@ -468,13 +481,14 @@ def _heights(mask_crop: np.ndarray, geometry: Geometry, start: np.ndarray, frame
     a_post = a_line[lo] - (profile[lo] - 0.5) / (profile[lo] - profile[lo - 1]) * step if lo > 0 else a_line[lo]
     a_ant = a_line[hi] + (profile[hi] - 0.5) / (profile[hi] - profile[hi + 1]) * step if hi + 1 < len(inside) \
         else a_line[hi]
-    if a_ant - a_post < 2 * INSET_MM + 2:
+    inset = inset_mm(geometry.spacing_mm)
+    if a_ant - a_post < 2 * inset + 2:
         return None
     u_line = np.arange(GRID_LOW_MM[2], GRID_HIGH_MM[2] + step / 2, step) + u_c
     u_start = int(np.argmin(np.abs(u_line - u_c)))
     result = []
-    for a0 in (a_ant - INSET_MM, (a_ant + a_post) / 2, a_post + INSET_MM):
-        dl, da, uu = np.meshgrid(offsets, offsets, u_line, indexing="ij")
+    for a0 in (a_ant - inset, (a_ant + a_post) / 2, a_post + inset):
+        dl, da, uu = np.meshgrid(LINE_L_MM, LINE_A_MM, u_line, indexing="ij")
         lines = _sample(mask_crop, geometry, start, frame.to_world(np.stack([l_c + dl, a0 + da, uu], axis=-1)))
         lengths = [_run_length(line, u_start, step) for line in lines.reshape(-1, len(u_line))]
         result.append(float(np.mean(lengths)))

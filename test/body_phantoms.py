@@ -4,9 +4,10 @@ A straight spine tilted by ``tilt_deg`` in the sagittal plane; each vertebra a b
 22 mm lateral and 16 mm antero-posterior, height 26 mm, a 1.5 mm cortex at 700 HU around trabecular bone of its
 own HU, a basivertebral vein of 40 HU at the posterior wall's middle) and an arch (pedicles, lamina, spinous and
 transverse processes, 500 HU) around a canal. Chosen bodies are compressed: ``("wedge", f)`` the anterior wall's
-height lowered by ``f`` (linear in ``a``), ``("biconcave", f)`` both endplates dished, the centre's height lowered
-by ``f``, ``("crush", f)`` the whole height lowered by ``f``. The truth heights are the phantom's at the positions
-the measurement uses (3 mm inside the walls on the mid-sagittal plane, and midway).
+height lowered by ``f`` (linear in ``a``), ``("biconcave", f)`` both endplates dished (depth ~ (1 - rho^2)^2), the
+centre's height lowered by ``f``, ``("crush", f)`` the whole height lowered by ``f``. The truth heights are the
+phantom's where the measurement takes them (:func:`algorithm.measure.inset_mm` inside the walls on the
+mid-sagittal plane, and midway).
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from algorithm.measure import INSET_MM, Heights
+from algorithm.measure import Heights, inset_mm
 
 HEIGHT_MM = 26.0
 SEMI_L_MM, SEMI_A_MM = 22.0, 16.0
 STEP_MM = 36.0
 CORTEX_MM = 1.5
 DEFAULT_LEVELS = (18, 19, 20, 21, 22, 23, 24)
-DEFAULT_SHAPES: dict[int, tuple[str, float]] = {19: ("wedge", 0.33), 21: ("biconcave", 0.45), 23: ("crush", 0.5)}
+DEFAULT_SHAPES: dict[int, tuple[str, float]] = {19: ("wedge", 0.40), 21: ("biconcave", 0.38), 23: ("crush", 0.5)}
 DEFAULT_HU = {18: 220.0, 19: 120.0, 20: 180.0, 21: 95.0, 22: 150.0, 23: 70.0, 24: 260.0}
 
 
@@ -39,17 +40,19 @@ def _surfaces(lat: np.ndarray, a: np.ndarray, shape: tuple[str, float] | None) -
         return bottom, bottom + HEIGHT_MM * (1 - f * (np.asarray(a) + SEMI_A_MM) / (2 * SEMI_A_MM))
     if kind == "biconcave":
         rho2 = (np.asarray(lat) / SEMI_L_MM) ** 2 + (np.asarray(a) / SEMI_A_MM) ** 2
-        dish = f * half * np.clip(1 - rho2, 0, None)
+        dish = f * half * np.clip(1 - rho2, 0, None) ** 2  # the rim keeps its height, as in a real biconcave loss
         return bottom + dish, top - dish
     if kind == "crush":
         return bottom * (1 - f), top * (1 - f)
     raise ValueError(kind)
 
 
-def true_heights(shape: tuple[str, float] | None) -> Heights:
-    """The phantom's heights where :mod:`algorithm.measure` measures them (walls at a = +-16 mm on l = 0)."""
+def true_heights(shape: tuple[str, float] | None, spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Heights:
+    """The phantom's heights where :mod:`algorithm.measure` measures them on voxels ``spacing_mm`` (walls at
+    a = +-16 mm on l = 0)."""
     values = []
-    for a in (SEMI_A_MM - INSET_MM, 0.0, -SEMI_A_MM + INSET_MM):
+    inset = inset_mm(spacing_mm)
+    for a in (SEMI_A_MM - inset, 0.0, -SEMI_A_MM + inset):
         bottom, top = _surfaces(np.array(0.0), np.array(a), shape)
         values.append(float(top - bottom))
     return Heights(*values)
@@ -81,13 +84,15 @@ def build(spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0), *, tilt_deg:
     low[1] = -45.0
     size = np.floor((reach - low) / np.asarray(spacing_mm)).astype(int) + 1
     axes = [low[d] + np.arange(size[d]) * spacing_mm[d] for d in range(3)]
-    z, y, x = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
-    world = np.stack([x, y, z], axis=-1)
-    ct = np.full(world.shape[:3], 40.0)
-    labels = np.zeros(world.shape[:3], dtype=np.uint8)
+    ct = np.full((size[2], size[1], size[0]), 40.0)
+    labels = np.zeros(ct.shape, dtype=np.uint8)
     rng = np.random.default_rng(seed)
     for label in levels:
-        rel = world - centres[label]
+        # only the slices this vertebra (and its disc) can reach
+        near = np.abs(axes[2] - centres[label][2]) <= STEP_MM / 2 + 60.0 * np.sin(theta) + 2.0
+        rows = np.flatnonzero(near)
+        z, y, x = np.meshgrid(axes[2][rows], axes[1], axes[0], indexing="ij")
+        rel = np.stack([x, y, z], axis=-1) - centres[label]
         lat, a, w = rel @ l_dir, rel @ a_dir, rel @ u
         shape = shapes.get(label)
         bottom, top = _surfaces(lat, a, shape)
@@ -102,12 +107,13 @@ def build(spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0), *, tilt_deg:
         transverse = (np.abs(lat) >= 17) & (np.abs(lat) <= 38) & (a >= -28) & (a <= -22) & (np.abs(w - 4) <= 3)
         arch = (pedicles | lamina | spinous | transverse) & ~body
         disc = (ellipse <= 1) & (w > top) & (w < STEP_MM - HEIGHT_MM / 2)
-        ct[disc] = 80.0
-        ct[body] = 700.0
-        ct[trabecular] = hu[label]
-        ct[vein] = 40.0
-        ct[arch] = 500.0
-        labels[body | arch] = label
+        block, block_labels = ct[rows[0]:rows[-1] + 1], labels[rows[0]:rows[-1] + 1]
+        block[disc & (block_labels == 0)] = 80.0
+        block[body] = 700.0
+        block[trabecular] = hu[label]
+        block[vein] = 40.0
+        block[arch] = 500.0
+        block_labels[body | arch] = label
     ct += rng.normal(0.0, noise_hu, ct.shape) if noise_hu else 0.0
     ct_image = sitk.GetImageFromArray(np.round(ct).astype(np.int16))
     label_image = sitk.GetImageFromArray(labels)
