@@ -195,7 +195,9 @@ def _draw_names(axis: object, result: QCResult, world_axis: int, colours: np.nda
         colour = colours[vertebra.label]
         axis.plot([text_u, u], [z, z], color=colour, linewidth=0.8, alpha=0.9)  # type: ignore[attr-defined]
         axis.plot([u], [z], marker="o", markersize=3, color="white")  # type: ignore[attr-defined]
-        name = f"{vertebra.name} {notes[vertebra.label]}" if vertebra.label in notes else vertebra.name
-        axis.text(text_u, z, name, color="black", fontsize=8, fontweight="bold",  # type: ignore[attr-defined]
-                  ha="right", va="center", bbox={"boxstyle": "round,pad=0.2", "facecolor": colour,
-                                                 "edgecolor": "none", "alpha": 0.9})
+        name, x, align = vertebra.name, text_u, "right"
+        if vertebra.label in notes:  # two lines from the panel's left edge: a long note would leave the panel
+            name, x, align = f"{vertebra.name}\n{notes[vertebra.label]}", extent[0] + 0.01 * span, "left"
+        axis.text(x, z, name, color="black", fontsize=8, fontweight="bold",  # type: ignore[attr-defined]
+                  ha=align, va="center", bbox={"boxstyle": "round,pad=0.2", "facecolor": colour,
+                                               "edgecolor": "none", "alpha": 0.9})
