@@ -44,7 +44,8 @@ mean, count and volume, in the CT's own values (no interpolation).
 ``MIN_CORE_VOXELS`` voxels or ``MIN_CORE_ML`` ml in the core: no HU), ``metal`` (a voxel over 2,000 HU
 within 5 mm of the body), ``thick_slices`` (a voxel side over 3 mm), ``no_heights`` (no wall found on the
 mid-sagittal plane), ``contrast_unknown`` (the contrast phase is not known: enhancement raises trabecular
-HU), ``axis_scanner``.
+HU), ``axis_scanner``, ``no_body`` (no body found on the mask's mid-sagittal plane: nothing measured),
+``low_confidence`` (label confidence under 0.9: no grade; the masks of a doubtful case are doubtful too).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ GENANT_BANDS = (0.20, 0.25, 0.40)
 """Height loss at which grades 1, 2 and 3 begin (grade 3: strictly above 40 %)."""
 SCREENING_LABEL = 20
 HIGH_CONFIDENCE = 0.9
-"""L1's label confidence at or above which its screening line is given."""
+"""Label confidence at or above which a vertebra is graded and L1's screening line is given."""
 PICKHARDT_HU = (110.0, 160.0)
 """Pickhardt et al., Ann Intern Med 2013: L1 <= 110 HU likely osteoporosis, > 160 HU likely normal (120 kVp)."""
 MEASURED = frozenset(range(3, 26)) | {28}
@@ -242,11 +243,11 @@ def inset_mm(spacing_mm: Sequence[float]) -> float:
     return max(INSET_MM, INSET_VOXELS * max(spacing_mm))
 
 
-def _run_length(values: np.ndarray, start: int, step_mm: float, level: float = 0.5) -> float:
-    """Length (mm) of the run of ``values >= level`` that holds index ``start``, its ends placed where the
-    linear interpolation between samples crosses ``level``; 0 when ``values[start] < level``."""
+def _run_ends(values: np.ndarray, start: int, level: float = 0.5) -> tuple[float, float] | None:
+    """Ends (fractional sample indices) of the run of ``values >= level`` that holds index ``start``, placed where
+    the linear interpolation between samples crosses ``level``; None when ``values[start] < level``."""
     if values[start] < level:
-        return 0.0
+        return None
     inside = values >= level
     lo = start
     while lo > 0 and inside[lo - 1]:
@@ -260,7 +261,13 @@ def _run_length(values: np.ndarray, start: int, step_mm: float, level: float = 0
     high_end = float(hi)
     if hi + 1 < len(values):
         high_end = hi + (values[hi] - level) / (values[hi] - values[hi + 1])
-    return (high_end - low_end) * step_mm
+    return low_end, high_end
+
+
+def _run_length(values: np.ndarray, start: int, step_mm: float, level: float = 0.5) -> float:
+    """Length (mm) of the run of :func:`_run_ends`; 0 when ``values[start] < level``."""
+    ends = _run_ends(values, start, level)
+    return 0.0 if ends is None else (ends[1] - ends[0]) * step_mm
 
 
 @dataclass(frozen=True)
@@ -395,11 +402,16 @@ def measure_vertebra(ct: np.ndarray, inside: np.ndarray, geometry: Geometry, lab
     radius = max(OPENING_FRACTION * float(depth.max()), 2.0)
     core = _component_at(depth >= radius, deepest)
     opened = (_distance_to(core, step) <= radius) & solid
+    if not opened.any():  # nothing thicker than 4 mm: a sliver of arch, a broken mask
+        return BodyMeasure(label, flags=(*flags, "no_body"))
     l_c = float(l_grid[opened].mean())
     mid = opened & (np.abs(l_grid - l_c) <= 3.0)
     a_post = float(a_grid[mid].min()) if mid.any() else float(a_grid[opened].min())
     body = _component_at(solid & (a_grid >= a_post - step / 2), deepest)
-    u_c = float(u_grid[body & (np.abs(l_grid - l_c) <= 3.0)].mean())
+    on_plane = body & (np.abs(l_grid - l_c) <= 3.0)
+    if not on_plane.any():
+        return BodyMeasure(label, flags=(*flags, "no_body"))
+    u_c = float(u_grid[on_plane].mean())
 
     # field of view: the body within EDGE_MM of the image's edge
     around = _distance_to(body, step)
@@ -407,7 +419,7 @@ def measure_vertebra(ct: np.ndarray, inside: np.ndarray, geometry: Geometry, lab
     cut = bool((near_body & ~in_view).any())
     if cut:
         flags.append("fov_cut")
-    thick = max(geometry.spacing_mm) > MAX_SLICE_MM
+    thick = max(geometry.spacing_mm) > MAX_SLICE_MM + 1e-3  # a header's 3.0000001 mm is 3 mm
     if thick:
         flags.append("thick_slices")
 
@@ -434,7 +446,7 @@ def measure_vertebra(ct: np.ndarray, inside: np.ndarray, geometry: Geometry, lab
     if reach.any() and float(ct_crop[reach].max()) > METAL_HU:
         flags.append("metal")
     body_depth = _edt(body, step)
-    a_front = float(a_grid[body & (np.abs(l_grid - l_c) <= 3.0)].max())
+    a_front = float(a_grid[on_plane].max())
     vein = a_grid < a_post + VEIN_DEPTH_FRACTION * (a_front - a_post)
     trabecular = (body_depth >= margin_mm) & ~vein
     chosen = trabecular[gi] & valid & inside[box]
@@ -542,21 +554,26 @@ def measure_case(ct: np.ndarray, label_map: np.ndarray, geometry: Geometry, *,
 
 def _with_neighbours(measure: BodyMeasure, measures: Mapping[int, BodyMeasure],
                      confidences: Mapping[int, float] | None) -> BodyMeasure:
+    """``measure`` with its neighbour ratios, its grade with the crush loss, its label confidence, and no grade
+    where that confidence is under :data:`HIGH_CONFIDENCE` (flag ``low_confidence``)."""
     rank = anatomical_rank(measure.label)
     neighbours = [m.heights for label, m in measures.items()
                   if label != measure.label and abs(anatomical_rank(label) - rank) <= 1
                   and not _nearer_between(label, measure.label, measures)
                   and m.heights is not None and "fov_cut" not in m.flags and "thick_slices" not in m.flags]
     confidence = None if confidences is None else confidences.get(measure.label)
-    if measure.heights is None or not neighbours:
-        return replace(measure, confidence=confidence)
-    mean = np.mean([h.as_tuple() for h in neighbours], axis=0)  # type: ignore[union-attr]
-    ratios = tuple(float(v) for v in np.asarray(measure.heights.as_tuple()) / mean)
-    grade, kind, loss = measure.grade, measure.kind, measure.loss
-    if grade is not None:
-        grade, kind, loss = genant(measure.heights, float(np.mean([max(h.as_tuple()) for h in neighbours])))
+    ratios, (grade, kind, loss) = None, (measure.grade, measure.kind, measure.loss)
+    if measure.heights is not None and neighbours:
+        mean = np.mean([h.as_tuple() for h in neighbours], axis=0)  # type: ignore[union-attr]
+        ratios = tuple(float(v) for v in np.asarray(measure.heights.as_tuple()) / mean)
+        if grade is not None:
+            grade, kind, loss = genant(measure.heights, float(np.mean([max(h.as_tuple()) for h in neighbours])))
+    flags = measure.flags
+    if confidence is not None and confidence < HIGH_CONFIDENCE:
+        # a grade on a doubtful level, or on a doubtful case's masks, is worse than none
+        flags, grade, kind = (*flags, "low_confidence"), None, ""
     return replace(measure, neighbour_ratios=ratios, grade=grade, kind=kind, loss=loss,  # type: ignore[arg-type]
-                   confidence=confidence)
+                   confidence=confidence, flags=flags)
 
 
 def _nearer_between(other: int, label: int, measures: Mapping[int, BodyMeasure]) -> bool:
