@@ -440,9 +440,16 @@ def _writer_of(function: Callable[[Path], object]) -> Writer:
 def measure_result(result: CaseResult, image: sitk.Image) -> list[BodyMeasure]:
     """The vertebral body measurements of ``result`` on its CT (:mod:`algorithm.measure`); records them under
     ``measurements`` in the result's report and logs L1's screening line (or why it is withheld)."""
-    measures = measure_case(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(result.labels),
-                            result.geometry, centroids_mm=result.centroids_mm(),
-                            confidences={v.label: v.confidence for v in result.vertebrae})
+    try:
+        measures = measure_case(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(result.labels),
+                                result.geometry, centroids_mm=result.centroids_mm(),
+                                confidences={v.label: v.confidence for v in result.vertebrae})
+    except (ValueError, IndexError, ArithmeticError, np.linalg.LinAlgError) as error:
+        # an add-on's failure must not cost the case its segmentation: no measurements, and the report says why
+        log.warning("measure: no body measurements (%s: %s)", type(error).__name__, error)
+        result.details["measurements"] = {"note": "research output, not a diagnosis (docs/measurements.md)",
+                                          "error": f"{type(error).__name__}: {error}", "vertebrae": []}
+        return []
     line = screening(measures, uncertain=bool(result.details.get("label", {}).get("uncertain", False)))
     log.info("measure: %s", line)
     graded = [f"{m.name} grade {m.grade} {m.kind}" for m in measures if m.grade]

@@ -296,3 +296,20 @@ def test_predict_grades_no_fracture_on_the_real_lumbar_scans(tmp_path) -> None:
     for csv in tmp_path.glob("*_vertebrae.csv"):
         rows = [dict(zip(CSV_COLUMNS, line.split(","), strict=True)) for line in csv.read_text().splitlines()[2:]]
         assert rows and all(row["grade"] in ("", "0") for row in rows), (csv.name, rows)
+
+
+def test_a_failing_measurement_costs_the_case_nothing_but_its_measurements(monkeypatch, caplog) -> None:
+    """predict's measurements are an add-on: an error in them leaves an empty list and the report says why."""
+    import algorithm.pipeline as pipeline
+    from algorithm.pipeline import CaseResult, Vertebra
+
+    ct, labels, centres, _ = _small_phantom()
+    result = CaseResult(Geometry.of(ct), labels, tuple(Vertebra(k, tuple(v), 0.95) for k, v in centres.items()))
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(pipeline, "measure_case", broken)
+    assert pipeline.measure_result(result, ct) == []
+    assert result.details["measurements"]["error"] == "ValueError: a bug"
+    assert "no body measurements" in caplog.text
