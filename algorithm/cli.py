@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", parents=[common], help="CT files or folders -> VerSe files + QC",
                                   description="Predict several CTs; per case write <case>_seg-vert_msk.nii.gz, "
                                               "<case>_seg-subreg_ctd.json, <case>_points.json, <case>_ctd.mrk.json "
-                                              "(3D Slicer), <case>_snp.png "
+                                              "(3D Slicer), <case>_vertebrae.csv (body heights, Genant grade, "
+                                              "trabecular HU: research output, not a diagnosis), <case>_snp.png "
                                               "and <case>_report.json.")
     predict.add_argument("cts", nargs="+", type=Path, metavar="CT", help="CT image files or folders of them")
     predict.add_argument("--output", type=output_folder, required=True, metavar="DIR", help="output folder")

@@ -8,8 +8,8 @@ Entry points:
   ``/output``, all outputs or none);
 - :func:`segment_from_centroids`: a CT and labelled centroids a user gives -> :class:`CaseResult`
   (detect, locate and label skipped: the annotation loop's "segment again from corrected centroids");
-- :func:`write_case_outputs`: the ``predict`` command's VerSe-named files, Slicer markups, QC picture
-  and report.
+- :func:`write_case_outputs`: the ``predict`` command's VerSe-named files, Slicer markups, vertebral body
+  measurements (:mod:`algorithm.measure`), QC picture and report.
 
 No spine found is not an error: the label map is all zeros and the points list empty, and
 the result's ``note`` says why.
@@ -32,8 +32,9 @@ from algorithm.fragments import edge_fragments, write_fragments
 from algorithm.labelling import Constraints, Labelling, label_candidates
 from algorithm.labelling.constraints import changes
 from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_heatmaps, peak_candidates
+from algorithm.measure import BodyMeasure, csv_text, measure_case, screening
 from algorithm.models import Models
-from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer, json_writer
+from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer, json_writer, text_writer
 from algorithm.plausibility import IMPLAUSIBLE_CAP, assess
 from algorithm.recentre import fill_chain, on_spine_curve, recentre, spaced_by_size
 from algorithm.report import StageTimer, versions
@@ -56,6 +57,7 @@ __all__ = [
     "gc_outputs",
     "label_stage",
     "locate_stage",
+    "measure_result",
     "predict_case",
     "read_gc_input",
     "run_gc_case",
@@ -435,15 +437,57 @@ def _writer_of(function: Callable[[Path], object]) -> Writer:
     return write
 
 
+def measure_result(result: CaseResult, image: sitk.Image) -> list[BodyMeasure]:
+    """The vertebral body measurements of ``result`` on its CT (:mod:`algorithm.measure`); records them under
+    ``measurements`` in the result's report and logs L1's screening line (or why it is withheld)."""
+    try:
+        measures = measure_case(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(result.labels),
+                                result.geometry, centroids_mm=result.centroids_mm(),
+                                confidences={v.label: v.confidence for v in result.vertebrae})
+    except (ValueError, IndexError, ArithmeticError, np.linalg.LinAlgError) as error:
+        # an add-on's failure must not cost the case its segmentation: no measurements, and the report says why
+        log.warning("measure: no body measurements (%s: %s)", type(error).__name__, error)
+        result.details["measurements"] = {"note": "research output, not a diagnosis (docs/measurements.md)",
+                                          "error": f"{type(error).__name__}: {error}", "vertebrae": []}
+        return []
+    line = screening(measures, uncertain=bool(result.details.get("label", {}).get("uncertain", False)))
+    log.info("measure: %s", line)
+    graded = [f"{m.name} grade {m.grade} {m.kind}" for m in measures if m.grade]
+    if graded:
+        log.info("measure: height loss graded (Genant; research output, check the images): %s", ", ".join(graded))
+    result.details["measurements"] = {
+        "note": "research output, not a diagnosis (docs/measurements.md)",
+        "screening": line,
+        "vertebrae": [m.to_dict() for m in measures],
+    }
+    return measures
+
+
+def _qc_notes(measures: list[BodyMeasure]) -> dict[int, str]:
+    """Beside each label in the QC picture: its Genant grade (and type) and trabecular HU where measured."""
+    notes = {}
+    for m in measures:
+        parts = [] if m.grade is None else [f"G{m.grade}{' ' + m.kind if m.kind else ''}"]
+        if m.attenuation is not None:
+            parts.append(f"{m.attenuation.median_hu:.0f} HU")
+        if parts:
+            notes[m.label] = " ".join(parts)
+    return notes
+
+
 def write_case_outputs(result: CaseResult, image: sitk.Image, folder: Path, case_id: str, *, source: str,
                        models: Models | None, qc: bool = True) -> list[Path]:
-    """Write the ``predict`` files of one case, QC picture and report included (all or nothing)."""
+    """Write the ``predict`` files of one case, measurements (``<case>_vertebrae.csv``), QC picture and report
+    included (all or nothing)."""
     outputs = case_outputs(result, folder, case_id)
+    with result.timer.stage("measure"):
+        measures = measure_result(result, image)
+    outputs.append((folder / f"{case_id}_vertebrae.csv", text_writer(csv_text(measures))))
     if qc:
         from algorithm.qc import render_qc
 
         with result.timer.stage("qc"):
-            png = render_qc(image, result, title=case_id)
+            png = render_qc(image, result, title=case_id, notes=_qc_notes(measures))
         outputs.append((folder / f"{case_id}_snp.png", bytes_writer(png)))
     report_path = folder / f"{case_id}_report.json"
     targets = [target for target, _ in outputs] + [report_path]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import colorsys
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -137,8 +137,10 @@ def _overlay(ct: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: flo
     return rgb
 
 
-def render_qc(image: sitk.Image, result: QCResult, *, title: str = "", dpi: int = 110) -> bytes:
-    """PNG bytes of the QC picture of ``result`` on its CT ``image``."""
+def render_qc(image: sitk.Image, result: QCResult, *, title: str = "", dpi: int = 110,
+              notes: Mapping[int, str] | None = None) -> bytes:
+    """PNG bytes of the QC picture of ``result`` on its CT ``image``; ``notes``: {label: text} shown after the
+    label's name (the measurements' grade and HU)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -168,7 +170,7 @@ def render_qc(image: sitk.Image, result: QCResult, *, title: str = "", dpi: int 
         for spine in axis.spines.values():
             spine.set_visible(False)
         axis.set_title(f"{name}  ({left} \u2190 \u2192 {right})", color="white", fontsize=10)
-        _draw_names(axis, result, world_axis, colours, extent)
+        _draw_names(axis, result, world_axis, colours, extent, notes or {})
     headline = title or "case"
     if result.vertebrae:
         names = ", ".join(v.name for v in result.vertebrae)
@@ -184,7 +186,7 @@ def render_qc(image: sitk.Image, result: QCResult, *, title: str = "", dpi: int 
 
 
 def _draw_names(axis: object, result: QCResult, world_axis: int, colours: np.ndarray,
-                extent: Sequence[float]) -> None:
+                extent: Sequence[float], notes: Mapping[int, str]) -> None:
     """Each vertebra's name in a box of its colour, on the left of its centroid, with a tick to it."""
     span = extent[1] - extent[0]
     for vertebra in result.vertebrae:
@@ -193,6 +195,9 @@ def _draw_names(axis: object, result: QCResult, world_axis: int, colours: np.nda
         colour = colours[vertebra.label]
         axis.plot([text_u, u], [z, z], color=colour, linewidth=0.8, alpha=0.9)  # type: ignore[attr-defined]
         axis.plot([u], [z], marker="o", markersize=3, color="white")  # type: ignore[attr-defined]
-        axis.text(text_u, z, vertebra.name, color="black", fontsize=8, fontweight="bold",  # type: ignore[attr-defined]
-                  ha="right", va="center", bbox={"boxstyle": "round,pad=0.2", "facecolor": colour,
-                                                 "edgecolor": "none", "alpha": 0.9})
+        name, x, align = vertebra.name, text_u, "right"
+        if vertebra.label in notes:  # two lines from the panel's left edge: a long note would leave the panel
+            name, x, align = f"{vertebra.name}\n{notes[vertebra.label]}", extent[0] + 0.01 * span, "left"
+        axis.text(x, z, name, color="black", fontsize=8, fontweight="bold",  # type: ignore[attr-defined]
+                  ha=align, va="center", bbox={"boxstyle": "round,pad=0.2", "facecolor": colour,
+                                               "edgecolor": "none", "alpha": 0.9})

@@ -172,7 +172,7 @@ def test_predict_mode_on_the_real_example_ct(tmp_path: Path, phantom, capsys) ->
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(f"{case}_{suffix}" for case in ("ct", "sub-phantom") for suffix in
                            ("seg-vert_msk.nii.gz", "seg-subreg_ctd.json", "points.json", "ctd.mrk.json", "snp.png",
-                            "report.json"))
+                            "vertebrae.csv", "report.json"))
     original = sitk.ReadImage(str(ct))
     mask = sitk.ReadImage(str(out / "ct_seg-vert_msk.nii.gz"))
     assert mask.GetSize() == original.GetSize() and mask.GetPixelID() == sitk.sitkUInt8
@@ -184,6 +184,13 @@ def test_predict_mode_on_the_real_example_ct(tmp_path: Path, phantom, capsys) ->
     assert {"onnxruntime", "numpy", "SimpleITK", "python"} <= set(report["versions"])
     assert report["models"]["directory"] == str(fixture_model_dir())
     assert (out / "ct_snp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the body measurements: a CSV that says what it is, one row a measured vertebra, the same in the report
+    csv_lines = (out / "ct_vertebrae.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("#") and "not a diagnosis" in csv_lines[0]
+    measured = report["measurements"]["vertebrae"]
+    assert [line.split(",")[1] for line in csv_lines[2:]] == [m["name"] for m in measured]
+    assert report["measurements"]["screening"].startswith("L1 ")
+    assert "measure" in [s["stage"] for s in report["stages"]]
     # the phantom case: VerSe centroid JSON in voxel indices of the CT, back to world mm
     centroids = read_centroids_mm(out / "sub-phantom_seg-subreg_ctd.json", Geometry.of(phantom.image))
     assert sorted(centroids) == list(PHANTOM_LABELS)

@@ -68,7 +68,7 @@ def test_moving_a_point_in_the_markups_file_moves_the_segment(phantom_ct, tmp_pa
     assert _predict(str(ct), "--centroids", str(corrected), "--output", str(tmp_path / "second"),
                     "--models", models) == 0
     report = json.loads((tmp_path / "second" / "sub-phantom_report.json").read_text())
-    assert [s["stage"] for s in report["stages"]] == ["segment", "resample"]
+    assert [s["stage"] for s in report["stages"]] == ["segment", "resample", "measure"]  # no detect, locate, label
     assert [v["name"] for v in report["vertebrae"]] == ["L1", "L2", "L3", "L5", "L6"]
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "second" / "sub-phantom_seg-vert_msk.nii.gz")))
     truth = sitk.GetArrayFromImage(phantom.truth)
