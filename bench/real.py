@@ -340,7 +340,9 @@ def models_training(models_dir: Path) -> dict[str, str]:
 
 
 def seen_by(training: dict[str, str], name: str) -> list[str]:
-    """The stages whose training data names this case (a name after "unseen:" in the text is not seen)."""
+    """The stages whose training data names this case (a name after "unseen:" in the text is not seen); a reformat
+    (``<case>~<variant>``) was seen where its case was."""
+    name = name.split("~")[0]
     return [stage for stage, text in training.items() if name in text.split("unseen:")[0]]
 
 

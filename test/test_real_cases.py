@@ -90,6 +90,7 @@ def test_seen_by_reads_the_training_text_up_to_unseen() -> None:
     training = {"locate": "synthetic + real CTs tptbox-lumbar; unseen: verse-sub-verse014", "detect": "synthetic only"}
     assert bench.seen_by(training, "tptbox-lumbar") == ["locate"]
     assert bench.seen_by(training, "verse-sub-verse014") == []
+    assert bench.seen_by(training, "tptbox-lumbar~slices-5mm") == ["locate"]  # a reformat was seen as its case
 
 
 def test_points_figures_score_a_centroid_only_case(tmp_path: Path) -> None:
