@@ -26,18 +26,19 @@ which real cases each model saw in training (its ``trained_on`` metadata).
     python bench/real.py --models my-models/ --json real.json
     python bench/real.py --case ct.nii.gz msk.nii.gz ctd.json --verse /data/verse20
     python bench/real.py --reformats                   # also each case cropped, resliced, as a slab
-    python bench/real.py --only-openkbp --openkbp train  # the annotated head-and-neck development set
+    python bench/real.py --only-openkbp --openkbp dev  # the annotated head-and-neck development set
 
 **Reformats** (``--reformats``, ``export.reformat``): every masked case also as users meet the same
 anatomy elsewhere: the sacrum cropped away, the top two levels cropped away, a VerSe-style sagittal
 slab (3 mm sagittal slices, 104 mm wide, PIR), 5 mm slices, 4 mm pixels; labels follow (a vertebra
 mostly out of view loses its label).
 
-**OpenKBP** (``--openkbp train|validation``): real head-and-neck CTs (skull base to the upper thoracic
-spine) with the project's own centroid annotations (``bench/annotations/openkbp-headneck``): ``train``
-is the development set to choose on; ``validation`` is LOCKED: annotated before the pipeline's output
-on it was seen, scored once when a round of work closes. These cases have no masks: no oracle Dice,
-and end to end is the identification rate and the matched localisation error of the points.
+**OpenKBP** (``--openkbp dev|fit|validation``): real head-and-neck CTs (skull base to the upper thoracic
+spine) with the project's own centroid annotations (``bench/annotations/openkbp-headneck``): ``dev`` is
+the development set to choose on, ``fit`` the set models may train on; ``validation`` is LOCKED:
+annotated before the pipeline's output on it was seen, scored once when a round of work closes. These
+cases have no masks: no oracle Dice, and end to end is the identification rate and the matched
+localisation error of the points.
 """
 
 from __future__ import annotations
@@ -390,9 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reformats", nargs="*", metavar="NAME",
                         help="also every masked case in the forms users meet (export.reformat: sacrum-cropped, "
                              "top-cropped, sagittal-slab, thick-slices, coarse-pixels; none named: all)")
-    parser.add_argument("--openkbp", choices=("train", "validation"), action="append",
-                        help="the project's annotated OpenKBP head-and-neck CTs of this split (centroids only); "
-                             "validation is the LOCKED split: report it once, never choose on it")
+    parser.add_argument("--openkbp", choices=("dev", "fit", "validation"), action="append",
+                        help="the project's annotated OpenKBP head-and-neck CTs of this set (centroids only): dev to "
+                             "choose on, fit (what models train on), validation the LOCKED set: report it once, never "
+                             "choose on it")
     parser.add_argument("--only-openkbp", action="store_true", help="leave out the masked real cases")
     parser.add_argument("--no-end-to-end", action="store_true", help="stage figures only")
     parser.add_argument("--peak-threshold", type=float, metavar="P",
@@ -428,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     groups: dict[str, list[RealCase]] = {"real CTs": cases}
     for split in args.openkbp or []:
-        title = f"OpenKBP {split}" + (" (LOCKED split)" if split == LOCKED_SPLIT else " (development set)")
+        title = f"OpenKBP {split}" + {"dev": " (development set)", "fit": " (seen in training where a model says so)",
+                                      LOCKED_SPLIT: " (LOCKED set)"}[split]
         groups[title] = openkbp_cases(split)
         if split == LOCKED_SPLIT:
             log.warning("scoring the LOCKED OpenKBP split: report these figures once; choose nothing on them")

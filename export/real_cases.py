@@ -38,6 +38,7 @@ from spine.verse import centroid_json_name, mask_name, read_centroids_mm, write_
 __all__ = [
     "ANNOTATIONS",
     "LOCKED_SPLIT",
+    "OPENKBP_SETS",
     "REAL_CASES",
     "REPO",
     "RealCase",
@@ -130,30 +131,34 @@ def _bundled_and_shared(shared: Path | None) -> list[RealCase]:
 REAL_CASES: tuple[RealCase, ...] = tuple(_bundled_and_shared(shared_data_dir()))
 
 ANNOTATIONS = REPO / "bench" / "annotations" / "openkbp-headneck"
-"""The project's own vertebra annotations of OpenKBP head-and-neck CTs (its README says how they were made):
-``train/`` a development set, ``validation/`` the LOCKED split (report once, never tune on it)."""
+"""The project's own vertebra annotations of OpenKBP head-and-neck CTs (its README says how they were made), one
+folder per set: ``fit`` (train-split CTs, to train on), ``dev`` (train-split CTs, to choose rules and models on),
+``validation`` (the challenge's validation split: the LOCKED set, reported once, never trained or tuned on)."""
 LOCKED_SPLIT = "validation"
+OPENKBP_SETS = {"fit": "train", "dev": "train", LOCKED_SPLIT: "validation"}
+"""Annotation set -> the OpenKBP split its CTs come from."""
 
 
-def openkbp_cases(split: str, shared: Path | None = None) -> list[RealCase]:
-    """The annotated OpenKBP CTs of ``split`` (``train`` or ``validation``) whose CTs are in ``../shared/data``.
+def openkbp_cases(annotation_set: str, shared: Path | None = None) -> list[RealCase]:
+    """The annotated OpenKBP CTs of ``annotation_set`` (:data:`OPENKBP_SETS`) whose CTs are in ``../shared/data``.
 
     Centroid-only cases (no vertebra masks exist): every fully visible vertebra's body centre, annotated
     from the images before any pipeline output on them was seen.
     """
-    if split not in ("train", LOCKED_SPLIT):
-        raise ValueError(f"unknown OpenKBP split {split!r}: train or {LOCKED_SPLIT}")
+    if annotation_set not in OPENKBP_SETS:
+        raise ValueError(f"unknown OpenKBP annotation set {annotation_set!r}: one of {', '.join(OPENKBP_SETS)}")
     shared = shared if shared is not None else shared_data_dir()
     if shared is None:
         return []
+    split = OPENKBP_SETS[annotation_set]
     cases = []
-    for ctd in sorted((ANNOTATIONS / split).glob("pt_*_ctd.json"), key=lambda p: int(p.name.split("_")[1])):
+    for ctd in sorted((ANNOTATIONS / annotation_set).glob("pt_*_ctd.json"), key=lambda p: int(p.name.split("_")[1])):
         stem = ctd.name[: -len("_ctd.json")]
         ct = shared / "openkbp-headneck" / split / f"{stem}_ct.nii.gz"
-        cases.append(RealCase(f"openkbp-{split}-{stem}", ct, None, ctd, reference="manual", complete=False,
-                              note=f"OpenKBP {split} head-and-neck CT, centroids annotated by the project"))
+        cases.append(RealCase(f"openkbp-{stem}", ct, None, ctd, reference="manual", complete=False,
+                              note=f"OpenKBP {split} head-and-neck CT ({annotation_set} set), centroids annotated by "
+                                   "the project"))
     return [case for case in cases if case.exists()]
-"""The known real labelled CTs (the bundled example always; the others when ``../shared/data`` is there)."""
 
 
 def find_real_cases(names: list[str] | None = None) -> list[RealCase]:
@@ -191,8 +196,9 @@ def body_centres_mm(mask: sitk.Image, *, depth_fraction: float = DEPTH_FRACTION)
 def write_training_folder(cases: Sequence[RealCase], out: str | os.PathLike[str], *, copies: int = 1) -> list[str]:
     """Lay real cases out as a VerSe folder for ``export train --data``; returns the case ids written.
 
-    CT and mask are symbolic links to the originals (nothing is copied); the centroid JSON holds
-    the body centres of :meth:`RealCase.load`. ``copies`` > 1 writes each case that many times under
+    CT and mask are symbolic links to the originals (nothing is copied; a centroid-only case has no mask and
+    trains the detect and locate stages only); the centroid JSON holds the body centres of
+    :meth:`RealCase.load`. ``copies`` > 1 writes each case that many times under
     ids ``real-<name>-r<k>``: a few real cases among many synthetic ones are then drawn as often as
     wanted (uniform sampling over cases). Existing files of the same name are replaced.
     """
@@ -201,16 +207,16 @@ def write_training_folder(cases: Sequence[RealCase], out: str | os.PathLike[str]
     root = Path(out)
     written = []
     for real in cases:
-        if real.mask is None:
-            raise ValueError(f"{real.name}: no vertebra mask; a training case needs one")
         case = real.load()
         for k in range(copies):
             case_id = f"real-{real.name}-r{k}"
             raw, derived = root / "rawdata" / f"sub-{case_id}", root / "derivatives" / f"sub-{case_id}"
             raw.mkdir(parents=True, exist_ok=True)
             derived.mkdir(parents=True, exist_ok=True)
-            for link, target in ((raw / f"sub-{case_id}_ct.nii.gz", real.ct),
-                                 (derived / mask_name(f"sub-{case_id}"), real.mask)):
+            links = [(raw / f"sub-{case_id}_ct.nii.gz", real.ct)]
+            if real.mask is not None:  # a centroid-only case trains detect and locate, not segment
+                links.append((derived / mask_name(f"sub-{case_id}"), real.mask))
+            for link, target in links:
                 link.unlink(missing_ok=True)
                 link.symlink_to(target.resolve())
             write_centroid_json(derived / centroid_json_name(f"sub-{case_id}"), case.centroids_mm, case.geometry)
@@ -226,11 +232,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder (VerSe layout)")
     parser.add_argument("--cases", nargs="+", metavar="NAME",
                         help=f"which cases (default: all found: {', '.join(c.name for c in find_real_cases())})")
+    parser.add_argument("--openkbp", choices=["fit"], action="append",
+                        help="also (or, with --only-openkbp, only) the project's annotated OpenKBP head-and-neck CTs "
+                             "of this set (centroids only: detect and locate train on them, segment does not); the "
+                             "dev set chooses and the locked validation set is scored once: neither trains")
+    parser.add_argument("--only-openkbp", action="store_true", help="leave out the masked real cases")
     parser.add_argument("--copies", type=int, default=1, help="copies of each case, to oversample them (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        written = write_training_folder(find_real_cases(args.cases), args.out, copies=args.copies)
+        cases = [] if args.only_openkbp else find_real_cases(args.cases)
+        cases += [case for name in args.openkbp or [] for case in openkbp_cases(name)]
+        written = write_training_folder(cases, args.out, copies=args.copies)
     except (ValueError, OSError) as error:
         log.error("%s", error)
         return 1
