@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from spine.body import DEPTH_FRACTION, deepest_centre_zyx
 from spine.case import Case
-from spine.image import Geometry, read_image
+from spine.image import Geometry, read_image, write_image
 from spine.labels import EVALUATED
 from spine.verse import centroid_json_name, mask_name, read_centroids_mm, write_centroid_json
 
@@ -39,9 +39,11 @@ __all__ = [
     "ANNOTATIONS",
     "LOCKED_SPLIT",
     "OPENKBP_SETS",
+    "UNANNOTATED_MARGIN_MM",
     "REAL_CASES",
     "REPO",
     "RealCase",
+    "annotated_ct",
     "body_centres_mm",
     "find_real_cases",
     "main",
@@ -193,11 +195,46 @@ def body_centres_mm(mask: sitk.Image, *, depth_fraction: float = DEPTH_FRACTION)
     return centres
 
 
+UNANNOTATED_MARGIN_MM = 10.0
+"""How far below its lowest annotated body centre a centroid-only case's CT is kept for training: that body's
+lower half (a body is 14-25 mm tall), not the next one's centre (14-22 mm further down)."""
+
+
+def annotated_ct(case: Case, margin_mm: float = UNANNOTATED_MARGIN_MM) -> sitk.Image:
+    """The CT of a centroid-only case cut ``margin_mm`` below its lowest annotated centroid (world z).
+
+    The cut runs across the index axis nearest the head-foot axis; the rest of the grid is unchanged.
+    """
+    geometry = case.geometry
+    row = geometry.matrix[2]
+    axis = int(np.argmax(np.abs(row)))
+    lowest = min(float(c[2]) for c in case.centroids_mm.values())
+    index = geometry.world_to_index(np.array([0.0, 0.0, lowest - margin_mm]) + _on_axis(geometry, axis))[axis]
+    size = list(geometry.size)
+    if row[axis] > 0:  # index grows towards the head: keep [cut, end)
+        start = int(np.clip(np.ceil(index), 0, size[axis] - 1))
+        lower, upper = [0, 0, 0], [0, 0, 0]
+        lower[axis] = start
+    else:
+        stop = int(np.clip(np.floor(index) + 1, 1, size[axis]))
+        lower, upper = [0, 0, 0], [0, 0, 0]
+        upper[axis] = size[axis] - stop
+    return sitk.Crop(case.ct, lower, upper)
+
+
+def _on_axis(geometry: Geometry, axis: int) -> np.ndarray:
+    """A world point of the grid's centre line with only z left free (so ``world_to_index`` reads the cut along
+    ``axis`` where it crosses the grid's middle)."""
+    centre = geometry.index_to_world((np.asarray(geometry.size, dtype=np.float64) - 1) / 2)
+    return np.array([centre[0], centre[1], 0.0])
+
+
 def write_training_folder(cases: Sequence[RealCase], out: str | os.PathLike[str], *, copies: int = 1) -> list[str]:
     """Lay real cases out as a VerSe folder for ``export train --data``; returns the case ids written.
 
-    CT and mask are symbolic links to the originals (nothing is copied; a centroid-only case has no mask and
-    trains the detect and locate stages only); the centroid JSON holds the body centres of
+    CT and mask are symbolic links to the originals (nothing is copied; a centroid-only case has no mask,
+    trains the detect and locate stages only, and its CT is written cut below its annotation:
+    :func:`annotated_ct`); the centroid JSON holds the body centres of
     :meth:`RealCase.load`. ``copies`` > 1 writes each case that many times under
     ids ``real-<name>-r<k>``: a few real cases among many synthetic ones are then drawn as often as
     wanted (uniform sampling over cases). Existing files of the same name are replaced.
@@ -208,6 +245,10 @@ def write_training_folder(cases: Sequence[RealCase], out: str | os.PathLike[str]
     written = []
     for real in cases:
         case = real.load()
+        # A centroid-only case is annotated from its top down to the last level a reader could count with
+        # certainty: below that, real vertebrae carry no label and would teach "no vertebra here". Its CT is
+        # written cut below the annotation instead of linked (annotated_ct).
+        ct = None if real.mask is not None else annotated_ct(case)
         for k in range(copies):
             case_id = f"real-{real.name}-r{k}"
             raw, derived = root / "rawdata" / f"sub-{case_id}", root / "derivatives" / f"sub-{case_id}"
@@ -216,6 +257,11 @@ def write_training_folder(cases: Sequence[RealCase], out: str | os.PathLike[str]
             links = [(raw / f"sub-{case_id}_ct.nii.gz", real.ct)]
             if real.mask is not None:  # a centroid-only case trains detect and locate, not segment
                 links.append((derived / mask_name(f"sub-{case_id}"), real.mask))
+            else:
+                links = []
+                path = raw / f"sub-{case_id}_ct.nii.gz"
+                path.unlink(missing_ok=True)
+                write_image(ct, path)
             for link, target in links:
                 link.unlink(missing_ok=True)
                 link.symlink_to(target.resolve())

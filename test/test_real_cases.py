@@ -121,3 +121,26 @@ def test_a_centroid_only_real_case_loads_without_a_mask(tmp_path: Path) -> None:
     case = real.load()
     assert case.mask is None and np.allclose(case.centroids_mm[20], centres[20], atol=0.01)
     assert not RealCase("no-centroids", example / "ct.nii.gz", None, tmp_path / "missing.json").exists()
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (1, 0, 0, 0, -1, 0, 0, 0, -1)])
+def test_a_centroid_only_case_trains_on_its_annotated_part_only(tmp_path: Path, direction) -> None:
+    """Below the lowest annotated centre real vertebrae carry no label: the training CT ends 10 mm below it."""
+    from export.real_cases import RealCase, write_training_folder
+    from spine.image import image_from_array, write_image
+    from spine.verse import write_centroid_json
+
+    geometry = Geometry((20, 20, 60), (2.0, 2.0, 2.5), (0.0, 0.0, 0.0 if direction[8] > 0 else 147.5),
+                        tuple(float(d) for d in direction))
+    ct = write_image(image_from_array(np.zeros(geometry.shape_zyx, dtype=np.int16), geometry), tmp_path / "ct.nii.gz")
+    centres = {1: np.array([20.0, 20.0 if direction[4] > 0 else -20.0, 120.0]),
+               2: np.array([20.0, 20.0 if direction[4] > 0 else -20.0, 100.0])}
+    ctd = write_centroid_json(tmp_path / "ctd.json", centres, geometry)
+    written = write_training_folder([RealCase("neck", ct, None, ctd)], tmp_path / "train")
+    path = tmp_path / "train" / "rawdata" / written[0] / f"{written[0]}_ct.nii.gz"
+    assert path.is_file() and not path.is_symlink()
+    cut = Geometry.of(read_image(path))
+    corners = np.array(list(np.ndindex(2, 2, 2))) * (np.array(cut.size) - 1)
+    z = cut.index_to_world(corners.astype(float))[:, 2]
+    assert z.min() == pytest.approx(90.0, abs=2.5) and z.min() >= 90.0 - 1e-6  # 10 mm below C2, within a slice
+    assert z.max() == pytest.approx(147.5)  # the top is kept
