@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     # -- training / ONNX export (export/train.py, export/onnx_export.py) --
     "export.train",  # train: train one stage's network
     "export.onnx_export",  # onnx: export a checkpoint to ONNX with a parity check
+    "export.label_context",  # label-context: the chain-context labelling model on VID detections
     # -- end training / ONNX export --
 )
 """Modules whose ``add_parser(subparsers)`` registers one subcommand each, in help order."""

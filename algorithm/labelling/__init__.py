@@ -111,6 +111,7 @@ competing labelling is far worse and about 0.5 where two explain the evidence eq
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -118,13 +119,30 @@ from algorithm.labelling.constraints import Constraints, Fix, parse_fix
 from algorithm.labelling.curve import order_along_spine
 from algorithm.labelling.decoder import ChainDecoder, Labelling
 
-__all__ = ["ChainDecoder", "Constraints", "Fix", "Labelling", "decode", "label_candidates", "order_along_spine",
-           "parse_fix"]
+__all__ = ["LABELLERS", "LEARNED_MODEL", "ChainDecoder", "Constraints", "Fix", "Labelling", "decode",
+           "label_candidates", "learned_decoder", "order_along_spine", "parse_fix"]
+
+LABELLERS = ("decoder", "learned")
+"""What reads the region evidence: per candidate (the decoder's own ratio) or the chain-context model."""
+LEARNED_MODEL = Path(__file__).resolve().parents[1] / "models" / "label.onnx"
+"""The shipped chain-context model (:mod:`algorithm.labelling.context`)."""
 
 
 @lru_cache(maxsize=1)
 def _default_decoder() -> ChainDecoder:
     return ChainDecoder()
+
+
+@lru_cache(maxsize=4)
+def learned_decoder(model: Path = LEARNED_MODEL) -> ChainDecoder:
+    """The decoder with the chain-context model ``model`` reading the region evidence, weighted (alone and with a
+    fixed label) and calibrated as its metadata says; ValueError naming the file when it is missing or unusable."""
+    from algorithm.labelling.context import ContextModel
+
+    context = ContextModel(model)
+    meta = context.meta
+    return ChainDecoder(context_model=context, region_weight=meta.evidence_weight,
+                        fixed_region_weight=meta.fixed_evidence_weight, region_calibration=meta.calibration)
 
 
 def label_candidates(positions_mm: np.ndarray, scores: np.ndarray | None = None, *,
