@@ -314,22 +314,37 @@ def shifted_down(scan: VidScan) -> VidScan:
     return dataclasses.replace(scan, truth_labels=labels)
 
 
+class AveragedContext:
+    """Several chain-context models as one: the mean of their log ratios (the geometric mean of their class
+    probabilities, what an exported ensemble computes)."""
+
+    def __init__(self, models: list) -> None:
+        self.models = models
+
+    def log_ratio(self, positions_mm: np.ndarray, regions: np.ndarray) -> np.ndarray:
+        return np.mean([m.log_ratio(positions_mm, regions) for m in self.models], axis=0)
+
+
 def fold_context_model(scans: list[VidScan], training: np.ndarray, fold: int, args: argparse.Namespace):
     """The chain-context model of one fold, trained on ``training`` scans only (cached in ``--context-cache`` by
-    fold, seed and settings, so weights and calibrations can be compared without retraining)."""
+    fold, seed and settings, so weights and calibrations can be compared without retraining); several seeds
+    (``--context-seeds``) make an ensemble."""
     from algorithm.labelling.context import ContextModel
     from export.label_context import ContextSettings, export_onnx, train_context
 
-    settings = ContextSettings(hidden=args.context_hidden, epochs=args.context_epochs, seed=args.seed,
-                               drop=args.context_drop, false_rate=args.context_false_rate, crop=args.context_crop)
-    key = zlib.crc32(repr((sorted(scans[k].scan for k in training), settings)).encode())
-    path = args.context_cache / f"fold{fold}-{key:08x}.onnx"
-    if not path.is_file():
-        log.info("fold %d: training the chain-context model on %d scans (%s)", fold, len(training), settings)
-        state = train_context([scans[k] for k in training], settings,
-                              args.context_cache / f"fold{fold}-{key:08x}.pt")
-        export_onnx(state, path, [scans[k] for k in training[:10]], trained_on=f"VID fold {fold} training scans")
-    return ContextModel(path)
+    models = []
+    for seed in (int(v) for v in args.context_seeds.split(",")):
+        settings = ContextSettings(hidden=args.context_hidden, epochs=args.context_epochs, seed=seed,
+                                   drop=args.context_drop, false_rate=args.context_false_rate, crop=args.context_crop)
+        key = zlib.crc32(repr((sorted(scans[k].scan for k in training), settings)).encode())
+        path = args.context_cache / f"fold{fold}-{key:08x}.onnx"
+        if not path.is_file():
+            log.info("fold %d: training the chain-context model on %d scans (%s)", fold, len(training), settings)
+            state = train_context([scans[k] for k in training], settings,
+                                  args.context_cache / f"fold{fold}-{key:08x}.pt")
+            export_onnx(state, path, [scans[k] for k in training[:10]], trained_on=f"VID fold {fold} training scans")
+        models.append(ContextModel(path))
+    return models[0] if len(models) == 1 else AveragedContext(models)
 
 
 def fold_decoder(scans: list[VidScan], training: np.ndarray, verse: np.ndarray, verse_sacrum: np.ndarray,
@@ -507,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context-weight", type=float, default=1.0, help="weight of the learned evidence")
     parser.add_argument("--context-fixed-weight", type=float, default=1.0,
                         help="weight of the learned evidence with a fixed label (--fix-one)")
+    parser.add_argument("--context-seeds", default="0", help="comma-separated training seeds: several = an ensemble")
     parser.add_argument("--context-hidden", type=int, default=48)
     parser.add_argument("--context-epochs", type=int, default=40)
     parser.add_argument("--context-drop", type=float, default=0.15)

@@ -22,6 +22,7 @@ the result with a parity check against torch on real chains and the metadata of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -133,6 +134,32 @@ def _network(settings: ContextSettings) -> Any:
     return ChainContext()
 
 
+def _ensemble(states: Sequence[dict]) -> Any:
+    """The networks of ``states`` as one module: ``log_softmax`` of the mean of their log probabilities (one
+    network: itself)."""
+    import torch
+    from torch import nn
+
+    networks = []
+    for state in states:
+        network = _network(ContextSettings(**state["settings"]))
+        network.load_state_dict(state["model"])
+        networks.append(network.eval())
+    if len(networks) == 1:
+        return networks[0]
+
+    class Ensemble(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.members = nn.ModuleList(networks)
+
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            mean = torch.stack([m(features) for m in self.members]).mean(dim=0)
+            return torch.log_softmax(mean, dim=-1)
+
+    return Ensemble().eval()
+
+
 def class_log_prior(scans: Sequence[VidScan]) -> np.ndarray:
     """(27,) log class frequencies of the training detections (add-one smoothed)."""
     counts = np.ones(len(CONTEXT_CLASSES))
@@ -215,25 +242,26 @@ class ParityError(RuntimeError):
     """ONNX Runtime disagrees with torch beyond the tolerance."""
 
 
-def export_onnx(state: dict, out: Path, parity_scans: Sequence[VidScan], *, trained_on: str = "", notes: str = "",
+def export_onnx(state: dict | Sequence[dict], out: Path, parity_scans: Sequence[VidScan], *, trained_on: str = "",
+                notes: str = "",
                 evidence_weight: float = 1.0, fixed_evidence_weight: float = 1.0,
                 calibration: tuple[float, float] = (1.0, 0.0), tolerance: float = 1e-4) -> float:
-    """Write the checkpoint ``state`` as an ONNX model with its metadata (temp name, then rename) after a parity
-    check of ONNX Runtime against torch on ``parity_scans``' chains; returns the largest difference."""
+    """Write the checkpoint ``state`` (several: their ensemble, trained on the same scans) as an ONNX model with its
+    metadata (temp name, then rename) after a parity check of ONNX Runtime against torch on ``parity_scans``'
+    chains; returns the largest difference."""
     import onnx
     import torch
 
     from export.onnx_export import git_commit
     from spine import __version__
 
-    settings = ContextSettings(**state["settings"])
-    model = _network(settings)
-    model.load_state_dict(state["model"])
-    model.eval()
-    meta = ContextMeta(class_log_prior=tuple(float(v) for v in state["class_log_prior"]),
+    states = [state] if isinstance(state, dict) else list(state)
+    model = _ensemble(states)
+    epochs = "+".join(str(int(s["epoch"])) for s in states)
+    meta = ContextMeta(class_log_prior=tuple(float(v) for v in states[0]["class_log_prior"]),
                        evidence_weight=evidence_weight, fixed_evidence_weight=fixed_evidence_weight,
                        calibration=tuple(calibration), trained_on=trained_on,
-                       commit=git_commit(), version=f"{__version__}+label.ep{int(state['epoch'])}", notes=notes)
+                       commit=git_commit(), version=f"{__version__}+label.ep{epochs}", notes=notes)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.onnx")
     dummy = torch.zeros(1, 7, len(CONTEXT_FEATURES))
@@ -281,6 +309,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--exclude-source", action="append", default=None, metavar="SOURCE",
                         help="leave this source's scans out (COLONOG, Pancreas-CT, VerSe; default Pancreas-CT)")
     parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (resumed when it exists)")
+    parser.add_argument("--seeds", default="",
+                        help="comma-separated seeds: train one network each (checkpoint NAME-seedK.pt) and export "
+                             "their ensemble (default: --seed alone)")
     parser.add_argument("--onnx", type=Path, help="export the trained model here (e.g. algorithm/models/label.onnx)")
     parser.add_argument("--evidence-weight", type=float, default=1.0,
                         help="the decoder's weight of the model's evidence (metadata; chosen by CV)")
@@ -306,9 +337,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = ContextSettings(**{k: getattr(args, k) for k in ContextSettings().__dict__})
     log.info("training on %d VID scans (excluded: %s)", len(scans), ", ".join(exclude) or "none")
-    state = train_context(scans, settings, args.checkpoint)
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [settings.seed]
+    states = []
+    for seed in seeds:
+        checkpoint = args.checkpoint if len(seeds) == 1 else args.checkpoint.with_name(
+            f"{args.checkpoint.stem}-seed{seed}{args.checkpoint.suffix}")
+        states.append(train_context(scans, dataclasses.replace(settings, seed=seed), checkpoint))
     if args.onnx:
-        export_onnx(state, args.onnx, scans[:20], trained_on=f"VID Training detections, {len(scans)} scans "
+        export_onnx(states, args.onnx, scans[:20], trained_on=f"VID Training detections, {len(scans)} scans "
                     f"(without {', '.join(exclude) or 'nothing'}), augmented", notes=args.notes,
                     evidence_weight=args.evidence_weight, fixed_evidence_weight=args.fixed_evidence_weight,
                     calibration=tuple(args.calibration))

@@ -171,3 +171,15 @@ def test_the_labeller_switch_reaches_the_pipeline() -> None:
     help_text = subprocess.run([sys.executable, "-m", "algorithm", "predict", "--help"], capture_output=True,
                                text=True, cwd=REPO, check=True).stdout
     assert "--labeller" in help_text
+
+
+def test_training_on_a_folder_without_vid_data_is_one_error(tmp_path, caplog) -> None:
+    pytest.importorskip("torch")
+    import argparse
+
+    from export.label_context import configure_parser, run
+
+    args = configure_parser(argparse.ArgumentParser()).parse_args(
+        ["--data", str(tmp_path), "--checkpoint", str(tmp_path / "c.pt")])
+    assert run(args) == 2
+    assert f"{tmp_path}: not a VID keypoints folder" in caplog.text and not (tmp_path / "c.pt").exists()
