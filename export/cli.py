@@ -32,7 +32,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 
 
 DESCRIPTION = ("Make training data and models for the algorithm: synthetic spine CTs (synth), training of one "
-               "stage's network on VerSe-layout data (train), and ONNX export with a parity check (onnx). "
+               "stage's network on VerSe-layout data (train), ONNX export with a parity check (onnx), and the "
+               "labelling's chain-context model on VID detections (label-context). "
                "'python -m export COMMAND --help' describes each.")
 
 
