@@ -29,7 +29,7 @@ import SimpleITK as sitk
 
 from algorithm.detect import Detection, detect_spine
 from algorithm.fragments import edge_fragments, write_fragments
-from algorithm.labelling import Constraints, Labelling, label_candidates, learned_decoder
+from algorithm.labelling import LABELLERS, Constraints, Labelling, label_candidates, learned_decoder
 from algorithm.labelling.constraints import changes
 from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_heatmaps, peak_candidates
 from algorithm.models import Models
@@ -388,6 +388,8 @@ def _candidates(image: sitk.Image, detection: Detection, models: Models, options
 def label_stage(candidates: Candidates, options: Options | None = None) -> Labelling:
     """The decoder on the locate stage's candidates: per-level scores, and region evidence when asked."""
     options = options or Options()
+    if options.labeller not in LABELLERS:
+        raise ValueError(f"labeller must be one of {', '.join(LABELLERS)}, got {options.labeller!r}")
     learned = options.labeller == "learned"
     regions = candidates.regions() if options.region_evidence or learned else None
     return label_candidates(candidates.positions_mm, candidates.scores, regions=regions,

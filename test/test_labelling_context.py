@@ -168,6 +168,8 @@ def test_the_labeller_switch_reaches_the_pipeline() -> None:
     np.testing.assert_allclose(learned.confidence, expected.confidence)
     plain = label_stage(candidates, Options(rib_evidence=False))
     assert not np.allclose(plain.confidence, learned.confidence)
+    with pytest.raises(ValueError, match="labeller must be one of decoder, learned"):
+        label_stage(candidates, Options(labeller="graph"))
     help_text = subprocess.run([sys.executable, "-m", "algorithm", "predict", "--help"], capture_output=True,
                                text=True, cwd=REPO, check=True).stdout
     assert "--labeller" in help_text
