@@ -39,6 +39,10 @@ The model (all scores natural logs, "nats"; every term a log likelihood ratio ag
    outweigh a shifted run of ordinary candidates. ``anchor_weight`` = 5 was chosen by
    cross-validation on simulated detections of the training spines
    (``bench/labelling.py``; 3 to 8 score alike); 1 switches the anchor model off.
+   **Learned context** (``ChainDecoder(context_model=...)``, :func:`learned_decoder`, ``predict --labeller
+   learned``): region probabilities read with the whole chain's geometry by a small sequence model
+   (:mod:`algorithm.labelling.context`); its per-rank log likelihood ratios replace the region ratio, with the
+   region weights, and everything below applies unchanged.
 3. **Steps.** Consecutive chain members ``(j, a) -> (i, b)`` are joined by a label path
    of ``k`` anatomical steps from ``a`` to ``b`` (``spine.labels.allowed_next``: +1,
    T11->L1, T12->T13->L1, L5->L6), ``k - 1 <= max_skips`` of them missed vertebrae. The
