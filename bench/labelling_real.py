@@ -38,6 +38,13 @@ fitting) and ``region`` (the probabilities as region evidence, :mod:`algorithm.l
 ``--fix-one`` (region evidence) gives the decoder one true label per scan, as ``predict --fix``
 does: a detection drawn at random (``--seed``) among those within 20 mm of an annotated
 vertebra is fixed to that vertebra's level (the annotation loop).
+
+``--labeller learned`` reads the region evidence through the chain-context model
+(:mod:`algorithm.labelling.context`), one trained per fold on that fold's training scans
+(``export/label_context.py``, cached in ``--context-cache``), inside the same decoder; ``decoder`` (default)
+is the decoder's own reading. ``--apart`` sources (default Pancreas-CT, whose annotated levels sit one
+level above the anatomy) are never trained on, stay out of the totals, and are reported apart, as
+annotated and with every level moved one down.
 """
 
 from __future__ import annotations
