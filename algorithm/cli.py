@@ -29,7 +29,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from algorithm.inputs import InputError, load_ct
-from algorithm.labelling import Constraints, Fix, parse_fix
+from algorithm.labelling import LABELLERS, Constraints, Fix, parse_fix
 from algorithm.models import DEVICES, ModelError, Models, find_model_dir, load_models
 from algorithm.pipeline import (
     Options,
@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the candidate nearest this LPS point (mm) is LABEL, e.g. L5=12.5,-30,401 (repeatable)")
     known.add_argument("--lumbar", type=int, choices=(4, 5, 6), help="the spine has this many lumbar vertebrae")
     known.add_argument("--thoracic", type=int, choices=(11, 12, 13), help="the spine has this many thoracic vertebrae")
+    predict.add_argument("--labeller", choices=LABELLERS, default=Options().labeller,
+                         help="decoder: region evidence read per candidate; learned: read in the context of the whole "
+                              "chain by models/label.onnx, inside the same decoder (default: %(default)s)")
     return parser
 
 
@@ -213,6 +216,7 @@ def _options(args: argparse.Namespace) -> Options:
                    rib_evidence=flag("ribs", default.rib_evidence),
                    sacrum_check=flag("sacrum", default.sacrum_check),
                    edge_fragments=flag("fragments", default.edge_fragments),
+                   labeller=getattr(args, "labeller", default.labeller),
                    bone_floor=default.bone_floor if getattr(args, "bone_floor", None) is None else args.bone_floor)
 
 

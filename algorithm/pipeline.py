@@ -29,7 +29,7 @@ import SimpleITK as sitk
 
 from algorithm.detect import Detection, detect_spine
 from algorithm.fragments import edge_fragments, write_fragments
-from algorithm.labelling import Constraints, Labelling, label_candidates
+from algorithm.labelling import LABELLERS, Constraints, Labelling, label_candidates, learned_decoder
 from algorithm.labelling.constraints import changes
 from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_heatmaps, peak_candidates
 from algorithm.measure import BodyMeasure, csv_text, measure_case, screening
@@ -110,6 +110,9 @@ class Options:
     edge_fragments: bool = True
     """Label the sliver of the vertebra beyond a chain end that the field of view cuts (:mod:`algorithm.fragments`)."""
     constraints: Constraints = field(default_factory=Constraints)  # what the user knows (algorithm.labelling, 8)
+    labeller: str = "decoder"
+    """``decoder``: region evidence read per candidate; ``learned``: read in the context of the whole chain by the
+    chain-context model ``label.onnx`` (:mod:`algorithm.labelling.context`), inside the same decoder."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -387,8 +390,12 @@ def _candidates(image: sitk.Image, detection: Detection, models: Models, options
 def label_stage(candidates: Candidates, options: Options | None = None) -> Labelling:
     """The decoder on the locate stage's candidates: per-level scores, and region evidence when asked."""
     options = options or Options()
-    regions = candidates.regions() if options.region_evidence else None
+    if options.labeller not in LABELLERS:
+        raise ValueError(f"labeller must be one of {', '.join(LABELLERS)}, got {options.labeller!r}")
+    learned = options.labeller == "learned"
+    regions = candidates.regions() if options.region_evidence or learned else None
     return label_candidates(candidates.positions_mm, candidates.scores, regions=regions,
+                            decoder=learned_decoder() if learned else None,
                             constraints=options.constraints, cut=candidates.cut if options.censor_cut else None)
 
 

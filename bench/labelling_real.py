@@ -38,11 +38,19 @@ fitting) and ``region`` (the probabilities as region evidence, :mod:`algorithm.l
 ``--fix-one`` (region evidence) gives the decoder one true label per scan, as ``predict --fix``
 does: a detection drawn at random (``--seed``) among those within 20 mm of an annotated
 vertebra is fixed to that vertebra's level (the annotation loop).
+
+``--labeller learned`` reads the region evidence through the chain-context model
+(:mod:`algorithm.labelling.context`), one trained per fold on that fold's training scans
+(``export/label_context.py``, cached in ``--context-cache``), inside the same decoder; ``decoder`` (default)
+is the decoder's own reading. ``--apart`` sources (default Pancreas-CT, whose annotated levels sit one
+level above the anatomy) are never trained on, stay out of the totals, and are reported apart, as
+annotated and with every level moved one down.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import logging
 import sys
@@ -69,7 +77,15 @@ from algorithm.labelling_prior import (  # noqa: E402
     vid_landmarks,
 )
 from spine.labels import LOCATE_CHANNELS, anatomical_rank, name_of, region_of  # noqa: E402
-from spine.vid import VidScan, pedicle_widths, read_scan, scan_ids  # noqa: E402
+from spine.vid import (  # noqa: E402
+    VidScan,
+    pedicle_widths,
+    read_mapping,
+    read_scan,
+    scan_ids,
+    scan_patients,
+    source_of,
+)
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "vid-keypoints"
 DEFAULT_LANDMARKS = REPO / "export" / "data" / "verse2020_landmarks.csv"
@@ -81,38 +97,9 @@ LUMBOSACRAL = frozenset({23, 24, 25})
 log = logging.getLogger("bench.labelling_real")
 
 
-def patient_of(path: str) -> str:
-    """Patient key of a VID source path: the TCIA patient folder, the Pancreas-CT file, or the VerSe subject."""
-    parts = path.split("/")
-    if parts[0] == "COLONOG":
-        return parts[2]
-    if parts[0].startswith("verse"):
-        return next((p for p in parts if p.startswith("sub-")), path)
-    return path
-
-
-def source_of(path: str) -> str:
-    """The dataset a VID source path comes from: ``COLONOG``, ``Pancreas-CT`` or ``VerSe`` (2019 and 2020)."""
-    head = path.split("/", 1)[0]
-    return "VerSe" if head.startswith("verse") else head
-
-
-def read_mapping(folder: Path) -> dict[str, str]:
-    """scan id -> source path from ``mapping-export-Training.txt`` (empty when absent)."""
-    mapping = folder / "mapping-export-Training.txt"
-    if not mapping.is_file():
-        return {}
-    out = {}
-    for line in mapping.read_text(encoding="utf-8").splitlines():
-        if "," in line:
-            scan, path = line.split(",", 1)
-            out[scan.strip()] = path.strip()
-    return out
-
-
 def read_patients(folder: Path) -> dict[str, str]:
     """scan id -> patient key from ``mapping-export-Training.txt`` (scan id itself when absent)."""
-    return {scan: patient_of(path) for scan, path in read_mapping(folder).items()}
+    return scan_patients(folder)
 
 
 def broadcast_scores(probabilities: np.ndarray) -> np.ndarray:
@@ -325,6 +312,48 @@ def choose_weight(scans: list[VidScan], weights: list[float], settings: dict, *,
     return float(weights[int(np.argmax(right))])
 
 
+def shifted_down(scan: VidScan) -> VidScan:
+    """The scan with every annotated level moved one level towards the feet (C7 -> T1, T12 -> L1, L5 -> L6):
+    Pancreas-CT's levels sit one level above the anatomy (issue 22)."""
+    order = sorted((label for label in CHAIN_LABELS if label != 28), key=anatomical_rank)
+    down = {a: b for a, b in itertools.pairwise(order)} | {28: 20, order[-1]: order[-1]}
+    labels = np.array([down[int(v)] for v in scan.truth_labels], dtype=scan.truth_labels.dtype)
+    return dataclasses.replace(scan, truth_labels=labels)
+
+
+class AveragedContext:
+    """Several chain-context models as one: the mean of their log ratios (the geometric mean of their class
+    probabilities, what an exported ensemble computes)."""
+
+    def __init__(self, models: list) -> None:
+        self.models = models
+
+    def log_ratio(self, positions_mm: np.ndarray, regions: np.ndarray) -> np.ndarray:
+        return np.mean([m.log_ratio(positions_mm, regions) for m in self.models], axis=0)
+
+
+def fold_context_model(scans: list[VidScan], training: np.ndarray, fold: int, args: argparse.Namespace):
+    """The chain-context model of one fold, trained on ``training`` scans only (cached in ``--context-cache`` by
+    fold, seed and settings, so weights and calibrations can be compared without retraining); several seeds
+    (``--context-seeds``) make an ensemble."""
+    from algorithm.labelling.context import ContextModel
+    from export.label_context import ContextSettings, export_onnx, train_context
+
+    models = []
+    for seed in (int(v) for v in args.context_seeds.split(",")):
+        settings = ContextSettings(hidden=args.context_hidden, epochs=args.context_epochs, seed=seed,
+                                   drop=args.context_drop, false_rate=args.context_false_rate, crop=args.context_crop)
+        key = zlib.crc32(repr((sorted(scans[k].scan for k in training), settings)).encode())
+        path = args.context_cache / f"fold{fold}-{key:08x}.onnx"
+        if not path.is_file():
+            log.info("fold %d: training the chain-context model on %d scans (%s)", fold, len(training), settings)
+            state = train_context([scans[k] for k in training], settings,
+                                  args.context_cache / f"fold{fold}-{key:08x}.pt")
+            export_onnx(state, path, [scans[k] for k in training[:10]], trained_on=f"VID fold {fold} training scans")
+        models.append(ContextModel(path))
+    return models[0] if len(models) == 1 else AveragedContext(models)
+
+
 def fold_decoder(scans: list[VidScan], training: np.ndarray, verse: np.ndarray, verse_sacrum: np.ndarray,
                  settings: dict) -> ChainDecoder:
     """A decoder fitted on the training scans only: the prior, the region evidence model, then the
@@ -333,6 +362,9 @@ def fold_decoder(scans: list[VidScan], training: np.ndarray, verse: np.ndarray, 
     train = [scans[k] for k in training]
     prior_scans = train if settings.pop("vid_prior", True) else []
     calibrate = settings.pop("calibrate", False)
+    if settings.get("context_model") is not None:
+        for name in ("evidence_model", "region_l2"):
+            settings.pop(name, None)
     evidence_model = settings.pop("evidence_model", "none")
     l2 = settings.pop("region_l2", 1.0)
     if evidence_model != "none":
@@ -486,6 +518,23 @@ def main(argv: list[str] | None = None) -> int:
                              "true detection (the annotation loop's --fix); --seed draws it")
     parser.add_argument("--pedicle-profile", action="store_true",
                         help="print the annotated interpedicular width profile per source (no decoding)")
+    parser.add_argument("--labeller", choices=("decoder", "learned"), default="decoder",
+                        help="region evidence read per candidate (decoder) or by a chain-context model trained per "
+                             "fold on the training scans (learned, algorithm.labelling.context)")
+    parser.add_argument("--apart", action="append", default=None, metavar="SOURCE",
+                        help="a source never trained on and reported apart, also with its levels moved one down "
+                             "(default: Pancreas-CT; 'none' for no source apart)")
+    parser.add_argument("--context-cache", type=Path, default=REPO / ".cache" / "label-context",
+                        help="where the learned labeller's fold models are kept")
+    parser.add_argument("--context-weight", type=float, default=1.0, help="weight of the learned evidence")
+    parser.add_argument("--context-fixed-weight", type=float, default=1.0,
+                        help="weight of the learned evidence with a fixed label (--fix-one)")
+    parser.add_argument("--context-seeds", default="0", help="comma-separated training seeds: several = an ensemble")
+    parser.add_argument("--context-hidden", type=int, default=48)
+    parser.add_argument("--context-epochs", type=int, default=40)
+    parser.add_argument("--context-drop", type=float, default=0.15)
+    parser.add_argument("--context-false-rate", type=float, default=0.5)
+    parser.add_argument("--context-crop", type=float, default=0.5)
     parser.add_argument("--vid-prior", action="store_true",
                         help="fit each fold's prior on VerSe and the VID training scans (default: VerSe alone)")
     args = parser.parse_args(argv)
@@ -503,14 +552,21 @@ def main(argv: list[str] | None = None) -> int:
         report_profile(width_profile(scans, sources))
         return 0
     folds = folds_by_patient(scans, patients, args.folds, args.seed)
+    apart_sources = set(args.apart if args.apart is not None else ["Pancreas-CT"]) - {"none"}
+    is_apart = np.array([sources.get(s.scan, "unknown") in apart_sources for s in scans])
     print(f"VID: {len(scans)} scans, {len(set(patients.get(s.scan, s.scan) for s in scans))} patients, "
-          f"{args.folds} folds; evidence {args.evidence}{' + one true label fixed per scan' if args.fix_one else ''}")
+          f"{args.folds} folds; evidence {args.evidence}, labeller {args.labeller}"
+          f"{' + one true label fixed per scan' if args.fix_one else ''}; "
+          f"apart (never trained on, not in the totals): {', '.join(sorted(apart_sources)) or 'none'} "
+          f"({int(is_apart.sum())} scans)")
     total, per_fold, by_source = Tally(), [], {}
+    apart, apart_down = Tally(), Tally()
     if args.evidence == "broadcast":
         decoder = ChainDecoder()
         for held_out in folds:
             tally = Tally()
-            evaluate([scans[k] for k in held_out], lambda s: decode_broadcast(decoder, s), tally, by_source, sources)
+            evaluate([scans[k] for k in held_out if not is_apart[k]], lambda s: decode_broadcast(decoder, s), tally,
+                     by_source, sources)
             per_fold.append(tally)
             total.merge(tally)
         seconds_30 = time_thirty(lambda p, r: decoder.decode(p, broadcast_scores(r)), scans, args.timing)
@@ -520,10 +576,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = {"region_weight": args.region_weight, "fixed_region_weight": args.fixed_region_weight,
                     "end_weight": args.end_weight, "scale_steps": args.scale_steps, "vid_prior": args.vid_prior,
                     "calibrate": args.calibrate, "evidence_model": args.evidence_model, "region_l2": args.region_l2}
-        everything = np.arange(len(scans))
+        everything = np.flatnonzero(~is_apart)
         for f, held_out in enumerate(folds):
             training = np.setdiff1d(everything, held_out)
-            if args.region_weights:
+            if args.labeller == "learned":
+                settings.update(context_model=fold_context_model(scans, training, f, args),
+                                region_weight=args.context_weight, fixed_region_weight=args.context_fixed_weight)
+            elif args.region_weights:
                 settings["fixed_region_weight" if args.fix_one else "region_weight"] = choose_weight(
                     [scans[k] for k in training], [float(w) for w in args.region_weights.split(",")], settings,
                     inner_folds=args.inner_folds, seed=args.seed, patients=patients, verse=verse,
@@ -532,12 +591,20 @@ def main(argv: list[str] | None = None) -> int:
             log.info("fold %d: region weight %g (with a fix %g), calibration a=%.3f b=%.3f", f,
                      decoder.region_weight, decoder.fixed_region_weight,
                      *decoder.region_calibration)
+
+            def decode(s: VidScan, d: ChainDecoder = decoder) -> tuple[np.ndarray, np.ndarray, bool | None]:
+                return decode_region(d, s, one_true_fix(s, args.seed) if args.fix_one else None)
+
             tally = Tally()
-            evaluate([scans[k] for k in held_out], lambda s, d=decoder: decode_region(
-                d, s, one_true_fix(s, args.seed) if args.fix_one else None), tally, by_source, sources)
+            evaluate([scans[k] for k in held_out if not is_apart[k]], decode, tally, by_source, sources)
+            evaluate([scans[k] for k in held_out if is_apart[k]], decode, apart)
+            evaluate([shifted_down(scans[k]) for k in held_out if is_apart[k]], decode, apart_down)
             per_fold.append(tally)
             total.merge(tally)
         seconds_30 = time_thirty(lambda p, r, d=decoder: d.decode(p, regions=r), scans, args.timing)
+        if apart.scans:
+            by_source[f"{'+'.join(sorted(apart_sources))} (apart)"] = apart
+            by_source[f"{'+'.join(sorted(apart_sources))} one down"] = apart_down
     report(total, per_fold, seconds_30)
     report_sources(by_source)
     return 0

@@ -247,7 +247,8 @@ def _option_flags(options: Options) -> list[str]:
     return ["--recentre" if options.recentre else "--no-recentre", "--ribs" if options.rib_evidence else "--no-ribs",
             "--sacrum" if options.sacrum_check else "--no-sacrum",
             "--fragments" if options.edge_fragments else "--no-fragments",
-            "--bone-floor", str(options.segment_floor if options.bone_floor is None else options.bone_floor)]
+            "--bone-floor", str(options.segment_floor if options.bone_floor is None else options.bone_floor),
+            "--labeller", options.labeller]
 
 
 def end_to_end(real: RealCase, models_dir: Path, case: Case, workdir: Path,
@@ -412,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fragments", action=argparse.BooleanOptionalAction, default=None,
                         help="fragments beyond the chain's cut ends (algorithm.fragments; end to end only); "
                              "default: the pipeline's")
+    parser.add_argument("--labeller", choices=("decoder", "learned"), default=None,
+                        help="what reads the region evidence (predict --labeller; default: the pipeline's)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     return parser
 
@@ -441,7 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       rib_evidence=default.rib_evidence if args.ribs is None else args.ribs,
                       sacrum_check=default.sacrum_check if args.sacrum is None else args.sacrum,
                       edge_fragments=default.edge_fragments if args.fragments is None else args.fragments,
-                      bone_floor=default.bone_floor if args.bone_floor is None else args.bone_floor)
+                      bone_floor=default.bone_floor if args.bone_floor is None else args.bone_floor,
+                      labeller=args.labeller or default.labeller)
     rows: dict[str, dict[str, Any]] = {}
     tables: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-real-") as tmp:
@@ -476,7 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                      "sacrum": options.sacrum_check,
                                                      "fragments": options.edge_fragments,
                                                      "bone_floor": options.bone_floor,
-                                                     "peak_threshold": options.peak_threshold},
+                                                     "peak_threshold": options.peak_threshold,
+                                                     "labeller": options.labeller},
                                          "cases": rows},
                                         indent=1), encoding="utf-8")
     return 0

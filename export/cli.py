@@ -25,13 +25,15 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     # -- training / ONNX export (export/train.py, export/onnx_export.py) --
     "export.train",  # train: train one stage's network
     "export.onnx_export",  # onnx: export a checkpoint to ONNX with a parity check
+    "export.label_context",  # label-context: the chain-context labelling model on VID detections
     # -- end training / ONNX export --
 )
 """Modules whose ``add_parser(subparsers)`` registers one subcommand each, in help order."""
 
 
 DESCRIPTION = ("Make training data and models for the algorithm: synthetic spine CTs (synth), training of one "
-               "stage's network on VerSe-layout data (train), and ONNX export with a parity check (onnx). "
+               "stage's network on VerSe-layout data (train), ONNX export with a parity check (onnx), and the "
+               "labelling's chain-context model on VID detections (label-context). "
                "'python -m export COMMAND --help' describes each.")
 
 

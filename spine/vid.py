@@ -25,7 +25,8 @@ import numpy as np
 
 from spine.labels import label_of
 
-__all__ = ["VidScan", "pedicle_widths", "read_keypoints", "read_scan", "scan_ids"]
+__all__ = ["VidScan", "patient_of", "pedicle_widths", "read_keypoints", "read_mapping", "read_scan", "scan_ids",
+           "scan_patients", "scan_sources", "source_of"]
 
 SEGMENTS = ("C", "T", "L")
 """Column order of the segment probabilities."""
@@ -139,3 +140,43 @@ def scan_ids(folder: str | Path) -> list[str]:
     folder = Path(folder)
     truth = {p.stem for p in (folder / "GroundTruth").glob("*.json")}
     return sorted(truth & {p.stem for p in (folder / "Predictions").glob("*.json")})
+
+
+def patient_of(path: str) -> str:
+    """Patient key of a VID source path: the TCIA patient folder (CT Colonography's prone and supine scans share
+    it), the Pancreas-CT file, or the VerSe subject (VerSe 2019 and 2020 duplicates share it)."""
+    parts = path.split("/")
+    if parts[0] == "COLONOG":
+        return parts[2]
+    if parts[0].startswith("verse"):
+        return next((p for p in parts if p.startswith("sub-")), path)
+    return path
+
+
+def source_of(path: str) -> str:
+    """The dataset a VID source path comes from: ``COLONOG``, ``Pancreas-CT`` or ``VerSe`` (2019 and 2020)."""
+    head = path.split("/", 1)[0]
+    return "VerSe" if head.startswith("verse") else head
+
+
+def read_mapping(folder: str | Path) -> dict[str, str]:
+    """scan id -> source path from ``mapping-export-Training.txt`` (empty when absent)."""
+    mapping = Path(folder) / "mapping-export-Training.txt"
+    if not mapping.is_file():
+        return {}
+    out = {}
+    for line in mapping.read_text(encoding="utf-8").splitlines():
+        if "," in line:
+            scan, path = line.split(",", 1)
+            out[scan.strip()] = path.strip()
+    return out
+
+
+def scan_patients(folder: str | Path) -> dict[str, str]:
+    """scan id -> patient key (:func:`patient_of`) from the folder's mapping."""
+    return {scan: patient_of(path) for scan, path in read_mapping(folder).items()}
+
+
+def scan_sources(folder: str | Path) -> dict[str, str]:
+    """scan id -> source (:func:`source_of`) from the folder's mapping."""
+    return {scan: source_of(path) for scan, path in read_mapping(folder).items()}

@@ -39,6 +39,10 @@ The model (all scores natural logs, "nats"; every term a log likelihood ratio ag
    outweigh a shifted run of ordinary candidates. ``anchor_weight`` = 5 was chosen by
    cross-validation on simulated detections of the training spines
    (``bench/labelling.py``; 3 to 8 score alike); 1 switches the anchor model off.
+   **Learned context** (``ChainDecoder(context_model=...)``, :func:`learned_decoder`, ``predict --labeller
+   learned``): region probabilities read with the whole chain's geometry by a small sequence model
+   (:mod:`algorithm.labelling.context`); its per-rank log likelihood ratios replace the region ratio, with the
+   region weights, and everything below applies unchanged.
 3. **Steps.** Consecutive chain members ``(j, a) -> (i, b)`` are joined by a label path
    of ``k`` anatomical steps from ``a`` to ``b`` (``spine.labels.allowed_next``: +1,
    T11->L1, T12->T13->L1, L5->L6), ``k - 1 <= max_skips`` of them missed vertebrae. The
@@ -111,6 +115,7 @@ competing labelling is far worse and about 0.5 where two explain the evidence eq
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -118,13 +123,30 @@ from algorithm.labelling.constraints import Constraints, Fix, parse_fix
 from algorithm.labelling.curve import order_along_spine
 from algorithm.labelling.decoder import ChainDecoder, Labelling
 
-__all__ = ["ChainDecoder", "Constraints", "Fix", "Labelling", "decode", "label_candidates", "order_along_spine",
-           "parse_fix"]
+__all__ = ["LABELLERS", "LEARNED_MODEL", "ChainDecoder", "Constraints", "Fix", "Labelling", "decode",
+           "label_candidates", "learned_decoder", "order_along_spine", "parse_fix"]
+
+LABELLERS = ("decoder", "learned")
+"""What reads the region evidence: per candidate (the decoder's own ratio) or the chain-context model."""
+LEARNED_MODEL = Path(__file__).resolve().parents[1] / "models" / "label.onnx"
+"""The shipped chain-context model (:mod:`algorithm.labelling.context`)."""
 
 
 @lru_cache(maxsize=1)
 def _default_decoder() -> ChainDecoder:
     return ChainDecoder()
+
+
+@lru_cache(maxsize=4)
+def learned_decoder(model: Path = LEARNED_MODEL) -> ChainDecoder:
+    """The decoder with the chain-context model ``model`` reading the region evidence, weighted (alone and with a
+    fixed label) and calibrated as its metadata says; ValueError naming the file when it is missing or unusable."""
+    from algorithm.labelling.context import ContextModel
+
+    context = ContextModel(model)
+    meta = context.meta
+    return ChainDecoder(context_model=context, region_weight=meta.evidence_weight,
+                        fixed_region_weight=meta.fixed_evidence_weight, region_calibration=meta.calibration)
 
 
 def label_candidates(positions_mm: np.ndarray, scores: np.ndarray | None = None, *,

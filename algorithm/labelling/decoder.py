@@ -24,6 +24,7 @@ from algorithm.labelling.chain import (
     visit_log_probability,
 )
 from algorithm.labelling.constraints import Constraints
+from algorithm.labelling.context import ContextModel
 from algorithm.labelling.curve import spine_curve
 from algorithm.labelling.evidence import OFFSET_NEIGHBOURS, RANK_TO_COLUMN, REGION_OF_RANK, validate
 from algorithm.labelling.passes import backward, forward, trace
@@ -104,6 +105,8 @@ class ChainDecoder:
     ``uncertain_below``: a case is flagged uncertain when an accepted candidate's calibrated
     confidence is below it. ``region_model``: a fitted reading of region probabilities as likelihood
     ratios (:mod:`algorithm.labelling.region_model`) in place of the ratio against ``reject_evidence``.
+    ``context_model``: a learned reading of the whole chain's region probabilities and geometry
+    (:mod:`algorithm.labelling.context`) in place of either; its ratios are weighted as region evidence.
 
     The passes run over hypotheses h = (offset, scale), ``h = offset_index * S + scale_index``.
     """
@@ -129,6 +132,7 @@ class ChainDecoder:
     region_calibration: tuple[float, float] = (1.0, 0.0)
     uncertain_below: float = 0.8
     region_model: RegionModel | None = field(default=None, repr=False, compare=False)
+    context_model: ContextModel | None = field(default=None, repr=False, compare=False)
     _edges: Edges = field(init=False, repr=False, compare=False)
     _log_scales: np.ndarray = field(init=False, repr=False, compare=False)
     _log_scale_prior: np.ndarray = field(init=False, repr=False, compare=False)
@@ -248,16 +252,21 @@ class ChainDecoder:
         """(N,) weight of each candidate's evidence: ``anchor_weight`` for a recognised anchor, else 1."""
         return np.where(self._anchors(evidence), self.anchor_weight, 1.0)
 
-    def _emissions(self, evidence: np.ndarray | None, regions: np.ndarray | None,
+    def _emissions(self, positions: np.ndarray, evidence: np.ndarray | None, regions: np.ndarray | None,
                    offsets: tuple[int, ...], fixed: bool = False) -> np.ndarray:
         """Evidence ratios (O, N, L) in chain-rank order under each of ``offsets``: the scores' (item 5:
         ordinary candidates read the shifted evidence, recognised anchors their own) plus
         ``region_weight`` (``fixed_region_weight`` when the user ``fixed`` a label, item 8) times the
-        regions' (item 2), the prior odds of a true vertebra once."""
+        regions' (item 2; read in the context of the whole chain at ``positions`` with a ``context_model``),
+        the prior odds of a true vertebra once."""
         total = 0.0
         if regions is not None:
-            ratio = (self._ratio(regions[:, REGION_OF_RANK]) if self.region_model is None
-                     else self.region_model.log_ratio(regions))
+            if self.context_model is not None:
+                ratio = self.context_model.log_ratio(positions, regions)
+            elif self.region_model is not None:
+                ratio = self.region_model.log_ratio(regions)
+            else:
+                ratio = self._ratio(regions[:, REGION_OF_RANK])
             total = (self.fixed_region_weight if fixed else self.region_weight) * ratio[None]
         if evidence is None:
             return total + self._inclusion_log_odds
@@ -291,7 +300,8 @@ class ChainDecoder:
         """
         n = len(positions)
         n_offsets, n_scales = len(offsets), len(self._log_scales)
-        emission = np.repeat(self._emissions(evidence, regions, offsets, bool(fixed)), n_scales, axis=0)  # (O*S, N, L)
+        emission = np.repeat(self._emissions(positions, evidence, regions, offsets, bool(fixed)), n_scales,
+                             axis=0)  # (O*S, N, L)
         e = self._edges_for(constraints)
         start = np.tile(self._start_for(constraints), (n, 1))
         end = np.tile(self._end, (n, 1))
@@ -484,7 +494,8 @@ class ChainDecoder:
         t, tangents = spine_curve(positions)
         members = [k for k in np.argsort(t, kind="stable") if labels[k] != 0]
         ranks = [rank_of[int(labels[k])] for k in members]
-        emission = self._emissions(evidence, region_evidence, offsets, bool(fixed))[:, members, ranks].sum(axis=1)
+        emission = self._emissions(positions, evidence, region_evidence, offsets,
+                                   bool(fixed))[:, members, ranks].sum(axis=1)
         total = np.full(n_scales, self._start_for(constraints or None)[ranks[0]] + self._end[ranks[-1]])
         e = self._edges_for(constraints or None)
         for (j, a), (i, b) in zip(zip(members[:-1], ranks[:-1], strict=True),
