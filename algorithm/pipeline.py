@@ -29,8 +29,9 @@ import SimpleITK as sitk
 
 from algorithm.detect import Detection, detect_spine
 from algorithm.fragments import edge_fragments, write_fragments
+from algorithm.inputs import InputError
 from algorithm.labelling import Constraints, Labelling, label_candidates
-from algorithm.labelling.constraints import changes
+from algorithm.labelling.constraints import FIX_REACH_MM, changes
 from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_heatmaps, peak_candidates
 from algorithm.models import Models
 from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer, json_writer
@@ -211,6 +212,21 @@ def _constraint_report(candidates: Candidates, labels: np.ndarray, options: Opti
     return {"stated": constraints.describe(positions_mm), "changed": changed}
 
 
+def _refuse_far_fixes(candidates: Candidates, options: Options) -> None:
+    """:class:`InputError` (one line) for a ``--fix`` farther than :data:`FIX_REACH_MM` from every candidate: the
+    nearest candidate (by the label it gets without the fixes), its distance and the likely cause."""
+    far = options.constraints.far_fixes(candidates.positions_mm)
+    if not far:
+        return
+    free = label_stage(candidates, replace(options, constraints=Constraints())).labels
+    first = far[0]
+    label = int(free[first.candidate])
+    name = f"{name_of(label)} " if label > 0 else "an unlabelled candidate "
+    where = ",".join(f"{c:.1f}" for c in first.candidate_mm)
+    raise InputError(f"--fix {first.fix}: {first.distance_mm:.1f} mm from the nearest vertebra candidate ({name}at "
+                     f"{where} LPS mm; a fix must lie within {FIX_REACH_MM:g} mm of one): {first.likely_cause()}")
+
+
 def predict_case(image: sitk.Image, models: Models, *, options: Options | None = None) -> CaseResult:
     """Detect, locate, label and segment the vertebrae of one CT (module docstring)."""
     options = options or Options()
@@ -237,6 +253,7 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
                      + (" and no vertebra outlined)" if options.recentre else ")"))
 
     with timer.stage("label"):
+        _refuse_far_fixes(candidates, options)
         labelling = label_stage(candidates, options)
         vertebrae = _accepted(candidates.positions_mm, np.asarray(labelling.labels), np.asarray(labelling.confidence))
     log.info("label: %d of %d candidates labelled: %s", len(vertebrae), len(candidates),
