@@ -35,7 +35,7 @@ from algorithm.labelling.constraints import FIX_REACH_MM, changes
 from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_heatmaps, peak_candidates
 from algorithm.models import Models
 from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer, json_writer
-from algorithm.plausibility import IMPLAUSIBLE_CAP, assess
+from algorithm.plausibility import IMPLAUSIBLE_CAP, Plausibility, assess, judge_geometry
 from algorithm.recentre import fill_chain, on_spine_curve, recentre, spaced_by_size
 from algorithm.report import StageTimer, versions
 from algorithm.ribs import rib_evidence
@@ -212,6 +212,15 @@ def _constraint_report(candidates: Candidates, labels: np.ndarray, options: Opti
     return {"stated": constraints.describe(positions_mm), "changed": changed}
 
 
+def _judged_geometry(geometry: Geometry) -> dict[str, Any]:
+    """The report's ``plausibility`` before any vertebra: the CT grid's unusual properties, each logged (the
+    impossible ones :func:`algorithm.inputs.check_ct` refused)."""
+    unusual = judge_geometry(geometry).unusual
+    for finding in unusual:
+        log.warning("input: %s", finding)
+    return Plausibility(None, None, (), unusual).to_dict()
+
+
 def _refuse_far_fixes(candidates: Candidates, options: Options) -> None:
     """:class:`InputError` (one line) for a ``--fix`` farther than :data:`FIX_REACH_MM` from every candidate: the
     nearest candidate (by the label it gets without the fixes), its distance and the likely cause."""
@@ -232,7 +241,7 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
     options = options or Options()
     geometry = Geometry.of(image)
     timer = StageTimer()
-    details: dict[str, Any] = {}
+    details: dict[str, Any] = {"plausibility": _judged_geometry(geometry)}
 
     def empty(note: str, candidates: int = 0) -> CaseResult:
         log.warning("no vertebra labelled: %s; writing an empty label map and no points", note)
@@ -292,7 +301,8 @@ def _segmented(image: sitk.Image, vertebrae: list[Vertebra], models: Models, opt
         del merged
     voxel_ml = float(np.prod(segmentation.grid.spacing_mm)) / 1000.0
     check = assess([v.label for v in vertebrae], np.array([v.position_mm for v in vertebrae]),
-                   {v.label: segmentation.voxels.get(v.label, 0) * voxel_ml for v in vertebrae})
+                   {v.label: segmentation.voxels.get(v.label, 0) * voxel_ml for v in vertebrae},
+                   judge_geometry(result.geometry).unusual)
     result.details["plausibility"] = check.to_dict()
     # A doubtful labelling of ours is capped; labels a person placed keep their confidence (the log still says).
     cap = IMPLAUSIBLE_CAP if check.reasons and cap_doubtful else 1.0
@@ -328,7 +338,8 @@ def segment_from_centroids(image: sitk.Image, centroids_mm: dict[int, np.ndarray
     if skipped:
         log.warning("%s: %s not segmented (the model segments C1..L6 and T13)", source or "centroids",
                     ", ".join(name_of(v) for v in skipped))
-    details: dict[str, Any] = {"centroids": {"source": source, "given": [name_of(v) for v in sorted(centroids_mm)]}}
+    details: dict[str, Any] = {"centroids": {"source": source, "given": [name_of(v) for v in sorted(centroids_mm)]},
+                               "plausibility": _judged_geometry(geometry)}
     result = CaseResult(geometry, empty_label_map(geometry), (), "", 0, StageTimer(), details)
     if not kept:
         result.note = "no vertebra among the given centroids"
