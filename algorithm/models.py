@@ -45,6 +45,7 @@ from typing import Any, Literal
 import numpy as np
 
 from algorithm.native import native_stderr
+from algorithm.progress import advance
 from spine.layout import MODEL_DIR_ENV, AlgorithmLayout
 from spine.modelmeta import STAGES, ModelMeta, ModelMetaError
 
@@ -243,7 +244,8 @@ class StageModel:
         """
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self.max_batch is not None and batch.shape[0] != self.max_batch:
-            return self._run_fixed_batch(batch)
+            return self._run_fixed_batch(batch)  # its chunks come back here
+        advance(batch.shape[0])  # the stage's progress bar, on a terminal
         if self.on_gpu:
             out = self._run_io_binding(batch)
         else:

@@ -51,8 +51,10 @@ from spine.verse import centroid_json_name, mask_name, write_centroid_json
 __all__ = [
     "CaseResult",
     "Options",
+    "UNCERTAIN_BELOW",
     "Vertebra",
     "case_outputs",
+    "case_summary",
     "empty_label_map",
     "gc_outputs",
     "label_stage",
@@ -65,6 +67,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+UNCERTAIN_BELOW = 0.8
+"""A vertebra whose point probability is under this is one to check: the QC picture marks it, the case's log line
+names it (a labelling the decoder is sure of scores >= 0.95; a fragment's is capped at 0.5, a doubtful case's at
+0.3)."""
 
 FRAGMENT_CAP = 0.5
 """Probability ceiling of a fragment's point (:mod:`algorithm.fragments`): its label is its neighbour's plus one
@@ -439,8 +446,27 @@ def run_gc_case(path: Path, image: sitk.Image, layout: AlgorithmLayout, models: 
     """Predict one GC case and write its outputs (all or nothing); log the run report (no file in /output)."""
     result = predict_case(image, models, options=options)
     written = commit_outputs(gc_outputs(result, layout))
-    log.info("run report: %s", json.dumps(result.report(models, source=str(path), outputs=written)))
+    log.info("%s", case_summary(result, path))
+    log.debug("run report: %s", json.dumps(result.report(models, source=str(path), outputs=written)))
     return result
+
+
+def case_summary(result: CaseResult, source: Path | str) -> str:
+    """One log line per case (exec, serve): what was found, the doubts, time and memory; ``-v`` logs the whole
+    run report as JSON besides."""
+    if result.vertebrae:
+        found = f"{len(result.vertebrae)} vertebrae {result.vertebrae[0].name}..{result.vertebrae[-1].name}"
+        doubtful = [v.name for v in result.vertebrae if v.confidence < UNCERTAIN_BELOW]
+        if doubtful:
+            found += f" (check {', '.join(doubtful)}: confidence under {UNCERTAIN_BELOW:g})"
+    else:
+        found = f"no vertebra ({result.note})"
+    plausibility = result.details.get("plausibility", {})
+    doubts = [*plausibility.get("reasons", []), *plausibility.get("geometry", [])]
+    verdict = "plausible" if not doubts else f"doubtful: {'; '.join(doubts)}"
+    peak = result.timer.peak_rss_mib
+    return (f"case {source}: {found}; {verdict}; {result.timer.total_s:.1f} s"
+            + (f", peak RSS {peak:.0f} MiB" if peak is not None else ""))
 
 
 def case_outputs(result: CaseResult, folder: Path, case_id: str) -> list[tuple[Path, Writer]]:

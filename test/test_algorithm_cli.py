@@ -411,3 +411,34 @@ def test_predict_bar_on_a_terminal_does_not_count_a_failed_case(tmp_path: Path, 
         assert "predict:" not in shown
     else:
         assert "0/1" in shown and "1/1" not in shown and "1 failed" in shown
+
+
+def test_long_stages_show_a_bar_on_a_terminal_and_a_line_each_in_a_log(tmp_path: Path) -> None:
+    """The issue: locate was silent for 18-48 s. On a terminal each stage's bar counts the patches its models ran;
+    in a log (a pipe) there is no bar, one line per stage."""
+    ct = write(tmp_path, "sub-phantom_ct.mha", make_phantom().image)
+    code, shown = run_on_terminal("predict", str(ct), "--output", str(tmp_path / "tty"), "--models",
+                                  str(fixture_model_dir()), "--no-qc")
+    assert code == 0, shown
+    for stage in ("detect", "locate", "segment"):
+        assert re.search(rf"{stage}: \d+ patch", shown), (stage, shown[-3000:])
+    done = run_algorithm("predict", str(ct), "--output", str(tmp_path / "log"), "--models", str(fixture_model_dir()),
+                         "--no-qc")
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and " patch" not in done.stderr
+    for stage in ("detect", "locate", "label", "segment", "resample"):
+        assert len(re.findall(rf"INFO algorithm.report: stage {stage}: ", done.stderr)) == 1, stage
+
+
+def test_exec_logs_one_summary_line_per_case_not_the_json_report(tmp_path: Path) -> None:
+    gc_input(tmp_path / "input", make_phantom().image)
+    done = run_algorithm("--input", str(tmp_path / "input"), "--output", str(tmp_path / "output"),
+                         "--models", str(fixture_model_dir()))
+    assert done.returncode == 0, done.stderr
+    summary = [line for line in done.stderr.splitlines() if " INFO algorithm.pipeline: case " in line]
+    assert len(summary) == 1, done.stderr
+    assert re.search(r"case \S+: \d+ vertebrae \w+\.\.\w+.*; (plausible|doubtful: .+); \d+\.\d s", summary[0])
+    assert '"versions"' not in done.stderr and len(summary[0]) < 600
+    verbose = run_algorithm("--input", str(tmp_path / "input"), "--output", str(tmp_path / "verbose"),
+                            "--models", str(fixture_model_dir()), "-v")
+    assert '"versions"' in verbose.stderr  # -v still has the whole report
