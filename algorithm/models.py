@@ -109,6 +109,9 @@ def find_model_dir(
     environ = dict(os.environ) if environ is None else environ
     for candidate in (layout.gc_model_dir, layout.gc_model_dir / "models"):
         if has_stage_files(candidate):
+            if models:
+                log.warning("--models %s not used: %s holds models (GC's model tarball comes first)", models,
+                            candidate)
             return ModelSource(candidate, "gc-model-dir")
     explicit, rule = (models, "--models") if models else (environ.get(MODEL_DIR_ENV) or None, MODEL_DIR_ENV)
     if explicit:

@@ -343,8 +343,8 @@ def segment_from_centroids(image: sitk.Image, centroids_mm: dict[int, np.ndarray
             if label in EVALUATED}
     skipped = sorted(set(centroids_mm) - set(kept))
     if skipped:
-        log.warning("%s: %s not segmented (the model segments C1..L6 and T13)", source or "centroids",
-                    ", ".join(name_of(v) for v in skipped))
+        log.warning("%s: %s skipped: sacrum and coccyx are VerSe labels the model does not segment (it segments "
+                    "C1..L6 and T13)", source or "centroids", ", ".join(name_of(v) for v in skipped))
     details: dict[str, Any] = {"centroids": {"source": source, "given": [name_of(v) for v in sorted(centroids_mm)]},
                                "plausibility": _judged_geometry(geometry)}
     result = CaseResult(geometry, empty_label_map(geometry), (), "", 0, StageTimer(), details)
