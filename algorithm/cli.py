@@ -31,6 +31,7 @@ import SimpleITK as sitk
 from algorithm.inputs import InputError, load_ct
 from algorithm.labelling import Constraints, Fix, parse_fix
 from algorithm.models import DEVICES, ModelError, Models, find_model_dir, load_models
+from algorithm.outputs import check_writable
 from algorithm.pipeline import (
     Options,
     predict_case,
@@ -231,6 +232,7 @@ def run_exec(args: argparse.Namespace) -> int:
     if not layout.input_dir.is_dir():
         raise InputError(f"{layout.input_dir}: input folder does not exist (GC exec mode reads a GC input folder; "
                          f"for CT files: {_program()} predict CT --output DIR; see {_program()} --help)")
+    check_writable(layout.output_dir)  # an unwritable /output is found before the input is read or a model runs
     path, image = read_gc_input(layout)  # bad input fails before the models load
     models = _load(args, layout)
     run_gc_case(path, image, layout, models, options=_options(args))
@@ -239,6 +241,7 @@ def run_exec(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     layout = AlgorithmLayout(input_dir=args.input, output_dir=args.output)
+    check_writable(layout.output_dir)
     server = InvokeServer((args.host, args.port), layout, lambda: _load(args, layout), options=_options(args))
     failure: list[BaseException] = []
 
@@ -296,6 +299,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.centroids is not None and options.constraints:
         raise InputError(f"{args.centroids}: --fix, --lumbar and --thoracic steer the labelling, which --centroids "
                          "skips; state the labels in the centroid file instead")
+    check_writable(args.output)
     models = _load(args, AlgorithmLayout())
     failures = 0
     # the bar only on a terminal and without -q: in a log file it would glue onto the error lines

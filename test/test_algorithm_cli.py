@@ -442,3 +442,42 @@ def test_exec_logs_one_summary_line_per_case_not_the_json_report(tmp_path: Path)
     verbose = run_algorithm("--input", str(tmp_path / "input"), "--output", str(tmp_path / "verbose"),
                             "--models", str(fixture_model_dir()), "-v")
     assert '"versions"' in verbose.stderr  # -v still has the whole report
+
+
+@pytest.mark.skipif(not Path("/sys").is_dir() or os.name != "posix", reason="needs /sys")
+def test_an_unwritable_output_is_refused_before_the_input_is_read(tmp_path: Path) -> None:
+    """The issue: the container found an unwritable /output only after 18 s of pipeline. The output folder is
+    probed first (a file created and removed): one line, exit 1, nothing read, no model loaded. ``/sys`` is a
+    folder that permission bits call writable (``os.access``, argparse's check) where no file can be created."""
+    gc_input(tmp_path / "input", make_phantom().image)
+    for command in ([], ["serve"]):
+        started = time.perf_counter()
+        done = run_algorithm(*command, "--input", str(tmp_path / "input"), "--output", "/sys/verse-gc-output",
+                             "--models", str(fixture_model_dir()))
+        lines = problem_lines(done)
+        assert done.returncode == 1 and len(lines) == 1, done.stderr
+        assert lines[0].startswith("error: /sys/verse-gc-output: output folder is not writable"), lines[0]
+        assert "models from" not in done.stderr and "INFO algorithm.inputs" not in done.stderr
+        assert time.perf_counter() - started < 30
+    ct = write(tmp_path, "sub-phantom_ct.mha", make_phantom().image)
+    done = run_algorithm("predict", str(ct), "--output", "/sys/verse-gc-output", "--models", str(fixture_model_dir()))
+    assert done.returncode == 1 and "output folder is not writable" in problem_lines(done)[0]
+
+
+def test_the_default_output_is_probed_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """argparse checks only an --output given; the GC default /output is probed by the mode itself."""
+    import algorithm.cli as cli
+    from algorithm.outputs import OutputError
+
+    probed: list[Path] = []
+
+    def refuse(folder: Path) -> None:
+        probed.append(Path(folder))
+        raise OutputError(f"{folder}: output folder is not writable")
+
+    monkeypatch.setattr(cli, "check_writable", refuse)
+    monkeypatch.setattr(cli, "read_gc_input", lambda layout: pytest.fail("input read before the output check"))
+    gc_input(tmp_path / "input", make_phantom().image)
+    assert cli.main(["--input", str(tmp_path / "input")]) == 1
+    assert probed == [Path("/output")]
+    assert "error: /output: output folder is not writable" in capsys.readouterr().err
