@@ -177,7 +177,9 @@ def provider_chain(device: Device, available: Sequence[str], *, gpus: int, tenso
         return ["CPUExecutionProvider"]
     if not has_cuda:
         raise ModelError("--device cuda: this ONNX Runtime has no CUDAExecutionProvider "
-                         f"(available: {', '.join(available)}); install onnxruntime-gpu")
+                         f"(available: {', '.join(available)}): it is the CPU build. For the GPU, replace it with the "
+                         "CUDA build, never beside it: pip uninstall -y onnxruntime && "
+                         "pip install -e '.[algorithm-gpu]' -c constraints.txt")
     if gpus <= 0:
         raise ModelError("--device cuda: no CUDA GPU found (the NVIDIA driver, libcuda.so.1, is missing or reports "
                          "no device; run the container with --gpus all)")

@@ -71,6 +71,6 @@ class DefaultsHelpFormatter(HelpFormatter, argparse.ArgumentDefaultsHelpFormatte
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.required or action.default in (None, False) or "default" in text.lower():
+        if action.required or action.default is None or action.default is False or "default" in text.lower():
             return text
         return super()._get_help_string(action) or text
