@@ -154,6 +154,7 @@ def test_one_pinned_set_serves_the_venv_and_both_images() -> None:
     dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
     assert "constraints.txt" in dockerfile.split("FROM python")[1].split("AS evaluation")[0]  # copied in the base
     assert dockerfile.count("-r /opt/build/requirements.txt -c /opt/build/constraints.txt") == 2  # both images
+    assert "!constraints.txt" in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()  # in the context
     assert '-e ".[dev]" -c constraints.txt' in (REPO / ".ci" / "run").read_text(encoding="utf-8")
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     installs = [line for line in readme.splitlines() if "pip install -e" in line]
