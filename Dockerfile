@@ -3,8 +3,8 @@
 #   docker build --target evaluation -t verse-gc-evaluation .
 #   docker build --target algorithm  -t verse-gc-algorithm  .
 # (./build.sh does both.) Both run as a non-root user with nothing fetched at run time: GC runs
-# them with no network. Dependencies come from pyproject.toml alone, installed in a layer that
-# only a change of pyproject.toml rebuilds.
+# them with no network. Dependencies come from pyproject.toml, at the versions constraints.txt pins (the
+# same file the venv installs with), in a layer that only a change of those two files rebuilds.
 
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -15,12 +15,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/tmp/matplotlib
 RUN groupadd --system user && useradd --system --create-home --no-log-init --gid user user
 WORKDIR /opt/app
-COPY pyproject.toml docker/requirements.py /opt/build/
+COPY pyproject.toml constraints.txt docker/requirements.py /opt/build/
 
 # ---------------------------------------------------------------- evaluation (organisers)
 FROM base AS evaluation
 RUN python /opt/build/requirements.py /opt/build/pyproject.toml evaluation > /opt/build/requirements.txt \
-    && python -m pip install -r /opt/build/requirements.txt
+    && python -m pip install -r /opt/build/requirements.txt -c /opt/build/constraints.txt
 COPY pyproject.toml README.md LICENSE /opt/app/
 COPY spine /opt/app/spine
 COPY evaluation /opt/app/evaluation
@@ -35,7 +35,7 @@ ENTRYPOINT ["python", "-m", "evaluation"]
 FROM base AS algorithm
 # ONNX Runtime with its CUDA and cuDNN wheels: the CUDA provider on GC's GPUs, the CPU otherwise.
 RUN python /opt/build/requirements.py /opt/build/pyproject.toml algorithm-gpu > /opt/build/requirements.txt \
-    && python -m pip install -r /opt/build/requirements.txt
+    && python -m pip install -r /opt/build/requirements.txt -c /opt/build/constraints.txt
 # exec: GC runs the entrypoint once per case; invoke: it starts the server on 127.0.0.1:4743.
 ARG API_METHOD=exec
 LABEL org.grand-challenge.api-method="${API_METHOD}"

@@ -31,6 +31,7 @@ import SimpleITK as sitk
 from algorithm.inputs import InputError, load_ct
 from algorithm.labelling import LABELLERS, Constraints, Fix, parse_fix
 from algorithm.models import DEVICES, ModelError, Models, find_model_dir, load_models
+from algorithm.outputs import check_writable
 from algorithm.pipeline import (
     Options,
     predict_case,
@@ -42,7 +43,7 @@ from algorithm.pipeline import (
 from algorithm.serve import DEFAULT_HOST, DEFAULT_PORT, InvokeServer
 from spine.arguments import output_folder, positive_int
 from spine.centroids import read_labelled_centroids
-from spine.console import configure_logging
+from spine.console import HelpFormatter, configure_logging, program_name
 from spine.image import IMAGE_SUFFIXES, Geometry, strip_image_suffix
 from spine.layout import AlgorithmLayout
 from spine.verse import case_id_of
@@ -112,15 +113,15 @@ def _existing_dir(text: str) -> Path:
 
 def _program() -> str:
     """The name the user typed: ``verse-algorithm`` for the console script, else ``python -m algorithm``."""
-    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
-    return name if name.startswith("verse-") else "python -m algorithm"
+    return program_name("algorithm", "verse-algorithm")
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--models", type=_existing_dir, metavar="DIR",
-                        help="folder with detect.onnx, locate.onnx, segment.onnx (after /opt/ml/model; "
-                             "default: $VERSE_GC_MODELS, else the bundled models)")
+                        help="folder with detect.onnx, locate.onnx, segment.onnx. Lookup order: /opt/ml/model "
+                             "(GC's model tarball) when it holds them, even over --models (a warning says so); then "
+                             "--models; then $VERSE_GC_MODELS; then the bundled models")
     common.add_argument("--device", choices=DEVICES, default="auto",
                         help="execution provider: CUDA when available and working (auto), or force one")
     common.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads per model (default: all)")
@@ -151,20 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output folder (default /output)")
 
     parser = argparse.ArgumentParser(
-        prog=_program(),
+        prog=_program(), formatter_class=HelpFormatter,
         description="Detect, locate, label and segment vertebrae on a spine CT (ONNX Runtime). Without a "
                     "command: GC exec mode (/input -> /output).",
     )
     commands = parser.add_subparsers(dest="command", metavar="{exec,serve,predict}")
-    commands.add_parser("exec", parents=[common, gc], help="one GC case from --input to --output (default)",
+    commands.add_parser("exec", parents=[common, gc], formatter_class=HelpFormatter,
+                        help="one GC case from --input to --output (default)",
                         description="Run one Grand Challenge case: the CT of inputs.json's 'ct-image' socket "
                                     "(or the single image under images/*/) -> label map and centroid points.")
-    serve = commands.add_parser("serve", parents=[common, gc], help="GC invoke mode: HTTP server",
+    serve = commands.add_parser("serve", parents=[common, gc], formatter_class=HelpFormatter,
+                                help="GC invoke mode: HTTP server",
                                 description="Load the models once, then answer GET /health and POST /invoke "
                                             "(one case from --input to --output per call).")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on ({DEFAULT_HOST})")
     serve.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
-    predict = commands.add_parser("predict", parents=[common], help="CT files or folders -> VerSe files + QC",
+    predict = commands.add_parser("predict", parents=[common], formatter_class=HelpFormatter,
+                                  help="CT files or folders -> VerSe files + QC",
                                   description="Predict several CTs; per case write <case>_seg-vert_msk.nii.gz, "
                                               "<case>_seg-subreg_ctd.json, <case>_points.json, <case>_ctd.mrk.json "
                                               "(3D Slicer), <case>_vertebrae.csv (body heights, Genant grade, "
@@ -230,6 +234,10 @@ def _load(args: argparse.Namespace, layout: AlgorithmLayout) -> Models:
 
 def run_exec(args: argparse.Namespace) -> int:
     layout = AlgorithmLayout(input_dir=args.input, output_dir=args.output)
+    if not layout.input_dir.is_dir():
+        raise InputError(f"{layout.input_dir}: input folder does not exist (GC exec mode reads a GC input folder; "
+                         f"for CT files: {_program()} predict CT --output DIR; see {_program()} --help)")
+    check_writable(layout.output_dir)  # an unwritable /output is found before the input is read or a model runs
     path, image = read_gc_input(layout)  # bad input fails before the models load
     models = _load(args, layout)
     run_gc_case(path, image, layout, models, options=_options(args))
@@ -238,6 +246,7 @@ def run_exec(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     layout = AlgorithmLayout(input_dir=args.input, output_dir=args.output)
+    check_writable(layout.output_dir)
     server = InvokeServer((args.host, args.port), layout, lambda: _load(args, layout), options=_options(args))
     failure: list[BaseException] = []
 
@@ -295,6 +304,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.centroids is not None and options.constraints:
         raise InputError(f"{args.centroids}: --fix, --lumbar and --thoracic steer the labelling, which --centroids "
                          "skips; state the labels in the centroid file instead")
+    check_writable(args.output)
     models = _load(args, AlgorithmLayout())
     failures = 0
     # the bar only on a terminal and without -q: in a log file it would glue onto the error lines

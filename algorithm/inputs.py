@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from algorithm.native import native_stderr
+from algorithm.plausibility import SPACING_IMPOSSIBLE_MM, judge_geometry
 from spine.gc import ContractError, read_inputs_json
 from spine.image import IMAGE_SUFFIXES, Geometry, ImageError, read_image
 from spine.layout import CT_SOCKET, AlgorithmLayout
@@ -32,8 +33,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MIN_SPACING_MM = 0.05
-MAX_SPACING_MM = 20.0
-"""Voxel spacings outside [0.05, 20] mm are not a CT (a header in metres, or a thumbnail)."""
+MAX_SPACING_MM = SPACING_IMPOSSIBLE_MM
+"""Voxel spacings outside [0.05, 10] mm are not a CT (a header in metres, a thumbnail; no scanner reconstructs
+voxels over 10 mm: :data:`algorithm.plausibility.SPACING_IMPOSSIBLE_MM`)."""
 
 _FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64}
 
@@ -110,12 +112,15 @@ def check_ct(image: sitk.Image, path: Path | str) -> None:
     spacing = image.GetSpacing()
     if not all(math.isfinite(s) and MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in spacing):
         raise InputError(f"{path}: voxel spacing {'x'.join(f'{s:g}' for s in spacing)} mm is outside "
-                         f"[{MIN_SPACING_MM:g}, {MAX_SPACING_MM:g}] mm")
+                         f"[{MIN_SPACING_MM:g}, {MAX_SPACING_MM:g}] mm (what CT scanners reconstruct)")
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     if not np.all(np.isfinite(direction)) or abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3:
         raise InputError(f"{path}: direction matrix is not a rotation ({tuple(direction.ravel())})")
     if not np.all(np.isfinite(image.GetOrigin())):
         raise InputError(f"{path}: origin {image.GetOrigin()} is not finite")
+    impossible = judge_geometry(Geometry.of(image)).impossible
+    if impossible:  # before reading a voxel: such a grid would run for minutes and label nonsense
+        raise InputError(f"{path}: {impossible[0]}")
     bad = _non_finite_voxels(image)
     if bad:
         raise InputError(f"{path}: {bad} voxels are NaN or infinite")

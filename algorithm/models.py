@@ -45,6 +45,7 @@ from typing import Any, Literal
 import numpy as np
 
 from algorithm.native import native_stderr
+from algorithm.progress import advance
 from spine.layout import MODEL_DIR_ENV, AlgorithmLayout
 from spine.modelmeta import STAGES, ModelMeta, ModelMetaError
 
@@ -108,6 +109,9 @@ def find_model_dir(
     environ = dict(os.environ) if environ is None else environ
     for candidate in (layout.gc_model_dir, layout.gc_model_dir / "models"):
         if has_stage_files(candidate):
+            if models:
+                log.warning("--models %s not used: %s holds models (GC's model tarball comes first)", models,
+                            candidate)
             return ModelSource(candidate, "gc-model-dir")
     explicit, rule = (models, "--models") if models else (environ.get(MODEL_DIR_ENV) or None, MODEL_DIR_ENV)
     if explicit:
@@ -173,7 +177,9 @@ def provider_chain(device: Device, available: Sequence[str], *, gpus: int, tenso
         return ["CPUExecutionProvider"]
     if not has_cuda:
         raise ModelError("--device cuda: this ONNX Runtime has no CUDAExecutionProvider "
-                         f"(available: {', '.join(available)}); install onnxruntime-gpu")
+                         f"(available: {', '.join(available)}): it is the CPU build. For the GPU, replace it with the "
+                         "CUDA build, never beside it: pip uninstall -y onnxruntime && "
+                         "pip install -e '.[algorithm-gpu]' -c constraints.txt")
     if gpus <= 0:
         raise ModelError("--device cuda: no CUDA GPU found (the NVIDIA driver, libcuda.so.1, is missing or reports "
                          "no device; run the container with --gpus all)")
@@ -243,7 +249,8 @@ class StageModel:
         """
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self.max_batch is not None and batch.shape[0] != self.max_batch:
-            return self._run_fixed_batch(batch)
+            return self._run_fixed_batch(batch)  # its chunks come back here
+        advance(batch.shape[0])  # the stage's progress bar, on a terminal
         if self.on_gpu:
             out = self._run_io_binding(batch)
         else:

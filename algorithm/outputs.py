@@ -20,13 +20,37 @@ import SimpleITK as sitk
 
 from spine.image import IMAGE_SUFFIXES
 
-__all__ = ["Writer", "bytes_writer", "commit_outputs", "image_writer", "json_writer", "text_writer"]
+__all__ = ["OutputError", "Writer", "bytes_writer", "check_writable", "commit_outputs", "image_writer", "json_writer",
+           "text_writer"]
 
 log = logging.getLogger(__name__)
 
 _FILE_MODE = 0o644
 Writer = Callable[[Path], None]
 """Writes one output file at the path it is given (a temporary name with the target's suffix)."""
+
+
+class OutputError(OSError):
+    """The output folder cannot take the case's files; the message reads ``<folder>: <problem>``."""
+
+
+def check_writable(folder: Path) -> None:
+    """Prove that files can be created in ``folder`` (or in its nearest existing ancestor, where the folder would be
+    created) before any work: a probe file is created and removed there. Permission bits alone do not tell
+    (a read-only mount, another user's folder, root squash); a failed probe raises :class:`OutputError`."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise OutputError(f"{folder}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".verse-gc-write-check.", dir=existing)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        where = "" if existing == folder else f" (nor can it be created in {existing})"
+        raise OutputError(f"{folder}: output folder is not writable{where}: {reason}; nothing was run "
+                          "(mount it writable for the container's user)") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _suffix(name: str) -> str:

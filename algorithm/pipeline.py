@@ -29,13 +29,14 @@ import SimpleITK as sitk
 
 from algorithm.detect import Detection, detect_spine
 from algorithm.fragments import edge_fragments, write_fragments
+from algorithm.inputs import InputError
 from algorithm.labelling import LABELLERS, Constraints, Labelling, label_candidates, learned_decoder
-from algorithm.labelling.constraints import changes
+from algorithm.labelling.constraints import FIX_REACH_MM, changes
 from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_heatmaps, peak_candidates
 from algorithm.measure import BodyMeasure, csv_text, measure_case, screening
 from algorithm.models import Models
 from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer, json_writer, text_writer
-from algorithm.plausibility import IMPLAUSIBLE_CAP, assess
+from algorithm.plausibility import IMPLAUSIBLE_CAP, Plausibility, assess, judge_geometry
 from algorithm.recentre import fill_chain, on_spine_curve, recentre, spaced_by_size
 from algorithm.report import StageTimer, versions
 from algorithm.ribs import rib_evidence
@@ -51,8 +52,10 @@ from spine.verse import centroid_json_name, mask_name, write_centroid_json
 __all__ = [
     "CaseResult",
     "Options",
+    "UNCERTAIN_BELOW",
     "Vertebra",
     "case_outputs",
+    "case_summary",
     "empty_label_map",
     "gc_outputs",
     "label_stage",
@@ -66,6 +69,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+UNCERTAIN_BELOW = 0.8
+"""A vertebra whose point probability is under this is one to check: the QC picture marks it, the case's log line
+names it (a labelling the decoder is sure of scores >= 0.95; a fragment's is capped at 0.5, a doubtful case's at
+0.3)."""
 
 FRAGMENT_CAP = 0.5
 """Probability ceiling of a fragment's point (:mod:`algorithm.fragments`): its label is its neighbour's plus one
@@ -216,12 +224,36 @@ def _constraint_report(candidates: Candidates, labels: np.ndarray, options: Opti
     return {"stated": constraints.describe(positions_mm), "changed": changed}
 
 
+def _judged_geometry(geometry: Geometry) -> dict[str, Any]:
+    """The report's ``plausibility`` before any vertebra: the CT grid's unusual properties, each logged (the
+    impossible ones :func:`algorithm.inputs.check_ct` refused)."""
+    unusual = judge_geometry(geometry).unusual
+    for finding in unusual:
+        log.warning("input: %s", finding)
+    return Plausibility(None, None, (), unusual).to_dict()
+
+
+def _refuse_far_fixes(candidates: Candidates, options: Options) -> None:
+    """:class:`InputError` (one line) for a ``--fix`` farther than :data:`FIX_REACH_MM` from every candidate: the
+    nearest candidate (by the label it gets without the fixes), its distance and the likely cause."""
+    far = options.constraints.far_fixes(candidates.positions_mm)
+    if not far:
+        return
+    free = label_stage(candidates, replace(options, constraints=Constraints())).labels
+    first = far[0]
+    label = int(free[first.candidate])
+    name = f"{name_of(label)} " if label > 0 else "an unlabelled candidate "
+    where = ",".join(f"{c:.1f}" for c in first.candidate_mm)
+    raise InputError(f"--fix {first.fix}: {first.distance_mm:.1f} mm from the nearest vertebra candidate ({name}at "
+                     f"{where} LPS mm; a fix must lie within {FIX_REACH_MM:g} mm of one): {first.likely_cause()}")
+
+
 def predict_case(image: sitk.Image, models: Models, *, options: Options | None = None) -> CaseResult:
     """Detect, locate, label and segment the vertebrae of one CT (module docstring)."""
     options = options or Options()
     geometry = Geometry.of(image)
     timer = StageTimer()
-    details: dict[str, Any] = {}
+    details: dict[str, Any] = {"plausibility": _judged_geometry(geometry)}
 
     def empty(note: str, candidates: int = 0) -> CaseResult:
         log.warning("no vertebra labelled: %s; writing an empty label map and no points", note)
@@ -242,6 +274,7 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
                      + (" and no vertebra outlined)" if options.recentre else ")"))
 
     with timer.stage("label"):
+        _refuse_far_fixes(candidates, options)
         labelling = label_stage(candidates, options)
         vertebrae = _accepted(candidates.positions_mm, np.asarray(labelling.labels), np.asarray(labelling.confidence))
     log.info("label: %d of %d candidates labelled: %s", len(vertebrae), len(candidates),
@@ -280,7 +313,8 @@ def _segmented(image: sitk.Image, vertebrae: list[Vertebra], models: Models, opt
         del merged
     voxel_ml = float(np.prod(segmentation.grid.spacing_mm)) / 1000.0
     check = assess([v.label for v in vertebrae], np.array([v.position_mm for v in vertebrae]),
-                   {v.label: segmentation.voxels.get(v.label, 0) * voxel_ml for v in vertebrae})
+                   {v.label: segmentation.voxels.get(v.label, 0) * voxel_ml for v in vertebrae},
+                   judge_geometry(result.geometry).unusual)
     result.details["plausibility"] = check.to_dict()
     # A doubtful labelling of ours is capped; labels a person placed keep their confidence (the log still says).
     cap = IMPLAUSIBLE_CAP if check.reasons and cap_doubtful else 1.0
@@ -314,9 +348,10 @@ def segment_from_centroids(image: sitk.Image, centroids_mm: dict[int, np.ndarray
             if label in EVALUATED}
     skipped = sorted(set(centroids_mm) - set(kept))
     if skipped:
-        log.warning("%s: %s not segmented (the model segments C1..L6 and T13)", source or "centroids",
-                    ", ".join(name_of(v) for v in skipped))
-    details: dict[str, Any] = {"centroids": {"source": source, "given": [name_of(v) for v in sorted(centroids_mm)]}}
+        log.warning("%s: %s skipped: sacrum and coccyx are VerSe labels the model does not segment (it segments "
+                    "C1..L6 and T13)", source or "centroids", ", ".join(name_of(v) for v in skipped))
+    details: dict[str, Any] = {"centroids": {"source": source, "given": [name_of(v) for v in sorted(centroids_mm)]},
+                               "plausibility": _judged_geometry(geometry)}
     result = CaseResult(geometry, empty_label_map(geometry), (), "", 0, StageTimer(), details)
     if not kept:
         result.note = "no vertebra among the given centroids"
@@ -420,8 +455,27 @@ def run_gc_case(path: Path, image: sitk.Image, layout: AlgorithmLayout, models: 
     """Predict one GC case and write its outputs (all or nothing); log the run report (no file in /output)."""
     result = predict_case(image, models, options=options)
     written = commit_outputs(gc_outputs(result, layout))
-    log.info("run report: %s", json.dumps(result.report(models, source=str(path), outputs=written)))
+    log.info("%s", case_summary(result, path))
+    log.debug("run report: %s", json.dumps(result.report(models, source=str(path), outputs=written)))
     return result
+
+
+def case_summary(result: CaseResult, source: Path | str) -> str:
+    """One log line per case (exec, serve): what was found, the doubts, time and memory; ``-v`` logs the whole
+    run report as JSON besides."""
+    if result.vertebrae:
+        found = f"{len(result.vertebrae)} vertebrae {result.vertebrae[0].name}..{result.vertebrae[-1].name}"
+        doubtful = [v.name for v in result.vertebrae if v.confidence < UNCERTAIN_BELOW]
+        if doubtful:
+            found += f" (check {', '.join(doubtful)}: confidence under {UNCERTAIN_BELOW:g})"
+    else:
+        found = f"no vertebra ({result.note})"
+    plausibility = result.details.get("plausibility", {})
+    doubts = [*plausibility.get("reasons", []), *plausibility.get("geometry", [])]
+    verdict = "plausible" if not doubts else f"doubtful: {'; '.join(doubts)}"
+    peak = result.timer.peak_rss_mib
+    return (f"case {source}: {found}; {verdict}; {result.timer.total_s:.1f} s"
+            + (f", peak RSS {peak:.0f} MiB" if peak is not None else ""))
 
 
 def case_outputs(result: CaseResult, folder: Path, case_id: str) -> list[tuple[Path, Writer]]:

@@ -75,11 +75,16 @@ class StageTimer:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        """Time the block as stage ``name``; on a terminal a progress bar runs meanwhile (:mod:`algorithm.progress`),
+        and one log line says the stage's time and peak memory when it ends."""
+        from algorithm.progress import stage_bar
+
         if self._resettable:
             reset_peak_rss()
         start = time.perf_counter()
         try:
-            yield
+            with stage_bar(name):
+                yield
         finally:
             record = StageRecord(name, round(time.perf_counter() - start, 3), _rounded(peak_rss_mib()))
             self.records.append(record)

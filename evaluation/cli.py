@@ -26,7 +26,7 @@ from evaluation.discover import InputError, Pairing, find_ground_truth, pair_fol
 from evaluation.run import evaluate_cases, metrics_document, write_metrics
 from evaluation.workers import plan_workers, retain_freed_memory
 from spine.arguments import positive_int, write_problem
-from spine.console import configure_logging
+from spine.console import HelpFormatter, configure_logging, program_name
 from spine.gc import ContractError
 from spine.layout import EvaluationLayout
 
@@ -52,14 +52,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     defaults = EvaluationLayout()
     parser = argparse.ArgumentParser(
-        prog="verse-evaluate",
+        prog=program_name("evaluation", "verse-evaluate"),
+        formatter_class=HelpFormatter,
         description="Score vertebra segmentations and centroids against VerSe ground truth: per-vertebra Dice, "
                     "HD95, HD, identification rate (20 mm), localisation error. Without a mode, runs the "
                     "Grand Challenge mode ('gc').",
         epilog="Exit status 2 (and no metrics.json) when predictions.json is malformed or no ground truth is found.",
     )
     modes = parser.add_subparsers(dest="mode", metavar="{gc,folders}")
-    gc = modes.add_parser("gc", help="Grand Challenge layout (the container default)",
+    gc = modes.add_parser("gc", formatter_class=HelpFormatter, help="Grand Challenge layout (the container default)",
                           description="Read predictions.json and the jobs' outputs from --input, ground truth "
                                       "from --ground-truth, write --output.")
     gc.add_argument("--input", type=Path, default=defaults.input_dir, metavar="DIR",
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--output", type=Path, default=defaults.metrics_path, metavar="FILE",
                     help=f"metrics JSON to write (default {defaults.metrics_path})")
     _common(gc)
-    folders = modes.add_parser("folders", help="VerSe-named prediction and ground-truth folders",
+    folders = modes.add_parser("folders", formatter_class=HelpFormatter,
+                               help="VerSe-named prediction and ground-truth folders",
                                description="Pair <case>_seg-vert_msk.nii.gz (+ <case>_points.json or "
                                            "<case>*_ctd.json) predictions with ground truth of the same case.")
     folders.add_argument("--predictions", type=Path, required=True, metavar="DIR", help="prediction folder")

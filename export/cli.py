@@ -14,7 +14,7 @@ import importlib
 import logging
 from collections.abc import Sequence
 
-from spine.console import configure_logging
+from spine.console import HelpFormatter, configure_logging, program_name
 
 __all__ = ["SUBCOMMAND_MODULES", "build_parser", "main"]
 
@@ -34,12 +34,13 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 DESCRIPTION = ("Make training data and models for the algorithm: synthetic spine CTs (synth), training of one "
                "stage's network on VerSe-layout data (train), ONNX export with a parity check (onnx), and the "
                "labelling's chain-context model on VID detections (label-context). "
-               "'python -m export COMMAND --help' describes each.")
+               "'COMMAND --help' describes each.")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(prog="python -m export", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog=program_name("export", "verse-export"), description=DESCRIPTION,
+                                     formatter_class=HelpFormatter)
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logging (info is the default, -vv debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from spine.console import DefaultsHelpFormatter
 from spine.modelmeta import ModelMeta
 from spine.preprocess import crop_patch, to_model_grid, world_to_zyx
 
@@ -380,7 +381,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``onnx`` on an argparse subparsers object."""
     parser = subparsers.add_parser("onnx", help="export a checkpoint to ONNX with a parity check",
                                    description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=DefaultsHelpFormatter)
     configure_parser(parser)
     parser.set_defaults(func=run, handler=run)
     return parser

@@ -51,6 +51,7 @@ from export.synth_skeleton import (
 )
 from spine.arguments import positive_int
 from spine.case import Case
+from spine.console import HelpFormatter
 from spine.image import Geometry, image_from_array, write_image
 from spine.labels import anatomical_rank
 from spine.verse import centroid_json_name, mask_name, write_centroid_json
@@ -557,7 +558,7 @@ def write_case(case: Case, out_dir: str | Path) -> tuple[Path, Path, Path]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``synth``: write synthetic cases (VerSe BIDS layout) and/or a QC picture."""
     parser = subparsers.add_parser("synth", help="write synthetic spine CT cases in the VerSe layout",
-                                   description=__doc__.splitlines()[0])
+                                   description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, help="output folder (rawdata/ and derivatives/ are created)")
     parser.add_argument("--cases", type=positive_int, default=10, help="number of cases (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i")

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from spine.arguments import positive_float, positive_int
+from spine.console import DefaultsHelpFormatter
 from spine.modelmeta import ModelMeta
 
 from .datasets import STAGE_DEFAULTS, Augmentation, CaseSource, PatchSampler, default_meta, volumes_for
@@ -515,7 +516,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:  # argparse's _SubPa
     """Register ``train`` on an argparse subparsers object."""
     parser = subparsers.add_parser("train", help="train one stage's network",
                                    description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=DefaultsHelpFormatter)
     configure_parser(parser)
     parser.set_defaults(func=run, handler=run)
     return parser
@@ -523,7 +524,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:  # argparse's _SubPa
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = configure_parser(argparse.ArgumentParser(prog="python -m export.train",
-                                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+                                                      formatter_class=DefaultsHelpFormatter))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

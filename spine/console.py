@@ -7,11 +7,14 @@ font manager alone writes some 600 debug lines) stay at WARNING.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import re
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
-__all__ = ["OWN_LOGGERS", "configure_logging"]
+__all__ = ["OWN_LOGGERS", "DefaultsHelpFormatter", "HelpFormatter", "configure_logging", "program_name"]
 
 OWN_LOGGERS: tuple[str, ...] = ("algorithm", "evaluation", "export", "spine", "bench", "__main__")
 """Top-level loggers of this project; every other logger is third-party."""
@@ -35,3 +38,39 @@ def configure_logging(level: int, fmt: str = "%(asctime)s %(levelname)s %(name)s
     for name in own:
         logging.getLogger(name).setLevel(level)
     return handler
+
+
+def program_name(module: str, script: str, argv0: str | None = None) -> str:
+    """The program as the user invoked it, for usage lines: the console script's name (``verse-evaluate``) when
+    ``argv[0]`` is that script, else ``python -m <module>`` (``python -m evaluation``, tests, ``runpy``)."""
+    argv0 = (sys.argv[0] if sys.argv else "") if argv0 is None else argv0
+    return script if Path(argv0).name == script else f"python -m {module}"
+
+
+_LITERAL = re.compile(r"``([^`]+)``|`([^`]+)`")
+
+
+def plain_text(text: str) -> str:
+    """Docstring markup out of help text: ````x```` and ```x``` become ``'x'``."""
+    return _LITERAL.sub(lambda m: f"'{m.group(1) or m.group(2)}'", text)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help without raw reStructuredText literals (descriptions come from docstrings)."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(plain_text(text))
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return plain_text(super()._expand_help(action))
+
+
+class DefaultsHelpFormatter(HelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """:class:`HelpFormatter` with each option's default, but none on required options, on options without a
+    default (``None``, flags) or whose help already states it (no "(default: None)")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or action.default is None or action.default is False or "default" in text.lower():
+            return text
+        return super()._get_help_string(action) or text

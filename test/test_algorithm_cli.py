@@ -105,9 +105,13 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], object], str]] = {
     "infinite voxels, NIfTI": (lambda i: write(i / CT, "a.nii.gz", ct_image(np.where(varied() > 0, np.inf, -1000.0)
                                                                             .astype(np.float64))), "voxels are NaN"),
     "spacing too small": (lambda i: write(i / CT, "a.mha", ct_image(varied(), spacing=(0.01, 0.8, 2.0))),
-                          "outside [0.05, 20] mm"),
+                          "outside [0.05, 10] mm"),
     "spacing too large": (lambda i: write(i / CT, "a.mha", ct_image(varied(), spacing=(0.8, 0.8, 50.0))),
-                          "outside [0.05, 20] mm"),
+                          "outside [0.05, 10] mm"),
+    "20 mm slices": (lambda i: write(i / CT, "a.mha", ct_image(varied(), spacing=(0.8, 0.8, 20.0))),
+                     "outside [0.05, 10] mm"),
+    "2.4 m wide": (lambda i: write(i / CT, "a.mha", ct_image(np.tile(varied(), (1, 1, 30)), spacing=(8.0, 8.0, 5.0))),
+                   "the image is 240 cm along x (across): no CT of a person is"),
     "truncated mha": (lambda i: truncated(i / CT, "a.mha"), "data not read completely"),
     "truncated nii.gz": (lambda i: truncated(i / CT, "a.nii.gz"), "truncated"),
     "no image": (lambda i: (i / CT).mkdir(parents=True), "no inputs.json and no image"),
@@ -407,3 +411,73 @@ def test_predict_bar_on_a_terminal_does_not_count_a_failed_case(tmp_path: Path, 
         assert "predict:" not in shown
     else:
         assert "0/1" in shown and "1/1" not in shown and "1 failed" in shown
+
+
+def test_long_stages_show_a_bar_on_a_terminal_and_a_line_each_in_a_log(tmp_path: Path) -> None:
+    """The issue: locate was silent for 18-48 s. On a terminal each stage's bar counts the patches its models ran;
+    in a log (a pipe) there is no bar, one line per stage."""
+    ct = write(tmp_path, "sub-phantom_ct.mha", make_phantom().image)
+    code, shown = run_on_terminal("predict", str(ct), "--output", str(tmp_path / "tty"), "--models",
+                                  str(fixture_model_dir()), "--no-qc")
+    assert code == 0, shown
+    for stage in ("detect", "locate", "segment"):
+        assert re.search(rf"{stage}: \d+ patch", shown), (stage, shown[-3000:])
+    done = run_algorithm("predict", str(ct), "--output", str(tmp_path / "log"), "--models", str(fixture_model_dir()),
+                         "--no-qc")
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and " patch" not in done.stderr
+    for stage in ("detect", "locate", "label", "segment", "resample"):
+        assert len(re.findall(rf"INFO algorithm.report: stage {stage}: ", done.stderr)) == 1, stage
+
+
+def test_exec_logs_one_summary_line_per_case_not_the_json_report(tmp_path: Path) -> None:
+    gc_input(tmp_path / "input", make_phantom().image)
+    done = run_algorithm("--input", str(tmp_path / "input"), "--output", str(tmp_path / "output"),
+                         "--models", str(fixture_model_dir()))
+    assert done.returncode == 0, done.stderr
+    summary = [line for line in done.stderr.splitlines() if " INFO algorithm.pipeline: case " in line]
+    assert len(summary) == 1, done.stderr
+    assert re.search(r"case \S+: \d+ vertebrae \w+\.\.\w+.*; (plausible|doubtful: .+); \d+\.\d s", summary[0])
+    assert '"versions"' not in done.stderr and len(summary[0]) < 600
+    verbose = run_algorithm("--input", str(tmp_path / "input"), "--output", str(tmp_path / "verbose"),
+                            "--models", str(fixture_model_dir()), "-v")
+    assert '"versions"' in verbose.stderr  # -v still has the whole report
+
+
+@pytest.mark.skipif(not Path("/sys").is_dir() or os.name != "posix", reason="needs /sys")
+def test_an_unwritable_output_is_refused_before_the_input_is_read(tmp_path: Path) -> None:
+    """The issue: the container found an unwritable /output only after 18 s of pipeline. The output folder is
+    probed first (a file created and removed): one line, exit 1, nothing read, no model loaded. ``/sys`` is a
+    folder that permission bits call writable (``os.access``, argparse's check) where no file can be created."""
+    gc_input(tmp_path / "input", make_phantom().image)
+    for command in ([], ["serve"]):
+        started = time.perf_counter()
+        done = run_algorithm(*command, "--input", str(tmp_path / "input"), "--output", "/sys/verse-gc-output",
+                             "--models", str(fixture_model_dir()))
+        lines = problem_lines(done)
+        assert done.returncode == 1 and len(lines) == 1, done.stderr
+        assert lines[0].startswith("error: /sys/verse-gc-output: output folder is not writable"), lines[0]
+        assert "models from" not in done.stderr and "INFO algorithm.inputs" not in done.stderr
+        assert time.perf_counter() - started < 30
+    ct = write(tmp_path, "sub-phantom_ct.mha", make_phantom().image)
+    done = run_algorithm("predict", str(ct), "--output", "/sys/verse-gc-output", "--models", str(fixture_model_dir()))
+    assert done.returncode == 1 and "output folder is not writable" in problem_lines(done)[0]
+
+
+def test_the_default_output_is_probed_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """argparse checks only an --output given; the GC default /output is probed by the mode itself."""
+    import algorithm.cli as cli
+    from algorithm.outputs import OutputError
+
+    probed: list[Path] = []
+
+    def refuse(folder: Path) -> None:
+        probed.append(Path(folder))
+        raise OutputError(f"{folder}: output folder is not writable")
+
+    monkeypatch.setattr(cli, "check_writable", refuse)
+    monkeypatch.setattr(cli, "read_gc_input", lambda layout: pytest.fail("input read before the output check"))
+    gc_input(tmp_path / "input", make_phantom().image)
+    assert cli.main(["--input", str(tmp_path / "input")]) == 1
+    assert probed == [Path("/output")]
+    assert "error: /output: output folder is not writable" in capsys.readouterr().err

@@ -118,6 +118,40 @@ def test_bad_corrections_give_one_error_line_and_no_output(phantom_ct, tmp_path:
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize(("where", "cause"), [("far", "another scan"), ("ras", "RAS given for LPS")])
+def test_a_fix_far_from_every_candidate_is_refused_with_its_likely_cause(phantom_ct, tmp_path: Path, capsys,
+                                                                        where: str, cause: str) -> None:
+    """A fix 250 mm off (the issue's ``--fix L1=0,0,0``) or a vertebra's RAS coordinates given as LPS: one line
+    naming the nearest candidate and its distance, nothing written (it would relabel the whole spine)."""
+    phantom, ct = phantom_ct
+    l1 = phantom.centres_mm[20]
+    point = np.zeros(3) if where == "far" else l1 * np.array([-1.0, -1.0, 1.0])
+    distance = min(np.linalg.norm(c - point) for c in phantom.centres_mm.values())
+    assert distance > 20.0
+    assert _predict(str(ct), "--output", str(tmp_path / "out"), "--models", str(fixture_model_dir()),
+                    "--fix", "L1=" + ",".join(f"{c:.2f}" for c in point)) == 1
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1
+    line = err[err.index("error: "):].splitlines()[0]
+    assert "mm from the nearest vertebra candidate (" in line and cause in line, line
+    stated = float(line.split("mm from the nearest")[0].rsplit(" ", 2)[-2])
+    assert stated == pytest.approx(distance, abs=6.0)  # candidates sit on the phantom's bodies, within a few mm
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_readme_fix_example_lands_on_the_example_ct_l5(tmp_path: Path) -> None:
+    """The README's ``--fix L5=...`` point is the example CT's L5 (the issue: it lay 31.8 mm off, silently)."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    point = re.search(r"--fix (L5=[-0-9.,]+)`", (root / "README.md").read_text(encoding="utf-8")).group(1)
+    ct = root / "examples" / "totalsegmentator-example" / "ct.nii.gz"
+    assert _predict(str(ct), "--output", str(tmp_path), "--fix", point) == 0
+    report = json.loads((tmp_path / "ct_report.json").read_text())
+    assert report["label"]["constraints"]["stated"]["fix"][0]["distance_mm"] < 3.0
+    assert report["label"]["constraints"]["changed"] == []  # it states what the model found anyway
+
+
 @pytest.mark.slow
 def test_the_readme_worked_correction_example_prints_what_it_says(tmp_path: Path) -> None:
     """Runs the README's "Correcting a result" bash block as written (in a folder where ``examples/`` is the

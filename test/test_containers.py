@@ -208,3 +208,34 @@ def test_algorithm_image_refuses_a_2d_image_cleanly(tmp_path: Path) -> None:
     last = result.stderr.strip().splitlines()[-1]
     assert "3-D" in last and ".mha" in last
     assert [p for p in output.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("mount", ["ro", "root-owned"])
+def test_algorithm_image_refuses_an_unwritable_output_before_inference(tmp_path: Path, mount: str) -> None:
+    """An /output the container's user cannot write (mounted read-only, or a root-owned 755 folder) is one error
+    line and a non-zero exit before the CT is read or a model loads (the issue: found after 18 s of pipeline)."""
+    inputs = algorithm_input(tmp_path / "input", EXAMPLE / "ct.nii.gz")
+    output = tmp_path / "output"
+    output.mkdir()
+    if mount == "ro":
+        output.chmod(0o777)
+    else:
+        output.chmod(0o755)  # owned by the host's user, not the image's
+    result = run_gc(image("algorithm"), {inputs: "/input:ro", output: "/output" + (":ro" if mount == "ro" else "")})
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: /output: output folder is not writable"), last
+    assert "models from" not in result.stderr and "stage detect" not in result.stderr
+    assert list(output.iterdir()) == []
+
+
+def test_the_readme_by_hand_case_runs_as_written(tmp_path: Path) -> None:
+    """The README's two ``docker run`` lines, verbatim, on the bundled example (images built first)."""
+    from test_readme_gc_by_hand import readme_block
+
+    image("algorithm"), image("evaluation")
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block()], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "ok"

@@ -118,3 +118,56 @@ def test_no_import_cycles() -> None:
         if module not in state:
             visit(module, [module])
     assert "algorithm.qc" in graph and "export.synth_qc" in graph
+
+
+def _pins() -> dict[str, str]:
+    """constraints.txt as {normalised name: pinned version}."""
+    import re
+
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version.strip()
+    return pins
+
+
+def test_one_pinned_set_serves_the_venv_and_both_images() -> None:
+    """The issue: the image resolved onnxruntime-gpu 1.31.1, the venv onnxruntime 1.32.0. One constraints file pins
+    both builds to one version; every dependency of every extra has a pin inside pyproject.toml's range; the
+    Dockerfile, .ci/run and the README's install lines all use the file."""
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pins = _pins()
+    assert pins["onnxruntime"] == pins["onnxruntime-gpu"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = sorted(project["optional-dependencies"])
+    for requirement in load_requirements()(REPO / "pyproject.toml", extras):
+        parsed = Requirement(requirement)
+        name = re.sub(r"[-_.]+", "-", parsed.name).lower()
+        assert name in pins, f"constraints.txt does not pin {parsed.name}"
+        assert parsed.specifier.contains(pins[name], prereleases=True), (requirement, pins[name])
+    dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    assert "constraints.txt" in dockerfile.split("FROM python")[1].split("AS evaluation")[0]  # copied in the base
+    assert dockerfile.count("-r /opt/build/requirements.txt -c /opt/build/constraints.txt") == 2  # both images
+    assert "!constraints.txt" in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()  # in the context
+    assert '-e ".[dev]" -c constraints.txt' in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    installs = [line for line in readme.splitlines() if "pip install -e" in line]
+    assert installs and all("-c constraints.txt" in line for line in installs), installs
+
+
+def test_the_cuda_message_explains_the_gpu_extra_not_a_conflicting_install() -> None:
+    import pytest
+
+    from algorithm.models import ModelError, provider_chain
+
+    with pytest.raises(ModelError) as error:
+        provider_chain("cuda", ["AzureExecutionProvider", "CPUExecutionProvider"], gpus=1)
+    message = str(error.value)
+    assert "algorithm-gpu" in message and "pip uninstall -y onnxruntime" in message
+    assert "install onnxruntime-gpu" not in message

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from algorithm.plausibility import (
+    FOV_IMPOSSIBLE_MM,
     REFERENCE_VOLUME_ML,
     SIZE_TOLERANCE,
     assess,
     expected_distance_mm,
+    judge_geometry,
     size_ratio,
     spacing_ratio,
 )
@@ -77,6 +79,55 @@ def test_pipeline_reports_the_checks_and_caps_doubtful_cases() -> None:
     models = load_models(ModelSource(find_model_dir().directory, "test"), device="cpu")
     result = predict_case(read_image(example), models)
     report = result.report()
-    assert set(report["plausibility"]) == {"plausible", "spacing_ratio", "size_ratio", "reasons"}
-    if not report["plausibility"]["plausible"]:
+    assert set(report["plausibility"]) == {"plausible", "spacing_ratio", "size_ratio", "reasons", "geometry"}
+    assert report["plausibility"]["geometry"] == []  # 3 mm, 37 x 30 x 34 cm: a usual grid
+    if report["plausibility"]["reasons"]:
         assert all(p.probability <= IMPLAUSIBLE_CAP for p in result.points())
+
+
+def _grid(size, spacing, direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)) -> Geometry:
+    return Geometry(tuple(size), tuple(float(s) for s in spacing), (0.0, 0.0, 0.0), tuple(direction))
+
+
+@pytest.mark.parametrize(("size", "spacing", "impossible", "unusual"), [
+    ((512, 512, 400), (0.78, 0.78, 1.0), 0, 0),        # a usual spine CT
+    ((122, 101, 112), (3.0, 3.0, 3.0), 0, 0),          # the bundled example, resampled to 3 mm
+    ((512, 512, 1800), (0.98, 0.98, 1.0), 0, 0),       # whole body, 1.8 m
+    ((122, 101, 112), (20.0, 20.0, 20.0), 3, 1),       # the issue's 20 mm header: 2.4 m wide, 20 mm voxels
+    ((512, 512, 60), (0.8, 0.8, 6.0), 0, 1),           # 6 mm slices: unusual
+    ((512, 512, 200), (1.5, 1.5, 1.0), 0, 2),          # 77 cm in x and in y: unusual twice
+    ((400, 400, 300), (0.1, 0.1, 0.1), 0, 1),          # micro-CT
+])
+def test_geometry_judged_against_what_ct_scanners_produce(size, spacing, impossible: int, unusual: int) -> None:
+    judged = judge_geometry(_grid(size, spacing))
+    assert (len(judged.impossible), len(judged.unusual)) == (impossible, unusual), judged
+
+
+def test_an_oblique_or_sagittal_grid_is_judged_on_its_world_axes() -> None:
+    """A sagittal acquisition's long image axis runs head to foot: 1.2 m of it is a whole spine, not 1.2 m across."""
+    sagittal = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # i -> y... image axis 0 along world y, 2 along x
+    judged = judge_geometry(_grid((1200, 300, 60), (1.0, 1.0, 3.0), (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0)))
+    assert judged.impossible == () and judged.unusual == ()  # axis 0 (1.2 m) points along z
+    assert judge_geometry(_grid((1200, 300, 60), (1.0, 1.0, 3.0), sagittal)).impossible  # axis 0 along y: 1.2 m
+    assert FOV_IMPOSSIBLE_MM[2] > FOV_IMPOSSIBLE_MM[0]
+
+
+def test_an_unusual_grid_runs_but_the_report_and_the_log_flag_it(tmp_path: Path, caplog) -> None:
+    """6 mm slices: not refused, but ``plausible`` is false and the log says why (the issue: 20 mm said true)."""
+    import json
+    import logging
+
+    import SimpleITK as sitk
+    from algorithm_fixtures import fixture_model_dir, make_phantom
+
+    from algorithm.cli import main
+
+    ct = tmp_path / "thick_ct.mha"
+    sitk.WriteImage(make_phantom(spacing_mm=(0.9, 1.1, 6.0)).image, str(ct))
+    with caplog.at_level(logging.WARNING, logger="algorithm"):
+        assert main(["predict", str(ct), "--output", str(tmp_path / "out"), "--models", str(fixture_model_dir()),
+                     "--device", "cpu", "--no-qc", "-q"]) == 0
+    plausibility = json.loads((tmp_path / "out" / "thick_report.json").read_text())["plausibility"]
+    assert plausibility["plausible"] is False
+    assert len(plausibility["geometry"]) == 1 and "0.9x1.1x6 mm" in plausibility["geometry"][0]
+    assert any("coarser than 5 mm" in r.getMessage() for r in caplog.records)

@@ -30,9 +30,15 @@ import numpy as np
 
 from spine.labels import EVALUATED, label_of, name_of
 
-__all__ = ["Constraints", "Fix", "changes", "parse_fix"]
+__all__ = ["FIX_REACH_MM", "Constraints", "Fix", "FarFix", "changes", "parse_fix"]
 
 _T11, _T12, _T13, _L1, _L4, _L5, _L6, _SACRUM = 18, 19, 28, 20, 23, 24, 25, 26
+FIX_REACH_MM = 20.0
+"""Farthest a fix may lie from its candidate. A click inside a vertebral body lies within its half height and
+depth of the body's centre (lumbar bodies ~30 mm high and deep, so <= ~15-20 mm from any point of the body); the
+next candidate is a whole level away (15-38 mm). A point beyond 20 mm of every candidate is almost always a
+coordinate mix-up (RAS given for LPS, a point from another scan), and snapping it to the nearest candidate would
+relabel the whole spine around a vertebra the user never meant."""
 LUMBAR_COUNTS = (4, 5, 6)
 THORACIC_COUNTS = (11, 12, 13)
 
@@ -66,6 +72,26 @@ def parse_fix(text: str) -> Fix:
     except ValueError as error:
         raise ValueError(f"{text!r}: {error}") from None
     return Fix(label, point)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class FarFix:
+    """A fix farther than :data:`FIX_REACH_MM` from every candidate: the nearest candidate and its distance, and
+    the distance from the point read as RAS (x and y negated) to its own nearest candidate."""
+
+    fix: Fix
+    candidate: int
+    distance_mm: float
+    candidate_mm: tuple[float, float, float]
+    as_ras_distance_mm: float
+
+    def likely_cause(self) -> str:
+        """RAS given for LPS when the point with x and y negated lands on a candidate, else another scan's point."""
+        if self.as_ras_distance_mm <= FIX_REACH_MM:
+            x, y, z = self.fix.point_mm
+            return (f"RAS given for LPS? negated (--fix {name_of(self.fix.label)}={-x:g},{-y:g},{z:g}) it lies "
+                    f"{self.as_ras_distance_mm:.1f} mm from a candidate")
+        return "a point from another scan or another coordinate system? (LPS mm of this CT expected)"
 
 
 @dataclass(frozen=True)
@@ -158,6 +184,26 @@ class Constraints:
         repeated = sorted({v for v in labels if labels.count(v) > 1})
         if repeated:
             raise ValueError(f"{name_of(repeated[0])} is fixed on two different candidates")
+        return out
+
+    def far_fixes(self, positions_mm: np.ndarray, reach_mm: float = FIX_REACH_MM) -> list[FarFix]:
+        """The fixes whose point lies farther than ``reach_mm`` from every candidate (``positions_mm`` (N, 3) LPS).
+
+        Distance is Euclidean, ``d = min_k |p - c_k|``; the RAS reading negates the point's x and y
+        (``(-x, -y, z)``), which is what a coordinate copied from 3D Slicer's RAS readout needs.
+        """
+        positions = np.asarray(positions_mm, dtype=float).reshape(-1, 3)
+        if not len(positions):
+            return []
+        out = []
+        for fix in self.fixes:
+            point = np.asarray(fix.point_mm)
+            distance = np.linalg.norm(positions - point, axis=1)
+            k = int(np.argmin(distance))
+            if distance[k] > reach_mm:
+                as_ras = float(np.linalg.norm(positions - point * np.array([-1.0, -1.0, 1.0]), axis=1).min())
+                out.append(FarFix(fix, k, float(distance[k]), tuple(float(c) for c in positions[k]),  # type: ignore[arg-type]
+                                  as_ras))
         return out
 
     def describe(self, positions_mm: np.ndarray | None = None) -> dict[str, Any]:
