@@ -6,7 +6,7 @@
 # Start: the bundled locate model (algorithm/models/locate.onnx). Data: synthetic phantoms with real vertebra shapes
 # (export synth seeds 2000-2023), the real lumbar CTs totalsegmentator-example and tptbox-lumbar (8 links each, as
 # before) and the OpenKBP "fit" set: train-split head-and-neck CTs whose vertebral-body centroids the project
-# annotated from the images (bench/annotations/openkbp-headneck/fit, README there; 4 links each). Never trained on:
+# annotated from the images (bench/annotations/openkbp-headneck/fit, README there; 2 links each: about half the patches). Never trained on:
 # the OpenKBP dev set (chooses), the locked validation set, verse-sub-verse014 and totalsegmentator-aorta.
 # Validation during training: synthetic seeds 5000-5002 only (no real case chooses a checkpoint); the exported
 # model is the last checkpoint.
@@ -30,12 +30,12 @@ RESUME_FLAG=${RESUME:+--resume}
 TRAINED_ON="fine-tuned from the bundled locate model of commit 3ce3028 on synthetic phantoms with real vertebra \
 shapes (export synth seeds 2000-2023) + real CTs totalsegmentator-example, tptbox-lumbar (8 links each) + the OpenKBP \
 fit set (train-split head-and-neck CTs $(ls bench/annotations/openkbp-headneck/fit/*_ctd.json | sed 's/.*\/pt_/pt_/; s/_ctd.json//' | tr '\n' ' ' | sed 's/ $//'), \
-project annotations, 4 links each); unseen: verse-sub-verse014, totalsegmentator-aorta, OpenKBP dev and validation"
+project annotations, 2 links each); unseen: verse-sub-verse014, totalsegmentator-aorta, OpenKBP dev and validation"
 
 [ -d "$WORK/synth-mini/rawdata" ] || python -m export synth --out "$WORK/synth-mini" --cases 24 --seed 2000 --max-voxels 6000000
 [ -d "$WORK/synth-val/rawdata" ] || python -m export synth --out "$WORK/synth-val" --cases 3 --seed 5000 --max-voxels 6000000
 python -m export.real_cases --out "$WORK/real-train" --cases totalsegmentator-example tptbox-lumbar --copies 8
-python -m export.real_cases --out "$WORK/openkbp-fit" --only-openkbp --openkbp fit --copies 4
+python -m export.real_cases --out "$WORK/openkbp-fit" --only-openkbp --openkbp fit --copies 2
 
 CAP=()
 [ "$MINUTES" = 0 ] || CAP=(--max-minutes "$MINUTES")
