@@ -296,7 +296,8 @@ def _draw_names(axis: object, result: QCResult, world_axis: int, colours: np.nda
         text_u = max(u - 0.22 * span, extent[0] + 0.06 * span)
         colour = colours[vertebra.label]
         doubtful = vertebra.confidence < UNCERTAIN_BELOW
-        axis.plot([text_u, u], [text_z, z], color=colour, linewidth=0.8, alpha=0.9)  # type: ignore[attr-defined]
+        start_u = extent[0] + 0.01 * span if vertebra.label in notes else text_u  # a noted box starts at the edge
+        axis.plot([start_u, u], [text_z, z], color=colour, linewidth=0.8, alpha=0.9)  # type: ignore[attr-defined]
         if doubtful:
             axis.plot([u], [z], marker="x", markersize=7, markeredgewidth=2, color="red")  # type: ignore[attr-defined]
         else:
@@ -304,7 +305,7 @@ def _draw_names(axis: object, result: QCResult, world_axis: int, colours: np.nda
         box = {"boxstyle": "round,pad=0.2", "facecolor": colour, "alpha": 0.9,
                **({"edgecolor": "white", "linestyle": "--", "linewidth": 1.5} if doubtful else {"edgecolor": "none"})}
         name, x, align = vertebra.name + ("?" if doubtful else ""), text_u, "right"
-        if vertebra.label in notes:
-            name, x, align = f"{name}\n{notes[vertebra.label]}", extent[0] + 0.01 * span, "left"
+        if vertebra.label in notes:  # the leader line runs under the box from its left end
+            name, x, align = f"{name}\n{notes[vertebra.label]}", start_u, "left"
         axis.text(x, text_z, name, color="black",  # type: ignore[attr-defined]
                   fontsize=NAME_FONT_PT, fontweight="bold", ha=align, va="center", bbox=box, gid="vertebra-name")
