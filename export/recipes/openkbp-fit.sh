@@ -6,16 +6,19 @@
 # Start: the bundled locate model (algorithm/models/locate.onnx). Data: synthetic phantoms with real vertebra shapes
 # (export synth seeds 2000-2023), the real lumbar CTs totalsegmentator-example and tptbox-lumbar (8 links each, as
 # before) and the OpenKBP "fit" set: train-split head-and-neck CTs whose vertebral-body centroids the project
-# annotated from the images (bench/annotations/openkbp-headneck/fit, README there; 2 links each: about half the patches). Never trained on:
-# the OpenKBP dev set (chooses), the locked validation set, verse-sub-verse014 and totalsegmentator-aorta.
+# annotated from the images (bench/annotations/openkbp-headneck/fit, README there; 2 links each: about half the
+# patches). Never trained on: the OpenKBP dev set (chooses), the locked validation set, verse-sub-verse014 and
+# totalsegmentator-aorta.
 # Validation during training: synthetic seeds 5000-5002 only (no real case chooses a checkpoint); the exported
 # model is the last checkpoint.
 #
 # Usage (repository root, developer checkout beside ../shared/data):
 #   bash export/recipes/openkbp-fit.sh               # CPU: stops at its wall-time cap with a checkpoint
 #   RESUME=1 bash export/recipes/openkbp-fit.sh      # continue from $RUNS/locate/last.pt
-# The run's last checkpoint is committed beside this file (openkbp-fit-checkpoints/locate.pt): copy it to
-# $RUNS/locate/last.pt and run with RESUME=1 to continue it in a later session.
+# The run's last checkpoint is committed beside this file (openkbp-fit-checkpoints/locate.pt, iteration 1,500 of a
+# 34-minute CPU run; locate-history.jsonl its validation history): copy it to $RUNS/locate/last.pt and run with
+# RESUME=1 ITERATIONS=<new total> to continue it. Result of that run (not shipped: docs/benchmarks.md, "Real CTs the
+# way users meet them"): OpenKBP dev id 0.167 -> 0.219, but verse014's labels lost.
 # Environment: WORK (default /work/data), DEVICE (auto), MINUTES (wall-time cap, default 45; 0 = none),
 # ITERATIONS (total, default 1500), OUT (exported model, default $RUNS/locate.onnx).
 set -euo pipefail
