@@ -203,30 +203,23 @@ lower half (a body is 14-25 mm tall), not the next one's centre (14-22 mm furthe
 def annotated_ct(case: Case, margin_mm: float = UNANNOTATED_MARGIN_MM) -> sitk.Image:
     """The CT of a centroid-only case cut ``margin_mm`` below its lowest annotated centroid (world z).
 
-    The cut runs across the index axis nearest the head-foot axis; the rest of the grid is unchanged.
+    The cut runs across the index axis nearest the head-foot axis (:func:`export.reformat.index_axis`), read
+    where that axis crosses the grid's middle; the rest of the grid is unchanged.
     """
+    from export.reformat import index_axis
+
     geometry = case.geometry
-    row = geometry.matrix[2]
-    axis = int(np.argmax(np.abs(row)))
+    axis, sign = index_axis(geometry, 2)
     lowest = min(float(c[2]) for c in case.centroids_mm.values())
-    index = geometry.world_to_index(np.array([0.0, 0.0, lowest - margin_mm]) + _on_axis(geometry, axis))[axis]
-    size = list(geometry.size)
-    if row[axis] > 0:  # index grows towards the head: keep [cut, end)
-        start = int(np.clip(np.ceil(index), 0, size[axis] - 1))
-        lower, upper = [0, 0, 0], [0, 0, 0]
-        lower[axis] = start
-    else:
-        stop = int(np.clip(np.floor(index) + 1, 1, size[axis]))
-        lower, upper = [0, 0, 0], [0, 0, 0]
-        upper[axis] = size[axis] - stop
-    return sitk.Crop(case.ct, lower, upper)
-
-
-def _on_axis(geometry: Geometry, axis: int) -> np.ndarray:
-    """A world point of the grid's centre line with only z left free (so ``world_to_index`` reads the cut along
-    ``axis`` where it crosses the grid's middle)."""
     centre = geometry.index_to_world((np.asarray(geometry.size, dtype=np.float64) - 1) / 2)
-    return np.array([centre[0], centre[1], 0.0])
+    index = geometry.world_to_index(np.array([centre[0], centre[1], lowest - margin_mm]))[axis]
+    size = geometry.size[axis]
+    lower, upper = [0, 0, 0], [0, 0, 0]
+    if sign > 0:  # index grows towards the head: keep [cut, end)
+        lower[axis] = int(np.clip(np.ceil(index), 0, size - 1))
+    else:
+        upper[axis] = size - int(np.clip(np.floor(index) + 1, 1, size))
+    return sitk.Crop(case.ct, lower, upper)
 
 
 def write_training_folder(cases: Sequence[RealCase], out: str | os.PathLike[str], *, copies: int = 1) -> list[str]:
