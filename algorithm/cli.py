@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--sacrum", action=argparse.BooleanOptionalAction, default=None,
                         help="drop the sacrum's S1 from the foot of the chain when the model folder has "
                              f"sacrum.onnx (default: {'on' if Options().sacrum_check else 'off'})")
+    common.add_argument("--skull", action=argparse.BooleanOptionalAction, default=None,
+                        help="where the CT shows the skull base, drop what lies above it and name the vertebra "
+                             "under it C1, when the model folder has skull.onnx "
+                             f"(default: {'on' if Options().skull_anchor else 'off'})")
     common.add_argument("--ribs", action=argparse.BooleanOptionalAction, default=None,
                         help="give the labelling the ribs each vertebra bears as region evidence "
                              f"(default: {'on' if Options().rib_evidence else 'off'})")
@@ -219,6 +223,7 @@ def _options(args: argparse.Namespace) -> Options:
     return Options(overlap=args.overlap, constraints=constraints, recentre=flag("recentre", default.recentre),
                    rib_evidence=flag("ribs", default.rib_evidence),
                    sacrum_check=flag("sacrum", default.sacrum_check),
+                   skull_anchor=flag("skull", default.skull_anchor),
                    edge_fragments=flag("fragments", default.edge_fragments),
                    labeller=getattr(args, "labeller", default.labeller),
                    bone_floor=default.bone_floor if getattr(args, "bone_floor", None) is None else args.bone_floor)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
 from algorithm.detect import SpineBox, crop_grid, run_on_grid
+from algorithm.labelling.constraints import Fix
 from algorithm.models import StageModel
 from algorithm.ribs import RibEvidence, region_likelihood
 from spine.image import Geometry
@@ -64,7 +65,9 @@ class Candidates:
     - ``ribs``: the ribs each candidate bears (:mod:`algorithm.ribs`), evidence from outside the network,
       or None;
     - ``cut``: ``(N, 2)`` bool, whether each candidate's vertebra runs out of the field of view above,
-      below (:mod:`algorithm.recentre`'s outlines), or None (not known).
+      below (:mod:`algorithm.recentre`'s outlines), or None (not known);
+    - ``anchor``: a label the image itself fixes (C1 under the skull base, :mod:`algorithm.skull`), which the
+      decoder takes as it takes a user's fix, or None.
     """
 
     positions_mm: np.ndarray
@@ -72,6 +75,7 @@ class Candidates:
     peak: np.ndarray
     ribs: RibEvidence | None = None
     cut: np.ndarray | None = None
+    anchor: Fix | None = None
 
     def __len__(self) -> int:
         return int(self.positions_mm.shape[0])
@@ -97,6 +101,21 @@ class Candidates:
             return blended
         combined = blended * region_likelihood(self.ribs)
         return combined / combined.sum(axis=1, keepdims=True)
+
+    def with_fixed(self, label: int, position_mm: np.ndarray) -> Candidates:
+        """These candidates and one more in front, at ``position_mm``, fixed as ``label``: a vertebra the image
+        places by other means than the network (C1 under the skull base), so it carries no heatmap evidence,
+        no cut and no ribs seen."""
+        point = np.asarray(position_mm, dtype=np.float64).reshape(1, 3)
+        ribs = self.ribs
+        if ribs is not None:
+            ribs = replace(ribs, reach_mm=np.vstack([np.zeros((1, 2)), ribs.reach_mm]),
+                           seen=np.vstack([np.zeros((1, 2), dtype=bool), ribs.seen]))
+        return Candidates(np.vstack([point, self.positions_mm]),
+                          np.vstack([np.zeros((1, self.scores.shape[1]), dtype=self.scores.dtype), self.scores]),
+                          np.concatenate([[0.0], self.peak]), ribs=ribs,
+                          cut=None if self.cut is None else np.vstack([np.zeros((1, 2), dtype=bool), self.cut]),
+                          anchor=Fix(label, tuple(float(v) for v in point[0])))  # type: ignore[arg-type]
 
     @classmethod
     def empty(cls) -> Candidates:

@@ -11,7 +11,7 @@ Model lookup order (first folder holding ``detect.onnx``, ``locate.onnx`` and ``
 Everything a stage needs (spacing, patch shape, channels, intensity mapping, sigma) comes from
 the model's own metadata (:class:`spine.modelmeta.ModelMeta`); nothing is hard-coded here.
 
-A folder may also hold two optional segment-stage models:
+A folder may also hold optional models beside the three stages':
 
 - ``sacrum.onnx`` (:data:`SACRUM_FILE`): trained to outline nothing where its heatmap sits on the sacrum,
   which the pipeline asks about the chain's lowest candidates (:mod:`algorithm.sacrum`); without it that
@@ -19,7 +19,9 @@ A folder may also hold two optional segment-stage models:
 - ``outline.onnx`` (:data:`OUTLINE_FILE`): the model whose outlines place the candidates
   (:mod:`algorithm.recentre`) and measure the sacrum check's ratios, when that is not the segment model:
   the recentring's rules and the sacrum check's threshold were measured on one model's outlines, and a
-  better segmenter need not outline alike. Without it, or when it does not load, the segment model outlines.
+  better segmenter need not outline alike. Without it, or when it does not load, the segment model outlines;
+- ``skull.onnx`` (:data:`SKULL_FILE`), a detect-stage model: where the foramen magnum is, the skull base that
+  anchors the chain's head at C1 (:mod:`algorithm.skull`); without it the chain has no anchor at its head.
 
 Execution providers: ``auto`` picks CUDA when ONNX Runtime offers it, the NVIDIA driver reports
 a GPU (asked directly, so a CPU-only machine never makes ORT try CUDA and log errors) and the
@@ -308,11 +310,13 @@ SACRUM_FILE = "sacrum.onnx"
 """Optional segment-stage model of the sacrum check, beside the three stages' files."""
 OUTLINE_FILE = "outline.onnx"
 """Optional segment-stage model of the candidates' outlines (module docstring), beside the three stages' files."""
+SKULL_FILE = "skull.onnx"
+"""Optional detect-stage model of the skull base (:mod:`algorithm.skull`), beside the three stages' files."""
 
 
 @dataclass
 class Models:
-    """The three loaded stages, the optional sacrum check's and outlines' models, and where they came from."""
+    """The three loaded stages, the optional models (sacrum check, outlines, skull base), and where they came from."""
 
     detect: StageModel
     locate: StageModel
@@ -320,6 +324,7 @@ class Models:
     source: ModelSource
     sacrum: StageModel | None = None
     outline: StageModel | None = None
+    skull: StageModel | None = None
 
     @property
     def outliner(self) -> StageModel:
@@ -337,7 +342,7 @@ class Models:
     def describe(self) -> dict[str, Any]:
         described = {"directory": str(self.source.directory), "rule": self.source.rule,
                      **{stage: getattr(self, stage).describe() for stage in STAGES}}
-        for optional in ("sacrum", "outline"):
+        for optional in ("sacrum", "outline", "skull"):
             model = getattr(self, optional)
             if model is not None:
                 described[optional] = model.describe()
@@ -416,11 +421,13 @@ def _load_stages(source: ModelSource, providers: list[Any], threads: int | None,
     stages = {stage: load_stage(stage, source.directory / f"{stage}.onnx", providers, threads=threads)
               for stage in STAGES}
     failed = []
-    for name, file, without in (("sacrum", SACRUM_FILE, "the sacrum check is off"),
-                                ("outline", OUTLINE_FILE, "the segment model outlines the candidates")):
+    for name, file, stage, without in (
+            ("sacrum", SACRUM_FILE, "segment", "the sacrum check is off"),
+            ("outline", OUTLINE_FILE, "segment", "the segment model outlines the candidates"),
+            ("skull", SKULL_FILE, "detect", "the skull-base anchor is off")):
         if (source.directory / file).is_file():
             try:
-                stages[name] = load_stage("segment", source.directory / file, providers, threads=threads)
+                stages[name] = load_stage(stage, source.directory / file, providers, threads=threads)
             except ModelError as error:  # optional: a broken one costs what it is for, not the run
                 failed.append(name)
                 if not quiet:

@@ -31,7 +31,7 @@ from algorithm.detect import Detection, detect_spine
 from algorithm.fragments import edge_fragments, write_fragments
 from algorithm.inputs import InputError
 from algorithm.labelling import LABELLERS, Constraints, Labelling, label_candidates, learned_decoder
-from algorithm.labelling.constraints import FIX_REACH_MM, changes
+from algorithm.labelling.constraints import FIX_REACH_MM, Fix, changes
 from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_heatmaps, peak_candidates
 from algorithm.measure import BodyMeasure, csv_text, measure_case, screening
 from algorithm.models import Models
@@ -42,6 +42,7 @@ from algorithm.report import StageTimer, versions
 from algorithm.ribs import rib_evidence
 from algorithm.sacrum import sacral
 from algorithm.segment import BONE_FLOOR, SEGMENT_FLOOR, segment_vertebrae
+from algorithm.skull import anchor, find_skull_base
 from spine.gc import Point, points_document
 from spine.image import Geometry, image_from_array, resample_onto
 from spine.labels import EVALUATED, MAX_LABEL, name_of
@@ -110,6 +111,9 @@ class Options:
     sacrum_check: bool = True
     """Ask the models' sacrum check (``sacrum.onnx``, when the folder has one) which of the chain's lowest
     candidates is the sacrum's S1, and drop it and those below (:mod:`algorithm.sacrum`)."""
+    skull_anchor: bool = True
+    """Ask the models' skull-base model (``skull.onnx``, when the folder has one) where the foramen magnum is: the
+    candidates above it leave the chain and the one where C1 lies is fixed as C1 (:mod:`algorithm.skull`)."""
     censor_cut: bool = True
     """Vertebrae the field of view cuts (their outlines reach its end): their steps' lengths are lower bounds for
     the decoder (:mod:`algorithm.labelling`, item 9)."""
@@ -285,6 +289,8 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
                                     zip(labelling.labels, candidates.ribs.statuses(), strict=True) if label > 0}
     if options.constraints:
         details["label"]["constraints"] = _constraint_report(candidates, labelling.labels, options)
+    if candidates.anchor is not None:
+        details["label"]["anchor"] = f"skull base: {candidates.anchor}"
     if labelling.uncertain:
         log.warning("label: labelling uncertain (best and runner-up labellings close); check the levels")
     if not vertebrae:
@@ -371,7 +377,9 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
     the bodies the outline model outlines from them (:mod:`algorithm.recentre`), scored by the heatmaps; with
     ``options.rib_evidence`` (and ``options.region_evidence``, which is what reads them), the ribs each bears
     (:mod:`algorithm.ribs`); with ``options.sacrum_check`` and a
-    sacrum model, without the sacrum's S1 and what lies below it (:mod:`algorithm.sacrum`)."""
+    sacrum model, without the sacrum's S1 and what lies below it (:mod:`algorithm.sacrum`); with
+    ``options.skull_anchor`` and a skull-base model, without what lies above the skull base and with C1 fixed
+    under it (:mod:`algorithm.skull`)."""
     options = options or Options()
     if detection.box is None:
         return Candidates.empty()
@@ -379,6 +387,10 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
     if options.sacrum_check and models.sacrum is not None and len(candidates) >= 2:
         keep = ~sacral(image, candidates.positions_mm, models.outliner, models.sacrum)
         candidates = _subset(candidates, keep)
+    if options.skull_anchor and models.skull is not None and len(candidates):
+        keep, c1 = anchor(candidates.positions_mm, find_skull_base(image, models.skull, detection.box))
+        if c1 is not None:
+            candidates = _subset(candidates, keep).with_fixed(1, c1)
     if options.rib_evidence and options.region_evidence and len(candidates):
         candidates = replace(candidates, ribs=rib_evidence(image, candidates.positions_mm))
     return candidates
@@ -431,7 +443,19 @@ def label_stage(candidates: Candidates, options: Options | None = None) -> Label
     regions = candidates.regions() if options.region_evidence or learned else None
     return label_candidates(candidates.positions_mm, candidates.scores, regions=regions,
                             decoder=learned_decoder() if learned else None,
-                            constraints=options.constraints, cut=candidates.cut if options.censor_cut else None)
+                            constraints=_with_anchor(options.constraints, candidates.anchor),
+                            cut=candidates.cut if options.censor_cut else None)
+
+
+def _with_anchor(constraints: Constraints, fix: Fix | None) -> Constraints:
+    """The user's constraints with the image's own anchor (C1 under the skull base) as one more fix, unless the
+    user fixed a label: what the user says wins over what the image says, and two fixes could disagree."""
+    if fix is None:
+        return constraints
+    if constraints.fixes:
+        log.info("label: the user's fixes stand; the skull base's %s is not added", fix)
+        return constraints
+    return replace(constraints, fixes=(fix,))
 
 
 def read_gc_input(layout: AlgorithmLayout) -> tuple[Path, sitk.Image]:

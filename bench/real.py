@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import subprocess
 import sys
 import tempfile
@@ -326,14 +327,14 @@ def reformat_cases(cases: Sequence[RealCase], names: list[str] | None, folder: P
 
 def models_training(models_dir: Path) -> dict[str, str]:
     """Each model's ``trained_on`` metadata (which data, which real cases it saw): the three stages, and the optional
-    outline and sacrum models."""
+    outline, sacrum and skull-base models."""
     import onnxruntime as ort
 
     from spine.modelmeta import ModelMeta
 
     out = {}
-    for stage in ("detect", "locate", "segment", "outline", "sacrum"):  # the last two only where the folder has them
-        if stage in ("outline", "sacrum") and not (models_dir / f"{stage}.onnx").is_file():
+    for stage in ("detect", "locate", "segment", "outline", "sacrum", "skull"):  # the last three where the folder has
+        if stage in ("outline", "sacrum", "skull") and not (models_dir / f"{stage}.onnx").is_file():
             continue
         session = ort.InferenceSession(str(models_dir / f"{stage}.onnx"), providers=["CPUExecutionProvider"])
         meta = ModelMeta.from_props(session.get_modelmeta().custom_metadata_map, source=stage)
@@ -345,7 +346,12 @@ def seen_by(training: dict[str, str], name: str) -> list[str]:
     """The stages whose training data names this case (a name after "unseen:" in the text is not seen); a reformat
     (``<case>~<variant>``) was seen where its case was."""
     name = name.split("~")[0]
-    return [stage for stage, text in training.items() if name in text.split("unseen:")[0]]
+    return [stage for stage, text in training.items() if name in _names_in(text.split("unseen:")[0])]
+
+
+def _names_in(text: str) -> set[str]:
+    """The case names a ``trained_on`` text mentions, as whole words (``openkbp-pt_2`` is not in ``openkbp-pt_28``)."""
+    return {word.strip(".-") for word in re.findall(r"[\w.~-]+", text)}
 
 
 def format_table(rows: dict[str, dict[str, Any]], training: dict[str, str]) -> str:

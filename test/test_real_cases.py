@@ -93,6 +93,15 @@ def test_seen_by_reads_the_training_text_up_to_unseen() -> None:
     assert bench.seen_by(training, "tptbox-lumbar~slices-5mm") == ["locate"]  # a reformat was seen as its case
 
 
+def test_seen_by_matches_whole_names() -> None:
+    """A model trained on openkbp-pt_28 did not see openkbp-pt_2 (the substring test said it had)."""
+    bench = _bench()
+    training = {"skull": "144 CTs: openkbp-pt_28, openkbp-pt_29; real CTs without a skull: tptbox-lumbar."}
+    assert bench.seen_by(training, "openkbp-pt_2") == []
+    assert bench.seen_by(training, "openkbp-pt_29") == ["skull"]
+    assert bench.seen_by(training, "tptbox-lumbar") == ["skull"]
+
+
 def test_points_figures_score_a_centroid_only_case(tmp_path: Path) -> None:
     """A case annotated with centroids only: hits by DESIGN.md's rule, matched localisation, extra labels."""
     from spine.gc import Point, write_points

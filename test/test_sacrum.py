@@ -85,7 +85,7 @@ def test_a_cuda_attempt_that_lands_on_the_cpu_names_the_models_and_falls_back(mo
     monkeypatch.setattr(models_module, "_preload_cuda_libraries", lambda: None)
     source = ModelSource(find_model_dir().directory, "test")
     models = load_models(source, device="auto")
-    assert models.providers == ["CPUExecutionProvider"] and models.outline is not None and models.sacrum is not None
-    assert "the CUDA provider did not start (detect, locate, segment, sacrum, outline run on" in caplog.text
+    assert models.providers == ["CPUExecutionProvider"] and None not in (models.outline, models.sacrum, models.skull)
+    assert "the CUDA provider did not start (detect, locate, segment, sacrum, outline, skull run on" in caplog.text
     with pytest.raises(ModelError, match="could not start the CUDA provider"):
         load_models(source, device="cuda")
