@@ -247,6 +247,7 @@ def _option_flags(options: Options) -> list[str]:
     """The ``predict`` flags that reproduce ``options``' pipeline switches."""
     return ["--recentre" if options.recentre else "--no-recentre", "--ribs" if options.rib_evidence else "--no-ribs",
             "--sacrum" if options.sacrum_check else "--no-sacrum",
+            "--skull" if options.skull_anchor else "--no-skull",
             "--fragments" if options.edge_fragments else "--no-fragments",
             "--bone-floor", str(options.segment_floor if options.bone_floor is None else options.bone_floor),
             "--labeller", options.labeller]
@@ -413,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rib evidence for the labelling (algorithm.ribs); default: the pipeline's")
     parser.add_argument("--sacrum", action=argparse.BooleanOptionalAction, default=None,
                         help="the sacrum check (algorithm.sacrum; needs sacrum.onnx); default: the pipeline's")
+    parser.add_argument("--skull", action=argparse.BooleanOptionalAction, default=None,
+                        help="the skull-base anchor (algorithm.skull; needs skull.onnx); default: the pipeline's")
     parser.add_argument("--bone-floor", type=bone_floor_value, default=None, metavar="P",
                         help="segment stage's floor where the CT shows bone (algorithm.segment; 0.5 = none); "
                              "default: the pipeline's")
@@ -449,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       recentre=default.recentre if args.recentre is None else args.recentre,
                       rib_evidence=default.rib_evidence if args.ribs is None else args.ribs,
                       sacrum_check=default.sacrum_check if args.sacrum is None else args.sacrum,
+                      skull_anchor=default.skull_anchor if args.skull is None else args.skull,
                       edge_fragments=default.edge_fragments if args.fragments is None else args.fragments,
                       bone_floor=default.bone_floor if args.bone_floor is None else args.bone_floor,
                       labeller=args.labeller or default.labeller)
@@ -475,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tables[title].append(real.name)
     print("models trained on:")
     for stage, text in training.items():
-        print(f"  {stage}: {text}")
+        print(f"  {stage}: {text if len(text) <= 600 else text[:600] + ' ... (--json has it whole)'}")
     for title, names in tables.items():
         if names:
             print(f"\n## {title}\n")
@@ -484,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps({"models": str(models_dir), "trained_on": training,
                                          "options": {"recentre": options.recentre, "ribs": options.rib_evidence,
                                                      "sacrum": options.sacrum_check,
+                                                     "skull": options.skull_anchor,
                                                      "fragments": options.edge_fragments,
                                                      "bone_floor": options.bone_floor,
                                                      "peak_threshold": options.peak_threshold,
