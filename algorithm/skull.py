@@ -15,7 +15,11 @@ foramen magnum over the top of the CT. Where its peak reaches the model's ``peak
    levels). Candidates within :data:`C1_CLEAR_MM` of that point are C1 itself and give way to it: C1's
    ring has no body for the outlines to centre on, and the locate network often misses it.
 
-A CT without a skull (chest, abdomen, lumbar scans) leaves the model's peak low and the chain alone.
+A CT without a skull (chest, abdomen, lumbar scans) leaves the model's peak low and the chain alone. A CT cut
+just under the skull base can raise it to 0.5 at its top edge (the dev CTs with the head cleared away 20 mm
+under C1: 0.01-0.50); there the point has no skull above it, so a skull base also needs :data:`MIN_BONE_ML` of
+bone in the half-ball of :data:`BONE_RADIUS_MM` above its point (the occipital bone, the clivus, the petrous
+bones: 6.8-35 ml on the 52 annotated OpenKBP CTs; 0-10.5 ml on those cut CTs, 0 where the peak reached 0.5).
 """
 
 from __future__ import annotations
@@ -26,13 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from algorithm.detect import SpineBox, crop_grid, run_on_grid
+from algorithm.detect import resample_ct, run_on_grid
 from algorithm.models import StageModel
 from spine.image import Geometry
 from spine.preprocess import model_grid, zyx_to_world
 
-__all__ = ["ABOVE_MM", "C1_CLEAR_MM", "C1_OFFSET_MM", "SEARCH_BELOW_MM", "SkullBase", "anchor",
-           "find_skull_base"]
+__all__ = ["ABOVE_MM", "BONE_HU", "BONE_RADIUS_MM", "C1_CLEAR_MM", "C1_OFFSET_MM", "MIN_BONE_ML", "SkullBase",
+           "anchor", "bone_above_ml", "find_skull_base"]
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +49,11 @@ OpenKBP ``fit`` CTs (sd 0.7, 3.4, 3.8 mm; over the 24 ``dev`` CTs, which the mod
 -6.2 mm)."""
 C1_CLEAR_MM = 8.0
 """Candidates this close to the placed C1 are C1 (C1 to C2 centres: 11-16 mm on the annotated CTs)."""
-SEARCH_BELOW_MM = 150.0
-"""The model looks from this far below the detected spine's top up to the CT's top: the foramen magnum lies
-above the highest vertebra, so the rest of a long CT need not be read."""
-
+BONE_HU = 300.0
+BONE_RADIUS_MM = 40.0
+MIN_BONE_ML = 4.0
+"""Bone (``BONE_HU`` and above) a skull base has in the half-ball of ``BONE_RADIUS_MM`` above its point (module
+docstring)."""
 
 @dataclass(frozen=True)
 class SkullBase:
@@ -57,30 +62,37 @@ class SkullBase:
     peak: float
     point_mm: np.ndarray
     found: bool
+    bone_ml: float = 0.0
+    """Bone in the half-ball above the point (:data:`MIN_BONE_ML`)."""
 
     def to_dict(self) -> dict[str, object]:
-        return {"found": self.found, "peak": round(self.peak, 3),
+        return {"found": self.found, "peak": round(self.peak, 3), "bone_ml": round(self.bone_ml, 1),
                 "point_mm": [round(float(v), 1) for v in self.point_mm]}
 
 
-def _search_grid(image: sitk.Image, model: StageModel, box: SpineBox | None) -> Geometry:
+def bone_above_ml(image: sitk.Image, point_mm: np.ndarray, *, radius_mm: float = BONE_RADIUS_MM,
+                  hu: float = BONE_HU, step_mm: float = 2.0) -> float:
+    """Volume (ml) of voxels at ``hu`` or more within ``radius_mm`` of ``point_mm`` and above it (LPS +z), the CT
+    resampled linearly at ``step_mm`` (outside the CT: air)."""
+    n = round(2 * radius_mm / step_mm)
+    origin = np.asarray(point_mm, dtype=np.float64) + np.array([-radius_mm, -radius_mm, 0.0]) + step_mm / 2
+    grid = Geometry(size=(n, n, n // 2), spacing_mm=(step_mm,) * 3,  # type: ignore[arg-type]
+                    origin_mm=tuple(float(v) for v in origin), direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    values = resample_ct(image, grid)
+    z, y, x = np.ogrid[:n // 2, :n, :n]
+    offset = origin - np.asarray(point_mm, dtype=np.float64)
+    distance2 = ((x * step_mm + offset[0]) ** 2 + (y * step_mm + offset[1]) ** 2 + (z * step_mm + offset[2]) ** 2)
+    return float(np.count_nonzero((values >= hu) & (distance2 <= radius_mm ** 2)) * step_mm ** 3 / 1000.0)
+
+
+def find_skull_base(image: sitk.Image, model: StageModel, *, overlap: float = 0.25) -> SkullBase:
+    """The model's foramen magnum over the whole CT (at 4 mm a whole-body CT is a few dozen windows): the heatmap's
+    maximum, placed at the value-weighted centre of the voxels above half of it around the peak.
+
+    The whole CT, not the part above the detected spine: the spine box reaches the top of the head when the detect
+    model fires on the skull, and a window cut off just under the foramen magnum sees nothing it knows
+    (a whole-head CT of the OpenKBP dev set: peak 0.00 searched from 150 mm under the box's top, 0.83 whole)."""
     grid = model_grid(Geometry.of(image), model.meta.spacing_zyx_mm)
-    if box is None:
-        return grid
-    corners = grid.index_to_world(np.array([[0, 0, 0], np.asarray(grid.size) - 1], dtype=np.float64))
-    low, high = corners.min(axis=0), corners.max(axis=0)
-    low[2] = max(low[2], box.high_mm[2] - SEARCH_BELOW_MM)
-    try:
-        return crop_grid(grid, SpineBox(tuple(low), tuple(high)))  # type: ignore[arg-type]
-    except ValueError:
-        return grid
-
-
-def find_skull_base(image: sitk.Image, model: StageModel, box: SpineBox | None = None, *,
-                    overlap: float = 0.25) -> SkullBase:
-    """The model's foramen magnum over the CT's top (above ``box``'s top less :data:`SEARCH_BELOW_MM`): the
-    heatmap's maximum, placed at the value-weighted centre of the voxels above half of it around the peak."""
-    grid = _search_grid(image, model, box)
     heat = run_on_grid(image, grid, model, overlap=overlap)[0]
     peak_index = np.unravel_index(int(np.argmax(heat)), heat.shape)
     peak = float(heat[peak_index])
@@ -91,10 +103,12 @@ def find_skull_base(image: sitk.Image, model: StageModel, box: SpineBox | None =
     zyx = np.argwhere(np.ones_like(local, dtype=bool)) + offsets
     centre = (weight.reshape(-1) @ zyx) / max(float(weight.sum()), 1e-12)
     point = zyx_to_world(grid, centre[None])[0]
-    found = peak >= model.meta.peak_threshold
-    log.info("skull base: %s (peak %.2f, threshold %.2f) at %s mm", "found" if found else "not in view", peak,
-             model.meta.peak_threshold, np.round(point, 1).tolist())
-    return SkullBase(peak, point, found)
+    bone = bone_above_ml(image, point) if peak >= model.meta.peak_threshold else 0.0
+    found = peak >= model.meta.peak_threshold and bone >= MIN_BONE_ML
+    log.info("skull base: %s (peak %.2f, threshold %.2f; bone above %.1f ml, at least %.1f) at %s mm",
+             "found" if found else "not in view", peak, model.meta.peak_threshold, bone, MIN_BONE_ML,
+             np.round(point, 1).tolist())
+    return SkullBase(peak, point, found, bone)
 
 
 def anchor(positions_mm: np.ndarray, base: SkullBase) -> tuple[np.ndarray, np.ndarray | None]:
