@@ -388,7 +388,7 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
         keep = ~sacral(image, candidates.positions_mm, models.outliner, models.sacrum)
         candidates = _subset(candidates, keep)
     if options.skull_anchor and models.skull is not None and len(candidates):
-        keep, c1 = anchor(candidates.positions_mm, find_skull_base(image, models.skull))
+        keep, c1 = anchor(candidates.positions_mm, find_skull_base(image, models.skull, detection.box))
         if c1 is not None:
             candidates = _subset(candidates, keep).with_fixed(1, c1)
     if options.rib_evidence and options.region_evidence and len(candidates):

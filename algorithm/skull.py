@@ -30,13 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from algorithm.detect import resample_ct, run_on_grid
+from algorithm.detect import SpineBox, crop_grid, resample_ct, run_on_grid
 from algorithm.models import StageModel
 from spine.image import Geometry
 from spine.preprocess import model_grid, zyx_to_world
 
-__all__ = ["ABOVE_MM", "BONE_HU", "BONE_RADIUS_MM", "C1_CLEAR_MM", "C1_OFFSET_MM", "MIN_BONE_ML", "SkullBase",
-           "anchor", "bone_above_ml", "find_skull_base"]
+__all__ = ["ABOVE_MM", "BONE_HU", "BONE_RADIUS_MM", "C1_CLEAR_MM", "C1_OFFSET_MM", "CONTEXT_MM", "MIN_BONE_ML",
+           "SkullBase", "anchor", "bone_above_ml", "find_skull_base", "search_grid"]
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,36 @@ def bone_above_ml(image: sitk.Image, point_mm: np.ndarray, *, radius_mm: float =
     return float(np.count_nonzero((values >= hu) & (distance2 <= radius_mm ** 2)) * step_mm ** 3 / 1000.0)
 
 
-def find_skull_base(image: sitk.Image, model: StageModel, *, overlap: float = 0.25) -> SkullBase:
-    """The model's foramen magnum over the whole CT (at 4 mm a whole-body CT is a few dozen windows): the heatmap's
-    maximum, placed at the value-weighted centre of the voxels above half of it around the peak.
+CONTEXT_MM = 60.0
+"""With a spine box: the model reads the CT this far beside and behind or in front of the box (the foramen magnum
+lies over the spine), from the box's bottom to the CT's top."""
 
-    The whole CT, not the part above the detected spine: the spine box reaches the top of the head when the detect
-    model fires on the skull, and a window cut off just under the foramen magnum sees nothing it knows
-    (a whole-head CT of the OpenKBP dev set: peak 0.00 searched from 150 mm under the box's top, 0.83 whole)."""
+
+def search_grid(image: sitk.Image, model: StageModel, box: SpineBox | None = None) -> Geometry:
+    """The model's grid over the CT, or over the part of it above ``box``'s bottom and within :data:`CONTEXT_MM`
+    of the box sideways (a third of the windows on an abdominal CT).
+
+    Not only the part above the box's top less some margin: the box reaches the top of the head when the detect
+    model fires on the skull, and a window cut off just under the foramen magnum sees nothing it knows (the dev
+    set's whole-head CT: peak 0.00 searched from 150 mm under the box's top, 0.83 over the CT)."""
     grid = model_grid(Geometry.of(image), model.meta.spacing_zyx_mm)
+    if box is None:
+        return grid
+    corners = grid.index_to_world(np.array([[0, 0, 0], np.asarray(grid.size) - 1], dtype=np.float64))
+    low = np.array(box.low_mm) - [CONTEXT_MM, CONTEXT_MM, 0.0]
+    high = np.array([box.high_mm[0] + CONTEXT_MM, box.high_mm[1] + CONTEXT_MM, corners[:, 2].max()])
+    try:
+        return crop_grid(grid, SpineBox(tuple(low), tuple(high)))  # type: ignore[arg-type]
+    except ValueError:
+        return grid
+
+
+def find_skull_base(image: sitk.Image, model: StageModel, box: SpineBox | None = None, *,
+                    overlap: float = 0.25) -> SkullBase:
+    """The model's foramen magnum over :func:`search_grid`: the heatmap's maximum, placed at the value-weighted
+    centre of the voxels above half of it around the peak; found where it reaches the model's threshold and the
+    CT shows bone above it."""
+    grid = search_grid(image, model, box)
     heat = run_on_grid(image, grid, model, overlap=overlap)[0]
     peak_index = np.unravel_index(int(np.argmax(heat)), heat.shape)
     peak = float(heat[peak_index])

@@ -108,25 +108,27 @@ def _bundled_models():
 
 def test_the_bundled_model_finds_no_skull_in_the_example_ct() -> None:
     """The bundled abdomen-pelvis CT (real, no skull): nothing found, the chain left alone."""
+    from algorithm.detect import detect_spine
     from algorithm.skull import find_skull_base
     from export.real_cases import find_real_cases
 
     models = _bundled_models()
     assert models.skull is not None and "skull" in models.describe()
     ct = find_real_cases(["totalsegmentator-example"])[0].load().ct
-    base = find_skull_base(ct, models.skull)  # type: ignore[arg-type]
+    base = find_skull_base(ct, models.skull, detect_spine(ct, models.detect).box)  # type: ignore[arg-type]
     assert not base.found and base.peak < 0.35
 
 
 @pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared OpenKBP CTs (../shared/data)")
 def test_the_bundled_model_places_c1_on_real_head_and_neck_cts_it_did_not_see() -> None:
-    """Four real OpenKBP CTs of the dev set (not in the model's training data): C1 placed within 10 mm of the
+    """Five real OpenKBP CTs of the dev set (not in the model's training data): C1 placed within 10 mm of the
     annotated centre; the same CTs with the head cleared away 20 mm under C1 show no skull base. pt_20 has its
     whole head in view: searched only from 150 mm under the detected spine's top (which the skull lifts to the
-    top of the head), it was missed. pt_16 cleared 20 mm under C1 reaches the peak threshold at its cut edge:
-    no bone above that point, no skull base."""
+    top of the head), it was missed; the search now runs from the box's bottom up. pt_16 cleared 20 mm under
+    C1 reaches the peak threshold at its cut edge: no bone above that point, no skull base."""
     import SimpleITK as sitk
 
+    from algorithm.detect import detect_spine
     from algorithm.skull import find_skull_base
 
     models = _bundled_models()
@@ -134,7 +136,7 @@ def test_the_bundled_model_places_c1_on_real_head_and_neck_cts_it_did_not_see() 
     for case in [c for c in openkbp_cases("dev") if c.name in chosen]:
         assert case.name not in models.skull.meta.trained_on.replace(",", " ").split()  # type: ignore[union-attr]
         real = case.load()
-        base = find_skull_base(real.ct, models.skull)  # type: ignore[arg-type]
+        base = find_skull_base(real.ct, models.skull, detect_spine(real.ct, models.detect).box)  # type: ignore[arg-type]
         assert base.found, case.name
         assert np.linalg.norm(base.point_mm + C1_OFFSET_MM - real.centroids_mm[1]) < 10.0, case.name
         array = sitk.GetArrayFromImage(real.ct)
@@ -142,7 +144,7 @@ def test_the_bundled_model_places_c1_on_real_head_and_neck_cts_it_did_not_see() 
         array[heights > real.centroids_mm[1][2] - 20.0] = -1024
         headless = sitk.GetImageFromArray(array)
         headless.CopyInformation(real.ct)
-        cleared = find_skull_base(headless, models.skull)  # type: ignore[arg-type]
+        cleared = find_skull_base(headless, models.skull, detect_spine(headless, models.detect).box)  # type: ignore[arg-type]
         assert not cleared.found, case.name
 
 
@@ -164,3 +166,28 @@ def test_bone_above_counts_the_half_ball_above_the_point_only() -> None:
     flipped = sitk.GetImageFromArray(array[::-1].copy())
     flipped.CopyInformation(image)
     assert bone_above_ml(flipped, np.zeros(3)) < 0.05 * expected
+
+
+def test_the_search_runs_from_the_spine_box_bottom_to_the_ct_top_beside_the_box() -> None:
+    """A box lifted to the top of the head still leaves the foramen magnum, far below its top, in the search;
+    sideways the search keeps CONTEXT_MM around the box; no box: the whole CT."""
+    import SimpleITK as sitk
+
+    from algorithm.detect import SpineBox
+    from algorithm.skull import CONTEXT_MM, search_grid
+
+    image = sitk.Image(125, 125, 100, sitk.sitkInt16)  # 500 x 500 x 400 mm at 4 mm
+    image.SetSpacing((4.0, 4.0, 4.0))
+
+    class Model:
+        class meta:
+            spacing_zyx_mm = (4.0, 4.0, 4.0)
+
+    box = SpineBox((200.0, 250.0, 40.0), (300.0, 330.0, 398.0))
+    grid = search_grid(image, Model, box)  # type: ignore[arg-type]
+    low = np.asarray(grid.origin_mm)
+    high = low + (np.asarray(grid.size) - 1) * 4.0
+    assert low[2] <= box.low_mm[2] + 4.0 and high[2] >= 394.0
+    assert low[0] <= box.low_mm[0] - CONTEXT_MM + 4.0 and high[0] >= box.high_mm[0] + CONTEXT_MM - 4.0
+    assert high[1] <= 500.0 and grid.size[0] < 125
+    assert search_grid(image, Model, None).size == (125, 125, 100)  # type: ignore[arg-type]
