@@ -29,6 +29,7 @@ mv "$image_file.partial" "$image_file"
 members=(detect.onnx locate.onnx segment.onnx)
 [ -f "$MODELS/sacrum.onnx" ] && members+=(sacrum.onnx)  # optional: the sacrum check (algorithm/sacrum.py)
 [ -f "$MODELS/outline.onnx" ] && members+=(outline.onnx)  # optional: the candidates' outlines (algorithm/models.py)
+[ -f "$MODELS/skull.onnx" ] && members+=(skull.onnx)  # optional: the skull base, C1's anchor (algorithm/skull.py)
 [ -f "$MODELS/MODEL_CARD.md" ] && members+=(MODEL_CARD.md)
 echo "=+= packing ${members[*]} -> $OUT_DIR/model.tar.gz"
 tar --create --gzip --owner=0 --group=0 --numeric-owner --mode=a+rX \
