@@ -33,6 +33,7 @@ import SimpleITK as sitk
 from export.real_cases import ANNOTATIONS, shared_data_dir
 from spine.image import read_image
 from spine.modelmeta import Intensity, ModelMeta
+from spine.preprocess import crop_patch, gaussian_heatmap
 
 __all__ = ["CHANNEL", "PATCH_ZYX", "SIGMA_MM", "SPACING_MM", "Volume", "cord_top_mm", "load_volume",
            "skull_base_meta", "training_cases"]
@@ -124,21 +125,13 @@ def _patch(volume: Volume, start: np.ndarray, clear_above: float | None) -> tupl
     """(input, target) ``PATCH_ZYX`` at array index ``start`` (may reach outside: air); above world height
     ``clear_above`` the CT is air and the target empty."""
     shape = np.array(PATCH_ZYX)
-    hu = np.full(PATCH_ZYX, -1024, dtype=np.float32)
-    lo = np.maximum(start, 0)
-    hi = np.minimum(start + shape, volume.hu.shape)
-    if np.all(hi > lo):
-        hu[tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start, strict=True))] = \
-            volume.hu[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+    hu = crop_patch(volume.hu, start + shape / 2, PATCH_ZYX, pad_value=-1024)[0].astype(np.float32)
     target = np.zeros(PATCH_ZYX, dtype=np.float32)
     z_world = volume.origin_mm[2] + (start[0] + np.arange(shape[0])) * SPACING_MM
     if clear_above is not None:
         hu[z_world > clear_above] = -1024
     elif volume.point_mm is not None:
-        centre = volume.index_of(volume.point_mm) - start
-        grids = np.ogrid[:shape[0], :shape[1], :shape[2]]
-        d2 = sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True)) * SPACING_MM ** 2
-        target = np.exp(-d2 / (2 * SIGMA_MM ** 2)).astype(np.float32)
+        target = gaussian_heatmap(PATCH_ZYX, volume.index_of(volume.point_mm) - start, SIGMA_MM, (SPACING_MM,) * 3)
     return Intensity().apply(hu), target
 
 
