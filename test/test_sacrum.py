@@ -36,17 +36,20 @@ def test_the_top_of_the_chain_is_never_s1(monkeypatch: pytest.MonkeyPatch) -> No
     assert sacrum.sacral(None, _chain(3), None, None).tolist() == [False, True, True]  # type: ignore[arg-type]
 
 
-def test_a_broken_sacrum_model_costs_the_check_not_the_run(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(("name", "what_is_off"), [("sacrum", "sacrum check is off"),
+                                                   ("skull", "skull-base anchor is off")])
+def test_a_broken_optional_model_costs_what_it_is_for_not_the_run(tmp_path, caplog: pytest.LogCaptureFixture,
+                                                                  name: str, what_is_off: str) -> None:
     import shutil
 
     from algorithm_fixtures import fixture_model_dir
 
     folder = tmp_path / "models"
     shutil.copytree(fixture_model_dir(), folder)
-    (folder / "sacrum.onnx").write_bytes(b"not a model")
+    (folder / f"{name}.onnx").write_bytes(b"not a model")
     models = load_models(ModelSource(folder, "test"), device="cpu")
-    assert models.sacrum is None and "sacrum" not in models.describe()
-    assert "sacrum check is off" in caplog.text
+    assert getattr(models, name) is None and name not in models.describe()
+    assert what_is_off in caplog.text
 
 
 def test_a_single_candidate_is_never_the_sacrum() -> None:

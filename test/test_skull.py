@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -85,19 +82,6 @@ def test_a_users_fix_wins_over_the_anchor() -> None:
     assert _with_anchor(mine, Fix(1, (1.0, 2.0, 3.0))) == mine
     assert _with_anchor(Constraints(lumbar=4), Fix(1, (1.0, 2.0, 3.0))).fixes == (Fix(1, (1.0, 2.0, 3.0)),)
     assert _with_anchor(Constraints(), None) == Constraints()
-
-
-def test_a_broken_skull_model_costs_the_anchor_not_the_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from algorithm_fixtures import fixture_model_dir
-
-    from algorithm.models import ModelSource, load_models
-
-    folder = tmp_path / "models"
-    shutil.copytree(fixture_model_dir(), folder)
-    (folder / "skull.onnx").write_bytes(b"not a model")
-    models = load_models(ModelSource(folder, "test"), device="cpu")
-    assert models.skull is None and "skull" not in models.describe()
-    assert "skull-base anchor is off" in caplog.text
 
 
 def _bundled_models():
