@@ -18,10 +18,17 @@ high), while the ribs are plainly there in the CT. So:
    :data:`MAX_CROSSING_MM`, or of a part larger than :data:`MAX_PART_ML`, is a plate (the sacrum's
    ala running into the ilium), not a rib.
 
+5. A narrow view (VerSe's sagittal lumbar scans are 100-105 mm wide, 50 mm each side of the spine) cuts every
+   rib before :data:`RIB_REACH_MM`. A rib-like crossing whose bone leaves the CT sideways
+   :data:`SIDE_EDGE_MM` or more beside the centre line is a rib there: a lumbar transverse process ends
+   inside such a view (36-47 mm on the real CTs at hand; long ones reach 50 mm and would read as ribs
+   in a view cut just inside their tips, a risk the evidence's weight bounds), a rib runs on.
+
 A candidate with a rib on either side is *rib-bearing*; otherwise each side where the CT covers a rib's
-course and shows none counts against a thoracic level, but only below the lowest rib-bearing candidate
-(the thoracolumbar junction; above it a first rib is short and a rib can go to a neighbour); where the
-CT does not cover it, nothing is known.
+course (to :data:`SIDE_EDGE_MM` + :data:`SEEN_MARGIN_MM` beside the spine, so that a rib would have left
+the view or shown its length) and shows none counts against a thoracic level, but only below the lowest
+rib-bearing candidate (the thoracolumbar junction; above it a first rib is short and a rib can go to a
+neighbour); where the CT does not cover it, nothing is known.
 :func:`region_likelihood` turns that into cervical / thoracic / lumbar likelihoods that multiply the
 network's region posterior (:meth:`algorithm.locate.Candidates.regions`). It is evidence, not a rule:
 the decoder still weighs it against the chain prior and the network, so a lumbar rib or a missed
@@ -47,6 +54,7 @@ __all__ = [
     "MAX_CROSSING_MM",
     "RIB_REACH_MM",
     "SHELL_MM",
+    "SIDE_EDGE_MM",
     "RibEvidence",
     "region_likelihood",
     "rib_evidence",
@@ -85,9 +93,17 @@ MARGIN_MM = np.array([110.0, 60.0, 30.0])
 """Half-extent of the searched box beyond the chain (x: lateral, y: anterior/posterior, z)."""
 BACK_MM = 90.0
 """How far behind the bodies' centres the box reaches (ribs' angles lie 40-80 mm behind them)."""
+SIDE_EDGE_MM = 48.0
+"""A rib-like crossing whose bone reaches this far beside the centre line and leaves the CT there, sideways,
+is a rib cut by a narrow view (module docstring, step 5): on a sagittal slab of the bundled example the T12
+ribs leave at 49-51 mm; lumbar transverse processes end at 36-47 mm on the real CTs at hand (verse014's,
+cut by its 80 mm slab at 36-45 mm, stay unknown)."""
+SEEN_MARGIN_MM = 3.0
+"""Absence of a rib counts where the CT covers the point :data:`SIDE_EDGE_MM` + this beside the spine: a
+rib there would have run out of the view (a rib) or ended in it (reach below :data:`RIB_REACH_MM`)."""
 SEEN_POSTERIOR_MM = 40.0
-"""Absence of a rib counts where the CT covers the point RIB_REACH_MM + 5 mm beside the spine, this far
-behind the body's centre (where ribs pass: 29-41 mm on the real CTs at hand), on both sides."""
+"""How far behind the body's centre that point lies (where ribs pass: 29-41 mm on the real CTs at hand),
+on both sides."""
 EDGE_MM = 5.0
 """A part this close to where the CT ends may run on outside it (partial volume fades it at the edge)."""
 
@@ -102,7 +118,8 @@ rib can be short or faint, and one side's rib can be missing."""
 @dataclass(frozen=True)
 class RibEvidence:
     """Per candidate (input order), on the patient's right and left: ``reach_mm`` ``(N, 2)`` the farthest
-    reach of a rib-like crossing (0: none); ``seen`` ``(N, 2)`` whether the CT covers a rib's course there."""
+    reach of a rib-like crossing (0: none; :data:`RIB_REACH_MM` at least for a rib leaving a narrow view);
+    ``seen`` ``(N, 2)`` whether the CT covers a rib's course there."""
 
     reach_mm: np.ndarray
     seen: np.ndarray
@@ -138,6 +155,7 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
     reach = np.zeros((n, 2))
     seen = np.zeros((n, 2), dtype=bool)
     unknown = np.zeros((n, 2), dtype=bool)
+    leaves = np.zeros((n, 2), dtype=bool)
     if n < 2:
         return RibEvidence(reach, seen)
     order = np.argsort(positions[:, 2], kind="stable")  # feet to head (LPS: +z is the head)
@@ -166,6 +184,10 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
     # A part that runs out of the CT (or the box) may be a rib cut short: its reach says nothing.
     cut_of = np.zeros(len(reach_of), dtype=bool)
     cut_of[labels[_at_edge(covered)[zz, yy, xx]]] = True
+    # One that leaves it sideways far enough out is a rib cut by a narrow view (step 5).
+    leaves_of = np.zeros(len(reach_of), dtype=bool)
+    leaves_of[labels[_at_edge(covered, axes=(2,))[zz, yy, xx]]] = True
+    leaves_of &= reach_of >= SIDE_EDGE_MM
     shell = (parts > 0) & (lateral[:, None, :] <= SHELL_MM[1]) & (behind[:, :, None] >= 0.0)
     crossings = cc3d.connected_components(shell, connectivity=26)
     spacing = _local_spacing(chain)
@@ -189,12 +211,15 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
         if chain[owner, 2] - top > spacing[owner]:
             continue  # below the chain's bottom
         part_reach = float(reach_of[part].max())
+        if np.any(leaves_of[part]):
+            part_reach = max(part_reach, RIB_REACH_MM)
+            leaves[order[owner], side] = True
         reach[order[owner], side] = max(reach[order[owner], side], part_reach)
         if part_reach < RIB_REACH_MM and np.any(cut_of[part]):
             unknown[order[owner], side] = True
     for i, centre in enumerate(chain):
         for side, sign in ((0, -1.0), (1, 1.0)):
-            point = centre + np.array([sign * (RIB_REACH_MM + 5.0), SEEN_POSTERIOR_MM, 0.0])
+            point = centre + np.array([sign * (SIDE_EDGE_MM + SEEN_MARGIN_MM), SEEN_POSTERIOR_MM, 0.0])
             index = np.rint(grid.world_to_index(point)).astype(int)
             inside = bool(np.all(index >= 0) and np.all(index < np.asarray(grid.size)))
             seen[order[i], side] = (inside and bool(covered[index[2], index[1], index[0]])
@@ -207,17 +232,18 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
         lowest = int(np.argmax(bearing))
         seen[order[lowest:]] = False
     evidence = RibEvidence(reach, seen)
-    log.info("ribs: %d of %d candidates bear ribs, %d show none on both sides, %d on one",
-             int(evidence.bearing.sum()), n, int(np.sum(evidence.free_sides == 2)),
-             int(np.sum(evidence.free_sides == 1)))
+    log.info("ribs: %d of %d candidates bear ribs (%d leaving the view sideways), %d show none on both sides, "
+             "%d on one", int(evidence.bearing.sum()), n, int(np.any(leaves, axis=1).sum()),
+             int(np.sum(evidence.free_sides == 2)), int(np.sum(evidence.free_sides == 1)))
     return evidence
 
 
-def _at_edge(covered: np.ndarray) -> np.ndarray:
-    """Voxels of ``covered`` within :data:`EDGE_MM` (along an axis) of one that is not, or of the box's faces."""
+def _at_edge(covered: np.ndarray, axes: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
+    """Voxels of ``covered`` within :data:`EDGE_MM` (along one of ``axes``, array order z y x) of one that is
+    not, or of the box's faces."""
     edge = np.zeros_like(covered)
     steps = max(round(EDGE_MM / GRID_MM), 1)
-    for axis in range(3):
+    for axis in axes:
         for shift in range(1, steps + 1):
             edge |= ~np.roll(covered, shift, axis=axis) | ~np.roll(covered, -shift, axis=axis)
         face = [slice(None)] * 3

@@ -75,19 +75,39 @@ def test_order_of_the_candidates_does_not_matter() -> None:
     assert evidence.bearing.tolist() == [RIBBED[i] for i in order]
 
 
-def test_a_field_of_view_that_cuts_the_ribs_off_says_nothing() -> None:
-    """Ribs cut at 50 mm beside the spine might be ribs or transverse processes: neither bearing nor free."""
-    evidence = rib_evidence(_phantom(half_width_mm=50.0), _positions())
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_narrow_view_reads_ribs_that_leave_it_sideways(padded: bool) -> None:
+    """A VerSe-style sagittal slab (55 mm each side of the spine; the image ends there, or the scanner wrote
+    -3024 beyond it): the ribs run out of it, the transverse processes (46 mm) end inside it."""
+    image = _phantom(padded_beyond_mm=55.0) if padded else _phantom(half_width_mm=55.0)
+    evidence = rib_evidence(image, _positions())
+    assert evidence.bearing.tolist() == list(RIBBED)
+    assert evidence.free_sides.tolist() == [2, 2, 0, 0, 0]
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_view_too_narrow_to_tell_ribs_from_processes_says_nothing(padded: bool) -> None:
+    """Cut 40 mm beside the spine, a rib and a transverse process both leave the view: neither bearing nor
+    free (verse014's 80 mm slab cuts its lumbar processes so)."""
+    image = _phantom(padded_beyond_mm=40.0) if padded else _phantom(half_width_mm=40.0)
+    evidence = rib_evidence(image, _positions())
     assert not evidence.bearing.any()
     assert evidence.free_sides.tolist() == [0] * 5
     assert np.all(region_likelihood(evidence) == 1.0)
 
 
-def test_a_reconstruction_padded_beside_the_spine_says_nothing() -> None:
-    """The image is wide, but the scanner wrote -3024 beyond 50 mm: the ribs' course is out of view."""
-    evidence = rib_evidence(_phantom(padded_beyond_mm=50.0), _positions())
-    assert not evidence.bearing.any()
-    assert evidence.free_sides.tolist() == [0] * 5
+def test_an_off_centre_view_reads_ribs_on_its_wide_side() -> None:
+    """The slab is off-centre: 35 mm on the right, 70 mm on the left. The left reads, the right says nothing."""
+    image = _phantom()
+    array = sitk.GetArrayFromImage(image)
+    x = image.GetOrigin()[0] + SPACING * np.arange(array.shape[2])
+    array[:, :, (x < -35.0) | (x > 70.0)] = -3024.0
+    padded = sitk.GetImageFromArray(array)
+    padded.CopyInformation(image)
+    evidence = rib_evidence(padded, _positions())
+    assert evidence.bearing.tolist() == list(RIBBED)
+    assert evidence.free_sides.tolist() == [1, 1, 0, 0, 0]
+    assert evidence.seen[:, 0].tolist() == [False] * 5
 
 
 def test_a_rib_that_leaves_the_field_of_view_behind_the_spine_is_unknown_not_absent() -> None:
@@ -164,3 +184,21 @@ def test_candidates_at_one_height_give_one_centre_line_point() -> None:
     evidence = rib_evidence(_phantom(), positions)
     assert evidence.bearing.tolist()[:5] == list(RIBBED) or evidence.bearing.tolist()[5]
     assert evidence.bearing.tolist()[3:5] == [True, True] and evidence.free_sides.tolist()[:2] == [2, 2]
+
+
+def test_a_sagittal_slab_of_the_real_example_reads_the_t12_ribs_and_lumbar_absence() -> None:
+    """The bundled real CT as a VerSe-style sagittal slab (export.reformat: 104 mm wide, 3 mm sagittal
+    slices, PIR): its T12 ribs run out of the slab 49-51 mm beside the spine, L1-L3's transverse processes
+    end inside it. Before the slab rule every vertebra read "unknown" and the chain came out one level high."""
+    from export.real_cases import find_real_cases
+    from export.reformat import reformats
+
+    case = find_real_cases(["totalsegmentator-example"])[0].load()
+    ((_, slab),) = reformats(case, ["sagittal-slab"])
+    levels = [v for v in (19, 20, 21, 22, 23) if v in slab.centroids_mm]  # T12, L1-L4
+    assert levels == [19, 20, 21, 22, 23]
+    evidence = rib_evidence(slab.ct, np.array([slab.centroids_mm[v] for v in levels]))
+    assert evidence.bearing.tolist() == [True, False, False, False, False]
+    assert evidence.free_sides[1:4].tolist() == [2, 2, 2]  # L4's processes meet the pelvis: unknown, not free
+    likelihood = region_likelihood(evidence)
+    assert likelihood[0].argmax() == 1 and np.all(likelihood[1:4, 1] < likelihood[1:4, 2])
