@@ -14,7 +14,10 @@ four S1s.
 So, along the chain (head to feet), among the lowest :data:`LOWEST` candidates the highest whose ratio
 is below :data:`SACRUM_RATIO`, with an outline of at least :data:`MIN_BODY_ML` by the segment model
 (a body, not a sacral fragment), is S1: it and every candidate below it leave the chain. The chain's
-top candidate is never S1.
+top candidate is never S1, nor is a candidate with a vertebra below it (an outline of at least
+:data:`MIN_BODY_ML` with a ratio of :data:`VERTEBRA_RATIO` or more): on a sagittal slab of the bundled
+example an outline of L5's posterior elements, 20 mm behind its body, had a ratio of 0.42, and took the
+true L5 (0.99) out of the chain with it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import SimpleITK as sitk
 from algorithm.models import StageModel
 from algorithm.recentre import outline_vertebrae
 
-__all__ = ["LOWEST", "MIN_BODY_ML", "SACRUM_RATIO", "sacral", "volume_ratios"]
+__all__ = ["LOWEST", "MIN_BODY_ML", "SACRUM_RATIO", "VERTEBRA_RATIO", "sacral", "volume_ratios"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ LOWEST = 4
 SACRUM_RATIO = 0.6
 """Largest outline volume ratio (sacrum model over segment model) of S1: 0-0.47 on the four S1s at hand,
 0.90-1.05 on the true vertebrae at the foot of the same chains."""
+VERTEBRA_RATIO = 0.85
+"""Least ratio of a true vertebra (0.90-1.05 at the feet of the real chains at hand; S1: 0-0.47)."""
 MIN_BODY_ML = 20.0
 """Smallest segment-model outline taken for S1's body (the sacral segments below it outline 5-18 ml)."""
 
@@ -63,8 +68,9 @@ def sacral(image: sitk.Image, positions_mm: np.ndarray, segment: StageModel, sac
     foot = np.argsort(positions[:, 2], kind="stable")[:lowest]  # LPS: +z is the head; the lowest first
     volume, ratios = volume_ratios(image, positions[foot], segment, sacrum)
     # S1 lies below the lumbar spine: the chain's top candidate is never it (a chain is never dropped whole).
+    vertebra = (ratios >= VERTEBRA_RATIO) & (volume >= min_body_ml)
     flagged = [k for k in range(len(foot)) if ratios[k] < ratio and volume[k] >= min_body_ml
-               and foot[k] != int(np.argmax(positions[:, 2]))]
+               and foot[k] != int(np.argmax(positions[:, 2])) and not vertebra[:k].any()]
     if not flagged:
         return out
     top = max(flagged)  # the highest flagged of the lowest ones: S1

@@ -20,6 +20,8 @@ def _chain(n: int) -> np.ndarray:
     ([49.0, 40.0, 30.0, 30.0], [0.9, 1.0, 1.0, 1.0], [False] * 6),  # no S1: nothing leaves
     ([18.0, 23.0, 30.0, 30.0], [0.1, 0.95, 1.0, 1.0], [False] * 6),  # a small flagged fragment is no body
     ([52.0, 23.0, 30.0, 30.0], [0.0, 0.96, 0.97, 1.0], [False, False, False, False, False, True]),  # a true L6 stays
+    # a slab's posterior-element outline (24 ml, 0.42) above the true L5 (61 ml, 0.99): S1 is the real one below
+    ([55.0, 61.0, 24.0, 60.0], [0.31, 0.99, 0.42, 1.02], [False, False, False, False, False, True]),
 ])
 def test_the_highest_flagged_body_among_the_lowest_is_s1(monkeypatch: pytest.MonkeyPatch, volume: list[float],
                                                          ratio: list[float], expected: list[bool]) -> None:
