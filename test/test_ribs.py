@@ -163,6 +163,7 @@ def test_region_likelihood_reads_bearing_free_and_unknown() -> None:
     (100.0, True, BEARING_LIKELIHOOD, "rib"),
     (40.0, True, FREE_SIDE_LIKELIHOOD**2, "no rib"),
     (40.0, False, np.ones(3), "unknown"),
+    (55.0, True, FREE_SIDE_LIKELIHOOD, "no rib on one side"),  # 55 mm: a short floating rib or a long process
 ])
 def test_candidates_regions_multiply_the_network_posterior_by_the_likelihood(
         reach: float, seen: bool, likelihood: np.ndarray, status: str) -> None:
