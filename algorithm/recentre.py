@@ -18,7 +18,9 @@ vertebra there, and the deepest part of that outline is the body's centre (:mod:
 2. :func:`fill_chain`: along the chain, head to feet, a gap longer than :data:`GAP_FACTOR` times the
    neighbouring spacings gets seeds at its even subdivisions, and one spacing beyond each end gets a
    seed; each is recentred and kept when its outline is at least :data:`FILL_VOLUME_FRACTION` of the
-   chain's median outline and it is no duplicate. Repeated until nothing is added.
+   chain's median outline and it is no duplicate; :func:`spaced_by_size` then thins the chain, except
+   that a vertebra found inside a gap, at least :data:`GAP_SPLIT` of the local spacing from both of its
+   ends (:func:`splits_gap`), stays: the gap says one is missing there. Repeated until nothing is added.
 3. :func:`on_spine_curve`, before and after filling: centres far off the spine through their
    neighbours (a spinous process, a vessel) are dropped.
 
@@ -62,6 +64,7 @@ __all__ = [
     "outside_view",
     "recentre",
     "spaced_by_size",
+    "splits_gap",
     "spread_floor",
 ]
 
@@ -71,8 +74,10 @@ MIN_VOLUME_ML = 4.0
 """Smallest outline taken for a vertebra: C3-C7 measure 8-15 ml in VerSe's masks, a lumbar one 40-80."""
 MERGE_MM = 12.0
 """Two body centres closer than this are one vertebra (cervical centres lie 14 mm or more apart)."""
-GAP_FACTOR = 1.6
-"""A gap this many times longer than its neighbouring spacings hides at least one vertebra."""
+GAP_FACTOR = 1.4
+"""A gap this many times longer than its neighbouring spacings hides at least one vertebra (1.6 until the
+real neck CTs: C2's centroid sits high on its dens, so the C2-C3 step (21-29 mm) and the thoracic ones beside
+a neck's lower gap lift the local median to 18-19 mm, and a 29 mm gap over a missing C5 read as none)."""
 FILL_VOLUME_FRACTION = 0.4
 """A vertebra found by filling must outline at least this fraction of the chain's median volume
 (partial outlines at the edge of the field of view stay smaller; the sacrum's S1 does not, and can
@@ -92,6 +97,12 @@ bone keeps its bodies. Chosen a priori; checked on four phantoms generated after
 7100-7103: end-to-end id 0.00, 0.00, 0.18, 0.60 -> 1.00, 0.00, 0.82, 0.60) with every real CT unchanged."""
 SPACING_FACTOR = 0.6
 """Body centres lie at least this many cube roots of a vertebra's volume apart (:func:`spaced_by_size`)."""
+GAP_SPLIT = 0.5
+"""A vertebra found in a gap (:func:`fill_chain`) stays, whatever :func:`spaced_by_size` says, when it lies at
+least this fraction of the local spacing from both ends of the gap: the gap itself says a vertebra is missing
+there. Cervical outlines carry their processes (C5-C7 of the real neck CTs at hand: 12-21 ml, centres a few
+mm off the bodies'), so a 20 ml neighbour's reach (16 mm) swallowed the missing C5 of a neck whose 29 mm
+C4-C6 gap the spacing had flagged, and the chain below it came out one level high."""
 OFF_CURVE_MM = 30.0
 """A body centre farther than this from the spine through its neighbours is no body: a spinous
 process's outline lies 40-70 mm behind its body, a vessel's in front of it; bodies, even on a bent
@@ -290,6 +301,7 @@ def fill_chain(image: sitk.Image, model: StageModel, outlines: Sequence[Outline]
     step 2), in their original order followed by the new ones."""
     found = list(outlines)
     geometry = Geometry.of(image)
+    protected: set[int] = set()  # vertebrae found inside a gap: later passes keep them (GAP_SPLIT)
     for _ in range(MAX_FILL_PASSES):
         if len(found) < 2:
             break
@@ -301,5 +313,33 @@ def fill_chain(image: sitk.Image, model: StageModel, outlines: Sequence[Outline]
         if not added:
             break
         log.info("recentre: %d vertebrae added in the chain's gaps or beyond its ends", len(added))
-        found = spaced_by_size(on_spine_curve([*found, *added]))
+        on_curve = on_spine_curve([*found, *added])
+        spaced = {id(o) for o in spaced_by_size(on_curve)}
+        centres = np.array([o.centre_mm for o in chain])
+        rescued = {id(o) for o in added if id(o) not in spaced and splits_gap(o.centre_mm, centres)}
+        protected |= rescued
+        before = len(found)
+        found = [o for o in on_curve if id(o) in spaced or id(o) in protected]
+        if len(found) == before and not rescued:
+            break  # what was added was suppressed again: another pass would add the same
     return found
+
+
+def splits_gap(centre_mm: np.ndarray, chain_mm: np.ndarray, *, gap_factor: float = GAP_FACTOR,
+               split: float = GAP_SPLIT) -> bool:
+    """Whether a point lies inside a gap of the chain (centres in any order) that :func:`chain_gaps` flags
+    (longer than ``gap_factor`` times the median of up to two spacings on each side) and at least ``split``
+    times that median from both of the gap's ends (along the chain's height, LPS z)."""
+    chain = np.asarray(chain_mm, dtype=np.float64).reshape(-1, 3)
+    chain = chain[np.argsort(-chain[:, 2], kind="stable")]  # head to feet
+    z = float(np.asarray(centre_mm, dtype=np.float64)[2])
+    above = int(np.sum(chain[:, 2] > z)) - 1  # the lowest member above the point
+    if above < 0 or above + 1 >= len(chain):
+        return False
+    spacing = np.linalg.norm(np.diff(chain, axis=0), axis=1)
+    neighbours = np.concatenate([spacing[max(above - 2, 0):above], spacing[above + 1:above + 3]])
+    if len(neighbours) == 0:
+        return False
+    local = float(np.median(neighbours))
+    ends = np.linalg.norm(chain[[above, above + 1]] - np.asarray(centre_mm, dtype=np.float64), axis=1)
+    return bool(spacing[above] > gap_factor * local and ends.min() >= split * local)

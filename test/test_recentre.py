@@ -190,3 +190,53 @@ def test_a_spine_of_dull_bone_keeps_its_bodies_and_a_vessel_among_bright_ones_st
     assert spread_floor(dull[:2]) == MIN_HU_SPREAD and merge_outlines(dull[:2]) == []  # two say nothing
     # kept vertebrae count: a new dull outline beside kept dull ones stays
     assert merge_outlines(_column([0, 0, 0, 0, 125.0])[4:], kept=dull[:3]) != []
+
+
+def test_splits_gap_accepts_a_point_that_divides_a_flagged_gap_and_nothing_else() -> None:
+    from algorithm.recentre import splits_gap
+
+    centres = _chain([17.0, 17.0, 30.0, 17.0, 17.0])  # a neck with C5 missing: C4 at -34, C6 at -64
+    assert splits_gap(np.array([0.0, 0.0, -46.0]), centres)  # 12 mm under C4, 18 over C6
+    assert not splits_gap(np.array([0.0, 0.0, -61.0]), centres)  # 3 mm from C6: a duplicate of it
+    assert not splits_gap(np.array([0.0, 0.0, -25.0]), centres)  # inside a regular 17 mm step
+    assert not splits_gap(np.array([0.0, 0.0, 10.0]), centres)  # above the chain
+    assert not splits_gap(np.array([0.0, 0.0, -46.0]), centres[:2])  # a chain too short to have a gap
+
+
+@given(order=st.permutations(range(6)), z=st.floats(-150.0, 50.0))
+@settings(max_examples=60, deadline=None)
+def test_splits_gap_ignores_the_chain_order_and_never_leaves_the_chain(order: list[int], z: float) -> None:
+    from algorithm.recentre import splits_gap
+
+    centres = _chain([17.0, 17.0, 30.0, 17.0, 17.0])
+    point = np.array([0.0, 0.0, z])
+    assert splits_gap(point, centres[list(order)]) == splits_gap(point, centres)
+    if splits_gap(point, centres):
+        assert -64.0 < z < -34.0
+
+
+def test_fill_chain_keeps_a_vertebra_found_in_a_gap_that_a_larger_neighbour_would_suppress(monkeypatch) -> None:
+    """The real neck CT pt_17 (OpenKBP): C5 outlined 11-12 mm from C6's 20 ml outline, whose size reach is
+    16 mm; the 29 mm C4-C6 gap says a vertebra is missing there, so it stays (the chain below came out one
+    level high without it)."""
+    import algorithm.recentre as module
+
+    centres = _chain([17.0, 17.0, 29.0, 17.0, 17.0])
+    volumes = [12.0, 12.0, 11.0, 20.5, 14.0, 14.0]
+    chain = [Outline(c, v) for c, v in zip(centres, volumes, strict=True)]
+    c5 = Outline(np.array([0.0, 0.0, -51.5]), 15.0)  # 12 mm over C6 (at -63), 17 under C4
+
+    def found_in_gaps(image, model, seeds, *, kept=(), **kwargs):
+        near = [s for s in seeds if abs(float(s[2]) - c5.centre_mm[2]) < 10.0]
+        return [c5] if near and all(o is not c5 for o in kept) else []
+
+    monkeypatch.setattr(module, "recentre", found_in_gaps)
+    monkeypatch.setattr(module, "Geometry", type("G", (), {"of": staticmethod(lambda image: _Everywhere())}))
+    assert [id(o) for o in module.spaced_by_size([*chain, c5])] == [id(o) for o in chain]  # the size rule alone
+    filled = module.fill_chain(None, None, chain)  # type: ignore[arg-type]
+    assert any(o is c5 for o in filled) and len(filled) == len(chain) + 1
+
+
+class _Everywhere:
+    def contains_mm(self, point) -> bool:
+        return True
