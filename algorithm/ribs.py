@@ -22,7 +22,8 @@ high), while the ribs are plainly there in the CT. So:
    rib before :data:`RIB_REACH_MM`. A rib-like crossing whose bone leaves the CT sideways
    :data:`SIDE_EDGE_MM` or more beside the centre line is a rib there: a lumbar transverse process ends
    inside such a view (36-47 mm on the real CTs at hand; long ones reach 50 mm and would read as ribs
-   in a view cut just inside their tips, a risk the evidence's weight bounds), a rib runs on.
+   in a view cut just inside their tips, a risk the evidence's weight bounds), a rib runs on. A sliver
+   under :data:`MIN_LEAVING_MM` tall leaving the view is a plate's edge, not a rib.
 
 A candidate with a rib on either side is *rib-bearing*; otherwise each side where the CT covers a rib's
 course (to :data:`SIDE_EDGE_MM` + :data:`SEEN_MARGIN_MM` beside the spine, so that a rib would have left
@@ -99,6 +100,10 @@ SIDE_EDGE_MM = 48.0
 is a rib cut by a narrow view (module docstring, step 5): on a sagittal slab of the bundled example the T12
 ribs leave at 49-51 mm; lumbar transverse processes end at 36-47 mm on the real CTs at hand (verse014's,
 cut by its 80 mm slab at 36-45 mm, stay unknown)."""
+MIN_LEAVING_MM = 6.0
+"""Least height of a crossing that leaves the view sideways to count as a rib (ribs are 8-12 mm tall; the
+example slab's T12 ribs cross 7.5-10.5 mm tall): a sliver 1.5 mm tall leaving the slab beside L5 is the
+edge of the sacrum's ala or the ilium, and read as a rib it made L5 the lowest rib-bearing vertebra."""
 SEEN_MARGIN_MM = 3.0
 """Absence of a rib counts where the CT covers the point :data:`SIDE_EDGE_MM` + this beside the spine: a
 rib there would have run out of the view (a rib) or ended in it (reach below :data:`RIB_REACH_MM`)."""
@@ -220,7 +225,7 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
         if chain[owner, 2] - top > spacing[owner]:
             continue  # below the chain's bottom
         part_reach = float(reach_of[part].max())
-        if np.any(leaves_of[part]):
+        if np.any(leaves_of[part]) and heights.max() - heights.min() + GRID_MM >= MIN_LEAVING_MM:
             part_reach = max(part_reach, RIB_REACH_MM)
             leaves[order[owner], side] = True
         reach[order[owner], side] = max(reach[order[owner], side], part_reach)

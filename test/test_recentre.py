@@ -240,3 +240,19 @@ def test_fill_chain_keeps_a_vertebra_found_in_a_gap_that_a_larger_neighbour_woul
 class _Everywhere:
     def contains_mm(self, point) -> bool:
         return True
+
+
+def test_behind_the_bodies_drops_small_outlines_behind_the_column_only() -> None:
+    """A sagittal slab's lamina outlines (small, 20-36 mm behind the bodies) go; a small cut body on the
+    column, a large outline behind it and a small one in front stay (the rule is for posterior elements)."""
+    from algorithm.recentre import behind_the_bodies
+
+    column = [Outline(np.array([0.0, 2.0 * k, -35.0 * k]), 55.0) for k in range(5)]  # a leaning column
+    lamina = Outline(np.array([3.0, 2.0 * 1.5 + 25.0, -35.0 * 1.5]), 20.0)
+    cut_body = Outline(np.array([0.0, 8.0, -35.0 * 4 - 20.0]), 15.0)  # below the last body, on the column
+    large_behind = Outline(np.array([0.0, 30.0, -35.0 * 2.5]), 50.0)
+    small_front = Outline(np.array([0.0, -25.0, -35.0 * 3.5]), 12.0)
+    outlines = [*column, lamina, cut_body, large_behind, small_front]
+    kept = behind_the_bodies(outlines)
+    assert [id(o) for o in kept] == [id(o) for o in outlines if o is not lamina]
+    assert len(behind_the_bodies([*column[:2], lamina])) == 3  # two bodies and a lamina: too few to judge

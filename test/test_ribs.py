@@ -203,3 +203,21 @@ def test_a_sagittal_slab_of_the_real_example_reads_the_t12_ribs_and_lumbar_absen
     assert evidence.free_sides[1:4].tolist() == [2, 2, 2]  # L4's processes meet the pelvis: unknown, not free
     likelihood = region_likelihood(evidence)
     assert likelihood[0].argmax() == 1 and np.all(likelihood[1:4, 1] < likelihood[1:4, 2])
+
+
+def test_a_sliver_of_plate_leaving_a_narrow_view_is_no_rib() -> None:
+    """Beside the lowest vertebra of a 55 mm view, a 2 mm sheet of bone (the sacral ala's or the ilium's
+    edge in a slab) runs out sideways: no rib there, and the ribs above still place the junction."""
+    image = _phantom(half_width_mm=55.0)
+    array = sitk.GetArrayFromImage(image)
+    x = image.GetOrigin()[0] + SPACING * np.arange(array.shape[2])
+    y = image.GetOrigin()[1] + SPACING * np.arange(array.shape[1])
+    z = image.GetOrigin()[2] + SPACING * np.arange(array.shape[0])
+    sheet = ((np.abs(z - (CENTRES_Z[0] - 10.0)) <= 1.0)[:, None, None] & ((y >= 20.0) & (y <= 50.0))[None, :, None]
+             & (np.abs(x) >= 20.0)[None, None, :])
+    array[sheet] = 600.0
+    sliver = sitk.GetImageFromArray(array)
+    sliver.CopyInformation(image)
+    evidence = rib_evidence(sliver, _positions())
+    assert evidence.bearing.tolist() == list(RIBBED)
+    assert evidence.free_sides.tolist()[1] == 2
