@@ -40,7 +40,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from algorithm.detect import sub_grid
-from algorithm.labelling.curve import distance_to_spine_curve
+from algorithm.labelling.curve import centre_line_by_height, distance_to_spine_curve
 from algorithm.models import StageModel
 from algorithm.segment import SEGMENT_FLOOR, patch_input, patch_start
 from spine.body import deepest_centre_zyx
@@ -49,6 +49,7 @@ from spine.modelmeta import ModelMeta
 from spine.preprocess import model_grid, zyx_to_world
 
 __all__ = [
+    "behind_the_bodies",
     "FILL_VOLUME_FRACTION",
     "GAP_FACTOR",
     "MERGE_MM",
@@ -64,7 +65,6 @@ __all__ = [
     "outline_vertebrae",
     "outside_view",
     "recentre",
-    "behind_the_bodies",
     "spaced_by_size",
     "splits_gap",
     "spread_floor",
@@ -294,14 +294,17 @@ def chain_gaps(centres_mm: np.ndarray, *, gap_factor: float = GAP_FACTOR) -> lis
     spacing = np.linalg.norm(np.diff(centres, axis=0), axis=1)
     seeds = [2.0 * centres[0] - centres[1], 2.0 * centres[-1] - centres[-2]]
     for i, gap in enumerate(spacing):
-        neighbours = np.concatenate([spacing[max(i - 2, 0):i], spacing[i + 1:i + 3]])
-        if len(neighbours) == 0:
-            continue
-        local = float(np.median(neighbours))
-        if local > 0 and gap > gap_factor * local:
+        local = _local_spacing(spacing, i)
+        if local is not None and local > 0 and gap > gap_factor * local:
             k = max(round(gap / local), 2)
             seeds += [centres[i] + (centres[i + 1] - centres[i]) * j / k for j in range(1, k)]
     return seeds
+
+
+def _local_spacing(spacing: np.ndarray, i: int) -> float | None:
+    """The median of up to two spacings on each side of step ``i`` of a chain (None: it has no other step)."""
+    neighbours = np.concatenate([spacing[max(i - 2, 0):i], spacing[i + 1:i + 3]])
+    return float(np.median(neighbours)) if len(neighbours) else None
 
 
 def fill_chain(image: sitk.Image, model: StageModel, outlines: Sequence[Outline], *, rounds: int = 2,
@@ -315,8 +318,8 @@ def fill_chain(image: sitk.Image, model: StageModel, outlines: Sequence[Outline]
         if len(found) < 2:
             break
         chain = sorted(found, key=lambda o: -float(o.centre_mm[2]))  # LPS: +z is the head
-        seeds = [seed for seed in chain_gaps(np.array([o.centre_mm for o in chain]))
-                 if geometry.contains_mm(seed)]
+        centres = np.array([o.centre_mm for o in chain])
+        seeds = [seed for seed in chain_gaps(centres) if geometry.contains_mm(seed)]
         least = fill_volume_fraction * float(np.median([o.volume_ml for o in found]))
         added = recentre(image, model, seeds, rounds=rounds, kept=found, min_volume_ml=least)
         if not added:
@@ -324,7 +327,6 @@ def fill_chain(image: sitk.Image, model: StageModel, outlines: Sequence[Outline]
         log.info("recentre: %d vertebrae added in the chain's gaps or beyond its ends", len(added))
         on_curve = on_spine_curve([*found, *added])
         spaced = {id(o) for o in spaced_by_size(on_curve)}
-        centres = np.array([o.centre_mm for o in chain])
         rescued = {id(o) for o in added if id(o) not in spaced and splits_gap(o.centre_mm, centres)}
         protected |= rescued
         before = len(found)
@@ -347,7 +349,7 @@ def behind_the_bodies(outlines: Sequence[Outline], *, max_mm: float = BEHIND_MM,
     large = volumes >= fraction * float(np.median(volumes))
     if int(large.sum()) < 3:
         return list(outlines)
-    column = _centre_line_by_height(np.array([o.centre_mm for o, big in zip(outlines, large, strict=True) if big]))
+    column = centre_line_by_height(np.array([o.centre_mm for o, big in zip(outlines, large, strict=True) if big]))
     kept = []
     for outline, big in zip(outlines, large, strict=True):
         front_back = float(np.interp(outline.centre_mm[2], column[:, 2], column[:, 1]))
@@ -357,14 +359,6 @@ def behind_the_bodies(outlines: Sequence[Outline], *, max_mm: float = BEHIND_MM,
         log.info("recentre: %d small outline(s) behind the bodies dropped (posterior elements)",
                  len(outlines) - len(kept))
     return kept
-
-
-def _centre_line_by_height(points: np.ndarray) -> np.ndarray:
-    """Points with strictly increasing z (those at one height averaged), as ``np.interp`` needs them."""
-    heights, index = np.unique(points[:, 2], return_inverse=True)
-    line = np.zeros((len(heights), 3))
-    np.add.at(line, index, points)
-    return line / np.bincount(index, minlength=len(heights))[:, None]
 
 
 def splits_gap(centre_mm: np.ndarray, chain_mm: np.ndarray, *, gap_factor: float = GAP_FACTOR,
@@ -379,9 +373,8 @@ def splits_gap(centre_mm: np.ndarray, chain_mm: np.ndarray, *, gap_factor: float
     if above < 0 or above + 1 >= len(chain):
         return False
     spacing = np.linalg.norm(np.diff(chain, axis=0), axis=1)
-    neighbours = np.concatenate([spacing[max(above - 2, 0):above], spacing[above + 1:above + 3]])
-    if len(neighbours) == 0:
+    local = _local_spacing(spacing, above)
+    if local is None:
         return False
-    local = float(np.median(neighbours))
     ends = np.linalg.norm(chain[[above, above + 1]] - np.asarray(centre_mm, dtype=np.float64), axis=1)
     return bool(spacing[above] > gap_factor * local and ends.min() >= split * local)

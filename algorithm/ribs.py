@@ -46,6 +46,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from algorithm.detect import resample_ct
+from algorithm.labelling.curve import centre_line_by_height
 from spine.image import Geometry
 
 __all__ = [
@@ -179,7 +180,7 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
     covered = ct > PADDING_HU
     ct[~covered] = -1000.0
     x, y, z = (grid.origin_mm[a] + GRID_MM * np.arange(grid.size[a]) for a in range(3))
-    line = _centre_line(chain)
+    line = centre_line_by_height(chain)
     centre_x = np.interp(z, line[:, 2], line[:, 0])
     centre_y = np.interp(z, line[:, 2], line[:, 1])
     side_of = np.sign(x[None, :] - centre_x[:, None])  # (z, x): +1 patient's left (LPS +x)
@@ -276,15 +277,6 @@ def _search_grid(chain: np.ndarray) -> Geometry:
     return Geometry(size=size, spacing_mm=(GRID_MM,) * 3,  # type: ignore[arg-type]
                     origin_mm=tuple(float(v) for v in low),  # type: ignore[arg-type]
                     direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-
-
-def _centre_line(chain: np.ndarray) -> np.ndarray:
-    """The chain's points with strictly increasing heights (those at one height averaged), as ``np.interp``
-    needs them for the spine's centre line."""
-    heights, index = np.unique(chain[:, 2], return_inverse=True)
-    line = np.zeros((len(heights), 3))
-    np.add.at(line, index, chain)
-    return line / np.bincount(index, minlength=len(heights))[:, None]
 
 
 def _local_spacing(chain: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["distance_to_spine_curve", "order_along_spine", "spine_curve"]
+__all__ = ["centre_line_by_height", "distance_to_spine_curve", "order_along_spine", "spine_curve"]
 
 def _principal_axis(points: np.ndarray, *, iterations: int = 2,
                     scale_mm: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
@@ -118,6 +118,16 @@ def _best_line(points: np.ndarray, inlier_mm: float) -> tuple[np.ndarray, np.nda
     if inliers.sum() < 2:
         return centre, np.array([0.0, 0.0, -1.0])
     return centre, np.linalg.eigh(np.cov((points[inliers] - centre).T))[1][:, -1]
+
+
+def centre_line_by_height(points_mm: np.ndarray) -> np.ndarray:
+    """The points with strictly increasing heights (LPS z; those at one height averaged): the spine's centre
+    line as ``np.interp`` needs it to read x or y at any height."""
+    points = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
+    heights, index = np.unique(points[:, 2], return_inverse=True)
+    line = np.zeros((len(heights), 3))
+    np.add.at(line, index, points)
+    return line / np.bincount(index, minlength=len(heights))[:, None]
 
 
 def distance_to_spine_curve(positions_mm: np.ndarray, *, neighbours: int = 6, inlier_mm: float = 20.0
