@@ -67,7 +67,9 @@ class Candidates:
     - ``cut``: ``(N, 2)`` bool, whether each candidate's vertebra runs out of the field of view above,
       below (:mod:`algorithm.recentre`'s outlines), or None (not known);
     - ``anchor``: a label the image itself fixes (C1 under the skull base, :mod:`algorithm.skull`), which the
-      decoder takes as it takes a user's fix, or None.
+      decoder takes as it takes a user's fix, or None;
+    - ``on_sacrum``: the sacrum lies right below the lowest candidate (:func:`algorithm.sacrum.rests_on_sacrum`),
+      so the chain ends on the last lumbar vertebra (the decoder's item 10).
     """
 
     positions_mm: np.ndarray
@@ -76,6 +78,7 @@ class Candidates:
     ribs: RibEvidence | None = None
     cut: np.ndarray | None = None
     anchor: Fix | None = None
+    on_sacrum: bool = False
 
     def __len__(self) -> int:
         return int(self.positions_mm.shape[0])
@@ -115,7 +118,8 @@ class Candidates:
                           np.vstack([np.zeros((1, self.scores.shape[1]), dtype=self.scores.dtype), self.scores]),
                           np.concatenate([[0.0], self.peak]), ribs=ribs,
                           cut=None if self.cut is None else np.vstack([np.zeros((1, 2), dtype=bool), self.cut]),
-                          anchor=Fix(label, tuple(float(v) for v in point[0])))  # type: ignore[arg-type]
+                          anchor=Fix(label, tuple(float(v) for v in point[0])),  # type: ignore[arg-type]
+                          on_sacrum=self.on_sacrum)
 
     @classmethod
     def empty(cls) -> Candidates:

@@ -40,7 +40,7 @@ from algorithm.plausibility import IMPLAUSIBLE_CAP, Plausibility, assess, judge_
 from algorithm.recentre import behind_the_bodies, fill_chain, on_spine_curve, recentre, spaced_by_size
 from algorithm.report import StageTimer, versions
 from algorithm.ribs import rib_evidence
-from algorithm.sacrum import sacral
+from algorithm.sacrum import rests_on_sacrum, sacral
 from algorithm.segment import BONE_FLOOR, SEGMENT_FLOOR, segment_vertebrae
 from algorithm.skull import anchor, find_skull_base
 from spine.gc import Point, points_document
@@ -377,7 +377,8 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
     the bodies the outline model outlines from them (:mod:`algorithm.recentre`), scored by the heatmaps; with
     ``options.rib_evidence`` (and ``options.region_evidence``, which is what reads them), the ribs each bears
     (:mod:`algorithm.ribs`); with ``options.sacrum_check`` and a
-    sacrum model, without the sacrum's S1 and what lies below it (:mod:`algorithm.sacrum`); with
+    sacrum model, without the sacrum's S1 and what lies below it, and knowing whether the chain rests on it
+    (:mod:`algorithm.sacrum`); with
     ``options.skull_anchor`` and a skull-base model, without what lies above the skull base and with C1 fixed
     under it (:mod:`algorithm.skull`)."""
     options = options or Options()
@@ -385,8 +386,9 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
         return Candidates.empty()
     candidates = _candidates(image, detection, models, options)
     if options.sacrum_check and models.sacrum is not None and len(candidates) >= 2:
-        keep = ~sacral(image, candidates.positions_mm, models.outliner, models.sacrum)
-        candidates = _subset(candidates, keep)
+        found = sacral(image, candidates.positions_mm, models.outliner, models.sacrum)
+        candidates = replace(_subset(candidates, ~found),
+                             on_sacrum=rests_on_sacrum(candidates.positions_mm, found))
     if options.skull_anchor and models.skull is not None and len(candidates):
         keep, c1 = anchor(candidates.positions_mm, find_skull_base(image, models.skull, detection.box))
         if c1 is not None:
@@ -444,7 +446,8 @@ def label_stage(candidates: Candidates, options: Options | None = None) -> Label
     return label_candidates(candidates.positions_mm, candidates.scores, regions=regions,
                             decoder=learned_decoder() if learned else None,
                             constraints=_with_anchor(options.constraints, candidates.anchor),
-                            cut=candidates.cut if options.censor_cut else None)
+                            cut=candidates.cut if options.censor_cut else None,
+                            on_sacrum=candidates.on_sacrum)
 
 
 def _with_anchor(constraints: Constraints, fix: Fix | None) -> Constraints:

@@ -18,6 +18,12 @@ top candidate is never S1, nor is a candidate with a vertebra below it (an outli
 :data:`MIN_BODY_ML` with a ratio of :data:`VERTEBRA_RATIO` or more): on a sagittal slab of the bundled
 example an outline of L5's posterior elements, 20 mm behind its body, had a ratio of 0.42, and took the
 true L5 (0.99) out of the chain with it.
+
+Where S1 lies right below the lowest candidate left, within :data:`REST_FACTOR` times the chain's median
+step (no room for a missed vertebra), the chain *rests on the sacrum* (:func:`rests_on_sacrum`): its last
+vertebra is the last lumbar one, which the decoder weighs (:mod:`algorithm.labelling`, item 10). Without it
+a lumbar chain whose top the scan cuts has nothing to count from (verse014 with its top cropped: L3-L5 over
+the sacrum labelled L2-L4).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import SimpleITK as sitk
 from algorithm.models import StageModel
 from algorithm.recentre import outline_vertebrae
 
-__all__ = ["LOWEST", "MIN_BODY_ML", "SACRUM_RATIO", "VERTEBRA_RATIO", "sacral", "volume_ratios"]
+__all__ = ["LOWEST", "MIN_BODY_ML", "REST_FACTOR", "SACRUM_RATIO", "VERTEBRA_RATIO", "rests_on_sacrum", "sacral",
+           "volume_ratios"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,9 @@ VERTEBRA_RATIO = 0.85
 """Least ratio of a true vertebra (0.90-1.05 at the feet of the real chains at hand; S1: 0-0.47)."""
 MIN_BODY_ML = 20.0
 """Smallest segment-model outline taken for S1's body (the sacral segments below it outline 5-18 ml)."""
+REST_FACTOR = 1.5
+"""S1 within this many median steps of the chain below its lowest vertebra: no vertebra fits between (a
+missed one leaves about two steps)."""
 
 
 def volume_ratios(image: sitk.Image, positions_mm: np.ndarray, segment: StageModel,
@@ -78,3 +88,21 @@ def sacral(image: sitk.Image, positions_mm: np.ndarray, segment: StageModel, sac
     log.info("sacrum: the candidate %.0f mm high is S1 (outline ratio %.2f of %.0f ml); %d candidate(s) at and "
              "below it leave the chain", positions[foot[top], 2], ratios[top], volume[top], top + 1)
     return out
+
+
+def rests_on_sacrum(positions_mm: np.ndarray, sacrum: np.ndarray, *, factor: float = REST_FACTOR) -> bool:
+    """Whether the candidates not flagged in ``sacrum`` (:func:`sacral`) rest on the sacrum: S1, the highest
+    flagged, lies below the lowest of them by at most ``factor`` times their median step along z (module
+    docstring). False with no S1 or fewer than two candidates left."""
+    positions = np.asarray(positions_mm, dtype=np.float64).reshape(-1, 3)
+    flagged = np.asarray(sacrum, dtype=bool)
+    chain = np.sort(positions[~flagged, 2])
+    if not flagged.any() or len(chain) < 2:
+        return False
+    s1 = float(positions[flagged, 2].max())
+    gap = chain[0] - s1
+    step = float(np.median(np.diff(chain)))
+    rests = 0.0 < gap <= factor * step
+    log.info("sacrum: S1 lies %.0f mm below the lowest vertebra (median step %.0f mm): the chain %s on it", gap,
+             step, "rests" if rests else "does not rest")
+    return bool(rests)

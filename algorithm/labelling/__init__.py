@@ -82,6 +82,13 @@ The model (all scores natural logs, "nats"; every term a log likelihood ratio ag
    must be bought by evidence. The offset is a grid dimension like the spine size: every
    pass runs over (offset, scale) hypotheses at once, about three times the work.
 
+6. **Chain ends** (``end_weight``, 0 by default: off). A chain starting on label l adds ``end_weight``
+   times the prior's ``log(26 P(first = l))``, one ending on l ``end_weight`` times ``log(26 P(last = l))``:
+   where the fields of view of the prior's scans start and stop.
+7. **Calibration.** A returned confidence is ``sigmoid(a logit(p) + b)`` of the posterior marginal p, with
+   ``(a, b)`` = ``calibration`` when per-level scores are given, ``region_calibration`` for region
+   evidence alone (both the identity by default); a case is ``uncertain`` when an accepted candidate's
+   confidence falls below ``uncertain_below``.
 8. **What the user knows** (:class:`Constraints`, optional): fixed labels (the candidate
    nearest a world point is vertebra l) and spine-level facts (4, 5 or 6 lumbar, 11, 12 or 13
    thoracic vertebrae) are hard constraints inside the model, not a relabelling afterwards. A
@@ -103,6 +110,14 @@ The model (all scores natural logs, "nats"; every term a log likelihood ratio ag
    at most ``CUT_SLACK_MM`` (15 mm, half a lumbar body): the step's length is censored to
    ``[d, d + 15 mm]``, and its score reads the ``z`` of item 3 at the point of that interval nearest
    the mean (a step short by up to 15 mm costs nothing, a longer one what it costs).
+10. **The sacrum below the chain** (``on_sacrum``, optional): the image shows the sacrum right below the
+    lowest candidate (:mod:`algorithm.sacrum`), so the chain's last member is the spine's last lumbar
+    vertebra. Its end adds ``log P(the sacrum follows its label)``: the prior's branch into the sacrum
+    (L4 0.04, L5 0.80; L6 1, whose path already paid the L5 -> L6 branch), 1 after the last lumbar label a
+    stated lumbar count (item 8) names, and at least ``sacrum_floor`` (0.02) for any other label: the
+    sacrum check taking a lumbar vertebra for S1, or a vertebra missed in between. Soft, so the 4- and
+    6-lumbar spines keep their labels; without it nothing tells a lumbar chain cut above which vertebra
+    is L5 (a VerSe lumbar scan's top cropped: L3-L5 over the sacrum labelled L2-L4).
 
 The decoder returns the exact maximiser of the total score over chains (and offsets, scales):
 Viterbi over (candidate, label) states on the ordered candidates, every skip, variant
@@ -151,7 +166,8 @@ def learned_decoder(model: Path = LEARNED_MODEL) -> ChainDecoder:
 
 def label_candidates(positions_mm: np.ndarray, scores: np.ndarray | None = None, *,
                      regions: np.ndarray | None = None, decoder: ChainDecoder | None = None,
-                     constraints: Constraints | None = None, cut: np.ndarray | None = None) -> Labelling:
+                     constraints: Constraints | None = None, cut: np.ndarray | None = None,
+                     on_sacrum: bool = False) -> Labelling:
     """Label vertebra candidates as one anatomically valid chain.
 
     ``positions_mm``: (N, 3) world mm, LPS (+z superior). Evidence, either or both:
@@ -162,16 +178,17 @@ def label_candidates(positions_mm: np.ndarray, scores: np.ndarray | None = None,
     skips) along ``order``. Raises ValueError for wrong shapes, non-finite values or no
     evidence. ``decoder`` defaults to one built on the shipped prior. ``constraints``: what the
     user knows (item 8); ValueError when no labelling satisfies them. ``cut``: (N, 2) which
-    candidates' vertebrae the field of view cuts above, below (item 9).
+    candidates' vertebrae the field of view cuts above, below (item 9). ``on_sacrum``: the sacrum lies right
+    below the lowest candidate (item 10).
     """
     return (decoder or _default_decoder()).label(positions_mm, scores, regions=regions, constraints=constraints,
-                                                 cut=cut)
+                                                 cut=cut, on_sacrum=on_sacrum)
 
 
 def decode(positions_mm: np.ndarray, scores: np.ndarray | None = None, *, regions: np.ndarray | None = None,
            decoder: ChainDecoder | None = None, constraints: Constraints | None = None,
-           cut: np.ndarray | None = None) -> np.ndarray:
+           cut: np.ndarray | None = None, on_sacrum: bool = False) -> np.ndarray:
     """(N,) VerSe labels for N candidates, 0 for a rejected one: the labels of :func:`label_candidates` (same
     arguments), without computing the confidences."""
     return (decoder or _default_decoder()).decode(positions_mm, scores, regions=regions, constraints=constraints,
-                                                  cut=cut)
+                                                  cut=cut, on_sacrum=on_sacrum)

@@ -29,8 +29,8 @@ from algorithm.labelling.curve import spine_curve
 from algorithm.labelling.evidence import OFFSET_NEIGHBOURS, RANK_TO_COLUMN, REGION_OF_RANK, validate
 from algorithm.labelling.passes import backward, forward, trace
 from algorithm.labelling.region_model import RegionModel
-from algorithm.labelling_prior import CHAIN_LABELS, LabellingPrior, load_default
-from spine.labels import LOCATE_CHANNELS
+from algorithm.labelling_prior import CHAIN_LABELS, SACRUM, LabellingPrior, load_default
+from spine.labels import LOCATE_CHANNELS, LUMBAR, allowed_next
 
 __all__ = ["ChainDecoder", "Labelling"]
 
@@ -102,6 +102,8 @@ class ChainDecoder:
     a label (item 8); ``region_calibration`` the same for region evidence alone
     (identity by default: on the VID detector's output the raw posterior's ECE is 0.03 and a
     Platt fit by cross-validation made it worse, ``bench/labelling_real.py --calibrate``).
+    ``sacrum_floor``: with the sacrum seen right below the chain's foot (``on_sacrum``, item 10), the
+    probability left to a last member the sacrum cannot follow.
     ``uncertain_below``: a case is flagged uncertain when an accepted candidate's calibrated
     confidence is below it. ``region_model``: a fitted reading of region probabilities as likelihood
     ratios (:mod:`algorithm.labelling.region_model`) in place of the ratio against ``reject_evidence``.
@@ -131,6 +133,7 @@ class ChainDecoder:
     calibration: tuple[float, float] = (1.0, 0.0)
     region_calibration: tuple[float, float] = (1.0, 0.0)
     uncertain_below: float = 0.8
+    sacrum_floor: float = 0.02
     region_model: RegionModel | None = field(default=None, repr=False, compare=False)
     context_model: ContextModel | None = field(default=None, repr=False, compare=False)
     _edges: Edges = field(init=False, repr=False, compare=False)
@@ -142,6 +145,7 @@ class ChainDecoder:
     _first: np.ndarray = field(init=False, repr=False, compare=False)
     _start: np.ndarray = field(init=False, repr=False, compare=False)
     _end: np.ndarray = field(init=False, repr=False, compare=False)
+    _sacrum_end: np.ndarray = field(init=False, repr=False, compare=False)
     _constrained_edges: dict = field(init=False, repr=False, compare=False)
 
     @property
@@ -165,6 +169,8 @@ class ChainDecoder:
         if min(self.region_weight, self.fixed_region_weight, self.end_weight) < 0 \
                 or min(self.calibration[0], self.region_calibration[0]) <= 0:
             raise ValueError("region weights and end_weight must be >= 0, the calibration slope > 0")
+        if not 0 < self.sacrum_floor < 1:
+            raise ValueError(f"sacrum_floor must be in (0, 1), got {self.sacrum_floor}")
         if not 0 < self.uncertain_below < 1:
             raise ValueError(f"uncertain_below must be in (0, 1), got {self.uncertain_below}")
         if not 0 <= self.max_skips <= 4 or self.scale_steps < 1 or self.position_sd_mm < 0 or self.max_z <= 0:
@@ -198,6 +204,7 @@ class ChainDecoder:
         object.__setattr__(self, "_first", self.end_weight * start)
         object.__setattr__(self, "_start", self._first + visit_log_probability(self.prior))
         object.__setattr__(self, "_end", self.end_weight * end)
+        object.__setattr__(self, "_sacrum_end", self._sacrum_log_probability(None))
 
     def _start_for(self, constraints: Constraints | None) -> np.ndarray:
         """(L,) log odds of a chain starting on each label: the variant prior of its first label
@@ -207,6 +214,26 @@ class ChainDecoder:
             return self._start
         facts = Constraints(lumbar=constraints.lumbar, thoracic=constraints.thoracic)
         return self._first + visit_log_probability(self.prior, facts)
+
+    def _sacrum_log_probability(self, lumbar: int | None) -> np.ndarray:
+        """(L,) log P(the sacrum follows a chain's last label l) (item 10): the prior's branch into the sacrum
+        (L4, L5; 1 after L6), or with ``lumbar`` stated 1 after that spine's last lumbar label; at least
+        ``sacrum_floor``."""
+        follows = np.zeros(len(CHAIN_LABELS))
+        for rank, label in enumerate(CHAIN_LABELS):
+            if lumbar is not None:
+                follows[rank] = float(label == LUMBAR[lumbar - 1])
+            elif SACRUM in allowed_next(label):
+                follows[rank] = self.prior.branch_probability(label, SACRUM)
+        return np.log(np.maximum(follows, self.sacrum_floor))
+
+    def _end_for(self, constraints: Constraints | None, on_sacrum: bool) -> np.ndarray:
+        """(L,) log odds of a chain ending on each label: ``end_weight`` times the prior's chain-end log odds
+        (item 6), with ``on_sacrum`` plus the log probability that the sacrum follows (item 10)."""
+        if not on_sacrum:
+            return self._end
+        lumbar = constraints.lumbar if constraints is not None else None
+        return self._end + (self._sacrum_end if lumbar is None else self._sacrum_log_probability(lumbar))
 
     def _edges_for(self, constraints: Constraints | None) -> Edges:
         """The label paths of the stated spine (module docstring, item 8); all of them without facts."""
@@ -290,13 +317,15 @@ class ChainDecoder:
 
     def _tables(self, positions: np.ndarray, tangents: np.ndarray, evidence: np.ndarray | None,
                 regions: np.ndarray | None, offsets: tuple[int, ...], constraints: Constraints | None = None,
-                fixed: dict[int, int] | None = None, cut: np.ndarray | None = None) -> Tables:
+                fixed: dict[int, int] | None = None, cut: np.ndarray | None = None,
+                on_sacrum: bool = False) -> Tables:
         """Emission ratios (H, N, L) in chain-rank order per hypothesis (offset, scale) and the feasible
         steps of the ordered candidates, their scores (H, F) repeated over the offsets.
 
         ``tangents`` (N, 3): unit direction of the spine curve at each candidate, head to foot.
         ``constraints`` and ``fixed`` ({ordered candidate index: chain rank}): item 8 of the module
         docstring, as impossible emissions, starts and ends, and as steps left out. ``cut`` (N, 2): item 9.
+        ``on_sacrum``: item 10.
         """
         n = len(positions)
         n_offsets, n_scales = len(offsets), len(self._log_scales)
@@ -304,7 +333,7 @@ class ChainDecoder:
                              axis=0)  # (O*S, N, L)
         e = self._edges_for(constraints)
         start = np.tile(self._start_for(constraints), (n, 1))
-        end = np.tile(self._end, (n, 1))
+        end = np.tile(self._end_for(constraints, on_sacrum), (n, 1))
         pair_j, pair_i = pairs(n)
         if constraints is not None:
             allowed = np.ones((n, N_LABELS), dtype=bool)
@@ -373,15 +402,17 @@ class ChainDecoder:
 
     def label(self, positions_mm: np.ndarray, scores: np.ndarray | None = None, *,
               regions: np.ndarray | None = None, constraints: Constraints | None = None,
-              cut: np.ndarray | None = None) -> Labelling:
+              cut: np.ndarray | None = None, on_sacrum: bool = False) -> Labelling:
         """Label N candidates, with posterior confidences: see :func:`algorithm.labelling.label_candidates`."""
-        return self._decode(positions_mm, scores, regions, posterior=True, constraints=constraints, cut=cut)
+        return self._decode(positions_mm, scores, regions, posterior=True, constraints=constraints, cut=cut,
+                            on_sacrum=on_sacrum)
 
     def decode(self, positions_mm: np.ndarray, scores: np.ndarray | None = None, *,
                regions: np.ndarray | None = None, constraints: Constraints | None = None,
-               cut: np.ndarray | None = None) -> np.ndarray:
+               cut: np.ndarray | None = None, on_sacrum: bool = False) -> np.ndarray:
         """(N,) VerSe labels, 0 for rejected candidates: the Viterbi labelling alone (no posterior)."""
-        return self._decode(positions_mm, scores, regions, posterior=False, constraints=constraints, cut=cut).labels
+        return self._decode(positions_mm, scores, regions, posterior=False, constraints=constraints, cut=cut,
+                            on_sacrum=on_sacrum).labels
 
     def calibrate(self, posterior: np.ndarray, *, regions_only: bool = False) -> np.ndarray:
         """``sigmoid(a logit(p) + b)`` with ``(a, b) = calibration`` (``region_calibration`` for
@@ -393,7 +424,8 @@ class ChainDecoder:
         return 1.0 / (1.0 + np.exp(-(a * (np.log(p) - np.log1p(-p)) + b)))
 
     def _decode(self, positions_mm: np.ndarray, scores: np.ndarray | None, regions: np.ndarray | None, *,
-                posterior: bool, constraints: Constraints | None = None, cut: np.ndarray | None = None) -> Labelling:
+                posterior: bool, constraints: Constraints | None = None, cut: np.ndarray | None = None,
+                on_sacrum: bool = False) -> Labelling:
         """The MAP labelling and, with ``posterior``, its calibrated marginal confidences (else nan)."""
         positions, evidence, region_evidence = validate(positions_mm, scores, regions)
         cut = _cut_flags(cut, len(positions))
@@ -411,7 +443,7 @@ class ChainDecoder:
                               None if evidence is None else evidence[order],
                               None if region_evidence is None else region_evidence[order], offsets, constraints,
                               {int(sorted_index[k]): CHAIN_LABELS.index(v) for k, v in fixed.items()},
-                              cut=cut[order])
+                              cut=cut[order], on_sacrum=on_sacrum)
         with np.errstate(divide="ignore"):  # log(0) of underflowed sums is -inf, as it should be
             best, alpha = forward(tables, posterior=posterior)
             beta = backward(tables) if posterior else None
@@ -457,7 +489,7 @@ class ChainDecoder:
 
     def score(self, positions_mm: np.ndarray, scores: np.ndarray | None, labels: np.ndarray, *,
               regions: np.ndarray | None = None, paths: str = "max", constraints: Constraints | None = None,
-              cut: np.ndarray | None = None) -> float:
+              cut: np.ndarray | None = None, on_sacrum: bool = False) -> float:
         """The model's log score (nats) of a given labelling: what :meth:`label` maximises.
 
         ``labels`` (N,): VerSe ids or 0 (rejected). Sum of the accepted candidates' evidence
@@ -470,7 +502,7 @@ class ChainDecoder:
         labelling the model does not allow (repeated or out-of-order labels, impossible
         steps); 0 with ``"max"`` when every candidate is rejected (one scale). With ``constraints``: the
         score under the stated spine (its label paths and conditioned variant branches, item 8), -inf
-        for a labelling that breaks a constraint.
+        for a labelling that breaks a constraint. ``on_sacrum``: item 10.
         """
         positions, evidence, region_evidence = validate(positions_mm, scores, regions)
         cut = _cut_flags(cut, len(positions))
@@ -496,7 +528,8 @@ class ChainDecoder:
         ranks = [rank_of[int(labels[k])] for k in members]
         emission = self._emissions(positions, evidence, region_evidence, offsets,
                                    bool(fixed))[:, members, ranks].sum(axis=1)
-        total = np.full(n_scales, self._start_for(constraints or None)[ranks[0]] + self._end[ranks[-1]])
+        total = np.full(n_scales, self._start_for(constraints or None)[ranks[0]]
+                        + self._end_for(constraints or None, on_sacrum)[ranks[-1]])
         e = self._edges_for(constraints or None)
         for (j, a), (i, b) in zip(zip(members[:-1], ranks[:-1], strict=True),
                                   zip(members[1:], ranks[1:], strict=True), strict=True):
