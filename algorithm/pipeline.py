@@ -291,6 +291,8 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
         details["label"]["constraints"] = _constraint_report(candidates, labelling.labels, options)
     if candidates.anchor is not None:
         details["label"]["anchor"] = f"skull base: {candidates.anchor}"
+    if candidates.on_sacrum:
+        details["label"]["foot"] = "rests on the sacrum: the lowest vertebra is the last lumbar"
     if labelling.uncertain:
         log.warning("label: labelling uncertain (best and runner-up labellings close); check the levels")
     if not vertebrae:

@@ -67,6 +67,30 @@ def test_the_bundled_sacrum_model_finds_s1_on_the_example_ct() -> None:
     s1 = l5 + np.array([0.0, 9.0, -25.0])  # the sacrum's top body, below and behind L5 (the pipeline's S1 candidate)
     flags = sacrum.sacral(case.ct, np.array([l4, l5, s1]), models.outliner, models.sacrum)
     assert flags.tolist() == [False, False, True]
+    assert sacrum.rests_on_sacrum(np.array([l4, l5, s1]), flags)  # S1 25 mm under L5: nothing fits between
+
+
+def test_verse014_cut_above_ends_on_l5_over_the_sacrum() -> None:
+    """Real CT, bundled models: verse014 with its top cropped (export.reformat) shows L3-L5 over the sacrum and
+    nothing to count from above. The sacrum check takes S1 out of the chain; the chain then rests on it, and
+    the decoder ends it on L5 (it named the three L2-L4 before the decoder's item 10)."""
+    from test_support import shared_data
+
+    from algorithm.detect import detect_spine
+    from algorithm.pipeline import Options, label_stage, locate_stage
+    from export.reformat import reformats
+
+    shared_data("verse-sub-verse014")
+    case = find_real_cases(["verse-sub-verse014"])[0].load()
+    ((_, cropped),) = reformats(case, ["top-cropped"])
+    assert sorted(cropped.centroids_mm) == [22, 23, 24]
+    models = load_models(ModelSource(find_model_dir().directory, "test"), device="cpu")
+    candidates = locate_stage(cropped.ct, detect_spine(cropped.ct, models.detect), models, Options())
+    assert candidates.on_sacrum
+    labels = label_stage(candidates, Options()).labels
+    lowest = int(np.argmin(candidates.positions_mm[:, 2]))
+    assert labels[lowest] == 24
+    assert np.linalg.norm(candidates.positions_mm[lowest] - cropped.centroids_mm[24]) < 15.0
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available")  # the pretence
