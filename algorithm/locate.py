@@ -105,21 +105,24 @@ class Candidates:
         combined = blended * region_likelihood(self.ribs)
         return combined / combined.sum(axis=1, keepdims=True)
 
-    def with_fixed(self, label: int, position_mm: np.ndarray) -> Candidates:
-        """These candidates and one more in front, at ``position_mm``, fixed as ``label``: a vertebra the image
-        places by other means than the network (C1 under the skull base), so it carries no heatmap evidence,
-        no cut and no ribs seen."""
+    def with_point(self, position_mm: np.ndarray) -> Candidates:
+        """These candidates and one more in front, at ``position_mm``: a vertebra the image places by other means
+        than the network (C1 under the skull base, C2 under it), so it carries no heatmap evidence, no cut and
+        no ribs seen."""
         point = np.asarray(position_mm, dtype=np.float64).reshape(1, 3)
         ribs = self.ribs
         if ribs is not None:
             ribs = replace(ribs, reach_mm=np.vstack([np.zeros((1, 2)), ribs.reach_mm]),
                            seen=np.vstack([np.zeros((1, 2), dtype=bool), ribs.seen]))
-        return Candidates(np.vstack([point, self.positions_mm]),
-                          np.vstack([np.zeros((1, self.scores.shape[1]), dtype=self.scores.dtype), self.scores]),
-                          np.concatenate([[0.0], self.peak]), ribs=ribs,
-                          cut=None if self.cut is None else np.vstack([np.zeros((1, 2), dtype=bool), self.cut]),
-                          anchor=Fix(label, tuple(float(v) for v in point[0])),  # type: ignore[arg-type]
-                          on_sacrum=self.on_sacrum)
+        return replace(self, positions_mm=np.vstack([point, self.positions_mm]),
+                       scores=np.vstack([np.zeros((1, self.scores.shape[1]), dtype=self.scores.dtype), self.scores]),
+                       peak=np.concatenate([[0.0], self.peak]), ribs=ribs,
+                       cut=None if self.cut is None else np.vstack([np.zeros((1, 2), dtype=bool), self.cut]))
+
+    def with_fixed(self, label: int, position_mm: np.ndarray) -> Candidates:
+        """:meth:`with_point`, the new candidate fixed as ``label`` (the decoder takes it as a user's fix)."""
+        added = self.with_point(position_mm)
+        return replace(added, anchor=Fix(label, tuple(float(v) for v in added.positions_mm[0])))  # type: ignore[arg-type]
 
     @classmethod
     def empty(cls) -> Candidates:

@@ -42,7 +42,7 @@ from algorithm.report import StageTimer, versions
 from algorithm.ribs import rib_evidence
 from algorithm.sacrum import rests_on_sacrum, sacral
 from algorithm.segment import BONE_FLOOR, SEGMENT_FLOOR, segment_vertebrae
-from algorithm.skull import anchor, find_skull_base
+from algorithm.skull import anchor, find_skull_base, missing_c2
 from spine.gc import Point, points_document
 from spine.image import Geometry, image_from_array, resample_onto
 from spine.labels import EVALUATED, MAX_LABEL, name_of
@@ -381,8 +381,8 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
     (:mod:`algorithm.ribs`); with ``options.sacrum_check`` and a
     sacrum model, without the sacrum's S1 and what lies below it, and knowing whether the chain rests on it
     (:mod:`algorithm.sacrum`); with
-    ``options.skull_anchor`` and a skull-base model, without what lies above the skull base and with C1 fixed
-    under it (:mod:`algorithm.skull`)."""
+    ``options.skull_anchor`` and a skull-base model, without what lies above the skull base, with C1 fixed
+    under it and C2 placed under C1 where no candidate holds it (:mod:`algorithm.skull`)."""
     options = options or Options()
     if detection.box is None:
         return Candidates.empty()
@@ -394,7 +394,11 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
     if options.skull_anchor and models.skull is not None and len(candidates):
         keep, c1 = anchor(candidates.positions_mm, find_skull_base(image, models.skull, detection.box))
         if c1 is not None:
-            candidates = _subset(candidates, keep).with_fixed(1, c1)
+            candidates = _subset(candidates, keep)
+            c2 = missing_c2(c1, candidates.positions_mm)
+            if c2 is not None:
+                candidates = candidates.with_point(c2)
+            candidates = candidates.with_fixed(1, c1)
     if options.rib_evidence and options.region_evidence and len(candidates):
         candidates = replace(candidates, ribs=rib_evidence(image, candidates.positions_mm))
     return candidates

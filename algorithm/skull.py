@@ -14,6 +14,11 @@ foramen magnum over the top of the CT. Where its peak reaches the model's ``peak
    ``--fix`` would fix it (the decoder keeps the rest of the chain consistent with it: spacing, skipped
    levels). Candidates within :data:`C1_CLEAR_MM` of that point are C1 itself and give way to it: C1's
    ring has no body for the outlines to centre on, and the locate network often misses it.
+3. C2 lies one C1-C2 step under C1 (:data:`C2_OFFSET_MM`). Where no candidate lies within :data:`C2_SEEN_MM` of
+   that point, the outlines missed it (its body and dens sit inside C1's ring at 3.5-5 mm pixels) and the
+   vertebra below took its place: a candidate goes there (:func:`missing_c2`), without level evidence and not
+   fixed, for the decoder to weigh like any other. On 11 of the 52 annotated OpenKBP ``dev`` and ``fit`` CTs no
+   candidate lay within 12 mm of C2's point, and 8 of those chains came out one level low from C2 down.
 
 A CT without a skull (chest, abdomen, lumbar scans) leaves the model's peak low and the chain alone. A CT cut
 just under the skull base can raise it to 0.5 at its top edge (the dev CTs with the head cleared away 20 mm
@@ -35,8 +40,9 @@ from algorithm.models import StageModel
 from spine.image import Geometry
 from spine.preprocess import model_grid, zyx_to_world
 
-__all__ = ["ABOVE_MM", "BONE_HU", "BONE_RADIUS_MM", "C1_CLEAR_MM", "C1_OFFSET_MM", "CONTEXT_MM", "MIN_BONE_ML",
-           "SkullBase", "anchor", "bone_above_ml", "find_skull_base", "search_grid"]
+__all__ = ["ABOVE_MM", "BONE_HU", "BONE_RADIUS_MM", "C1_CLEAR_MM", "C1_OFFSET_MM", "C2_OFFSET_MM", "C2_SEEN_MM",
+           "CONTEXT_MM", "MIN_BONE_ML", "SkullBase", "anchor", "bone_above_ml", "find_skull_base", "missing_c2",
+           "search_grid"]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +53,17 @@ C1_OFFSET_MM = np.array([0.0, -7.0, -7.5])
 """C1's centre relative to the model's foramen magnum point, LPS (x, y, z) mm: the median over the 28 annotated
 OpenKBP ``fit`` CTs (sd 0.7, 3.4, 3.8 mm; over the 24 ``dev`` CTs, which the model did not see, 0, -5.4,
 -6.2 mm)."""
-C1_CLEAR_MM = 8.0
-"""Candidates this close to the placed C1 are C1 (C1 to C2 centres: 11-16 mm on the annotated CTs)."""
+C1_CLEAR_MM = 10.0
+"""Candidates this close to the placed C1 are C1 (C1 to C2 centres: 10.7-19.2 mm apart on the 36 annotated OpenKBP
+``dev`` and ``fit`` CTs with both). At 8 mm, a candidate on fit pt_33's C1, 9.4 mm from the placed point (3.5 mm
+lower, 8.7 mm beside it), stayed, took C2's label, and every level below came out one too high."""
+C2_OFFSET_MM = np.array([0.0, -7.5, -12.5])
+"""C2's centre relative to C1's, LPS (x, y, z) mm: the median over the 21 annotated OpenKBP ``fit`` CTs with both
+(sd 0.9, 1.5, 2.3 mm). Added to the placed C1 it lies 1.6-11.4 mm from the annotated C2 on the 36 ``dev`` and
+``fit`` CTs with one, and nearer to it than to C1 or C3 on every one."""
+C2_SEEN_MM = 12.0
+"""A candidate this close to C2's point under the placed C1 is taken for C2 (the point lies up to 11.4 mm from the
+annotated C2)."""
 BONE_HU = 300.0
 BONE_RADIUS_MM = 40.0
 MIN_BONE_ML = 4.0
@@ -150,3 +165,15 @@ def anchor(positions_mm: np.ndarray, base: SkullBase) -> tuple[np.ndarray, np.nd
     log.info("skull base: C1 placed at %s mm; %d candidate(s) above the skull base and %d at C1 give way",
              np.round(c1, 1).tolist(), int((~below).sum()), int((below & at_c1).sum()))
     return keep, c1
+
+
+def missing_c2(c1_mm: np.ndarray, positions_mm: np.ndarray, *, seen_mm: float = C2_SEEN_MM) -> np.ndarray | None:
+    """C2's point under a placed C1 (LPS mm) when no candidate lies within ``seen_mm`` of it, else None (module
+    docstring, item 3)."""
+    point = np.asarray(c1_mm, dtype=np.float64) + C2_OFFSET_MM
+    positions = np.asarray(positions_mm, dtype=np.float64).reshape(-1, 3)
+    if len(positions) and float(np.linalg.norm(positions - point, axis=1).min()) <= seen_mm:
+        return None
+    log.info("skull base: no candidate within %.0f mm of C2's point under C1; one goes at %s mm", seen_mm,
+             np.round(point, 1).tolist())
+    return point

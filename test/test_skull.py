@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from algorithm.labelling.constraints import Constraints, Fix
-from algorithm.skull import ABOVE_MM, C1_CLEAR_MM, C1_OFFSET_MM, SkullBase, anchor
+from algorithm.skull import ABOVE_MM, C1_CLEAR_MM, C1_OFFSET_MM, C2_OFFSET_MM, C2_SEEN_MM, SkullBase, anchor, missing_c2
 from export.real_cases import openkbp_cases, shared_data_dir
 
 BASE = SkullBase(0.9, np.array([10.0, 20.0, 300.0]), True)
@@ -73,6 +73,35 @@ def test_placed_c1_heads_the_chain_and_the_levels_follow() -> None:
     assert len(candidates) == 7 and candidates.anchor == Fix(1, tuple(C1))
     labelling = label_stage(candidates, Options())
     assert list(labelling.labels) == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_c2_goes_under_c1_only_where_no_candidate_holds_it() -> None:
+    c2 = C1 + C2_OFFSET_MM
+    below = _neck(c2[2] - 18.0, n=4)
+    assert np.allclose(missing_c2(C1, below), c2)  # type: ignore[arg-type]
+    assert missing_c2(C1, np.vstack([c2 + np.array([0.0, 5.0, -C2_SEEN_MM + 6.0]), below])) is None
+    assert missing_c2(C1, np.vstack([c2 + np.array([0.0, 0.0, -C2_SEEN_MM - 0.5]), below])) is not None
+    assert np.allclose(missing_c2(C1, np.zeros((0, 3))), c2)  # type: ignore[arg-type]
+
+
+def test_a_missed_c2_no_longer_shifts_the_neck() -> None:
+    """Real decoder, no level evidence: C1 placed, the outlines missed C2 and found C3-C7, the first 26 mm under
+    C1 (real OpenKBP fit pt_35; pt_41 and pt_58 alike). Without C2's point the vertebra under C1 is named C2 and
+    each below one level high; with it, C3-C7 keep their names."""
+    from algorithm.locate import Candidates
+    from algorithm.pipeline import Options, label_stage
+    from spine.labels import LOCATE_CHANNELS
+
+    positions = np.array([[C1[0], C1[1] - 8.0, C1[2] - 26.0 - 16.0 * k] for k in range(5)])  # C3..C7
+    scores = np.full((5, len(LOCATE_CHANNELS)), 0.01, dtype=np.float32)
+    bare = Candidates(positions, scores, np.full(5, 0.01))
+    shifted = label_stage(bare.with_fixed(1, C1), Options()).labels
+    assert list(shifted) == [1, 2, 3, 4, 5, 6]
+    point = missing_c2(C1, positions)
+    assert point is not None
+    candidates = bare.with_point(point).with_fixed(1, C1)
+    assert candidates.anchor == Fix(1, tuple(C1)) and not candidates.scores[1].any() and candidates.peak[1] == 0
+    assert list(label_stage(candidates, Options()).labels) == [1, 2, 3, 4, 5, 6, 7]
 
 
 def test_a_users_fix_wins_over_the_anchor() -> None:
