@@ -42,7 +42,7 @@ from algorithm.report import StageTimer, versions
 from algorithm.ribs import rib_evidence
 from algorithm.sacrum import rests_on_sacrum, sacral
 from algorithm.segment import BONE_FLOOR, SEGMENT_FLOOR, segment_vertebrae
-from algorithm.skull import anchor, find_skull_base, missing_c2
+from algorithm.skull import above_the_neck, anchor, find_skull_base, missing_c2, neck_detection
 from spine.gc import Point, points_document
 from spine.image import Geometry, image_from_array, resample_onto
 from spine.labels import EVALUATED, MAX_LABEL, name_of
@@ -382,7 +382,8 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
     sacrum model, without the sacrum's S1 and what lies below it, and knowing whether the chain rests on it
     (:mod:`algorithm.sacrum`); with
     ``options.skull_anchor`` and a skull-base model, without what lies above the skull base, with C1 fixed
-    under it and C2 placed under C1 where no candidate holds it (:mod:`algorithm.skull`)."""
+    under it and C2 placed under C1 where no candidate holds it, and looked for again under it where every
+    candidate lies above it (:mod:`algorithm.skull`)."""
     options = options or Options()
     if detection.box is None:
         return Candidates.empty()
@@ -392,7 +393,10 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
         candidates = replace(_subset(candidates, ~found),
                              on_sacrum=rests_on_sacrum(candidates.positions_mm, found))
     if options.skull_anchor and models.skull is not None and len(candidates):
-        keep, c1 = anchor(candidates.positions_mm, find_skull_base(image, models.skull, detection.box))
+        base = find_skull_base(image, models.skull, detection.box)
+        if above_the_neck(candidates.positions_mm, base):
+            candidates = _candidates(image, neck_detection(base), models, options)
+        keep, c1 = anchor(candidates.positions_mm, base)
         if c1 is not None:
             candidates = _subset(candidates, keep)
             c2 = missing_c2(c1, candidates.positions_mm)

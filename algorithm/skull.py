@@ -20,6 +20,12 @@ foramen magnum over the top of the CT. Where its peak reaches the model's ``peak
    fixed, for the decoder to weigh like any other. On 11 of the 52 annotated OpenKBP ``dev`` and ``fit`` CTs no
    candidate lay within 12 mm of C2's point, and 8 of those chains came out one level low from C2 down.
 
+Where every candidate lies above a skull base that was found, the detect stage's box missed the neck (on two
+``fit`` CTs it sat on the back of the skull, C2 outside it, and the locate network put all its candidates in
+the skull and the face): the locate stage looks again in a box hung under the foramen magnum
+(:func:`neck_detection`), where the annotated bodies of C1-T3 lie on the 52 annotated OpenKBP CTs
+(:data:`NECK_LOW_MM`, :data:`NECK_HIGH_MM`).
+
 A CT without a skull (chest, abdomen, lumbar scans) leaves the model's peak low and the chain alone. A CT cut
 just under the skull base can raise it to 0.5 at its top edge (the dev CTs with the head cleared away 20 mm
 under C1: 0.01-0.50); there the point has no skull above it, so a skull base also needs :data:`MIN_BONE_ML` of
@@ -35,14 +41,14 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from algorithm.detect import SpineBox, crop_grid, resample_ct, run_on_grid
+from algorithm.detect import Detection, SpineBox, crop_grid, resample_ct, run_on_grid
 from algorithm.models import StageModel
 from spine.image import Geometry
 from spine.preprocess import model_grid, zyx_to_world
 
 __all__ = ["ABOVE_MM", "BONE_HU", "BONE_RADIUS_MM", "C1_CLEAR_MM", "C1_OFFSET_MM", "C2_OFFSET_MM", "C2_SEEN_MM",
-           "CONTEXT_MM", "MIN_BONE_ML", "SkullBase", "anchor", "bone_above_ml", "find_skull_base", "missing_c2",
-           "search_grid"]
+           "CONTEXT_MM", "MIN_BONE_ML", "NECK_HIGH_MM", "NECK_LOW_MM", "SkullBase", "above_the_neck", "anchor",
+           "bone_above_ml", "find_skull_base", "missing_c2", "neck_detection", "search_grid"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,12 @@ C2_OFFSET_MM = np.array([0.0, -7.5, -12.5])
 C2_SEEN_MM = 12.0
 """A candidate this close to C2's point under the placed C1 is taken for C2 (the point lies up to 11.4 mm from the
 annotated C2)."""
+NECK_LOW_MM = np.array([-45.0, -60.0, -200.0])
+NECK_HIGH_MM = np.array([45.0, 50.0, ABOVE_MM + 8.0])
+"""The box under the foramen magnum (LPS offsets, mm) where :func:`neck_detection` looks for the neck: the
+annotated bodies of C1-T3 lie -7..7 (x), -27..29 (y), -150..3 (z) mm from the skull-base model's point on the
+52 annotated OpenKBP ``dev`` and ``fit`` CTs; the margins leave the locate network and the outlines context."""
+NECK_AXIS_STEP_MM = 8.0
 BONE_HU = 300.0
 BONE_RADIUS_MM = 40.0
 MIN_BONE_ML = 4.0
@@ -177,3 +189,24 @@ def missing_c2(c1_mm: np.ndarray, positions_mm: np.ndarray, *, seen_mm: float = 
     log.info("skull base: no candidate within %.0f mm of C2's point under C1; one goes at %s mm", seen_mm,
              np.round(point, 1).tolist())
     return point
+
+
+def above_the_neck(positions_mm: np.ndarray, base: SkullBase) -> bool:
+    """Whether a skull base was found and every candidate lies more than :data:`ABOVE_MM` above it (none given:
+    False): then the spine box missed the neck (module docstring)."""
+    positions = np.asarray(positions_mm, dtype=np.float64).reshape(-1, 3)
+    return bool(base.found and len(positions) and np.all(positions[:, 2] > base.point_mm[2] + ABOVE_MM))
+
+
+def neck_detection(base: SkullBase) -> Detection:
+    """A spine box hung under the foramen magnum (:data:`NECK_LOW_MM`, :data:`NECK_HIGH_MM`), its axis straight
+    down from the point every :data:`NECK_AXIS_STEP_MM`: where the locate stage looks again when the detect
+    stage's box missed the neck."""
+    point = np.asarray(base.point_mm, dtype=np.float64)
+    low, high = point + NECK_LOW_MM, point + NECK_HIGH_MM
+    heights = np.arange(point[2], low[2], -NECK_AXIS_STEP_MM)
+    axis = np.column_stack([np.full_like(heights, point[0]), np.full_like(heights, point[1]), heights])
+    box = SpineBox(tuple(float(v) for v in low), tuple(float(v) for v in high))  # type: ignore[arg-type]
+    log.warning("skull base: every candidate lies above the foramen magnum at %s mm: the spine box missed the "
+                "neck; looking again under it", np.round(point, 1).tolist())
+    return Detection(box, "under the skull base", base.peak, 0.0, axis)

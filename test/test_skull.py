@@ -8,7 +8,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from algorithm.labelling.constraints import Constraints, Fix
-from algorithm.skull import ABOVE_MM, C1_CLEAR_MM, C1_OFFSET_MM, C2_OFFSET_MM, C2_SEEN_MM, SkullBase, anchor, missing_c2
+from algorithm.skull import (
+    ABOVE_MM,
+    C1_CLEAR_MM,
+    C1_OFFSET_MM,
+    C2_OFFSET_MM,
+    C2_SEEN_MM,
+    SkullBase,
+    above_the_neck,
+    anchor,
+    missing_c2,
+    neck_detection,
+)
 from export.real_cases import openkbp_cases, shared_data_dir
 
 BASE = SkullBase(0.9, np.array([10.0, 20.0, 300.0]), True)
@@ -102,6 +113,39 @@ def test_a_missed_c2_no_longer_shifts_the_neck() -> None:
     candidates = bare.with_point(point).with_fixed(1, C1)
     assert candidates.anchor == Fix(1, tuple(C1)) and not candidates.scores[1].any() and candidates.peak[1] == 0
     assert list(label_stage(candidates, Options()).labels) == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_chain_wholly_above_a_found_skull_base_sends_locate_under_it() -> None:
+    skull = [BASE.point_mm + np.array([30.0, 10.0, ABOVE_MM + 10.0 * k + 1.0]) for k in range(3)]
+    assert above_the_neck(np.array(skull), BASE)
+    assert not above_the_neck(np.vstack([*skull, C1]), BASE)  # one candidate under it: the box held the neck
+    assert not above_the_neck(np.array(skull), SkullBase(0.1, BASE.point_mm, False))
+    assert not above_the_neck(np.zeros((0, 3)), BASE)
+    neck = neck_detection(BASE)
+    assert neck.box is not None
+    low, high = np.array(neck.box.low_mm), np.array(neck.box.high_mm)
+    # where the annotated C1-T3 bodies lie under the model's point on the 52 annotated OpenKBP CTs
+    for offset in ([-7.0, -27.0, -150.0], [7.0, 29.0, 3.0]):
+        assert np.all(low < BASE.point_mm + offset) and np.all(BASE.point_mm + offset < high)
+    assert np.all(np.diff(neck.axis_mm[:, 2]) < 0) and np.allclose(neck.axis_mm[:, :2], BASE.point_mm[:2])
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared OpenKBP CTs (../shared/data)")
+def test_a_spine_box_on_the_back_of_the_skull_is_hung_under_the_foramen_magnum() -> None:
+    """Real OpenKBP CT fit pt_49, bundled models: the detect stage's box sat on the back of the skull and the
+    locate network put every candidate in the skull and the face, 30-80 mm from C1 (id 0). Looked for again
+    under the foramen magnum, C1 and C2 are found within 10 mm of the annotation and labelled."""
+    from algorithm.detect import detect_spine
+    from algorithm.pipeline import Options, label_stage, locate_stage
+
+    (case,) = [c for c in openkbp_cases("fit") if c.name == "openkbp-pt_49"]
+    real = case.load()
+    models = _bundled_models()
+    candidates = locate_stage(real.ct, detect_spine(real.ct, models.detect), models, Options())
+    labels = label_stage(candidates, Options()).labels
+    for level in (1, 2):
+        (k,) = np.flatnonzero(labels == level)
+        assert np.linalg.norm(candidates.positions_mm[k] - real.centroids_mm[level]) < 10.0, level
 
 
 def test_a_users_fix_wins_over_the_anchor() -> None:
