@@ -19,6 +19,7 @@ from algorithm.measure import (
     BodyMeasure,
     Heights,
     _run_length,
+    bodies_overlap,
     csv_text,
     genant,
     measure_case,
@@ -313,3 +314,35 @@ def test_a_failing_measurement_costs_the_case_nothing_but_its_measurements(monke
     assert pipeline.measure_result(result, ct) == []
     assert result.details["measurements"]["error"] == "ValueError: a bug"
     assert "no body measurements" in caplog.text
+
+
+def test_two_bodies_overlap_when_their_half_heights_exceed_the_distance_between_centres() -> None:
+    a, b = np.array([0.0, 0.0, 0.0]), np.array([0.0, 3.0, 28.0])  # 28.2 mm apart
+    assert not bodies_overlap(27.0, 28.0, a, b)  # 27.5 of half-heights
+    assert bodies_overlap(21.4, 35.5, a, b)  # 28.45
+    assert bodies_overlap(28.0, 27.0, b, a) == bodies_overlap(27.0, 28.0, a, b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(heights=st.tuples(st.floats(5.0, 50.0), st.floats(5.0, 50.0)), gap=st.floats(5.0, 60.0),
+       scale=st.floats(0.5, 2.0))
+def test_property_overlap_is_symmetric_and_scale_free(heights: tuple[float, float], gap: float, scale: float) -> None:
+    a, b = np.zeros(3), np.array([0.0, 0.0, gap])
+    flagged = bodies_overlap(*heights, a, b)
+    assert flagged == ((heights[0] + heights[1]) / 2 > gap) == bodies_overlap(heights[1], heights[0], b, a)
+    assert bodies_overlap(heights[0] * scale, heights[1] * scale, a, b * scale) == flagged
+
+
+def test_overlapping_bodies_are_not_graded_nor_a_reference() -> None:
+    """The phantom's L1 (a 33 % wedge, grade 2) between T12 and L2: with L2's centre given 12 mm under L1's (a
+    mask or centre no CT holds) the two overlap: neither is graded; T12, whose centre stays, is not flagged."""
+    ct, labels, centres, reference = _small_phantom()
+    assert not any("overlaps_neighbour" in m.flags for m in reference.values())
+    assert reference[20].grade == 2
+    squeezed = dict(centres)
+    squeezed[21] = centres[20] + (centres[21] - centres[20]) * 12.0 / np.linalg.norm(centres[21] - centres[20])
+    measures = {m.label: m for m in measure_case(sitk.GetArrayViewFromImage(ct), sitk.GetArrayViewFromImage(labels),
+                                                 Geometry.of(ct), centroids_mm=squeezed)}
+    assert "overlaps_neighbour" in measures[21].flags and measures[21].grade is None
+    assert "overlaps_neighbour" in measures[20].flags and measures[20].grade is None
+    assert "overlaps_neighbour" not in measures[19].flags
