@@ -576,27 +576,29 @@ def _overlap_checked(measure: BodyMeasure, measures: Mapping[int, BodyMeasure],
     labels beside it in anatomical order, not cut by the field of view) :func:`bodies_overlap`."""
     if measure.heights is None or measure.label not in points:
         return measure
-    rank = anatomical_rank(measure.label)
     height = max(measure.heights.as_tuple())
-    for label, other in measures.items():
-        if (label == measure.label or label not in points or abs(anatomical_rank(label) - rank) > 1
-                or _nearer_between(label, measure.label, measures) or other.heights is None
-                or "fov_cut" in other.flags):
-            continue
-        if bodies_overlap(height, max(other.heights.as_tuple()), points[measure.label], points[label]):
+    for label, other in _neighbours(measure.label, measures, excluding={"fov_cut"}).items():
+        if label in points and bodies_overlap(height, max(other.heights.as_tuple()),  # type: ignore[union-attr]
+                                              points[measure.label], points[label]):
             return replace(measure, grade=None, kind="", flags=(*measure.flags, "overlaps_neighbour"))
     return measure
+
+
+def _neighbours(label: int, measures: Mapping[int, BodyMeasure], *, excluding: set[str]) -> dict[int, BodyMeasure]:
+    """The measured labels beside ``label`` in anatomical order (none measured between them) with heights and
+    none of the flags in ``excluding``."""
+    rank = anatomical_rank(label)
+    return {other: m for other, m in measures.items()
+            if other != label and abs(anatomical_rank(other) - rank) <= 1
+            and not _nearer_between(other, label, measures) and m.heights is not None and not excluding & set(m.flags)}
 
 
 def _with_neighbours(measure: BodyMeasure, measures: Mapping[int, BodyMeasure],
                      confidences: Mapping[int, float] | None) -> BodyMeasure:
     """``measure`` with its neighbour ratios, its grade with the crush loss, its label confidence, and no grade
     where that confidence is under :data:`HIGH_CONFIDENCE` (flag ``low_confidence``)."""
-    rank = anatomical_rank(measure.label)
-    neighbours = [m.heights for label, m in measures.items()
-                  if label != measure.label and abs(anatomical_rank(label) - rank) <= 1
-                  and not _nearer_between(label, measure.label, measures)
-                  and m.heights is not None and not {"fov_cut", "thick_slices", "overlaps_neighbour"} & set(m.flags)]
+    neighbours = [m.heights for m in _neighbours(measure.label, measures,
+                                                  excluding={"fov_cut", "thick_slices", "overlaps_neighbour"}).values()]
     confidence = None if confidences is None else confidences.get(measure.label)
     ratios, (grade, kind, loss) = None, (measure.grade, measure.kind, measure.loss)
     if measure.heights is not None and neighbours:

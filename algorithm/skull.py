@@ -167,10 +167,10 @@ def anchor(positions_mm: np.ndarray, base: SkullBase) -> tuple[np.ndarray, np.nd
     everything = np.ones(len(positions), dtype=bool)
     if not base.found:
         return everything, None
-    below = positions[:, 2] <= base.point_mm[2] + ABOVE_MM
-    if len(positions) and not below.any():  # a chain wholly above a skull base: the skull base is misread
+    if above_the_neck(positions, base):  # even looked for under it (locate_stage): the skull base is misread
         log.warning("skull base: every candidate lies above it; the anchor is not used")
         return everything, None
+    below = positions[:, 2] <= base.point_mm[2] + ABOVE_MM
     c1 = base.point_mm + C1_OFFSET_MM
     at_c1 = np.linalg.norm(positions - c1, axis=1) <= C1_CLEAR_MM
     keep = below & ~at_c1
