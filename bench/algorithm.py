@@ -6,6 +6,19 @@ the size of a typical abdominal scan). Each case runs in its own subprocess (mod
 CT read, GC exec-mode inference and outputs written), which reports per stage its wall time
 and its peak resident memory (``VmHWM`` of ``/proc/self/status``, reset between stages).
 
+Baselines measured in the same run, each case alternating with them (``--repeat`` runs each, in the order
+ABBA so that a load drifting over the run weighs on both alike; medians):
+
+- the **I/O floor**: a fresh process that reads the same CT and writes outputs of the same size (an empty
+  label map and points file, through the same writers), no model; the ratio says what the models and the
+  rules cost over what any algorithm container pays;
+- with ``--baseline REF``, the same case run by the tree of commit ``REF`` (a temporary ``git worktree``, its
+  own bench child and, unless ``--models`` is given, its own bundled models): the ratio says what the
+  changes since ``REF`` cost. Alternating the two on the same cores is what makes a 5 % change visible on
+  shared machines whose load moves timings by 20 %.
+
+The issue's budget (``GOAL_S`` seconds and ``GOAL_MIB`` MiB per case on 2 CPU cores) is printed beside.
+
 Models: the bundled ``algorithm/models`` when present, else the test fixture models (built
 with torch; analytic stand-ins, so only the timings of the plumbing mean anything); the
 table says which.
@@ -13,6 +26,7 @@ table says which.
     python bench/algorithm.py                         # both cases on the CPU
     python bench/algorithm.py --device cuda --json bench.json
     python bench/algorithm.py --cases synthetic --size 512 512 1000
+    python bench/algorithm.py --baseline main~3 --repeat 2   # against an earlier commit, alternating
 """
 
 from __future__ import annotations
@@ -21,9 +35,13 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +50,10 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
     sys.path[0] = str(REPO)  # run as a script, this file (bench/algorithm.py) would shadow the algorithm package
 EXAMPLE = REPO / "examples" / "totalsegmentator-example" / "ct.nii.gz"
 CASES = ("example", "synthetic")
+GOAL_S = 180.0
+"""Wall-time budget of one case on 2 CPU cores (the real-CT issue's done-when)."""
+GOAL_MIB = 4096.0
+"""Peak-memory budget of one case."""
 
 log = logging.getLogger("bench.algorithm")
 
@@ -56,8 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-force", action="store_true",
                         help="when detect finds no spine, stop there (default: still time locate over the whole scan "
                              "and segment 17 vertebrae, marked with *)")
+    parser.add_argument("--baseline", metavar="REF", help="also run each case on the tree of this git commit, "
+                        "alternating with this tree (its own bundled models unless --models is given)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="runs of each case (and of each baseline), alternating; medians reported (1)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--child", nargs=3, metavar=("CT", "MODELS", "DEVICE"), help=argparse.SUPPRESS)
+    parser.add_argument("--floor-child", metavar="CT", help=argparse.SUPPRESS)
     return parser
 
 
@@ -87,6 +114,29 @@ def run_child(ct: Path, models_dir: Path, device: str, threads: int | None, forc
         stages += forced_stages(image, models)
     return {"size": list(image.GetSize()), "providers": models.providers, "stages": stages,
             "vertebrae": [v.name for v in result.vertebrae], "note": result.note}
+
+
+def run_floor_child(ct: Path) -> dict[str, Any]:
+    """The I/O floor in this process: read the CT as the algorithm does and write an empty label map of its
+    size and an empty points file through the algorithm's own writers; no model is loaded."""
+    import SimpleITK as sitk
+
+    from algorithm.inputs import load_ct
+    from algorithm.outputs import commit_outputs
+    from algorithm.pipeline import CaseResult, gc_outputs
+    from algorithm.report import StageTimer
+    from spine.image import Geometry
+    from spine.layout import AlgorithmLayout
+
+    timer = StageTimer()
+    with timer.stage("read"):
+        image = load_ct(ct)
+    with tempfile.TemporaryDirectory() as out, timer.stage("write"):
+        labels = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+        labels.CopyInformation(image)
+        empty = CaseResult(Geometry.of(image), labels, ())
+        commit_outputs(gc_outputs(empty, AlgorithmLayout(output_dir=Path(out))))
+    return {"size": list(image.GetSize()), "providers": [], "stages": timer.to_list(), "vertebrae": [], "note": ""}
 
 
 def forced_stages(image: Any, models: Any) -> list[dict[str, Any]]:
@@ -154,18 +204,83 @@ def resolve_models(requested: Path | None, work: Path) -> tuple[Path, str]:
     return build_fixture_models(work / "fixture-models"), "test fixtures (no bundled models: plumbing timings only)"
 
 
-def run_case(ct: Path, models: Path, device: str, threads: int | None, force: bool) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(ct), str(models), device]
-    if threads:
-        command += ["--threads", str(threads)]
-    if not force:
-        command += ["--no-force"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+@contextmanager
+def baseline_tree(ref: str, work: Path) -> Iterator[Path]:
+    """A detached ``git worktree`` of commit ``ref`` under ``work``, removed afterwards."""
+    tree = work / "baseline"
+    done = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), ref],
+                          capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"{ct}: benchmark child failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"--baseline {ref}: git worktree failed: {done.stderr.strip().splitlines()[-1:]}")
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)
+
+
+def run_case(ct: Path, models: Path | None, device: str, threads: int | None, force: bool, *,
+             tree: Path = REPO, floor: bool = False) -> dict[str, Any]:
+    """One case in a fresh process of ``tree``'s bench child (its own models when ``models`` is None), or the I/O
+    floor (``floor``); adds ``process_s``, the child's whole wall time, imports and model loading included."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    script = str(tree / "bench" / "algorithm.py")
+    if floor:
+        command = [sys.executable, script, "--floor-child", str(ct)]
+    else:
+        command = [sys.executable, script, "--child", str(ct), str(models or tree / "algorithm" / "models"), device]
+        if threads:
+            command += ["--threads", str(threads)]
+        if not force:
+            command += ["--no-force"]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tree)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{ct}: benchmark child of {tree} failed:\n{done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["process_s"] = elapsed
+    return result
+
+
+def totals(result: dict[str, Any]) -> tuple[float, float]:
+    """A run's summed stage wall time (s) and its peak resident memory over the stages (MiB)."""
+    return (sum(r["wall_s"] for r in result["stages"]),
+            max((r["peak_rss_mib"] or 0.0) for r in result["stages"]) if result["stages"] else 0.0)
+
+
+def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """Medians over repeated runs of one case: ``{kind}_s``, ``{kind}_process_s`` and ``{kind}_mib`` for each kind
+    of run (``this``, ``floor``, ``baseline``)."""
+    out: dict[str, float] = {}
+    for kind, results in runs.items():
+        if not results:
+            continue
+        out[f"{kind}_s"] = statistics.median(totals(r)[0] for r in results)
+        out[f"{kind}_process_s"] = statistics.median(r["process_s"] for r in results)
+        out[f"{kind}_mib"] = statistics.median(totals(r)[1] for r in results)
+    return out
+
+
+def ratio_table(summaries: dict[str, dict[str, float]], baseline: str | None) -> str:
+    """Per case: this tree's median time and memory, the I/O floor's, the baseline's, their ratios and the
+    budget."""
+    head = f"{'case':<10} {'':<9} {'stages s':>9} {'process s':>10} {'peak MiB':>9}"
+    lines = [head]
+    for case, s in summaries.items():
+        for kind, name in (("this", "this tree"), ("floor", "I/O floor"), ("baseline", baseline or "")):
+            if f"{kind}_s" in s:
+                lines.append(f"{case:<10} {name[:9]:<9} {s[f'{kind}_s']:>9.2f} {s[f'{kind}_process_s']:>10.2f} "
+                             f"{s[f'{kind}_mib']:>9.0f}")
+        parts = [f"x{s['this_process_s'] / s['floor_process_s']:.1f} the I/O floor's process time, "
+                 f"x{s['this_mib'] / s['floor_mib']:.2f} its memory"]
+        if "baseline_s" in s:
+            parts.append(f"x{s['this_s'] / s['baseline_s']:.3f} the baseline's stage time, "
+                         f"x{s['this_mib'] / s['baseline_mib']:.3f} its memory")
+        parts.append(f"budget {GOAL_S:.0f} s / {GOAL_MIB:.0f} MiB: "
+                     f"{'within' if s['this_process_s'] <= GOAL_S and s['this_mib'] <= GOAL_MIB else 'OVER'}")
+        lines.append(f"{case:<10} {'ratios':<9} " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -189,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
         ct, models, device = args.child
         print(json.dumps(run_child(Path(ct), Path(models), device, args.threads, not args.no_force)))
         return 0
+    if args.floor_child:
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        print(json.dumps(run_floor_child(Path(args.floor_child))))
+        return 0
+    if args.repeat < 1:
+        print(f"error: --repeat must be at least 1, got {args.repeat}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if not EXAMPLE.is_file():
         print(f"error: {EXAMPLE}: the example CT is missing", file=sys.stderr)
@@ -202,16 +324,39 @@ def main(argv: list[str] | None = None) -> int:
         if "synthetic" in args.cases:
             log.info("building the synthetic %s CT ...", "x".join(map(str, args.size)))
             cases["synthetic"] = synthetic_ct(work / "synthetic.mha", tuple(args.size))
-        results = {}
-        for case, ct in cases.items():
-            log.info("running %s ...", case)
-            results[case] = run_case(ct, models, args.device, args.threads, not args.no_force)
+        with _maybe_baseline(args.baseline, work) as tree:
+            results, runs = {}, {}
+            for case, ct in cases.items():
+                runs[case] = {"this": [], "floor": [], "baseline": []}
+                for repeat in range(args.repeat):
+                    log.info("running %s (%d of %d) ...", case, repeat + 1, args.repeat)
+                    order = ["this", "floor"] + (["baseline"] if tree is not None else [])
+                    for kind in order if repeat % 2 == 0 else order[::-1]:  # ABBA: a drifting load cancels
+                        runs[case][kind].append(
+                            run_case(ct, None, args.device, None, False, floor=True) if kind == "floor" else
+                            run_case(ct, models if kind == "this" else args.models, args.device, args.threads,
+                                     not args.no_force, tree=REPO if kind == "this" else tree))  # type: ignore[arg-type]
+                results[case] = runs[case]["this"][-1]
+    summaries = {case: summary(r) for case, r in runs.items()}
     providers = next(iter(results.values()))["providers"] if results else []
     print(f"models: {which}; device: {args.device} (providers {providers}); CPUs: {os.cpu_count()}")
     print(table(results))
+    print(f"\nmedians of {args.repeat} run(s) each, alternating; stage time is the sum of the stages above, process "
+          "time the child's whole life (imports and model loading included):")
+    print(ratio_table(summaries, args.baseline))
     if args.json:
-        args.json.write_text(json.dumps({"models": which, "device": args.device, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"models": which, "device": args.device, "baseline": args.baseline,
+                                         "results": results, "runs": runs, "summary": summaries}, indent=2))
     return 0
+
+
+@contextmanager
+def _maybe_baseline(ref: str | None, work: Path) -> Iterator[Path | None]:
+    if ref is None:
+        yield None
+        return
+    with baseline_tree(ref, work) as tree:
+        yield tree
 
 
 if __name__ == "__main__":
