@@ -21,7 +21,8 @@ import numpy as np
 
 from spine.labels import label_of
 
-__all__ = ["PREFIX", "SCHEMA_VERSION", "STAGES", "Intensity", "ModelMeta", "ModelMetaError"]
+__all__ = ["PREFIX", "SCHEMA_VERSION", "STAGES", "Intensity", "ModelMeta", "ModelMetaError", "json_props",
+           "json_values"]
 
 PREFIX = "verse_gc."
 SCHEMA_VERSION = 1
@@ -121,10 +122,7 @@ class ModelMeta:
 
     def to_props(self) -> dict[str, str]:
         """Flat ``metadata_props`` (string -> string) for the ONNX file."""
-        props = {f"{PREFIX}schema": str(SCHEMA_VERSION)}
-        for key, value in asdict(self).items():
-            props[PREFIX + key] = json.dumps(value)
-        return props
+        return json_props(self)
 
     @classmethod
     def from_props(cls, props: Mapping[str, str], *, source: str = "model") -> ModelMeta:
@@ -136,17 +134,8 @@ class ModelMeta:
         if schema != str(SCHEMA_VERSION):
             raise ModelMetaError(f"{source}: metadata schema {schema} is not supported (expected "
                                  f"{SCHEMA_VERSION})")
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = PREFIX + f.name
-            if key not in props:
-                if f.name in ("stage", "spacing_zyx_mm", "patch_shape_zyx", "input_channels", "channels"):
-                    raise ModelMetaError(f"{source}: metadata key '{key}' is missing")
-                continue
-            try:
-                values[f.name] = json.loads(props[key])
-            except json.JSONDecodeError:
-                raise ModelMetaError(f"{source}: metadata key '{key}' is not JSON") from None
+        values = json_values(cls, props, source=source,
+                             required=("stage", "spacing_zyx_mm", "patch_shape_zyx", "input_channels", "channels"))
         try:
             values["spacing_zyx_mm"] = tuple(float(v) for v in values["spacing_zyx_mm"])
             values["patch_shape_zyx"] = tuple(int(v) for v in values["patch_shape_zyx"])
@@ -159,3 +148,28 @@ class ModelMeta:
             raise ModelMetaError(f"{source}: {error}") from None
         except (TypeError, ValueError) as error:
             raise ModelMetaError(f"{source}: malformed metadata ({error})") from None
+
+
+def json_props(meta: Any) -> dict[str, str]:
+    """A metadata dataclass as flat ONNX ``metadata_props``: ``verse_gc.schema`` and each field JSON-encoded under
+    ``verse_gc.<field>`` (:class:`ModelMeta`, and the chain-context model's ``ContextMeta``)."""
+    return {f"{PREFIX}schema": str(SCHEMA_VERSION), **{PREFIX + k: json.dumps(v) for k, v in asdict(meta).items()}}
+
+
+def json_values(cls: type, props: Mapping[str, str], *, source: str = "model",
+                required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The decoded JSON value of each of dataclass ``cls``'s fields found in ``props`` (the inverse of
+    :func:`json_props`, before the class's own conversions and checks); :class:`ModelMetaError` naming
+    ``source`` and the key when one is not JSON or a ``required`` one is missing."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        key = PREFIX + f.name
+        if key not in props:
+            if f.name in required:
+                raise ModelMetaError(f"{source}: metadata key '{key}' is missing")
+            continue
+        try:
+            values[f.name] = json.loads(props[key])
+        except json.JSONDecodeError:
+            raise ModelMetaError(f"{source}: metadata key '{key}' is not JSON") from None
+    return values

@@ -71,6 +71,10 @@ def test_metadata_round_trips_and_refuses_other_features() -> None:
         ContextMeta.from_props(props, source="x.onnx")
     with pytest.raises(ModelMetaError, match="not a verse-gc chain-context model"):
         ContextMeta.from_props({"verse_gc.schema": "1", "verse_gc.stage": '"locate"'})
+    props = meta.to_props()
+    props["verse_gc.calibration"] = "[0.9,"  # the codec shared with ModelMeta names the key
+    with pytest.raises(ModelMetaError, match=r"x\.onnx: metadata key 'verse_gc\.calibration' is not JSON"):
+        ContextMeta.from_props(props, source="x.onnx")
 
 
 def test_onnx_export_matches_torch_and_resumes(tmp_path) -> None:

@@ -32,9 +32,8 @@ candidates (model metadata ``class_log_prior``), as :mod:`algorithm.labelling.re
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ import numpy as np
 from algorithm.labelling.curve import spine_curve
 from algorithm.labelling_prior import CHAIN_LABELS
 from spine.labels import name_of
-from spine.modelmeta import PREFIX, SCHEMA_VERSION, ModelMetaError
+from spine.modelmeta import PREFIX, SCHEMA_VERSION, ModelMetaError, json_props, json_values
 
 __all__ = ["CONTEXT_CLASSES", "CONTEXT_FEATURES", "ContextMeta", "ContextModel", "context_features"]
 
@@ -140,7 +139,7 @@ class ContextMeta:
 
     def to_props(self) -> dict[str, str]:
         """Flat ``metadata_props`` (string -> string)."""
-        return {f"{PREFIX}schema": str(SCHEMA_VERSION), **{PREFIX + k: json.dumps(v) for k, v in asdict(self).items()}}
+        return json_props(self)
 
     @classmethod
     def from_props(cls, props: dict[str, str], *, source: str = "model") -> ContextMeta:
@@ -148,14 +147,7 @@ class ContextMeta:
         if props.get(f"{PREFIX}schema") != str(SCHEMA_VERSION) or props.get(f"{PREFIX}stage") != '"label"':
             raise ModelMetaError(f"{source}: not a verse-gc chain-context model (stage 'label', schema "
                                  f"{SCHEMA_VERSION} expected in the ONNX metadata)")
-        values = {}
-        for key in ("features", "classes", "class_log_prior", "evidence_weight", "fixed_evidence_weight", "calibration",
-                    "output", "opset", "trained_on", "commit", "version", "notes"):
-            if PREFIX + key in props:
-                try:
-                    values[key] = json.loads(props[PREFIX + key])
-                except json.JSONDecodeError:
-                    raise ModelMetaError(f"{source}: metadata key '{PREFIX + key}' is not JSON") from None
+        values = json_values(cls, props, source=source)
         try:
             for key in ("features", "classes"):
                 values[key] = tuple(values.get(key, ()))
