@@ -14,8 +14,9 @@ ABBA so that a load drifting over the run weighs on both alike; medians):
   rules cost over what any algorithm container pays;
 - with ``--baseline REF``, the same case run by the tree of commit ``REF`` (a temporary ``git worktree``, its
   own bench child and, unless ``--models`` is given, its own bundled models): the ratio says what the
-  changes since ``REF`` cost. Alternating the two on the same cores is what makes a 5 % change visible on
-  shared machines whose load moves timings by 20 %.
+  changes since ``REF`` cost. Alternating the two on the same cores keeps a drifting load from favouring
+  either; still, on shared cores the same code comes out up to 10 % apart in medians of three runs
+  (docs/benchmarks.md), so a smaller time ratio says nothing there.
 
 The issue's budget (``GOAL_S`` seconds and ``GOAL_MIB`` MiB per case on 2 CPU cores) is printed beside.
 
