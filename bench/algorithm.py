@@ -292,8 +292,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             rss = record["peak_rss_mib"]
             lines.append(f"{case:<10} {voxels:<14} {record['stage']:<12} {record['wall_s']:>8.2f} "
                          f"{rss if rss is not None else float('nan'):>13.0f}")
-        total = sum(r["wall_s"] for r in result["stages"])
-        peak = max((r["peak_rss_mib"] or 0.0) for r in result["stages"])
+        total, peak = totals(result)
         lines.append(f"{case:<10} {voxels:<14} {'TOTAL':<12} {total:>8.2f} {peak:>13.0f}")
     return "\n".join(lines)
 
@@ -328,15 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         with _maybe_baseline(args.baseline, work) as tree:
             results, runs = {}, {}
             for case, ct in cases.items():
-                runs[case] = {"this": [], "floor": [], "baseline": []}
+                runners = _runners(ct, models, args, tree)
+                runs[case] = {kind: [] for kind in runners}
                 for repeat in range(args.repeat):
                     log.info("running %s (%d of %d) ...", case, repeat + 1, args.repeat)
-                    order = ["this", "floor"] + (["baseline"] if tree is not None else [])
-                    for kind in order if repeat % 2 == 0 else order[::-1]:  # ABBA: a drifting load cancels
-                        runs[case][kind].append(
-                            run_case(ct, None, args.device, None, False, floor=True) if kind == "floor" else
-                            run_case(ct, models if kind == "this" else args.models, args.device, args.threads,
-                                     not args.no_force, tree=REPO if kind == "this" else tree))  # type: ignore[arg-type]
+                    order = list(runners) if repeat % 2 == 0 else list(runners)[::-1]  # ABBA: a drifting load cancels
+                    for kind in order:
+                        runs[case][kind].append(runners[kind]())
                 results[case] = runs[case]["this"][-1]
     summaries = {case: summary(r) for case, r in runs.items()}
     providers = next(iter(results.values()))["providers"] if results else []
@@ -349,6 +346,17 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"models": which, "device": args.device, "baseline": args.baseline,
                                          "results": results, "runs": runs, "summary": summaries}, indent=2))
     return 0
+
+
+def _runners(ct: Path, models: Path, args: argparse.Namespace, tree: Path | None) -> dict[str, Any]:
+    """One case's runs by kind: this tree, the I/O floor and, with a baseline tree, the baseline (its own models
+    unless ``--models`` named some)."""
+    force = not args.no_force
+    runners = {"this": lambda: run_case(ct, models, args.device, args.threads, force),
+               "floor": lambda: run_case(ct, None, args.device, None, False, floor=True)}
+    if tree is not None:
+        runners["baseline"] = lambda: run_case(ct, args.models, args.device, args.threads, force, tree=tree)
+    return runners
 
 
 @contextmanager
