@@ -417,11 +417,44 @@ class Augmentation:
     thick_axes: tuple[float, float, float] = (1.0, 0.0, 0.0)
     """Locate, segment: which array axis (z, y, x) a thick-slice simulation thickens, as relative weights: axial
     protocols thicken z; sagittal lumbar scans (VerSe's 1 x 1 x 2-3 mm) thicken x, coronal ones y."""
+    view_cut_p: float = 0.0
+    """Segment: probability that the scan's field of view ends inside the patch (:data:`VIEW_CUTS`): beyond a
+    plane through the vertebra the CT is the model grid's padding (air) and the target empty. Cardiac and
+    aortic reconstructions cut the posterior elements; a model that only saw whole vertebrae outlines nothing
+    at a thoracic body with air straight behind its canal. Off by default."""
 
     @classmethod
     def none(cls) -> Augmentation:
         return cls(scale=(1.0, 1.0), shift=0.0, noise_std=0.0, flip_lr=0.0, centroid_jitter_mm=0.0,
                    off_centre_mm=0.0, off_centre_p=0.0, spatial_p=0.0, sacrum_p=0.0, appearance_p=0.0)
+
+
+VIEW_CUTS: tuple[tuple[int, int, float, tuple[float, float]], ...] = (
+    (1, +1, 0.5, (12.0, 45.0)),  # posterior: through the canal, the laminae or the spinous process
+    (2, +1, 0.1, (15.0, 45.0)),  # left (LPS +x)
+    (2, -1, 0.1, (15.0, 45.0)),  # right
+    (0, +1, 0.15, (4.0, 20.0)),  # superior: the top slice through the body or the disc above it
+    (0, -1, 0.15, (4.0, 20.0)),  # inferior
+)
+"""Where :attr:`Augmentation.view_cut_p` ends the view: ``(array axis, side along it, weight, (nearest,
+farthest) distance of the plane from the vertebra's centre in mm)``. Never in front of the body: no
+reconstruction centred on the patient cuts it there."""
+
+
+def cut_view(x: np.ndarray, y: np.ndarray, centre_zyx: Sequence[float], spacing_zyx_mm: Sequence[float],
+             axis: int, side: int, distance_mm: float, background: float) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` (C, *patch) and ``y`` (C', *patch) with the view ended ``distance_mm`` from ``centre_zyx`` (voxel
+    coordinates of the patch) on ``side`` (+1: increasing index) of ``axis``: there ``x[0]`` (the CT) is
+    ``background`` and ``y`` is 0; other input channels (the seed's heatmap) are kept."""
+    x, y = np.array(x, copy=True), np.array(y, copy=True)
+    index = np.arange(x.shape[1 + axis], dtype=np.float64)
+    beyond = side * (index - float(centre_zyx[axis])) * float(spacing_zyx_mm[axis]) > distance_mm
+    where = [slice(None)] * 3
+    where[axis] = beyond
+    x[0][tuple(where)] = background
+    for channel in y:
+        channel[tuple(where)] = 0
+    return x, y
 
 
 class PatchSampler:
@@ -589,12 +622,20 @@ class PatchSampler:
             heat = gaussian_heatmap(self.shape, moved, self.meta.heatmap_sigma_mm, self.spacing).astype(np.float32)
             x = np.stack([self._warp(volume.image, matrix, offset), heat])
             labels = self._warp(volume.labels, matrix, offset, labels=True)
+            true_centre = c_out + np.linalg.inv(matrix) @ (volume.centroids_zyx[label] - np.asarray(centre))
         else:
-            x, _ = segment_inputs(volume.image, estimate, self.meta, centre)
+            x, start = segment_inputs(volume.image, estimate, self.meta, centre)
             labels, _ = crop_patch(volume.labels, centre, self.shape, pad_value=0)
+            true_centre = volume.centroids_zyx[label] - np.asarray(start, dtype=np.float64)
         if aug.appearance_p > 0:
             x = np.stack([self._appearance(x[0]), x[1]])
-        return x, (labels == label)[None].astype(np.float32)
+        y = (labels == label)[None].astype(np.float32)
+        if aug.view_cut_p > 0 and self.rng.random() < aug.view_cut_p:
+            weights = np.asarray([cut[2] for cut in VIEW_CUTS])
+            axis, side, _, (near, far) = VIEW_CUTS[int(self.rng.choice(len(VIEW_CUTS), p=weights / weights.sum()))]
+            x, y = cut_view(x, y, true_centre, self.spacing, axis, side, float(self.rng.uniform(near, far)),
+                            float(self.meta.intensity.background))
+        return x, y
 
     def _augment(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         aug = self.augmentation

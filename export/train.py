@@ -89,6 +89,8 @@ class TrainConfig:
     """Segment: probability of a sacrum negative sample (None: :class:`Augmentation`'s default, off)."""
     thick_axes: tuple[float, float, float] | None = None
     """Relative weights of the z, y, x axes for thick-slice simulation (None: :class:`Augmentation`'s, z only)."""
+    view_cut_p: float | None = None
+    """Segment: probability that the field of view ends inside the patch (None: :class:`Augmentation`'s, off)."""
     progress: bool = True
 
 
@@ -332,6 +334,8 @@ def train(config: TrainConfig) -> TrainResult:
             augmentation = replace(augmentation, sacrum_p=config.sacrum_p)
         if config.augment and config.thick_axes is not None:
             augmentation = replace(augmentation, thick_axes=config.thick_axes)
+        if config.augment and config.view_cut_p is not None:
+            augmentation = replace(augmentation, view_cut_p=config.view_cut_p)
         sampler = PatchSampler(train_volumes, meta, rng, augmentation)
 
         def save(path: Path, iteration: int) -> None:
@@ -463,6 +467,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--thick-axes", type=float, nargs=3, metavar=("Z", "Y", "X"),
                         help="relative weights of the axes a thick-slice simulation thickens (sagittal scans: x); "
                              "default 1 0 0")
+    parser.add_argument("--view-cut-p", type=float, metavar="P",
+                        help="segment: probability that the field of view ends inside the patch (air beyond a plane "
+                             "through the vertebra, behind, beside, above or below it; the target empty there), in "
+                             "[0, 1]; default 0")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return parser
 
@@ -478,7 +486,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         sigma_mm=args.sigma_mm, base_channels=args.base_channels, depth=args.depth, trained_on=args.trained_on,
         init_from=args.init_from,
         augment=not args.no_augment, progress=not args.no_progress, rotate_deg=_rotation(args.rotate_deg),
-        sacrum_p=_probability(args.sacrum_p), thick_axes=_axis_weights(args.thick_axes),
+        sacrum_p=_probability(args.sacrum_p, "--sacrum-p"), thick_axes=_axis_weights(args.thick_axes),
+        view_cut_p=_probability(args.view_cut_p, "--view-cut-p"),
     )
 
 
@@ -499,9 +508,9 @@ def _rotation(values: Sequence[float] | None) -> tuple[float, float, float] | No
     return (z, y, x)
 
 
-def _probability(value: float | None) -> float | None:
+def _probability(value: float | None, option: str) -> float | None:
     if value is not None and not 0.0 <= value <= 1.0:
-        raise SystemExit(f"--sacrum-p: a probability in [0, 1], got {value}")
+        raise SystemExit(f"{option}: a probability in [0, 1], got {value}")
     return value
 
 

@@ -522,3 +522,56 @@ def test_train_sacrum_option() -> None:
     assert config_from_args(parser.parse_args([*base, "--sacrum-p", "0.1"])).sacrum_p == 0.1
     with pytest.raises(SystemExit):
         config_from_args(parser.parse_args([*base, "--sacrum-p", "1.5"]))
+
+
+def test_cut_view_ends_the_ct_and_the_target_beyond_the_plane_only() -> None:
+    """The view ends 6 mm behind the centre (axis y, +1 = posterior on the LPS model grid): from there the CT is
+    padding and the target empty, in front of it both are untouched, the heatmap channel too."""
+    from export.datasets import cut_view
+
+    x = np.stack([np.full((8, 10, 6), 0.3, np.float32), np.full((8, 10, 6), 0.7, np.float32)])
+    y = np.ones((1, 8, 10, 6), np.float32)
+    cx, cy = cut_view(x, y, (4.0, 3.0, 2.5), (2.0, 2.0, 2.0), 1, +1, 6.0, -1.0)
+    # index 3 + 6 mm / 2 mm = 6: voxels 7.. are beyond (6 itself lies on the plane and stays)
+    assert np.all(cx[0][:, 7:] == -1.0) and np.all(cy[0][:, 7:] == 0)
+    assert np.all(cx[0][:, :7] == 0.3) and np.all(cy[0][:, :7] == 1)
+    assert np.all(cx[1] == 0.7) and np.all(x[0] == 0.3) and np.all(y == 1)  # the seed kept; inputs not changed
+    cx, cy = cut_view(x, y, (4.0, 3.0, 2.5), (3.0, 2.0, 2.0), 0, -1, 7.0, -1.0)  # inferior, 3 mm slices
+    assert np.all(cy[0][:2] == 0) and np.all(cy[0][2:] == 1)  # |index - 4| * 3 mm > 7 mm below: 0, 1
+
+
+def test_segment_sampler_cuts_the_view_through_the_vertebra_not_its_centre() -> None:
+    """``view_cut_p`` 1: every sample's view ends inside the patch; the vertebra's centre stays in view and
+    labelled, and the CT beyond the cut is air where the volume had bone."""
+    from export.datasets import StageVolume
+
+    labels = np.zeros((50, 70, 60), np.uint8)
+    labels[3:47, 2:68, 2:58] = 20
+    image = np.where(labels > 0, 0.5, 0.0).astype(np.float32)
+    # the real patch's reach at 2 mm: +-40 mm in z, +-60 in y, +-48 in x, beyond every cut's farthest plane
+    meta = default_meta("segment", spacing_zyx_mm=(2.0, 2.0, 2.0), patch_shape_zyx=(40, 60, 48))
+    volume = StageVolume("v", image, Geometry.of(sitk.GetImageFromArray(image)), {20: np.array([25.0, 35, 30])},
+                         labels=labels)
+    sampler = PatchSampler([volume], meta, np.random.default_rng(1), replace(Augmentation.none(), view_cut_p=1.0))
+    background = float(meta.intensity.background)
+    whole = (labels[5:45, 5:65, 6:54] == 20).sum()
+    for _ in range(20):
+        x, y = sampler._sample_segment()
+        assert y[0][20, 30, 24] == 1  # the centre
+        assert np.any((x[0] == background) & (y[0] == 0))  # air where the block was
+        assert 0 < y.sum() < whole
+    plain = PatchSampler([volume], meta, np.random.default_rng(1), Augmentation.none())
+    assert not np.any(plain._sample_segment()[0][0] == background)  # without cuts the patch lies in the volume
+
+
+def test_train_view_cut_option() -> None:
+    import argparse
+
+    from export.train import config_from_args, configure_parser
+
+    parser = configure_parser(argparse.ArgumentParser())
+    base = ["segment", "--data", "d", "--out", "o"]
+    assert config_from_args(parser.parse_args(base)).view_cut_p is None
+    assert config_from_args(parser.parse_args([*base, "--view-cut-p", "0.3"])).view_cut_p == 0.3
+    with pytest.raises(SystemExit, match="--view-cut-p"):
+        config_from_args(parser.parse_args([*base, "--view-cut-p", "-0.1"]))
