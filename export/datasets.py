@@ -380,6 +380,18 @@ def segment_inputs(image: np.ndarray, estimate_zyx: Sequence[float], meta: Model
 # ----------------------------------------------------------------------------- sampling
 
 
+VIEW_CUTS: dict[str, tuple[int, int, float, tuple[float, float]]] = {
+    "posterior": (1, +1, 0.5, (12.0, 45.0)),  # through the canal, the laminae or the spinous process
+    "left": (2, +1, 0.1, (15.0, 45.0)),  # LPS +x
+    "right": (2, -1, 0.1, (15.0, 45.0)),
+    "superior": (0, +1, 0.15, (4.0, 20.0)),  # the top slice through the body or the disc above it
+    "inferior": (0, -1, 0.15, (4.0, 20.0)),
+}
+"""Where :attr:`Augmentation.view_cut_p` may end the view, by side: ``(array axis, direction along it, weight,
+(nearest, farthest) distance of the plane from the vertebra's centre in mm)``. Never in front of the body: no
+reconstruction centred on the patient cuts it there."""
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """Random changes applied to training patches (never superior/inferior flips: labels are ordered).
@@ -422,23 +434,13 @@ class Augmentation:
     plane through the vertebra the CT is the model grid's padding (air) and the target empty. Cardiac and
     aortic reconstructions cut the posterior elements; a model that only saw whole vertebrae outlines nothing
     at a thoracic body with air straight behind its canal. Off by default."""
+    view_cut_sides: tuple[str, ...] = tuple(VIEW_CUTS)
+    """Segment: the sides (:data:`VIEW_CUTS` keys) a view cut is drawn from, with their weights."""
 
     @classmethod
     def none(cls) -> Augmentation:
         return cls(scale=(1.0, 1.0), shift=0.0, noise_std=0.0, flip_lr=0.0, centroid_jitter_mm=0.0,
                    off_centre_mm=0.0, off_centre_p=0.0, spatial_p=0.0, sacrum_p=0.0, appearance_p=0.0)
-
-
-VIEW_CUTS: tuple[tuple[int, int, float, tuple[float, float]], ...] = (
-    (1, +1, 0.5, (12.0, 45.0)),  # posterior: through the canal, the laminae or the spinous process
-    (2, +1, 0.1, (15.0, 45.0)),  # left (LPS +x)
-    (2, -1, 0.1, (15.0, 45.0)),  # right
-    (0, +1, 0.15, (4.0, 20.0)),  # superior: the top slice through the body or the disc above it
-    (0, -1, 0.15, (4.0, 20.0)),  # inferior
-)
-"""Where :attr:`Augmentation.view_cut_p` ends the view: ``(array axis, side along it, weight, (nearest,
-farthest) distance of the plane from the vertebra's centre in mm)``. Never in front of the body: no
-reconstruction centred on the patient cuts it there."""
 
 
 def cut_view(x: np.ndarray, y: np.ndarray, centre_zyx: Sequence[float], spacing_zyx_mm: Sequence[float],
@@ -631,8 +633,9 @@ class PatchSampler:
             x = np.stack([self._appearance(x[0]), x[1]])
         y = (labels == label)[None].astype(np.float32)
         if aug.view_cut_p > 0 and self.rng.random() < aug.view_cut_p:
-            weights = np.asarray([cut[2] for cut in VIEW_CUTS])
-            axis, side, _, (near, far) = VIEW_CUTS[int(self.rng.choice(len(VIEW_CUTS), p=weights / weights.sum()))]
+            weights = np.asarray([VIEW_CUTS[name][2] for name in aug.view_cut_sides])
+            name = aug.view_cut_sides[int(self.rng.choice(len(weights), p=weights / weights.sum()))]
+            axis, side, _, (near, far) = VIEW_CUTS[name]
             x, y = cut_view(x, y, true_centre, self.spacing, axis, side, float(self.rng.uniform(near, far)),
                             float(self.meta.intensity.background))
         return x, y

@@ -39,7 +39,7 @@ from spine.arguments import positive_float, positive_int
 from spine.console import DefaultsHelpFormatter
 from spine.modelmeta import ModelMeta
 
-from .datasets import STAGE_DEFAULTS, Augmentation, CaseSource, PatchSampler, default_meta, volumes_for
+from .datasets import STAGE_DEFAULTS, VIEW_CUTS, Augmentation, CaseSource, PatchSampler, default_meta, volumes_for
 
 if TYPE_CHECKING:
     import torch
@@ -91,6 +91,8 @@ class TrainConfig:
     """Relative weights of the z, y, x axes for thick-slice simulation (None: :class:`Augmentation`'s, z only)."""
     view_cut_p: float | None = None
     """Segment: probability that the field of view ends inside the patch (None: :class:`Augmentation`'s, off)."""
+    view_cut_sides: tuple[str, ...] | None = None
+    """Segment: the sides a view cut is drawn from (None: :class:`Augmentation`'s, every side of ``VIEW_CUTS``)."""
     progress: bool = True
 
 
@@ -336,6 +338,8 @@ def train(config: TrainConfig) -> TrainResult:
             augmentation = replace(augmentation, thick_axes=config.thick_axes)
         if config.augment and config.view_cut_p is not None:
             augmentation = replace(augmentation, view_cut_p=config.view_cut_p)
+        if config.augment and config.view_cut_sides is not None:
+            augmentation = replace(augmentation, view_cut_sides=config.view_cut_sides)
         sampler = PatchSampler(train_volumes, meta, rng, augmentation)
 
         def save(path: Path, iteration: int) -> None:
@@ -471,6 +475,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help="segment: probability that the field of view ends inside the patch (air beyond a plane "
                              "through the vertebra, behind, beside, above or below it; the target empty there), in "
                              "[0, 1]; default 0")
+    parser.add_argument("--view-cut-sides", nargs="+", choices=tuple(VIEW_CUTS), metavar="SIDE",
+                        help=f"segment: the sides a view cut is drawn from ({', '.join(VIEW_CUTS)}); default all")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return parser
 
@@ -488,6 +494,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         augment=not args.no_augment, progress=not args.no_progress, rotate_deg=_rotation(args.rotate_deg),
         sacrum_p=_probability(args.sacrum_p, "--sacrum-p"), thick_axes=_axis_weights(args.thick_axes),
         view_cut_p=_probability(args.view_cut_p, "--view-cut-p"),
+        view_cut_sides=tuple(args.view_cut_sides) if args.view_cut_sides else None,
     )
 
 

@@ -575,3 +575,35 @@ def test_train_view_cut_option() -> None:
     assert config_from_args(parser.parse_args([*base, "--view-cut-p", "0.3"])).view_cut_p == 0.3
     with pytest.raises(SystemExit, match="--view-cut-p"):
         config_from_args(parser.parse_args([*base, "--view-cut-p", "-0.1"]))
+
+
+def test_view_cuts_come_only_from_the_sides_asked_for() -> None:
+    """``view_cut_sides`` ("superior" alone): the view always ends above the centre, never behind or below it."""
+    from export.datasets import StageVolume
+
+    labels = np.zeros((50, 70, 60), np.uint8)
+    labels[3:47, 2:68, 2:58] = 20
+    image = np.where(labels > 0, 0.5, 0.0).astype(np.float32)
+    meta = default_meta("segment", spacing_zyx_mm=(2.0, 2.0, 2.0), patch_shape_zyx=(40, 60, 48))
+    volume = StageVolume("v", image, Geometry.of(sitk.GetImageFromArray(image)), {20: np.array([25.0, 35, 30])},
+                         labels=labels)
+    aug = replace(Augmentation.none(), view_cut_p=1.0, view_cut_sides=("superior",))
+    sampler = PatchSampler([volume], meta, np.random.default_rng(2), aug)
+    for _ in range(10):
+        x, y = sampler._sample_segment()
+        assert np.all(y[0][:21] == (labels[5:26, 5:65, 6:54] == 20))  # the centre's slice and below untouched
+        assert np.all(x[0][-1] == float(meta.intensity.background))  # the top slice is beyond the cut
+
+
+def test_train_view_cut_sides_option() -> None:
+    import argparse
+
+    from export.train import config_from_args, configure_parser
+
+    parser = configure_parser(argparse.ArgumentParser())
+    base = ["segment", "--data", "d", "--out", "o"]
+    assert config_from_args(parser.parse_args(base)).view_cut_sides is None
+    got = config_from_args(parser.parse_args([*base, "--view-cut-sides", "superior", "left"])).view_cut_sides
+    assert got == ("superior", "left")
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--view-cut-sides", "front"])
