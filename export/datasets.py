@@ -429,6 +429,9 @@ class Augmentation:
     thick_axes: tuple[float, float, float] = (1.0, 0.0, 0.0)
     """Locate, segment: which array axis (z, y, x) a thick-slice simulation thickens, as relative weights: axial
     protocols thicken z; sagittal lumbar scans (VerSe's 1 x 1 x 2-3 mm) thicken x, coronal ones y."""
+    thick_factor: tuple[float, float] = (1.3, 2.0)
+    """Locate, segment: range of a simulated slice's thickness in model-grid voxels (segment's 1.5 mm grid: 2-3 mm
+    slices; 5 mm slices need 3.3)."""
     view_cut_p: float = 0.0
     """Segment: probability that the scan's field of view ends inside the patch (:data:`VIEW_CUTS`): beyond a
     plane through the vertebra the CT is the model grid's padding (air) and the target empty. Cardiac and
@@ -596,7 +599,7 @@ class PatchSampler:
             weights = np.asarray(aug.thick_axes, dtype=np.float64)
             axis = int(self.rng.choice(3, p=weights / weights.sum())) if np.count_nonzero(weights) > 1 else int(
                 np.argmax(weights))
-            factor = self.rng.uniform(1.3, 2.0)
+            factor = self.rng.uniform(*aug.thick_factor)
             zoom = np.ones(3)
             zoom[axis] = 1.0 / factor
             ct = ndimage.zoom(ndimage.uniform_filter1d(ct, max(round(factor), 1), axis=axis), zoom, order=1)

@@ -89,6 +89,8 @@ class TrainConfig:
     """Segment: probability of a sacrum negative sample (None: :class:`Augmentation`'s default, off)."""
     thick_axes: tuple[float, float, float] | None = None
     """Relative weights of the z, y, x axes for thick-slice simulation (None: :class:`Augmentation`'s, z only)."""
+    thick_factor: tuple[float, float] | None = None
+    """Range of a simulated slice's thickness in model-grid voxels (None: :class:`Augmentation`'s, 1.3-2)."""
     view_cut_p: float | None = None
     """Segment: probability that the field of view ends inside the patch (None: :class:`Augmentation`'s, off)."""
     view_cut_sides: tuple[str, ...] | None = None
@@ -336,6 +338,8 @@ def train(config: TrainConfig) -> TrainResult:
             augmentation = replace(augmentation, sacrum_p=config.sacrum_p)
         if config.augment and config.thick_axes is not None:
             augmentation = replace(augmentation, thick_axes=config.thick_axes)
+        if config.augment and config.thick_factor is not None:
+            augmentation = replace(augmentation, thick_factor=config.thick_factor)
         if config.augment and config.view_cut_p is not None:
             augmentation = replace(augmentation, view_cut_p=config.view_cut_p)
         if config.augment and config.view_cut_sides is not None:
@@ -471,6 +475,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--thick-axes", type=float, nargs=3, metavar=("Z", "Y", "X"),
                         help="relative weights of the axes a thick-slice simulation thickens (sagittal scans: x); "
                              "default 1 0 0")
+    parser.add_argument("--thick-factor", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="range of a simulated slice's thickness in model-grid voxels, 1 <= LOW <= HIGH "
+                             "(segment's 1.5 mm grid: 5 mm slices are 3.3); default 1.3 2")
     parser.add_argument("--view-cut-p", type=float, metavar="P",
                         help="segment: probability that the field of view ends inside the patch (air beyond a plane "
                              "through the vertebra, behind, beside, above or below it; the target empty there), in "
@@ -493,7 +500,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         init_from=args.init_from,
         augment=not args.no_augment, progress=not args.no_progress, rotate_deg=_rotation(args.rotate_deg),
         sacrum_p=_probability(args.sacrum_p, "--sacrum-p"), thick_axes=_axis_weights(args.thick_axes),
-        view_cut_p=_probability(args.view_cut_p, "--view-cut-p"),
+        view_cut_p=_probability(args.view_cut_p, "--view-cut-p"), thick_factor=_thickness(args.thick_factor),
         view_cut_sides=tuple(args.view_cut_sides) if args.view_cut_sides else None,
     )
 
@@ -504,6 +511,15 @@ def _axis_weights(values: Sequence[float] | None) -> tuple[float, float, float] 
     if len(values) != 3 or any(v < 0 for v in values) or not sum(values) > 0:
         raise SystemExit(f"--thick-axes: three non-negative weights, not all 0, got {list(values)}")
     return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def _thickness(values: Sequence[float] | None) -> tuple[float, float] | None:
+    if values is None:
+        return None
+    low, high = (float(v) for v in values)
+    if not 1.0 <= low <= high <= 8.0:
+        raise SystemExit(f"--thick-factor: 1 <= LOW <= HIGH <= 8 voxels, got {list(values)}")
+    return (low, high)
 
 
 def _rotation(values: Sequence[float] | None) -> tuple[float, float, float] | None:
