@@ -21,9 +21,10 @@ vertebra there, and the deepest part of that outline is the body's centre (:mod:
    chain's median outline and it is no duplicate; :func:`spaced_by_size` then thins the chain, except
    that a vertebra found inside a gap, at least :data:`GAP_SPLIT` of the local spacing from both of its
    ends (:func:`splits_gap`), stays: the gap says one is missing there. Repeated until nothing is added.
-3. :func:`on_spine_curve`, before and after filling: centres far off the spine through their
-   neighbours (a spinous process, a vessel) are dropped; :func:`behind_the_bodies`, after filling: so
-   are small outlines behind the column of the large ones (laminae and processes a narrow view leaves).
+3. :func:`behind_the_bodies`, before and after filling: small outlines behind the column of the large ones
+   (laminae and processes a narrow view leaves) are dropped; :func:`on_spine_curve`, before and after
+   filling: so are centres far off the spine through their neighbours (a spinous process, a vessel).
+   :func:`column_outlines` is what runs before filling.
 
 The label scores of the moved candidates are read from the locate heatmaps at their new places
 (:meth:`algorithm.locate.LocateMaps.candidates_at`), so the decoder sees the network's evidence there.
@@ -58,6 +59,7 @@ __all__ = [
     "MIN_VOLUME_ML",
     "Outline",
     "chain_gaps",
+    "column_outlines",
     "cut_ends",
     "fill_chain",
     "merge_outlines",
@@ -278,6 +280,14 @@ def on_spine_curve(outlines: Sequence[Outline], *, max_mm: float = OFF_CURVE_MM)
     (:func:`algorithm.labelling.curve.distance_to_spine_curve`); fewer than four are all kept."""
     distance = distance_to_spine_curve(np.array([outline.centre_mm for outline in outlines]))
     return [outline for outline, d in zip(outlines, distance, strict=True) if d <= max_mm]
+
+
+def column_outlines(outlines: Sequence[Outline]) -> list[Outline]:
+    """The recentred outlines that make the column before the chain is filled: posterior elements out
+    (:func:`behind_the_bodies`) before the spine curve is fitted (:func:`on_spine_curve`), then thinned by
+    size (:func:`spaced_by_size`). Fitted with the laminae, the curve bent: on the example CT with its sacrum
+    cropped, three lamina outlines 35 mm behind the bodies took a 63 ml L4 body off it."""
+    return spaced_by_size(on_spine_curve(behind_the_bodies(outlines)))
 
 
 def chain_gaps(centres_mm: np.ndarray, *, gap_factor: float = GAP_FACTOR) -> list[np.ndarray]:

@@ -256,3 +256,23 @@ def test_behind_the_bodies_drops_small_outlines_behind_the_column_only() -> None
     kept = behind_the_bodies(outlines)
     assert [id(o) for o in kept] == [id(o) for o in outlines if o is not lamina]
     assert len(behind_the_bodies([*column[:2], lamina])) == 3  # two bodies and a lamina: too few to judge
+
+
+def test_column_outlines_drop_the_laminae_before_they_bend_the_spine_curve() -> None:
+    """The outlines of the example CT with its sacrum cropped (``export.reformat``), as an outline model
+    fine-tuned with view cuts drew them (centre LPS mm, ml): bodies T11-L5 and S1's top, and three lamina
+    outlines 30-40 mm behind L3-L5. Fitted with the laminae the spine curve leaves L4's 63 ml body more than
+    30 mm off it; with them gone first, every body stays and the laminae go."""
+    from algorithm.recentre import column_outlines, on_spine_curve
+
+    rows = [((4.2, -112.0, 416.9), 44.8), ((6.2, -121.2, 385.9), 56.1), ((5.8, -134.0, 352.0), 58.0),
+            ((5.1, -142.8, 315.2), 62.3), ((5.7, -109.2, 291.1), 19.7), ((4.1, -143.7, 278.0), 62.9),
+            ((5.7, -103.9, 274.5), 15.7), ((4.0, -105.6, 256.8), 20.1), ((1.8, -134.4, 241.5), 59.3),
+            ((1.4, -119.7, 223.2), 39.6)]
+    outlines = [Outline(np.array(centre), volume) for centre, volume in rows]
+    l4, laminae = outlines[5], {id(outlines[i]) for i in (4, 6, 7)}
+    assert all(o is not l4 for o in on_spine_curve(outlines))  # what went wrong
+    kept = column_outlines(outlines)
+    assert any(o is l4 for o in kept)
+    assert not laminae & {id(o) for o in kept}
+    assert len(kept) == 7
