@@ -98,6 +98,10 @@ class TrainConfig:
     progress: bool = True
 
 
+AUGMENTATION_OPTIONS = ("rotate_deg", "sacrum_p", "thick_axes", "thick_factor", "view_cut_p", "view_cut_sides")
+"""The :class:`TrainConfig` fields that override :class:`Augmentation`'s field of the same name when not None."""
+
+
 @dataclass
 class TrainResult:
     """Where a run left its checkpoints and how it went."""
@@ -331,19 +335,10 @@ def train(config: TrainConfig) -> TrainResult:
         params = count_parameters(network)
         log.info("%s: U-Net %s, %d parameters, patch %s, batch %d, device %s", meta.stage, network_config,
                  params, meta.patch_shape_zyx, config.batch_size, device)
-        augmentation = Augmentation() if config.augment else Augmentation.none()
-        if config.augment and config.rotate_deg is not None:
-            augmentation = replace(augmentation, rotate_deg=config.rotate_deg)
-        if config.augment and config.sacrum_p is not None:
-            augmentation = replace(augmentation, sacrum_p=config.sacrum_p)
-        if config.augment and config.thick_axes is not None:
-            augmentation = replace(augmentation, thick_axes=config.thick_axes)
-        if config.augment and config.thick_factor is not None:
-            augmentation = replace(augmentation, thick_factor=config.thick_factor)
-        if config.augment and config.view_cut_p is not None:
-            augmentation = replace(augmentation, view_cut_p=config.view_cut_p)
-        if config.augment and config.view_cut_sides is not None:
-            augmentation = replace(augmentation, view_cut_sides=config.view_cut_sides)
+        augmentation = Augmentation.none()
+        if config.augment:
+            given = {name: getattr(config, name) for name in AUGMENTATION_OPTIONS}
+            augmentation = replace(Augmentation(), **{name: v for name, v in given.items() if v is not None})
         sampler = PatchSampler(train_volumes, meta, rng, augmentation)
 
         def save(path: Path, iteration: int) -> None:

@@ -648,3 +648,13 @@ def test_thicker_simulated_slices_spread_a_plate_further() -> None:
         return sum(int(np.count_nonzero(sampler._appearance(ct)[:, 12, 12] > 0.05)) for _ in range(20))
 
     assert spread((3.0, 3.5)) > spread((1.3, 1.3))
+
+
+def test_augmentation_options_reach_the_training_samples(toy_data: Path, tmp_path: Path) -> None:
+    """A segment run with ``--view-cut-p 1 --view-cut-sides superior --thick-factor 3 3.5`` trains, and with the same
+    seed its weights differ from a run without them: the options reach the sampler (``AUGMENTATION_OPTIONS``)."""
+    assert _train(toy_data, "segment", tmp_path / "plain", 2) == 0
+    assert _train(toy_data, "segment", tmp_path / "cut", 2, "--view-cut-p", "1", "--view-cut-sides", "superior",
+                  "--thick-factor", "3", "3.5") == 0
+    plain, cut = _weights(tmp_path / "plain" / "last.pt"), _weights(tmp_path / "cut" / "last.pt")
+    assert any(not torch.equal(cut[name], tensor) for name, tensor in plain.items())
