@@ -540,18 +540,23 @@ def test_cut_view_ends_the_ct_and_the_target_beyond_the_plane_only() -> None:
     assert np.all(cy[0][:2] == 0) and np.all(cy[0][2:] == 1)  # |index - 4| * 3 mm > 7 mm below: 0, 1
 
 
-def test_segment_sampler_cuts_the_view_through_the_vertebra_not_its_centre() -> None:
-    """``view_cut_p`` 1: every sample's view ends inside the patch; the vertebra's centre stays in view and
-    labelled, and the CT beyond the cut is air where the volume had bone."""
-    from export.datasets import StageVolume
-
+def _bone_block() -> tuple[StageVolume, ModelMeta, np.ndarray]:
+    """A segment volume of one large vertebra-labelled block (L1, 0.5 network units) at 2 mm, its centroid at
+    (25, 35, 30), and a segment meta whose patch reaches as far as the real one (+-40 mm in z, +-60 in y, +-48
+    in x): beyond every view cut's farthest plane."""
     labels = np.zeros((50, 70, 60), np.uint8)
     labels[3:47, 2:68, 2:58] = 20
     image = np.where(labels > 0, 0.5, 0.0).astype(np.float32)
-    # the real patch's reach at 2 mm: +-40 mm in z, +-60 in y, +-48 in x, beyond every cut's farthest plane
     meta = default_meta("segment", spacing_zyx_mm=(2.0, 2.0, 2.0), patch_shape_zyx=(40, 60, 48))
     volume = StageVolume("v", image, Geometry.of(sitk.GetImageFromArray(image)), {20: np.array([25.0, 35, 30])},
                          labels=labels)
+    return volume, meta, labels
+
+
+def test_segment_sampler_cuts_the_view_through_the_vertebra_not_its_centre() -> None:
+    """``view_cut_p`` 1: every sample's view ends inside the patch; the vertebra's centre stays in view and
+    labelled, and the CT beyond the cut is air where the volume had bone."""
+    volume, meta, labels = _bone_block()
     sampler = PatchSampler([volume], meta, np.random.default_rng(1), replace(Augmentation.none(), view_cut_p=1.0))
     background = float(meta.intensity.background)
     whole = (labels[5:45, 5:65, 6:54] == 20).sum()
@@ -579,14 +584,7 @@ def test_train_view_cut_option() -> None:
 
 def test_view_cuts_come_only_from_the_sides_asked_for() -> None:
     """``view_cut_sides`` ("superior" alone): the view always ends above the centre, never behind or below it."""
-    from export.datasets import StageVolume
-
-    labels = np.zeros((50, 70, 60), np.uint8)
-    labels[3:47, 2:68, 2:58] = 20
-    image = np.where(labels > 0, 0.5, 0.0).astype(np.float32)
-    meta = default_meta("segment", spacing_zyx_mm=(2.0, 2.0, 2.0), patch_shape_zyx=(40, 60, 48))
-    volume = StageVolume("v", image, Geometry.of(sitk.GetImageFromArray(image)), {20: np.array([25.0, 35, 30])},
-                         labels=labels)
+    volume, meta, labels = _bone_block()
     aug = replace(Augmentation.none(), view_cut_p=1.0, view_cut_sides=("superior",))
     sampler = PatchSampler([volume], meta, np.random.default_rng(2), aug)
     for _ in range(10):
