@@ -432,6 +432,13 @@ class Augmentation:
     thick_factor: tuple[float, float] = (1.3, 2.0)
     """Locate, segment: range of a simulated slice's thickness in model-grid voxels (segment's 1.5 mm grid: 2-3 mm
     slices; 5 mm slices need 3.3)."""
+    coarse_p: float = 0.0
+    """Locate, segment: probability of a coarse in-plane grid: y and x averaged over the same number of model-grid
+    voxels (:attr:`coarse_factor`) and sampled back, z over a thick slice's (:attr:`thick_factor`). Radiotherapy
+    head-and-neck CTs have 3.5-5.4 mm pixels; the training CTs have 0.7-1.5 mm, with the example's 3 mm the
+    coarsest. Off by default; drawn after the other appearance changes, so runs without it draw as before."""
+    coarse_factor: tuple[float, float] = (2.3, 3.6)
+    """Locate, segment: range of a coarse pixel's width in model-grid voxels (segment's 1.5 mm grid: 3.5-5.4 mm)."""
     view_cut_p: float = 0.0
     """Segment: probability that the scan's field of view ends inside the patch (:data:`VIEW_CUTS`): beyond a
     plane through the vertebra the CT is the model grid's padding (air) and the target empty. Cardiac and
@@ -444,6 +451,19 @@ class Augmentation:
     def none(cls) -> Augmentation:
         return cls(scale=(1.0, 1.0), shift=0.0, noise_std=0.0, flip_lr=0.0, centroid_jitter_mm=0.0,
                    off_centre_mm=0.0, off_centre_p=0.0, spatial_p=0.0, sacrum_p=0.0, appearance_p=0.0)
+
+
+def coarsen(ct: np.ndarray, factors_zyx: Sequence[float]) -> np.ndarray:
+    """``ct`` as a scanner with coarser voxels would have recorded it, on the same grid: along each axis whose
+    factor f exceeds 1, the mean over round(f) voxels (a thick slice or a wide pixel), sampled at 1/f of the
+    voxels (linear), then interpolated back to ``ct``'s shape (linear)."""
+    factors = np.asarray(factors_zyx, dtype=np.float64)
+    out = ct
+    for axis, factor in enumerate(factors):
+        if factor > 1.0:
+            out = ndimage.uniform_filter1d(out, max(round(factor), 1), axis=axis)
+    out = ndimage.zoom(out, np.where(factors > 1.0, 1.0 / factors, 1.0), order=1)
+    return ndimage.zoom(out, np.asarray(ct.shape, dtype=np.float64) / np.asarray(out.shape), order=1)
 
 
 def cut_view(x: np.ndarray, y: np.ndarray, centre_zyx: Sequence[float], spacing_zyx_mm: Sequence[float],
@@ -599,11 +619,12 @@ class PatchSampler:
             weights = np.asarray(aug.thick_axes, dtype=np.float64)
             axis = int(self.rng.choice(3, p=weights / weights.sum())) if np.count_nonzero(weights) > 1 else int(
                 np.argmax(weights))
-            factor = self.rng.uniform(*aug.thick_factor)
-            zoom = np.ones(3)
-            zoom[axis] = 1.0 / factor
-            ct = ndimage.zoom(ndimage.uniform_filter1d(ct, max(round(factor), 1), axis=axis), zoom, order=1)
-            ct = ndimage.zoom(ct, np.asarray(self.shape, dtype=np.float64) / np.asarray(ct.shape), order=1)
+            factors = np.ones(3)
+            factors[axis] = self.rng.uniform(*aug.thick_factor)
+            ct = coarsen(ct, factors)
+        if aug.coarse_p > 0 and self.rng.random() < aug.coarse_p:
+            pixel = self.rng.uniform(*aug.coarse_factor)
+            ct = coarsen(ct, np.array([self.rng.uniform(*aug.thick_factor), pixel, pixel]))
         return ct.astype(np.float32, copy=False)
 
     def _sample_segment(self) -> tuple[np.ndarray, np.ndarray]:

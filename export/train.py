@@ -91,6 +91,10 @@ class TrainConfig:
     """Relative weights of the z, y, x axes for thick-slice simulation (None: :class:`Augmentation`'s, z only)."""
     thick_factor: tuple[float, float] | None = None
     """Range of a simulated slice's thickness in model-grid voxels (None: :class:`Augmentation`'s, 1.3-2)."""
+    coarse_p: float | None = None
+    """Probability of a coarse in-plane grid (None: :class:`Augmentation`'s, off)."""
+    coarse_factor: tuple[float, float] | None = None
+    """Range of a coarse pixel's width in model-grid voxels (None: :class:`Augmentation`'s, 2.3-3.6)."""
     view_cut_p: float | None = None
     """Segment: probability that the field of view ends inside the patch (None: :class:`Augmentation`'s, off)."""
     view_cut_sides: tuple[str, ...] | None = None
@@ -98,7 +102,8 @@ class TrainConfig:
     progress: bool = True
 
 
-AUGMENTATION_OPTIONS = ("rotate_deg", "sacrum_p", "thick_axes", "thick_factor", "view_cut_p", "view_cut_sides")
+AUGMENTATION_OPTIONS = ("rotate_deg", "sacrum_p", "thick_axes", "thick_factor", "coarse_p", "coarse_factor",
+                        "view_cut_p", "view_cut_sides")
 """The :class:`TrainConfig` fields that override :class:`Augmentation`'s field of the same name when not None."""
 
 
@@ -473,6 +478,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--thick-factor", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="range of a simulated slice's thickness in model-grid voxels, 1 <= LOW <= HIGH "
                              "(segment's 1.5 mm grid: 5 mm slices are 3.3); default 1.3 2")
+    parser.add_argument("--coarse-p", type=float, metavar="P",
+                        help="probability of a coarse in-plane grid (y and x averaged over --coarse-factor voxels, z "
+                             "over --thick-factor's: head-and-neck CTs' 3.5-5.4 mm pixels), in [0, 1]; default 0")
+    parser.add_argument("--coarse-factor", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="range of a coarse pixel's width in model-grid voxels, 1 <= LOW <= HIGH <= 8 "
+                             "(segment's 1.5 mm grid: 5 mm pixels are 3.3); default 2.3 3.6")
     parser.add_argument("--view-cut-p", type=float, metavar="P",
                         help="segment: probability that the field of view ends inside the patch (air beyond a plane "
                              "through the vertebra, behind, beside, above or below it; the target empty there), in "
@@ -495,7 +506,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         init_from=args.init_from,
         augment=not args.no_augment, progress=not args.no_progress, rotate_deg=_rotation(args.rotate_deg),
         sacrum_p=_probability(args.sacrum_p, "--sacrum-p"), thick_axes=_axis_weights(args.thick_axes),
-        view_cut_p=_probability(args.view_cut_p, "--view-cut-p"), thick_factor=_thickness(args.thick_factor),
+        view_cut_p=_probability(args.view_cut_p, "--view-cut-p"),
+        thick_factor=_voxels(args.thick_factor, "--thick-factor"), coarse_p=_probability(args.coarse_p, "--coarse-p"),
+        coarse_factor=_voxels(args.coarse_factor, "--coarse-factor"),
         view_cut_sides=tuple(args.view_cut_sides) if args.view_cut_sides else None,
     )
 
@@ -508,12 +521,12 @@ def _axis_weights(values: Sequence[float] | None) -> tuple[float, float, float] 
     return (float(values[0]), float(values[1]), float(values[2]))
 
 
-def _thickness(values: Sequence[float] | None) -> tuple[float, float] | None:
+def _voxels(values: Sequence[float] | None, option: str) -> tuple[float, float] | None:
     if values is None:
         return None
     low, high = (float(v) for v in values)
     if not 1.0 <= low <= high <= 8.0:
-        raise SystemExit(f"--thick-factor: 1 <= LOW <= HIGH <= 8 voxels, got {list(values)}")
+        raise SystemExit(f"{option}: 1 <= LOW <= HIGH <= 8 voxels, got {list(values)}")
     return (low, high)
 
 

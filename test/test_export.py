@@ -648,6 +648,67 @@ def test_thicker_simulated_slices_spread_a_plate_further() -> None:
     assert spread((3.0, 3.5)) > spread((1.3, 1.3))
 
 
+@pytest.mark.parametrize("factors", [(1.0, 3.0, 3.0), (2.0, 3.6, 2.3)])
+def test_coarsen_blurs_only_the_coarsened_axes_and_keeps_the_grid(factors: tuple[float, float, float]) -> None:
+    """``coarsen``: a rod along z, two voxels thick in y and x, spreads along y and x (wide pixels) and its run along
+    z keeps its ends where z is not coarsened; the shape is kept and a uniform CT stays uniform."""
+    from export.datasets import coarsen
+
+    ct = np.zeros((24, 24, 24), np.float32)
+    ct[6:18, 11:13, 11:13] = 1.0
+    out = coarsen(ct, factors)
+    assert out.shape == ct.shape
+    assert np.count_nonzero(out[12, :, 12] > 0.05) > 2 and np.count_nonzero(out[12, 12, :] > 0.05) > 2
+    if factors[0] == 1.0:
+        assert np.count_nonzero(out[:, 12, 12] > 0.05) == 12
+    np.testing.assert_allclose(coarsen(np.full((16, 16, 16), 0.3, np.float32), factors), 0.3, atol=1e-6)
+
+
+def test_coarse_pixels_spread_a_rod_in_plane_only_when_asked() -> None:
+    """``Augmentation.coarse_p``: with every other appearance change off, a thin rod along z spreads along y and x
+    when coarse pixels are drawn (p 1) and is left as it is with p 0."""
+    from export.datasets import StageVolume
+
+    meta = default_meta("locate", spacing_zyx_mm=(1.5, 1.5, 1.5), patch_shape_zyx=(24, 24, 24))
+    empty = np.zeros((4, 4, 4), np.float32)
+    volume = StageVolume("v", empty, Geometry.of(sitk.GetImageFromArray(empty)), {1: np.zeros(3)})
+    ct = np.zeros((24, 24, 24), np.float32)
+    ct[:, 11:13, 11:13] = 1.0
+
+    def width(p: float) -> int:
+        sampler = PatchSampler([volume], meta, np.random.default_rng(3), replace(Augmentation.none(), coarse_p=p))
+        out = sampler._appearance(ct)
+        return int(np.count_nonzero(out[12, 12, :] > 0.05)) + int(np.count_nonzero(out[12, :, 12] > 0.05))
+
+    assert width(0.0) == 4
+    assert width(1.0) > 4
+
+
+@pytest.mark.parametrize(("argv", "field", "expected"), [
+    ([], "coarse_p", None), (["--coarse-p", "0.4"], "coarse_p", 0.4),
+    ([], "coarse_factor", None), (["--coarse-factor", "2.3", "3.6"], "coarse_factor", (2.3, 3.6))])
+def test_train_coarse_options(argv: list[str], field: str, expected: object) -> None:
+    import argparse
+
+    from export.train import config_from_args, configure_parser
+
+    args = configure_parser(argparse.ArgumentParser()).parse_args(["segment", "--data", "d", "--out", "o", *argv])
+    assert getattr(config_from_args(args), field) == expected
+
+
+@pytest.mark.parametrize(("argv", "option"), [(["--coarse-p", "1.5"], "--coarse-p"),
+                                              (["--coarse-factor", "3", "2"], "--coarse-factor"),
+                                              (["--coarse-factor", "0.5", "2"], "--coarse-factor")])
+def test_train_coarse_options_refuse_out_of_range(argv: list[str], option: str) -> None:
+    import argparse
+
+    from export.train import config_from_args, configure_parser
+
+    args = configure_parser(argparse.ArgumentParser()).parse_args(["segment", "--data", "d", "--out", "o", *argv])
+    with pytest.raises(SystemExit, match=option):
+        config_from_args(args)
+
+
 def test_augmentation_options_reach_the_training_samples(toy_data: Path, tmp_path: Path) -> None:
     """A segment run with ``--view-cut-p 1 --view-cut-sides superior --thick-factor 3 3.5`` trains, and with the same
     seed its weights differ from a run without them: the options reach the sampler (``AUGMENTATION_OPTIONS``)."""
