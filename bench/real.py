@@ -27,11 +27,14 @@ which real cases each model saw in training (its ``trained_on`` metadata).
     python bench/real.py --case ct.nii.gz msk.nii.gz ctd.json --verse /data/verse20
     python bench/real.py --reformats                   # also each case cropped, resliced, as a slab
     python bench/real.py --only-openkbp --openkbp dev  # the annotated head-and-neck development set
+    python bench/real.py --only-openkbp --openkbp dev --reformats top-cropped  # ... and its necks without skulls
 
 **Reformats** (``--reformats``, ``export.reformat``): every masked case also as users meet the same
 anatomy elsewhere: the sacrum cropped away, the top two levels cropped away, a VerSe-style sagittal
 slab (3 mm sagittal slices, 104 mm wide, PIR), 5 mm slices, 4 mm pixels; labels follow (a vertebra
-mostly out of view loses its label).
+mostly out of view loses its label). With ``--openkbp``, each annotated head-and-neck CT with four or more
+annotated vertebrae also with its top two levels cropped away (C1 and C2 with the skull: a neck or chest CT that
+starts mid-neck, where the first rib and the network are all that name the levels).
 
 **OpenKBP** (``--openkbp dev|fit|validation``): real head-and-neck CTs (skull base to the upper thoracic
 spine) with the project's own centroid annotations (``bench/annotations/openkbp-headneck``): ``dev`` is
@@ -306,20 +309,21 @@ def _extra_cases(args: argparse.Namespace) -> list[RealCase]:
 
 
 def reformat_cases(cases: Sequence[RealCase], names: list[str] | None, folder: Path) -> list[RealCase]:
-    """Every applicable reformat (``export.reformat``) of every masked case, written under ``folder``."""
+    """Every applicable reformat (``export.reformat``) of every case, written under ``folder``: all of them for a
+    masked case, the crops (``CENTROID_ONLY``) for one with centroids only (OpenKBP: its neck without the skull)."""
     from export.reformat import reformats
     from spine.image import write_image
     from spine.verse import write_centroid_json
 
     out = []
     for real in cases:
-        if real.mask is None:
-            continue
         for recipe, variant in reformats(real.load(), names):
             stem = folder / variant.case_id
-            ct, mask, ctd = (Path(f"{stem}_ct.nii.gz"), Path(f"{stem}_seg-vert_msk.nii.gz"), Path(f"{stem}_ctd.json"))
+            ct, ctd = Path(f"{stem}_ct.nii.gz"), Path(f"{stem}_ctd.json")
+            mask = None if variant.mask is None else Path(f"{stem}_seg-vert_msk.nii.gz")
             write_image(variant.ct, ct)
-            write_image(variant.mask, mask)
+            if variant.mask is not None:
+                write_image(variant.mask, mask)
             write_centroid_json(ctd, variant.centroids_mm, variant.geometry)
             out.append(RealCase(variant.case_id, ct, mask, ctd, reference=real.reference, complete=real.complete,
                                 note=f"{real.name} reformatted: {recipe.name}"))
@@ -398,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="every labelled case of a VerSe-layout folder (repeatable)")
     parser.add_argument("--reformats", nargs="*", metavar="NAME",
                         help="also every masked case in the forms users meet (export.reformat: sacrum-cropped, "
-                             "top-cropped, sagittal-slab, thick-slices, coarse-pixels; none named: all)")
+                             "top-cropped, sagittal-slab, thick-slices, coarse-pixels; none named: all), and every "
+                             "--openkbp case top-cropped")
     parser.add_argument("--openkbp", choices=("dev", "fit", "validation"), action="append",
                         help="the project's annotated OpenKBP head-and-neck CTs of this set (centroids only): dev to "
                              "choose on, fit (what models train on), validation the LOCKED set: report it once, never "
@@ -462,6 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.reformats is not None:
             try:
                 groups["reformats"] = reformat_cases(cases, args.reformats or None, Path(tmp))
+                for split in args.openkbp or []:  # the neck without the skull: a chest CT that starts mid-neck
+                    groups[f"OpenKBP {split}, reformatted"] = reformat_cases(
+                        [case for case in openkbp_cases(split)], args.reformats or None, Path(tmp))
             except ValueError as error:
                 parser.error(str(error))
         if not any(groups.values()):

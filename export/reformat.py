@@ -41,7 +41,8 @@ from spine.case import Case
 from spine.image import Geometry, image_from_array, resample_onto
 from spine.labels import EVALUATED
 
-__all__ = ["FWHM_PER_SIGMA", "REFORMATS", "Reformat", "index_axis", "reformat", "reformats", "world_spacing_mm"]
+__all__ = ["CENTROID_ONLY", "FWHM_PER_SIGMA", "REFORMATS", "Reformat", "index_axis", "reformat", "reformats",
+           "world_spacing_mm"]
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # 2.3548
 CROP_KEEP = 0.85  # a vertebra cut by a crop through the spine's length keeps its label above this fraction
@@ -114,13 +115,20 @@ def reformat(case: Case, recipe: Reformat) -> Case:
 
     The returned case's id is ``<case id>~<recipe name>``; its mask holds only the labels kept, its
     centroids only theirs (a centroid without mask voxels in the original stays while inside the new grid).
+    A case without a mask (centroids only) can be cropped (:data:`CENTROID_ONLY`): its centroids inside the new
+    grid stay.
     """
-    if case.mask is None:
-        raise ValueError(f"{case.case_id}: a reformat needs the case's mask")
     source = Geometry.of(case.ct)
     grid = _grid(source, recipe)
     blurred = image_from_array(_blur(case.ct, recipe.spacing_mm), source)
     ct = sitk.Cast(sitk.Round(resample_onto(blurred, grid, default=-1024.0)), sitk.sitkInt16)
+    if case.mask is None:
+        if recipe.name not in CENTROID_ONLY:
+            raise ValueError(f"{case.case_id}: the {recipe.name} reformat needs the case's mask")
+        centroids = {v: np.asarray(c, dtype=np.float64) for v, c in case.centroids_mm.items() if grid.contains_mm(c)}
+        if recipe.orientation:
+            ct = sitk.DICOMOrient(ct, recipe.orientation)
+        return Case(f"{case.case_id}~{recipe.name}", ct, None, centroids, f"{case.source} ({recipe.name})")
     mask = resample_onto(sitk.Cast(case.mask, sitk.sitkUInt8), grid, nearest=True, default=0)
     before = _volumes_mm3(sitk.GetArrayFromImage(sitk.Cast(case.mask, sitk.sitkUInt8)), source)
     array = sitk.GetArrayFromImage(mask)
@@ -238,16 +246,21 @@ REFORMATS: dict[str, Callable[[Case], Reformat | None]] = {
 """Each variant's builder: the recipe for a case, or None where it does not apply (less than 20 mm of CT
 below the lowest vertebra, fewer than four vertebrae, a CT already narrower than a slab, slices or pixels
 already that coarse)."""
+CENTROID_ONLY = ("top-cropped",)
+"""The variants that a case with centroids but no mask can take: a crop through the spine's length between two
+annotated centres, whose vertebrae are in view or not by their centres. The others decide which vertebrae stay
+in view by the share of their volume that does (a slab trims processes, thick slices blur an end one away)."""
 
 
 def reformats(case: Case, names: list[str] | None = None) -> list[tuple[Reformat, Case]]:
-    """The applicable variants of ``case`` (all of :data:`REFORMATS`, or those named), each with its recipe."""
-    if case.mask is None:
-        raise ValueError(f"{case.case_id}: a reformat needs the case's mask")
+    """The applicable variants of ``case`` (all of :data:`REFORMATS`, or those named), each with its recipe; for a
+    case without a mask (centroids only), those of :data:`CENTROID_ONLY`."""
     out = []
     for name in names or list(REFORMATS):
         if name not in REFORMATS:
             raise ValueError(f"unknown reformat {name!r}; known: {', '.join(REFORMATS)}")
+        if case.mask is None and name not in CENTROID_ONLY:
+            continue
         recipe = REFORMATS[name](case)
         if recipe is not None:
             out.append((recipe, reformat(case, recipe)))

@@ -160,3 +160,20 @@ def test_the_bundled_example_in_every_form():
     assert set(variants) == {"sacrum-cropped", "top-cropped", "sagittal-slab", "slices-5mm", "pixels-4mm"}
     assert 26 not in labels_of(variants["sacrum-cropped"])
     assert {18, 19}.isdisjoint(labels_of(variants["top-cropped"]))
+
+
+def test_a_case_with_centroids_only_is_cropped_and_keeps_the_centres_in_view():
+    """A centroid-only case (OpenKBP: no masks) takes the crops only (``CENTROID_ONLY``): its top two levels
+    leave with their centres, the rest keep theirs; a variant that needs the mask is refused by name."""
+    from export.reformat import CENTROID_ONLY, REFORMATS
+
+    full = stacked_case()
+    bare = Case("bare", full.ct, None, dict(full.centroids_mm), "test")
+    out = reformats(bare)
+    assert [recipe.name for recipe, _ in out] == list(CENTROID_ONLY) == ["top-cropped"]
+    variant = out[0][1]
+    assert variant.mask is None and variant.case_id == "bare~top-cropped"
+    assert sorted(variant.centroids_mm) == [22, 23, 24]
+    np.testing.assert_allclose(variant.centroids_mm[23], full.centroids_mm[23])
+    with pytest.raises(ValueError, match="needs the case's mask"):
+        reformat(bare, REFORMATS["thick-slices"](bare))
