@@ -12,7 +12,9 @@ high), while the ribs are plainly there in the CT. So:
    into connected parts; each part's *reach* is its largest lateral distance.
 3. Where a part crosses the shell :data:`SHELL_MM` behind the bodies' centres, a rib or a transverse
    process leaves the spine. Each crossing is given to the lowest vertebra whose centre lies no more
-   than :data:`CROSSING_RISE_MM` below the crossing's top.
+   than :data:`CROSSING_RISE_MM` below the crossing's top, measured along the spine's sagittal lean
+   (:func:`rise_above`: at C7-T1 the column rises forwards by 12-24 degrees, and the first rib's crossing,
+   15-30 mm behind T1's centre, lies higher than T1 along z; measured along z it went to C7).
 4. A crossing whose part reaches :data:`RIB_REACH_MM` is a rib; lumbar transverse processes end
    within 50 mm of the midline (43-50 mm on the real CTs at hand). A crossing taller than
    :data:`MAX_CROSSING_MM`, or of a part larger than :data:`MAX_PART_ML`, is a plate (the sacrum's
@@ -127,6 +129,14 @@ below the lowest rib-bearing candidate, so "thoracic" there means a T12 (T11, T1
 is missing or ends within :data:`SHORT_RIB_MM`: a floating rib shorter than VerSe's 38 mm, uncommon.
 At 0.5 (both sides 0.25), the one free vertebra under the ribs was outweighed by a locate network that
 had lost count by one on the example with its sacrum cropped away (the two labellings 0.2 nats apart)."""
+LEAN_REACH_MM = 40.0
+"""The column's lean at a vertebra is read from the centres within this height of it (two or three neighbours
+each way in the neck and chest)."""
+MIN_PAIR_DZ_MM = 8.0
+"""Pairs of centres closer than this in height (a duplicate, a candidate beside another) give no slope."""
+MAX_LEAN_DEG = 40.0
+"""The largest lean of the column from upright, in the sagittal plane, that :func:`rise_above` allows (the
+cervicothoracic junction of the real neck CTs at hand: 12-24 degrees between annotated C6, C7 and T1)."""
 
 
 @dataclass(frozen=True)
@@ -215,15 +225,16 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
         part = parts[cz[here], cy[here], cx[here]]
         if heights.max() - heights.min() + GRID_MM > MAX_CROSSING_MM or np.any(plate[part]):
             continue
-        top = float(heights.max())
-        owner = int(np.searchsorted(chain[:, 2], top - CROSSING_RISE_MM))
+        # The crossing's top above each vertebra's centre, measured along the spine (step 3).
+        tops = rise_above(chain, y[cy[here]], heights)
+        owner = int(np.argmax(tops <= CROSSING_RISE_MM)) if np.any(tops <= CROSSING_RISE_MM) else len(chain)
         if owner == len(chain):
             # Above the chain's top: the rib of a vertebra above it, or the top one's own where the scan cuts
             # that vertebra (its centre is then the visible part's, too low): the top one's side is unknown.
-            if top - chain[-1, 2] <= spacing[-1]:
+            if tops[-1] <= spacing[-1]:
                 unknown[order[-1], side] = True
             continue
-        if chain[owner, 2] - top > spacing[owner]:
+        if -tops[owner] > spacing[owner]:
             continue  # below the chain's bottom
         part_reach = float(reach_of[part].max())
         if np.any(leaves_of[part]) and heights.max() - heights.min() + GRID_MM >= MIN_LEAVING_MM:
@@ -251,6 +262,40 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
              "%d on one", int(evidence.bearing.sum()), n, int(np.any(leaves, axis=1).sum()),
              int(np.sum(evidence.free_sides == 2)), int(np.sum(evidence.free_sides == 1)))
     return evidence
+
+
+def rise_above(chain: np.ndarray, y_mm: np.ndarray, z_mm: np.ndarray) -> np.ndarray:
+    """``(N,)``: how far the highest of the points (LPS ``y_mm``, ``z_mm``) lies above each vertebra of ``chain``
+    (``(N, 3)`` centres, feet to head), measured along the spine's local sagittal direction there.
+
+    A rib leaves the spine at its vertebra's transverse process, 15-30 mm behind the body's centre. Where the
+    column leans (the neck and upper chest rise forwards by 20-30 degrees at C7-T1), what lies behind a body
+    lies higher than it, by that distance times the lean's sine: measured along z, the first rib's crossing
+    rose 10-20 mm above T1's centre on real neck CTs and went to C7. Along the spine's own direction
+    (:func:`_sagittal_slope`; left-right lean is ignored: it lifts one side's crossing and lowers the other's)
+    it is the rise above its own vertebra again. On an upright column this is the height difference along z.
+    """
+    centres = np.asarray(chain, dtype=np.float64).reshape(-1, 3)
+    slopes = np.array([_sagittal_slope(centres, centre[2]) for centre in centres])  # dy/dz
+    direction = np.stack([slopes, np.ones(len(centres))], axis=1)
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    offsets = np.stack([np.asarray(y_mm, dtype=np.float64), np.asarray(z_mm, dtype=np.float64)], axis=1)
+    heights = np.einsum("nkc,nc->nk", offsets[None, :, :] - centres[:, None, 1:], direction)
+    return heights.max(axis=1)
+
+
+def _sagittal_slope(centres: np.ndarray, height_mm: float) -> float:
+    """dy/dz of the column at ``height_mm``: the median slope between pairs of the centres within
+    :data:`LEAN_REACH_MM` of that height (Theil-Sen: a false candidate in front of or behind the bodies moves it
+    little), clipped to :data:`MAX_LEAN_DEG`; 0 (upright) with fewer than two centres apart in height."""
+    near = centres[np.abs(centres[:, 2] - height_mm) <= LEAN_REACH_MM]
+    dz = near[None, :, 2] - near[:, None, 2]
+    dy = near[None, :, 1] - near[:, None, 1]
+    apart = dz > MIN_PAIR_DZ_MM
+    if not apart.any():
+        return 0.0
+    limit = np.tan(np.radians(MAX_LEAN_DEG))
+    return float(np.clip(np.median(dy[apart] / dz[apart]), -limit, limit))
 
 
 def _at_edge(covered: np.ndarray, axes: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:

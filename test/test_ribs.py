@@ -221,3 +221,53 @@ def test_a_sliver_of_plate_leaving_a_narrow_view_is_no_rib() -> None:
     evidence = rib_evidence(sliver, _positions())
     assert evidence.bearing.tolist() == list(RIBBED)
     assert evidence.free_sides.tolist()[1] == 2
+
+
+def _leaning(image: sitk.Image, positions: np.ndarray, degrees: float) -> tuple[sitk.Image, np.ndarray]:
+    """The phantom and its centres turned about the left-right axis through (0, 0, 60): the column rises
+    forwards (LPS -y) by ``degrees``, as the neck and upper chest do at C7-T1."""
+    angle = np.radians(degrees)
+    centre = np.array([0.0, 0.0, 60.0])
+    turn = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(angle), -np.sin(angle)], [0.0, np.sin(angle), np.cos(angle)]])
+    transform = sitk.Euler3DTransform(tuple(centre), -angle, 0.0, 0.0)  # output -> input: the inverse turn
+    turned = sitk.Resample(image, image, transform, sitk.sitkLinear, -50.0)
+    return turned, centre + (positions - centre) @ turn.T
+
+
+def test_rise_above_is_the_height_difference_on_an_upright_column() -> None:
+    from algorithm.ribs import rise_above
+
+    chain = _positions()
+    y, z = np.array([10.0, 30.0]), np.array([62.0, 65.0])
+    np.testing.assert_allclose(rise_above(chain, y, z), 65.0 - chain[:, 2])
+
+
+def test_rise_above_measures_along_a_leaning_column() -> None:
+    """A point 25 mm behind a vertebra's centre and 2 mm above it along a column leaning 30 degrees lies 14.2 mm
+    higher in z, but rises 2 mm above that vertebra along the spine."""
+    from algorithm.ribs import rise_above
+
+    angle = np.radians(30.0)
+    up, back = np.array([-np.sin(angle), np.cos(angle)]), np.array([np.cos(angle), np.sin(angle)])  # (y, z)
+    chain = np.array([[0.0, *(k * 17.0 * up)] for k in range(5)])
+    point = chain[2, 1:] + 25.0 * back + 2.0 * up
+    assert point[1] - chain[2, 2] == pytest.approx(14.2, abs=0.1)
+    assert rise_above(chain, point[:1], point[1:])[2] == pytest.approx(2.0, abs=1e-6)
+
+
+def test_the_lean_is_read_past_a_candidate_off_the_column() -> None:
+    """One candidate 30 mm behind the column (a spinous process) barely moves the lean read at its neighbours."""
+    from algorithm.ribs import rise_above
+
+    chain = np.array([[0.0, 0.0, k * 17.0] for k in range(6)])
+    chain[3, 1] = 30.0
+    rise = rise_above(chain, np.array([0.0]), np.array([2.0 * 17.0 + 3.0]))
+    assert rise[2] == pytest.approx(3.0, abs=1.5)
+
+
+def test_ribs_of_a_leaning_column_stay_with_their_vertebrae() -> None:
+    """The phantom turned 30 degrees (the column rising forwards): the ribs' crossings lie 8-12 mm above their own
+    centres in z, more than ``CROSSING_RISE_MM``; measured along the column they stay with their vertebrae."""
+    image, positions = _leaning(_phantom(), _positions(), 30.0)
+    evidence = rib_evidence(image, positions)
+    assert evidence.bearing.tolist() == list(RIBBED)
