@@ -113,7 +113,9 @@ class Candidates:
         ribs = self.ribs
         if ribs is not None:
             ribs = replace(ribs, reach_mm=np.vstack([np.zeros((1, 2)), ribs.reach_mm]),
-                           seen=np.vstack([np.zeros((1, 2), dtype=bool), ribs.seen]))
+                           seen=np.vstack([np.zeros((1, 2), dtype=bool), ribs.seen]),
+                           heights_mm=None if ribs.heights_mm is None else np.concatenate([point[:, 2],
+                                                                                          ribs.heights_mm]))
         return replace(self, positions_mm=np.vstack([point, self.positions_mm]),
                        scores=np.vstack([np.zeros((1, self.scores.shape[1]), dtype=self.scores.dtype), self.scores]),
                        peak=np.concatenate([[0.0], self.peak]), ribs=ribs,
