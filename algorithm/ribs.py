@@ -63,13 +63,14 @@ __all__ = [
     "RIB_REACH_MM",
     "SHELL_MM",
     "SHORT_RIB_MM",
+    "SIDE_EDGE_MM",
     "TOP_BEARING_LIKELIHOOD",
     "TOP_REACH_FRACTION",
-    "SIDE_EDGE_MM",
     "RibEvidence",
     "region_likelihood",
     "rib_evidence",
     "rise_above",
+    "sagittal_directions",
 ]
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ TOP_BEARING_LIKELIHOOD = np.array([1.0, 1.0, 0.05])
 """Likelihood, given each region, of a short crossing at the top of a run of ribs (:attr:`RibEvidence.top_of_ribs`):
 it speaks against lumbar only. On the real neck CTs at hand (3.5-5 mm pixels) a bone part reaching 61-87 mm from
 the midline crosses the shell at C7's own level (along the spine within 6 mm of its centre) in 8 of the 11
-annotated down to C7, above the first rib at T1 (mostly 85-130 mm); read as a rib it made C7 "T1" and shifted the
+annotated down to C7, above the first rib at T1 (mostly 78-130 mm); read as a rib it made C7 "T1" and shifted the
 chain by a level. A first rib that reaches about as far as the ribs below it keeps :data:`BEARING_LIKELIHOOD`: it
 is the cervicothoracic anchor of a chest CT. The lowest rib, which places the thoracolumbar junction, is never the
 top of a run."""
@@ -252,6 +253,7 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
     shell = (parts > 0) & (lateral[:, None, :] <= SHELL_MM[1]) & (behind[:, :, None] >= 0.0)
     crossings = cc3d.connected_components(shell, connectivity=26)
     spacing = _local_spacing(chain)
+    directions = sagittal_directions(chain)
     cz, cy, cx = np.nonzero(crossings)
     ids = crossings[cz, cy, cx]
     for k in np.unique(ids):
@@ -262,7 +264,7 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
         if heights.max() - heights.min() + GRID_MM > MAX_CROSSING_MM or np.any(plate[part]):
             continue
         # The crossing's top above each vertebra's centre, measured along the spine (step 3).
-        tops = rise_above(chain, y[cy[here]], heights)
+        tops = rise_above(chain, y[cy[here]], heights, directions)
         owner = int(np.argmax(tops <= CROSSING_RISE_MM)) if np.any(tops <= CROSSING_RISE_MM) else len(chain)
         if owner == len(chain):
             # Above the chain's top: the rib of a vertebra above it, or the top one's own where the scan cuts
@@ -300,24 +302,33 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
     return evidence
 
 
-def rise_above(chain: np.ndarray, y_mm: np.ndarray, z_mm: np.ndarray) -> np.ndarray:
+def rise_above(chain: np.ndarray, y_mm: np.ndarray, z_mm: np.ndarray, directions: np.ndarray | None = None
+               ) -> np.ndarray:
     """``(N,)``: how far the highest of the points (LPS ``y_mm``, ``z_mm``) lies above each vertebra of ``chain``
     (``(N, 3)`` centres, feet to head), measured along the spine's local sagittal direction there.
 
     A rib leaves the spine at its vertebra's transverse process, 15-30 mm behind the body's centre. Where the
-    column leans (the neck and upper chest rise forwards by 20-30 degrees at C7-T1), what lies behind a body
-    lies higher than it, by that distance times the lean's sine: measured along z, the first rib's crossing
-    rose 10-20 mm above T1's centre on real neck CTs and went to C7. Along the spine's own direction
-    (:func:`_sagittal_slope`; left-right lean is ignored: it lifts one side's crossing and lowers the other's)
-    it is the rise above its own vertebra again. On an upright column this is the height difference along z.
+    column leans (the neck rises forwards by 12-24 degrees between the annotated C6, C7 and T1 of the real neck
+    CTs at hand), what lies behind a body lies higher than it, by that distance times the lean's sine: measured
+    along z, the first rib's crossing rose 10-20 mm above T1's centre and went to C7. Along the spine's own
+    direction (:func:`sagittal_directions`; left-right lean is ignored: it lifts one side's crossing and lowers
+    the other's) it is the rise above its own vertebra again. On an upright column this is the height difference
+    along z. ``directions``: :func:`sagittal_directions` of ``chain``, when already at hand.
     """
     centres = np.asarray(chain, dtype=np.float64).reshape(-1, 3)
-    slopes = np.array([_sagittal_slope(centres, centre[2]) for centre in centres])  # dy/dz
-    direction = np.stack([slopes, np.ones(len(centres))], axis=1)
-    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    directions = sagittal_directions(centres) if directions is None else directions
     offsets = np.stack([np.asarray(y_mm, dtype=np.float64), np.asarray(z_mm, dtype=np.float64)], axis=1)
-    heights = np.einsum("nkc,nc->nk", offsets[None, :, :] - centres[:, None, 1:], direction)
+    heights = np.einsum("nkc,nc->nk", offsets[None, :, :] - centres[:, None, 1:], directions)
     return heights.max(axis=1)
+
+
+def sagittal_directions(chain: np.ndarray) -> np.ndarray:
+    """``(N, 2)``: the spine's unit direction towards the head in the sagittal plane (LPS y, z) at each centre of
+    ``chain`` (``(N, 3)``), from :func:`_sagittal_slope`."""
+    centres = np.asarray(chain, dtype=np.float64).reshape(-1, 3)
+    slopes = np.array([_sagittal_slope(centres, centre[2]) for centre in centres])  # dy/dz
+    directions = np.stack([slopes, np.ones(len(centres))], axis=1)
+    return directions / np.linalg.norm(directions, axis=1, keepdims=True)
 
 
 def _sagittal_slope(centres: np.ndarray, height_mm: float) -> float:
