@@ -468,8 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 groups["reformats"] = reformat_cases(cases, args.reformats or None, Path(tmp))
                 for split in args.openkbp or []:  # the neck without the skull: a chest CT that starts mid-neck
-                    groups[f"OpenKBP {split}, reformatted"] = reformat_cases(
-                        [case for case in openkbp_cases(split)], args.reformats or None, Path(tmp))
+                    groups[f"OpenKBP {split}, reformatted"] = reformat_cases(openkbp_cases(split),
+                                                                             args.reformats or None, Path(tmp))
             except ValueError as error:
                 parser.error(str(error))
         if not any(groups.values()):
