@@ -102,7 +102,7 @@ class Candidates:
         blended = weight * posterior + (1.0 - weight) / 3.0
         if self.ribs is None:
             return blended
-        combined = blended * region_likelihood(self.ribs)
+        combined = blended * region_likelihood(self.ribs, self.positions_mm[:, 2])
         return combined / combined.sum(axis=1, keepdims=True)
 
     def with_point(self, position_mm: np.ndarray) -> Candidates:
@@ -113,9 +113,7 @@ class Candidates:
         ribs = self.ribs
         if ribs is not None:
             ribs = replace(ribs, reach_mm=np.vstack([np.zeros((1, 2)), ribs.reach_mm]),
-                           seen=np.vstack([np.zeros((1, 2), dtype=bool), ribs.seen]),
-                           heights_mm=None if ribs.heights_mm is None else np.concatenate([point[:, 2],
-                                                                                          ribs.heights_mm]))
+                           seen=np.vstack([np.zeros((1, 2), dtype=bool), ribs.seen]))
         return replace(self, positions_mm=np.vstack([point, self.positions_mm]),
                        scores=np.vstack([np.zeros((1, self.scores.shape[1]), dtype=self.scores.dtype), self.scores]),
                        peak=np.concatenate([[0.0], self.peak]), ribs=ribs,

@@ -413,9 +413,7 @@ def _subset(candidates: Candidates, keep: np.ndarray) -> Candidates:
     ribs = candidates.ribs
     return replace(candidates, positions_mm=candidates.positions_mm[keep], scores=candidates.scores[keep],
                    peak=candidates.peak[keep], cut=None if candidates.cut is None else candidates.cut[keep],
-                   ribs=None if ribs is None else replace(
-                       ribs, reach_mm=ribs.reach_mm[keep], seen=ribs.seen[keep],
-                       heights_mm=None if ribs.heights_mm is None else ribs.heights_mm[keep]))
+                   ribs=None if ribs is None else replace(ribs, reach_mm=ribs.reach_mm[keep], seen=ribs.seen[keep]))
 
 
 def _candidates(image: sitk.Image, detection: Detection, models: Models, options: Options) -> Candidates:

@@ -128,7 +128,7 @@ BEARING_LIKELIHOOD = np.array([0.1, 1.0, 0.05])
 """Likelihood of a rib crossing given a cervical, thoracic or lumbar vertebra: cervical ribs and the
 first rib beside C7, lumbar ribs at L1, and long transverse processes are rare."""
 TOP_BEARING_LIKELIHOOD = np.array([1.0, 1.0, 0.05])
-"""Likelihood, given each region, of a short crossing at the top of a run of ribs (:attr:`RibEvidence.top_of_ribs`):
+"""Likelihood, given each region, of a short crossing at the top of a run of ribs (:meth:`RibEvidence.top_of_ribs`):
 it speaks against lumbar only. On the real neck CTs at hand (3.5-5 mm pixels) a bone part reaching 61-87 mm from
 the midline crosses the shell at C7's own level (along the spine within 6 mm of its centre) in 8 of the 11
 annotated down to C7, above the first rib at T1 (mostly 78-130 mm); read as a rib it made C7 "T1" and shifted the
@@ -165,24 +165,22 @@ class RibEvidence:
 
     reach_mm: np.ndarray
     seen: np.ndarray
-    heights_mm: np.ndarray | None = None
-    """``(N,)`` the candidates' heights (LPS z), which tell the highest rib-bearing one; None: not known."""
 
     @property
     def bearing(self) -> np.ndarray:
         """``(N,)`` a rib on either side."""
         return np.any(self.reach_mm >= RIB_REACH_MM, axis=1)
 
-    @property
-    def top_of_ribs(self) -> np.ndarray:
-        """``(N,)`` the highest rib-bearing candidate where others below it bear ribs and its crossing reaches
-        less than :data:`TOP_REACH_FRACTION` of their median reach: the top of a run of ribs that may be C7's
-        process joined to bone beside it rather than T1's first rib (:data:`TOP_BEARING_LIKELIHOOD`)."""
+    def top_of_ribs(self, heights_mm: np.ndarray) -> np.ndarray:
+        """``(N,)`` the highest (by the candidates' ``heights_mm``, LPS z) rib-bearing candidate where others below
+        it bear ribs and its crossing reaches less than :data:`TOP_REACH_FRACTION` of their median reach: the top
+        of a run of ribs that may be C7's process joined to bone beside it rather than T1's first rib
+        (:data:`TOP_BEARING_LIKELIHOOD`)."""
         top = np.zeros(len(self.reach_mm), dtype=bool)
         bearing = np.flatnonzero(self.bearing)
-        if self.heights_mm is None or len(bearing) < 2:
+        if len(bearing) < 2:
             return top
-        highest = bearing[np.argmax(np.asarray(self.heights_mm)[bearing])]
+        highest = bearing[np.argmax(np.asarray(heights_mm, dtype=np.float64)[bearing])]
         reach = self.reach_mm.max(axis=1)
         if reach[highest] < TOP_REACH_FRACTION * float(np.median(reach[bearing[bearing != highest]])):
             top[highest] = True
@@ -201,12 +199,14 @@ class RibEvidence:
         return np.where(self.bearing, 0, np.sum(self.seen & (self.reach_mm < SHORT_RIB_MM), axis=1))
 
 
-def region_likelihood(evidence: RibEvidence) -> np.ndarray:
-    """``(N, 3)`` cervical / thoracic / lumbar likelihoods of each candidate's rib evidence (1 where none; a short
-    crossing at the top of a run of ribs, :attr:`RibEvidence.top_of_ribs`: :data:`TOP_BEARING_LIKELIHOOD`)."""
+def region_likelihood(evidence: RibEvidence, heights_mm: np.ndarray | None = None) -> np.ndarray:
+    """``(N, 3)`` cervical / thoracic / lumbar likelihoods of each candidate's rib evidence (1 where none); with the
+    candidates' ``heights_mm`` (LPS z), a short crossing at the top of a run of ribs
+    (:meth:`RibEvidence.top_of_ribs`) reads :data:`TOP_BEARING_LIKELIHOOD`."""
     likelihood = FREE_SIDE_LIKELIHOOD[None, :] ** evidence.free_sides[:, None].astype(np.float64)
     likelihood[evidence.bearing] = BEARING_LIKELIHOOD
-    likelihood[evidence.top_of_ribs] = TOP_BEARING_LIKELIHOOD
+    if heights_mm is not None:
+        likelihood[evidence.top_of_ribs(heights_mm)] = TOP_BEARING_LIKELIHOOD
     return likelihood
 
 
@@ -295,7 +295,7 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
         # or one the scan cuts, and says nothing of the region.
         lowest = int(np.argmax(bearing))
         seen[order[lowest:]] = False
-    evidence = RibEvidence(reach, seen, positions[:, 2].copy())
+    evidence = RibEvidence(reach, seen)
     log.info("ribs: %d of %d candidates bear ribs (%d leaving the view sideways), %d show none on both sides, "
              "%d on one", int(evidence.bearing.sum()), n, int(np.any(leaves, axis=1).sum()),
              int(np.sum(evidence.free_sides == 2)), int(np.sum(evidence.free_sides == 1)))

@@ -273,47 +273,52 @@ def test_ribs_of_a_leaning_column_stay_with_their_vertebrae() -> None:
     assert evidence.bearing.tolist() == list(RIBBED)
 
 
-def _run(top_reach: float, heights: list[float] | None = (0.0, 17.0, 34.0)) -> RibEvidence:
-    """Three rib-bearing candidates, feet to head by ``heights``; the highest reaches ``top_reach``."""
+def _run(top_reach: float) -> RibEvidence:
+    """Three rib-bearing candidates; the third reaches ``top_reach``."""
     reach = np.array([[110.0, 105.0], [100.0, 98.0], [top_reach, 0.0]])
-    return RibEvidence(reach, np.ones((3, 2), dtype=bool), None if heights is None else np.asarray(heights))
+    return RibEvidence(reach, np.ones((3, 2), dtype=bool))
 
 
 @pytest.mark.parametrize(("top_reach", "heights", "doubted"), [
     (70.0, [0.0, 17.0, 34.0], True),  # short, at the top of the run: C7's process joined to bone beside it
     (100.0, [0.0, 17.0, 34.0], False),  # as long as the ribs below: the first rib, the chest CT's anchor
     (70.0, [34.0, 17.0, 0.0], False),  # the short one is the lowest: the thoracolumbar junction's, never doubted
-    (70.0, None, False),  # heights not known (an evidence built before they were kept): as before
+    (70.0, None, False),  # heights not given: as before
 ])
 def test_a_short_rib_at_the_top_of_a_run_speaks_only_against_lumbar(top_reach: float, heights: list[float] | None,
                                                                    doubted: bool) -> None:
     from algorithm.ribs import TOP_BEARING_LIKELIHOOD
 
-    evidence = _run(top_reach, heights)
-    assert evidence.top_of_ribs.tolist() == [False, False, doubted]
-    likelihood = region_likelihood(evidence)
+    evidence = _run(top_reach)
+    if heights is not None:
+        assert evidence.top_of_ribs(np.asarray(heights)).tolist() == [False, False, doubted]
+    likelihood = region_likelihood(evidence, None if heights is None else np.asarray(heights))
     np.testing.assert_allclose(likelihood[2], TOP_BEARING_LIKELIHOOD if doubted else BEARING_LIKELIHOOD)
     np.testing.assert_allclose(likelihood[:2], [BEARING_LIKELIHOOD] * 2)
 
 
 def test_a_single_rib_bearing_candidate_is_never_doubted() -> None:
-    evidence = RibEvidence(np.array([[70.0, 0.0], [0.0, 0.0]]), np.ones((2, 2), dtype=bool), np.array([10.0, 0.0]))
-    assert not evidence.top_of_ribs.any()
+    evidence = RibEvidence(np.array([[70.0, 0.0], [0.0, 0.0]]), np.ones((2, 2), dtype=bool))
+    assert not evidence.top_of_ribs(np.array([10.0, 0.0])).any()
 
 
-def test_rib_evidence_keeps_the_heights_and_they_follow_the_candidates() -> None:
-    """``rib_evidence`` keeps each candidate's height; a subset (the pipeline's) and an added point (C1 under the
-    skull base) carry them along, so the top of the run is found among the candidates that remain."""
+def test_the_top_of_the_run_is_found_among_the_candidates_that_remain() -> None:
+    """``Candidates.regions`` reads the heights from its own positions, so a subset (the pipeline's) and an added
+    point (C1 under the skull base) doubt the highest short rib-bearer among the candidates they hold."""
     from algorithm.pipeline import _subset
+    from algorithm.ribs import TOP_BEARING_LIKELIHOOD
 
-    order = np.array([3, 0, 4, 2, 1])
-    positions = _positions()[order]
-    evidence = rib_evidence(_phantom(), positions)
-    np.testing.assert_allclose(evidence.heights_mm, positions[:, 2])
-    candidates = Candidates(positions, np.zeros((5, len(LOCATE_CHANNELS)), dtype=np.float32), np.ones(5),
-                            ribs=evidence)
-    kept = _subset(candidates, np.array([True, False, True, True, True]))
-    np.testing.assert_allclose(kept.ribs.heights_mm, positions[[0, 2, 3, 4], 2])
-    added = kept.with_point(np.array([0.0, 0.0, 200.0]))
-    np.testing.assert_allclose(added.ribs.heights_mm, [200.0, *positions[[0, 2, 3, 4], 2]])
-    assert not added.ribs.bearing[0]
+    positions = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 17.0], [0.0, 0.0, 34.0], [0.0, 0.0, 51.0]])
+    reach = np.array([[110.0, 105.0], [100.0, 98.0], [70.0, 0.0], [72.0, 0.0]])
+    ribs = RibEvidence(reach, np.ones((4, 2), dtype=bool))
+    candidates = Candidates(positions, np.zeros((4, len(LOCATE_CHANNELS)), dtype=np.float32), np.zeros(4), ribs=ribs)
+    uniform = np.full(3, 1.0 / 3.0)  # peak 0: the network says nothing, the regions are the ribs' alone
+
+    def doubted(c: Candidates) -> list[bool]:
+        expected = uniform * TOP_BEARING_LIKELIHOOD
+        return [bool(np.allclose(row, expected / expected.sum())) for row in c.regions()]
+
+    assert doubted(candidates) == [False, False, False, True]
+    kept = _subset(candidates, np.array([True, True, True, False]))
+    assert doubted(kept) == [False, False, True]
+    assert doubted(kept.with_point(np.array([0.0, 0.0, 200.0]))) == [False, False, False, True]
