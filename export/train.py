@@ -476,7 +476,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help="relative weights of the axes a thick-slice simulation thickens (sagittal scans: x); "
                              "default 1 0 0")
     parser.add_argument("--thick-factor", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        help="range of a simulated slice's thickness in model-grid voxels, 1 <= LOW <= HIGH "
+                        help="range of a simulated slice's thickness in model-grid voxels, 1 <= LOW <= HIGH <= 8 "
                              "(segment's 1.5 mm grid: 5 mm slices are 3.3); default 1.3 2")
     parser.add_argument("--coarse-p", type=float, metavar="P",
                         help="probability of a coarse in-plane grid (y and x averaged over --coarse-factor voxels, z "
