@@ -31,6 +31,10 @@ high), while the ribs are plainly there in the CT. So:
    transverse process joined to bone beside it rather than T1's first rib: it speaks only against lumbar
    (:data:`TOP_BEARING_LIKELIHOOD`).
 
+7. A rib read only from bone leaving the view sideways (step 5) is not taken where the candidate's other side
+   is seen and shows no rib: an off-centre slab (the aortic crop's ends 49 mm out on one side, 66 mm on the
+   other) cuts a long transverse process as it would a rib, while a rib on one side only is rare.
+
 A candidate with a rib on either side is *rib-bearing*; otherwise each side where the CT covers a rib's
 course (to :data:`SIDE_EDGE_MM` + :data:`SEEN_MARGIN_MM` beside the spine, so that a rib would have left
 the view or shown its length) and shows none counts against a thoracic level, but only below the lowest
@@ -218,6 +222,7 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
     seen = np.zeros((n, 2), dtype=bool)
     unknown = np.zeros((n, 2), dtype=bool)
     leaves = np.zeros((n, 2), dtype=bool)
+    measured = np.zeros((n, 2))  # the reach of the bone itself, before step 5
     if n < 2:
         return RibEvidence(reach, seen)
     order = np.argsort(positions[:, 2], kind="stable")  # feet to head (LPS: +z is the head)
@@ -275,6 +280,7 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
         if -tops[owner] > spacing[owner]:
             continue  # below the chain's bottom
         part_reach = float(reach_of[part].max())
+        measured[order[owner], side] = max(measured[order[owner], side], part_reach)
         if np.any(leaves_of[part]) and heights.max() - heights.min() + GRID_MM >= MIN_LEAVING_MM:
             part_reach = max(part_reach, RIB_REACH_MM)
             leaves[order[owner], side] = True
@@ -288,6 +294,9 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
             inside = bool(np.all(index >= 0) and np.all(index < np.asarray(grid.size)))
             seen[order[i], side] = (inside and bool(covered[index[2], index[1], index[0]])
                                     and not unknown[order[i], side])
+    # Step 7: a rib read only from bone leaving the view, opposite a side seen free of ribs.
+    lone = leaves & (measured < RIB_REACH_MM) & (seen & (reach < SHORT_RIB_MM))[:, ::-1]
+    reach[lone] = measured[lone]
     bearing = np.any(reach[order] >= RIB_REACH_MM, axis=1)  # chain order, feet to head
     if bearing.any():
         # Where ribs are seen, their absence speaks only below the lowest rib: there it places the
@@ -296,8 +305,9 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
         lowest = int(np.argmax(bearing))
         seen[order[lowest:]] = False
     evidence = RibEvidence(reach, seen)
-    log.info("ribs: %d of %d candidates bear ribs (%d leaving the view sideways), %d show none on both sides, "
-             "%d on one", int(evidence.bearing.sum()), n, int(np.any(leaves, axis=1).sum()),
+    log.info("ribs: %d of %d candidates bear ribs (%d leaving the view sideways, %d of those not taken: the other "
+             "side shows none), %d show none on both sides, %d on one", int(evidence.bearing.sum()), n,
+             int(np.any(leaves, axis=1).sum()), int(np.any(lone, axis=1).sum()),
              int(np.sum(evidence.free_sides == 2)), int(np.sum(evidence.free_sides == 1)))
     return evidence
 

@@ -110,6 +110,29 @@ def test_an_off_centre_view_reads_ribs_on_its_wide_side() -> None:
     assert evidence.seen[:, 0].tolist() == [False] * 5
 
 
+@pytest.mark.parametrize("opposite_free", [True, False])
+def test_a_process_leaving_an_off_centre_view_is_no_rib_where_the_other_side_shows_none(opposite_free: bool) -> None:
+    """The view ends 51 mm right of the spine and 70 mm left (an off-centre slab, as the aortic crop's). The
+    second vertebra's right transverse process is long (56 mm) and leaves the view, like a rib cut by it; its
+    left side is seen and free. A vertebra with a rib on one side only is rare; a long process is not: no rib
+    (before, it read rib-bearing and named the thoracolumbar junction one level low). With a rib on the left,
+    it stays rib-bearing."""
+    ribbed = (False, opposite_free is False, True, True, True)
+    image = _phantom(ribbed=ribbed)
+    array = sitk.GetArrayFromImage(image)
+    x, y, z = (image.GetOrigin()[a] + SPACING * np.arange(array.shape[2 - a]) for a in range(3))
+    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
+    if opposite_free:
+        _tube(array, (xx, yy, zz), np.array([-15.0, 15.0, CENTRES_Z[1]]), np.array([-56.0, 20.0, CENTRES_Z[1]]),
+              4.0, 600.0)
+    array[:, :, (x < -51.0) | (x > 70.0)] = -3024.0
+    padded = sitk.GetImageFromArray(array)
+    padded.CopyInformation(image)
+    evidence = rib_evidence(padded, _positions())
+    assert evidence.bearing.tolist() == list(ribbed)
+    assert evidence.free_sides.tolist() == ([1, 1, 0, 0, 0] if opposite_free else [1, 0, 0, 0, 0])  # right: not seen
+
+
 def test_a_rib_that_leaves_the_field_of_view_behind_the_spine_is_unknown_not_absent() -> None:
     """The CT ends 45 mm behind the bodies; the ribs run out of it 55 mm beside the spine. Where the CT
     covers the point a rib passes (65 mm out, 40 mm back), a cut rib must not read as no rib."""
