@@ -122,25 +122,25 @@ def reformat(case: Case, recipe: Reformat) -> Case:
     grid = _grid(source, recipe)
     blurred = image_from_array(_blur(case.ct, recipe.spacing_mm), source)
     ct = sitk.Cast(sitk.Round(resample_onto(blurred, grid, default=-1024.0)), sitk.sitkInt16)
+    mask: sitk.Image | None = None
+    dropped: set[int] = set()
     if case.mask is None:
         if recipe.name not in CENTROID_ONLY:
             raise ValueError(f"{case.case_id}: the {recipe.name} reformat needs the case's mask")
-        centroids = {v: np.asarray(c, dtype=np.float64) for v, c in case.centroids_mm.items() if grid.contains_mm(c)}
-        if recipe.orientation:
-            ct = sitk.DICOMOrient(ct, recipe.orientation)
-        return Case(f"{case.case_id}~{recipe.name}", ct, None, centroids, f"{case.source} ({recipe.name})")
-    mask = resample_onto(sitk.Cast(case.mask, sitk.sitkUInt8), grid, nearest=True, default=0)
-    before = _volumes_mm3(sitk.GetArrayFromImage(sitk.Cast(case.mask, sitk.sitkUInt8)), source)
-    array = sitk.GetArrayFromImage(mask)
-    after = _volumes_mm3(array, grid)
-    dropped = {v for v, volume in before.items() if after.get(v, 0.0) < recipe.keep_fraction * volume}
-    if dropped:
-        array[np.isin(array, sorted(dropped))] = 0
-    mask = image_from_array(array, grid)
+    else:
+        resampled = resample_onto(sitk.Cast(case.mask, sitk.sitkUInt8), grid, nearest=True, default=0)
+        before = _volumes_mm3(sitk.GetArrayFromImage(sitk.Cast(case.mask, sitk.sitkUInt8)), source)
+        array = sitk.GetArrayFromImage(resampled)
+        after = _volumes_mm3(array, grid)
+        dropped = {v for v, volume in before.items() if after.get(v, 0.0) < recipe.keep_fraction * volume}
+        if dropped:
+            array[np.isin(array, sorted(dropped))] = 0
+        mask = image_from_array(array, grid)
     centroids = {v: np.asarray(c, dtype=np.float64) for v, c in case.centroids_mm.items()
                  if v not in dropped and grid.contains_mm(c)}
     if recipe.orientation:
-        ct, mask = sitk.DICOMOrient(ct, recipe.orientation), sitk.DICOMOrient(mask, recipe.orientation)
+        ct = sitk.DICOMOrient(ct, recipe.orientation)
+        mask = None if mask is None else sitk.DICOMOrient(mask, recipe.orientation)
     return Case(f"{case.case_id}~{recipe.name}", ct, mask, centroids, f"{case.source} ({recipe.name})")
 
 
