@@ -197,10 +197,15 @@ class RibEvidence:
                                                                                 strict=True)]
 
     @property
+    def free(self) -> np.ndarray:
+        """``(N, 2)`` the sides where the CT covers where a rib would be and shows none reaching
+        :data:`SHORT_RIB_MM`."""
+        return self.seen & (self.reach_mm < SHORT_RIB_MM)
+
+    @property
     def free_sides(self) -> np.ndarray:
-        """``(N,)`` 0-2: on how many sides the CT covers where a rib would be and shows none reaching
-        :data:`SHORT_RIB_MM` (0 where bearing)."""
-        return np.where(self.bearing, 0, np.sum(self.seen & (self.reach_mm < SHORT_RIB_MM), axis=1))
+        """``(N,)`` 0-2: on how many sides :attr:`free` holds (0 where bearing)."""
+        return np.where(self.bearing, 0, np.sum(self.free, axis=1))
 
 
 def region_likelihood(evidence: RibEvidence, heights_mm: np.ndarray | None = None) -> np.ndarray:
@@ -295,7 +300,7 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
             seen[order[i], side] = (inside and bool(covered[index[2], index[1], index[0]])
                                     and not unknown[order[i], side])
     # Step 7: a rib read only from bone leaving the view, opposite a side seen free of ribs.
-    lone = leaves & (measured < RIB_REACH_MM) & (seen & (reach < SHORT_RIB_MM))[:, ::-1]
+    lone = leaves & (measured < RIB_REACH_MM) & RibEvidence(reach, seen).free[:, ::-1]
     reach[lone] = measured[lone]
     bearing = np.any(reach[order] >= RIB_REACH_MM, axis=1)  # chain order, feet to head
     if bearing.any():
