@@ -18,6 +18,7 @@ the body. On VerSe's annotated cases the estimate is within a few mm of the anno
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import os
 import sys
@@ -48,6 +49,7 @@ __all__ = [
     "find_real_cases",
     "main",
     "openkbp_cases",
+    "pseudo_cases",
     "shared_data_dir",
     "write_training_folder",
 ]
@@ -72,7 +74,8 @@ class RealCase:
 
     - ``centroids``: a VerSe centroid JSON of annotated body centres, or None (then
       :func:`body_centres_mm` estimates them from the mask);
-    - ``reference``: ``"manual"`` (ground truth) or ``"automatic"`` (another model's output);
+    - ``reference``: ``"manual"`` (ground truth), ``"automatic"`` (another model's output) or ``"pseudo"``
+      (this pipeline's own output kept by :mod:`export.pseudo_labels`: trains, never measures);
     - ``complete``: every vertebra in view is labelled (False: false-detection counts are
       limited to the labelled levels' extent);
     - ``mask`` None: a case annotated with centroids only (``centroids`` then required), measured
@@ -161,6 +164,24 @@ def openkbp_cases(annotation_set: str, shared: Path | None = None) -> list[RealC
                               note=f"OpenKBP {split} head-and-neck CT ({annotation_set} set), centroids annotated by "
                                    "the project"))
     return [case for case in cases if case.exists()]
+
+
+def pseudo_cases(folder: str | os.PathLike[str]) -> list[RealCase]:
+    """The cases an :mod:`export.pseudo_labels` folder kept: each ``<stem>_ctd.json`` with the CT its
+    ``summary.csv`` names (centroid-only, ``reference="pseudo"``: the pipeline's own labels, checked without
+    labels, never a measure of anything)."""
+    root = Path(folder)
+    summary = root / "summary.csv"
+    if not summary.is_file():
+        raise ValueError(f"{summary}: no summary.csv (not an export.pseudo_labels folder)")
+    with summary.open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("used") == "1"]
+    cases = [RealCase(f"pseudo-{row['case']}", Path(row["ct"]), None, root / f"{row['case']}_ctd.json",
+                      reference="pseudo", complete=False, note=f"pseudo-labels {row['levels']}") for row in rows]
+    missing = [case.name for case in cases if not case.exists()]
+    if missing:
+        raise ValueError(f"{root}: CT or centroids missing for {', '.join(missing)}")
+    return cases
 
 
 def find_real_cases(names: list[str] | None = None) -> list[RealCase]:
@@ -275,13 +296,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also (or, with --only-openkbp, only) the project's annotated OpenKBP head-and-neck CTs "
                              "of this set (centroids only: detect and locate train on them, segment does not); the "
                              "dev set chooses and the locked validation set is scored once: neither trains")
-    parser.add_argument("--only-openkbp", action="store_true", help="leave out the masked real cases")
+    parser.add_argument("--pseudo", type=Path, action="append", metavar="DIR",
+                        help="also the cases an 'export.pseudo_labels' folder kept (self-training)")
+    parser.add_argument("--only-openkbp", action="store_true",
+                        help="leave out the masked real cases (OpenKBP and --pseudo cases only)")
     parser.add_argument("--copies", type=int, default=1, help="copies of each case, to oversample them (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         cases = [] if args.only_openkbp else find_real_cases(args.cases)
         cases += [case for name in args.openkbp or [] for case in openkbp_cases(name)]
+        cases += [case for folder in args.pseudo or [] for case in pseudo_cases(folder)]
         written = write_training_folder(cases, args.out, copies=args.copies)
     except (ValueError, OSError) as error:
         log.error("%s", error)
