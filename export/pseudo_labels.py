@@ -22,8 +22,8 @@ bodies 7-23 mm in front of the cord's centre and within 2 mm of it sideways; ste
 21-29 mm, C3-T3 14-20 mm), widened for where the pipeline puts its candidates, measured on ``dev``: C2 6 mm
 lower and 4 mm further back than the annotated centroid of body and dens, C2-C4 3 mm further back.
 On the 24 ``dev`` CTs (bundled models of commit e5bfe77) the checks keep 100 vertebrae in 16 CTs: of the 61
-that the annotators labelled, every label is right and 57 lie within 10 mm of the annotation (4 at
-10-14 mm); the other 39 lie below what the annotators could read with certainty.
+at levels the annotators labelled, 57 lie within 10 mm of that level's annotated centre and 4 at 10-14 mm; the
+other 39 lie below what the annotators could read with certainty.
 
 Usage: ``python -m algorithm predict CT... --output PRED`` on unlabelled CTs, then
 ``python -m export.pseudo_labels --predictions PRED --out LABELS``: one VerSe centroid JSON per kept case
