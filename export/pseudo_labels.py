@@ -127,7 +127,8 @@ def _cord_fails(vertebra: Vertebra, cord: CordLine) -> str:
     return ""
 
 
-def keep_chain(vertebrae: Sequence[Vertebra], cord: CordLine, *, anchored: bool) -> Kept:
+def keep_chain(vertebrae: Sequence[Vertebra], cord: CordLine, *, anchored: bool,
+               min_confidence: float = MIN_CONFIDENCE) -> Kept:
     """The vertebrae that pass every check of the module docstring, from the top down to the first failure."""
     if not anchored:
         return Kept((), "no skull-base anchor")
@@ -145,8 +146,8 @@ def keep_chain(vertebrae: Sequence[Vertebra], cord: CordLine, *, anchored: bool)
             low, high = STEP_MM.get(above.label, DEFAULT_STEP_MM)
             if not low <= step <= high:
                 return Kept(tuple(kept), f"{name}: {step:.1f} mm from the vertebra above (allowed {low:g}-{high:g})")
-        if vertebra.confidence < MIN_CONFIDENCE:
-            return Kept(tuple(kept), f"{name}: confidence {vertebra.confidence:.2f} < {MIN_CONFIDENCE:g}")
+        if vertebra.confidence < min_confidence:
+            return Kept(tuple(kept), f"{name}: confidence {vertebra.confidence:.2f} < {min_confidence:g}")
         reason = _cord_fails(vertebra, cord)
         if reason:
             return Kept(tuple(kept), f"{name}: {reason}")
@@ -164,7 +165,7 @@ def cord_path_of(ct: Path) -> Path:
     return ct.with_name(ct.name.replace("_ct.nii.gz", "_spinal-cord.nii.gz"))
 
 
-def pseudo_label(report_path: Path) -> tuple[Path, Kept]:
+def pseudo_label(report_path: Path, *, min_confidence: float = MIN_CONFIDENCE) -> tuple[Path, Kept]:
     """The CT a ``<case>_report.json`` of ``algorithm predict`` was made from and the chain kept on it."""
     report = json.loads(report_path.read_text())
     ct = Path(report["input"])
@@ -172,7 +173,8 @@ def pseudo_label(report_path: Path) -> tuple[Path, Kept]:
     cord_path = cord_path_of(ct)
     if not cord_path.is_file():
         return ct, Kept((), f"{cord_path}: no cord contour")
-    return ct, keep_chain(_report_vertebrae(report), CordLine.of(read_image(cord_path)), anchored=anchored)
+    return ct, keep_chain(_report_vertebrae(report), CordLine.of(read_image(cord_path)), anchored=anchored,
+                          min_confidence=min_confidence)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -184,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--predictions", required=True, type=Path,
                         help="an 'algorithm predict' output folder (its *_report.json files are read)")
     parser.add_argument("--out", required=True, type=Path, help="folder for <stem>_ctd.json and summary.csv")
+    parser.add_argument("--min-confidence", type=float, default=MIN_CONFIDENCE,
+                        help=f"lowest decoder confidence a kept vertebra may have (default {MIN_CONFIDENCE:g})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     reports = sorted(args.predictions.glob("*_report.json"))
@@ -193,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for report_path in reports:
-        ct, kept = pseudo_label(report_path)
+        ct, kept = pseudo_label(report_path, min_confidence=args.min_confidence)
         stem = ct.name[: -len("_ct.nii.gz")] if ct.name.endswith("_ct.nii.gz") else report_path.name[:-12]
         target = args.out / f"{stem}_ctd.json"
         target.unlink(missing_ok=True)

@@ -77,6 +77,8 @@ def test_the_chain_ends_at_the_first_vertebra_that_fails_a_check(change: str, en
     kept = keep_chain(chain, CordLine.of(_cord()), anchored=True)
     assert [v.label for v in kept.vertebrae] == [1, 2, 3]
     assert kept.ended_by.startswith(ends_at + ":")
+    if change == "doubt":  # a lower bar keeps it
+        assert len(keep_chain(chain, CordLine.of(_cord()), anchored=True, min_confidence=0.5).vertebrae) == 6
 
 
 def test_a_chain_that_skips_a_level_by_name_ends_there() -> None:
