@@ -120,3 +120,24 @@ def test_reports_become_centroid_files_and_a_training_folder(tmp_path: Path) -> 
 
 def test_a_folder_without_reports_is_one_error(tmp_path: Path) -> None:
     assert main(["--predictions", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+
+
+@pytest.mark.parametrize(("split", "stem"), [("validation", "pt_7"), ("train", "pt_1")])
+def test_pseudo_labels_on_the_dev_set_or_the_locked_split_never_train(tmp_path: Path, split: str, stem: str) -> None:
+    """pt_1 is in the dev annotation set (it chooses); anything under validation/ is the locked split."""
+    data = tmp_path / split
+    data.mkdir()
+    ct = sitk.Image(40, 50, 100, sitk.sitkInt16) - 1000
+    ct.SetSpacing((2.0, 2.0, 2.0))
+    write_image(ct, data / f"{stem}_ct.nii.gz")
+    write_image(_cord(), data / f"{stem}_spinal-cord.nii.gz")
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    report = {"input": str(data / f"{stem}_ct.nii.gz"), "label": {"anchor": "skull base"},
+              "vertebrae": [{"label": v.label, "position_mm": v.position_mm.tolist(), "confidence": v.confidence}
+                            for v in _chain(5)]}
+    (predictions / f"{stem}_report.json").write_text(json.dumps(report))
+    assert main(["--predictions", str(predictions), "--out", str(tmp_path / "labels")]) == 0
+    with pytest.raises(ValueError, match="may not train"):
+        pseudo_cases(tmp_path / "labels")
+
