@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import sys
@@ -197,7 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for report_path in reports:
-        ct, kept = pseudo_label(report_path, min_confidence=args.min_confidence)
+        try:
+            ct, kept = pseudo_label(report_path, min_confidence=args.min_confidence)
+        except (KeyError, TypeError, ValueError, OSError) as error:  # JSONDecodeError is a ValueError
+            log.error("%s: not a readable 'algorithm predict' report (%s: %s)", report_path,
+                      type(error).__name__, error)
+            return 1
         stem = ct.name[: -len("_ct.nii.gz")] if ct.name.endswith("_ct.nii.gz") else report_path.name[:-12]
         target = args.out / f"{stem}_ctd.json"
         target.unlink(missing_ok=True)
@@ -208,12 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append({"case": stem, "ct": str(ct), "kept": len(kept.vertebrae), "used": int(used),
                      "levels": " ".join(LABEL_NAMES[v.label] for v in kept.vertebrae),
                      "ended_by": kept.ended_by})
-    with (args.out / "summary.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    used = sum(row["used"] for row in rows)
-    log.info("%d of %d cases keep pseudo-labels (%d vertebrae) in %s", used, len(rows),
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(args.out / "summary.csv", table.getvalue())
+    log.info("%d of %d cases keep pseudo-labels (%d vertebrae) in %s", sum(row["used"] for row in rows), len(rows),
              sum(row["kept"] for row in rows if row["used"]), args.out)
     write_text_atomic(args.out / "README.txt",
                       "Pseudo-labels of export.pseudo_labels (module docstring: the checks); summary.csv per case.\n")

@@ -122,6 +122,14 @@ def test_a_folder_without_reports_is_one_error(tmp_path: Path) -> None:
     assert main(["--predictions", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
 
 
+def test_a_broken_report_is_one_error_line_naming_it(tmp_path: Path, caplog) -> None:
+    (tmp_path / "pt_9_report.json").write_text('{"vertebrae": []}')  # no "input"
+    assert main(["--predictions", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "pt_9_report.json" in errors[0]
+    assert not (tmp_path / "out" / "summary.csv").exists()
+
+
 @pytest.mark.parametrize(("split", "stem"), [("validation", "pt_7"), ("train", "pt_1")])
 def test_pseudo_labels_on_the_dev_set_or_the_locked_split_never_train(tmp_path: Path, split: str, stem: str) -> None:
     """pt_1 is in the dev annotation set (it chooses); anything under validation/ is the locked split."""
