@@ -11,7 +11,11 @@ optimizer, the random states and the stage's :class:`~spine.modelmeta.ModelMeta`
 Losses: detect and segment use BCE + soft Dice. The locate network's "centre_label" head
 (:func:`export.networks.probabilities`) gets BCE (weighted ``1 + alpha * T``) + soft Dice on
 its centre logit against ``T = max_c target_c`` (the class-agnostic centre heatmap), plus the
-label cross-entropy at voxels near the centres weighted by ``T``; a plain sigmoid locate head
+label cross-entropy at voxels near the centres weighted by ``T``. With ``--keep-centre`` the centre
+target is ``max(T, F)``, ``F`` the starting network's own centre probability (a frozen copy of
+``--init-from``): fine-tuning on CTs whose labels cover only part of the spine (pseudo-labels,
+annotators who stopped at C3) then teaches the labels without unlearning the centres the labels
+leave out, which plain fine-tuning did (self-training round 1). A plain sigmoid locate head
 gets the voxel-weighted BCE on all 26 heatmaps (weight ``1 + alpha * T``, equal across channels
 at a voxel, so the spine's sparsity is balanced without biasing which label fires). With plain
 sigmoid heads the 26 sparse heatmaps did not start to learn within a few hundred iterations
@@ -82,6 +86,8 @@ class TrainConfig:
     depth: int | None = None
     trained_on: str | None = None
     init_from: str | None = None
+    keep_centre: bool = False
+    """Locate ("centre_label" head): the centre target is at least ``--init-from``'s own centre heatmap."""
     augment: bool = True
     rotate_deg: tuple[float, float, float] | None = None
     """Largest augmentation rotation about the z, y, x array axes (None: :class:`Augmentation`'s default)."""
@@ -171,19 +177,28 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - ((2.0 * intersection + 1.0) / (denominator + 1.0)).mean()
 
 
-def stage_loss(stage: str, logits: torch.Tensor, target: torch.Tensor, head: str = "sigmoid") -> torch.Tensor:
-    """Training loss of a stage (see module docstring); ``logits`` as the network emits them."""
+def stage_loss(stage: str, logits: torch.Tensor, target: torch.Tensor, head: str = "sigmoid",
+               centre_floor: torch.Tensor | None = None) -> torch.Tensor:
+    """Training loss of a stage (see module docstring); ``logits`` as the network emits them.
+
+    ``centre_floor`` (``(N, 1, z, y, x)`` probabilities, "centre_label" head only): the centre
+    target is raised to it where the labelled heatmap is lower (``--keep-centre``); the label
+    cross-entropy still sees only the labelled centres.
+    """
     import torch
     import torch.nn.functional as F
 
+    if centre_floor is not None and head != "centre_label":
+        raise ValueError(f"a centre floor needs the 'centre_label' head, not {head!r}")
     if head == "centre_label":
         # Centre: one class-agnostic heatmap (max over the label channels), weighted BCE + Dice.
-        centre = target.amax(dim=1, keepdim=True)
+        labelled = target.amax(dim=1, keepdim=True)
+        centre = labelled if centre_floor is None else torch.maximum(labelled, centre_floor)
         weight = 1.0 + LOCATE_ALPHA * centre
         bce = F.binary_cross_entropy_with_logits(logits[:, :1], centre, reduction="none")
         spatial = (bce * weight).sum() / weight.sum() + soft_dice_loss(logits[:, :1], centre)
         # Label: cross-entropy near the centres, weighted by the centre heatmap.
-        near = centre[:, 0] * (centre[:, 0] > 0.1)
+        near = labelled[:, 0] * (labelled[:, 0] > 0.1)
         ce = F.cross_entropy(logits[:, 1:], target.argmax(dim=1), reduction="none")
         return spatial + (ce * near).sum() / torch.clamp(near.sum(), min=1e-6)
     if stage == "locate":
@@ -327,6 +342,18 @@ def train(config: TrainConfig) -> TrainResult:
 
             count = weights_from_onnx(network, config.init_from)
             log.info("%s: started from the weights of %s (%d tensors)", meta.stage, config.init_from, count)
+        teacher = None
+        if config.keep_centre:
+            if network_config.head != "centre_label" or not config.init_from:
+                raise ValueError("--keep-centre needs the locate stage's 'centre_label' head and --init-from")
+            from .networks import weights_from_onnx
+
+            # A frozen copy of the starting network: its centre heatmap is the floor of the target.
+            teacher = build_network(meta, network_config).to(device)
+            weights_from_onnx(teacher, config.init_from)
+            teacher.eval().requires_grad_(False)
+            log.info("%s: --keep-centre: the centre target is at least %s's own centre heatmap", meta.stage,
+                     config.init_from)
         if checkpoint is not None:
             network.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -377,8 +404,13 @@ def train(config: TrainConfig) -> TrainResult:
                 group["lr"] = learning_rate(iteration, config.iterations, config.lr, time_fraction=time_fraction)
             x, y = sampler.sample(config.batch_size)
             network.train()
-            logits = network(torch.from_numpy(x).to(device))
-            loss = stage_loss(meta.stage, logits, torch.from_numpy(y).to(device), network_config.head)
+            inputs = torch.from_numpy(x).to(device)
+            floor = None
+            if teacher is not None:
+                with torch.no_grad():
+                    floor = torch.sigmoid(teacher(inputs)[:, :1])
+            logits = network(inputs)
+            loss = stage_loss(meta.stage, logits, torch.from_numpy(y).to(device), network_config.head, floor)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"iteration {iteration}: loss is {loss.item()}")
             optimizer.zero_grad(set_to_none=True)
@@ -464,6 +496,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--depth", type=positive_int, help="U-Net resolution levels")
     parser.add_argument("--init-from", metavar="MODEL.onnx",
                         help="start from an exported model's weights (same stage and architecture): fine-tuning")
+    parser.add_argument("--keep-centre", action="store_true",
+                        help="locate, with --init-from: the centre target is at least the starting model's own centre "
+                             "heatmap, so labels that cover part of the spine teach levels without unlearning centres")
     parser.add_argument("--trained-on", help="provenance text for the model metadata")
     parser.add_argument("--no-augment", action="store_true", help="disable augmentation")
     parser.add_argument("--rotate-deg", type=float, nargs="+", metavar="DEG",
@@ -503,7 +538,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         patch=tuple(args.patch) if args.patch else None,
         spacing=tuple(args.spacing) if args.spacing else None,
         sigma_mm=args.sigma_mm, base_channels=args.base_channels, depth=args.depth, trained_on=args.trained_on,
-        init_from=args.init_from,
+        init_from=args.init_from, keep_centre=args.keep_centre,
         augment=not args.no_augment, progress=not args.no_progress, rotate_deg=_rotation(args.rotate_deg),
         sacrum_p=_probability(args.sacrum_p, "--sacrum-p"), thick_axes=_axis_weights(args.thick_axes),
         view_cut_p=_probability(args.view_cut_p, "--view-cut-p"),

@@ -219,6 +219,30 @@ def test_locate_loss_balances_the_spine_and_metrics_find_peaks() -> None:
     assert metrics["false_peaks"] == 0.0
 
 
+def test_keep_centre_floor_keeps_unlabelled_centres_and_leaves_the_label_loss_alone() -> None:
+    """``--keep-centre``: a centre the labels leave out (the starting model's own, at (6,4,4)) is a positive, not a
+    negative; the label cross-entropy still counts the labelled centre only."""
+    target = torch.zeros(1, 26, 8, 8, 8)
+    target[0, 3, 2, 4, 4] = 1.0  # the labelled centre
+    floor = torch.zeros(1, 1, 8, 8, 8)
+    floor[0, 0, 6, 4, 4] = 0.9  # the starting model's centre below the last label
+    keeps, forgets = torch.full((1, 27, 8, 8, 8), -8.0), torch.full((1, 27, 8, 8, 8), -8.0)
+    for logits in (keeps, forgets):
+        logits[0, 0, 2, 4, 4] = 8.0
+        logits[0, 1 + 3, 2, 4, 4] = 8.0
+    keeps[0, 0, 6, 4, 4] = 8.0
+    assert stage_loss("locate", forgets, target, "centre_label") < stage_loss("locate", keeps, target, "centre_label")
+    assert stage_loss("locate", keeps, target, "centre_label", floor) < stage_loss("locate", forgets, target,
+                                                                                   "centre_label", floor)
+    # Any label at the floor's centre costs the same: the floor teaches where, never which.
+    relabelled = keeps.clone()
+    relabelled[0, 1 + 9, 6, 4, 4] = 8.0
+    assert stage_loss("locate", relabelled, target, "centre_label", floor) == pytest.approx(
+        stage_loss("locate", keeps, target, "centre_label", floor).item(), abs=1e-6)
+    with pytest.raises(ValueError, match="centre_label"):
+        stage_loss("locate", torch.zeros(1, 26, 8, 8, 8), target, "sigmoid", floor)
+
+
 def test_centre_label_head_gives_centre_probability_and_label_ratios() -> None:
     logits = torch.randn(2, 27, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * 3
     prob = probabilities(logits, "centre_label")
@@ -707,6 +731,20 @@ def test_train_coarse_options_refuse_out_of_range(argv: list[str], option: str) 
     args = configure_parser(argparse.ArgumentParser()).parse_args(["segment", "--data", "d", "--out", "o", *argv])
     with pytest.raises(SystemExit, match=option):
         config_from_args(args)
+
+
+def test_keep_centre_fine_tunes_from_an_exported_locate_and_refuses_without_one(toy_data: Path,
+                                                                               tmp_path: Path) -> None:
+    assert _train(toy_data, "locate", tmp_path / "start", 1) == 0
+    start = tmp_path / "start.onnx"
+    export_checkpoint(tmp_path / "start" / "last.pt", start, parity_cases=str(toy_data))
+    assert _train(toy_data, "locate", tmp_path / "plain", 2, "--init-from", str(start)) == 0
+    assert _train(toy_data, "locate", tmp_path / "kept", 2, "--init-from", str(start), "--keep-centre") == 0
+    plain, kept = _weights(tmp_path / "plain" / "last.pt"), _weights(tmp_path / "kept" / "last.pt")
+    assert any(not torch.equal(kept[name], tensor) for name, tensor in plain.items())  # the floor reaches the loss
+    assert load_checkpoint(tmp_path / "kept" / "last.pt")["config"]["keep_centre"] is True
+    assert _train(toy_data, "locate", tmp_path / "alone", 1, "--keep-centre") == 1  # nothing to keep
+    assert _train(toy_data, "detect", tmp_path / "detect", 1, "--keep-centre") == 1  # no centre head
 
 
 def test_augmentation_options_reach_the_training_samples(toy_data: Path, tmp_path: Path) -> None:
