@@ -9,7 +9,11 @@ in a developer checkout, those of ``../shared/data``), plus any given with ``--c
 - **locate**: ground-truth body centres with a candidate within 10 mm (``found``); candidates
   within 10 mm of an already matched centre (``duplicates``); candidates farther than 20 mm from
   every centre (``false``; on partially labelled cases only those within the labelled levels'
-  height are counted).
+  height are counted). ``evidence``: what the locate network itself says at the true centres (its
+  heatmaps' channel maxima within 6 mm of each, over the detected box, before any rule reads them):
+  ``region_ok`` / ``level_ok`` / ``within_one``, the shares whose best channel has the right region
+  (cervical, thoracic, lumbar), the right level, a level at most one away; ``peak_median``, the
+  median centre probability there (candidates are seeded at 0.3).
 - **label**: the decoder on those candidates; identification (DESIGN.md: nearest ground-truth
   centre, within 20 mm) and ``region_ok``: ground-truth vertebrae whose candidate's label lies
   in the right region (cervical, thoracic, lumbar).
@@ -66,13 +70,14 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 
 from algorithm.cli import bone_floor_value  # noqa: E402
 from algorithm.detect import detect_spine  # noqa: E402
+from algorithm.locate import locate_heatmaps  # noqa: E402
 from algorithm.models import ModelSource, find_model_dir, load_models  # noqa: E402
 from algorithm.pipeline import Options, label_stage, locate_stage  # noqa: E402
 from algorithm.segment import segment_vertebrae  # noqa: E402
 from export.real_cases import LOCKED_SPLIT, RealCase, find_real_cases, openkbp_cases  # noqa: E402
 from spine.case import Case  # noqa: E402
 from spine.image import Geometry, image_from_array, resample_onto  # noqa: E402
-from spine.labels import EVALUATED, name_of, region_of  # noqa: E402
+from spine.labels import EVALUATED, LOCATE_CHANNELS, anatomical_rank, name_of, region_of  # noqa: E402
 
 log = logging.getLogger("bench.real")
 
@@ -153,6 +158,31 @@ def region_correct(positions_mm: np.ndarray, labels: np.ndarray, centres_mm: dic
     return out
 
 
+EVIDENCE_RADIUS_MM = 6.0
+"""How far from a true centre the locate network's evidence for it is read (its peaks lie 2-6 mm off)."""
+
+
+def network_evidence(scores: np.ndarray, labels: Sequence[int]) -> dict[str, float]:
+    """The locate network's own level evidence at true vertebra centres.
+
+    ``scores`` ``(N, 26)``: heatmap values at the centres of ``labels`` (columns in ``LOCATE_CHANNELS``
+    order). The best channel ``b`` of row ``i`` is right in region when ``region(b) == region(labels[i])``,
+    right in level when ``b == labels[i]``, within one when ``|rank(b) - rank(labels[i])| <= 1``
+    (anatomical rank, T13 between T12 and L1); ``peak_median`` is the median of the row maxima.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1, len(LOCATE_CHANNELS))
+    if len(scores) != len(labels):
+        raise ValueError(f"{len(scores)} score rows for {len(labels)} labels")
+    if not len(labels):
+        return {"region_ok": 0.0, "level_ok": 0.0, "within_one": 0.0, "peak_median": 0.0}
+    best = [LOCATE_CHANNELS[i] for i in scores.argmax(axis=1)]
+    pairs = list(zip(best, labels, strict=True))
+    return {"region_ok": float(np.mean([region_of(b) == region_of(v) for b, v in pairs])),
+            "level_ok": float(np.mean([b == v for b, v in pairs])),
+            "within_one": float(np.mean([abs(anatomical_rank(b) - anatomical_rank(v)) <= 1 for b, v in pairs])),
+            "peak_median": float(np.median(scores.max(axis=1)))}
+
+
 def dice_per_label(prediction: np.ndarray, reference: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
     """Dice of each label of ``labels`` (0 when the prediction lacks it): the evaluator's Dice."""
     from evaluation.metrics import dice
@@ -201,6 +231,10 @@ def stage_figures(case: Case, real: RealCase, models: Any, options: Options | No
     row["locate"] = {"candidates": len(candidates), "found": _mean([float(f) for f in matched["found"].values()]),
                      "duplicates": matched["duplicates"], "false": matched["false"],
                      "distance_mm": {name_of(v): round(d, 1) for v, d in matched["distance_mm"].items()}}
+    if labels:
+        maps = locate_heatmaps(case.ct, detection.box, models.locate, overlap=options.overlap)
+        at_truth = maps.candidates_at(np.array([centres[v] for v in labels]), radius_mm=EVIDENCE_RADIUS_MM)
+        row["locate"]["evidence"] = {k: round(v, 3) for k, v in network_evidence(at_truth.scores, labels).items()}
 
     if len(candidates):
         labelling = label_stage(candidates, options)
@@ -381,6 +415,9 @@ def format_table(rows: dict[str, dict[str, Any]], training: dict[str, str]) -> s
     means = {f"{stage}.{key}": [r[stage][key] for r in rows.values() if r.get(stage, {}).get(key) is not None]
              for stage, key in (("locate", "found"), ("label", "id_rate"), ("label", "region_ok"),
                                 ("segment", "dice"), ("end_to_end", "dice"), ("end_to_end", "id_rate"))}
+    for key in ("region_ok", "level_ok"):
+        means[f"locate.evidence.{key}"] = [r["locate"]["evidence"][key] for r in rows.values()
+                                           if "evidence" in r.get("locate", {})]
     summary = {k: _mean(v) for k, v in means.items()}
     whole = [r["end_to_end"].get("id_rate") == 1.0 for r in rows.values() if "end_to_end" in r]
     lines.append("")

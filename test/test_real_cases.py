@@ -83,6 +83,25 @@ def test_stage_figures_on_the_bundled_example() -> None:
     assert 0.0 <= row["detect"]["box_mean"] <= 1.0
     assert 0.0 <= row["segment"]["dice"] <= 1.0
     assert set(row["segment"]["per_label"]) == set(row["labels"])
+    evidence = row["locate"]["evidence"]
+    assert set(evidence) == {"region_ok", "level_ok", "within_one", "peak_median"}
+    assert 0.0 <= evidence["level_ok"] <= min(evidence["within_one"], evidence["region_ok"])
+
+
+def test_network_evidence_reads_the_best_channel_at_each_true_centre() -> None:
+    bench = _bench()
+    from spine.labels import LOCATE_CHANNELS
+
+    scores = np.zeros((4, len(LOCATE_CHANNELS)))
+    scores[0, LOCATE_CHANNELS.index(3)] = 0.8  # C3 at C3: level, region, within one
+    scores[1, LOCATE_CHANNELS.index(5)] = 0.4  # C5 at C4: region and within one only
+    scores[2, LOCATE_CHANNELS.index(22)] = 0.6  # L3 at C5: nothing (the bundled model on real necks)
+    scores[3, LOCATE_CHANNELS.index(28)] = 0.2  # T13 at L1: a thoracic call for a lumbar body, but one level off
+    figures = bench.network_evidence(scores, [3, 4, 5, 20])
+    assert figures == {"region_ok": 0.5, "level_ok": 0.25, "within_one": 0.75, "peak_median": 0.5}
+    assert bench.network_evidence(np.zeros((0, len(LOCATE_CHANNELS))), [])["region_ok"] == 0.0
+    with pytest.raises(ValueError, match="score rows"):
+        bench.network_evidence(scores, [3, 4])
 
 
 def test_seen_by_reads_the_training_text_up_to_unseen() -> None:
