@@ -197,7 +197,7 @@ def stage_loss(stage: str, logits: torch.Tensor, target: torch.Tensor, head: str
         weight = 1.0 + LOCATE_ALPHA * centre
         bce = F.binary_cross_entropy_with_logits(logits[:, :1], centre, reduction="none")
         spatial = (bce * weight).sum() / weight.sum() + soft_dice_loss(logits[:, :1], centre)
-        # Label: cross-entropy near the centres, weighted by the centre heatmap.
+        # Label: cross-entropy near the labelled centres (never the floor's), weighted by their heatmap.
         near = labelled[:, 0] * (labelled[:, 0] > 0.1)
         ce = F.cross_entropy(logits[:, 1:], target.argmax(dim=1), reduction="none")
         return spatial + (ce * near).sum() / torch.clamp(near.sum(), min=1e-6)
@@ -281,7 +281,7 @@ def train(config: TrainConfig) -> TrainResult:
     import torch
     from tqdm import tqdm
 
-    from .networks import ProbabilityModel, build_network, count_parameters
+    from .networks import ProbabilityModel, build_network, count_parameters, weights_from_onnx
     from .validation import torch_predictor, validate
 
     if config.stage not in STAGE_DEFAULTS:
@@ -338,16 +338,12 @@ def train(config: TrainConfig) -> TrainResult:
         start, best_score, best_iteration, wall_s = 0, -math.inf, 0, 0.0
         history: list[dict[str, Any]] = []
         if checkpoint is None and config.init_from:
-            from .networks import weights_from_onnx
-
             count = weights_from_onnx(network, config.init_from)
             log.info("%s: started from the weights of %s (%d tensors)", meta.stage, config.init_from, count)
         teacher = None
         if config.keep_centre:
             if network_config.head != "centre_label" or not config.init_from:
                 raise ValueError("--keep-centre needs the locate stage's 'centre_label' head and --init-from")
-            from .networks import weights_from_onnx
-
             # A frozen copy of the starting network: its centre heatmap is the floor of the target.
             teacher = build_network(meta, network_config).to(device)
             weights_from_onnx(teacher, config.init_from)
