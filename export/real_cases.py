@@ -181,11 +181,11 @@ def pseudo_cases(folder: str | os.PathLike[str]) -> list[RealCase]:
     missing = [case.name for case in cases if not case.exists()]
     if missing:
         raise ValueError(f"{root}: CT or centroids missing for {', '.join(missing)}")
-    # The OpenKBP sets that choose (dev) and the locked split must never train, not even through pseudo-labels.
-    held = {f"{ctd.name[: -len('_ctd.json')]}_ct.nii.gz" for name in ("dev", LOCKED_SPLIT)
-            for ctd in (ANNOTATIONS / name).glob("pt_*_ctd.json") if OPENKBP_SETS[name] == "train"}
+    # The set that chooses (dev, train-split CTs named by its annotations) and the locked split (a whole folder)
+    # must never train, not even through pseudo-labels.
+    dev = {f"{ctd.name[: -len('_ctd.json')]}_ct.nii.gz" for ctd in (ANNOTATIONS / "dev").glob("pt_*_ctd.json")}
     refused = [case.name for case in cases if case.ct.parent.name == OPENKBP_SETS[LOCKED_SPLIT]
-               or (case.ct.parent.name == "train" and case.ct.name in held)]
+               or (case.ct.parent.name == OPENKBP_SETS["dev"] and case.ct.name in dev)]
     if refused:
         raise ValueError(f"{root}: pseudo-labels on the OpenKBP dev set or the locked validation split may not "
                          f"train: {', '.join(refused)}")
