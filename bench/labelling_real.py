@@ -76,6 +76,7 @@ from algorithm.labelling_prior import (  # noqa: E402
     sacrum_room,
     vid_landmarks,
 )
+from evaluation.metrics import calibration  # noqa: E402
 from spine.labels import LOCATE_CHANNELS, anatomical_rank, name_of, region_of  # noqa: E402
 from spine.vid import (  # noqa: E402
     VidScan,
@@ -212,23 +213,6 @@ def score_scan(scan: VidScan, labels: np.ndarray, confidence: np.ndarray, tally:
         previous = offset
     tally.confidence += list(confidence[accepted])
     tally.correct += list((accepted & ~wrong_accepted)[accepted])
-
-
-def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> tuple[list[tuple], float]:
-    """Rows (low, high, count, mean confidence, accuracy) of equal-width bins and the ECE
-    ``sum_b n_b / N |acc_b - conf_b|``."""
-    rows = []
-    ece = 0.0
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    for b in range(bins):
-        inside = which == b
-        if not inside.any():
-            continue
-        conf, acc = float(confidence[inside].mean()), float(correct[inside].mean())
-        rows.append((edges[b], edges[b + 1], int(inside.sum()), conf, acc))
-        ece += inside.sum() / len(confidence) * abs(acc - conf)
-    return rows, float(ece)
 
 
 def decode_broadcast(decoder: ChainDecoder, scan: VidScan) -> tuple[np.ndarray, np.ndarray, bool | None]:
@@ -472,11 +456,12 @@ def report(tally: Tally, per_fold: list[Tally], seconds_30: float) -> None:
     print("errors: " + ", ".join(f"{k} {v}" for k, v in tally.errors.items()))
     print("wrong runs start at (true level, offset): "
           + ", ".join(f"{k} {v}" for k, v in tally.run_starts.most_common(12)))
-    rows, ece = reliability(np.array(tally.confidence), np.array(tally.correct, dtype=float))
-    fold_ece = [reliability(np.array(t.confidence), np.array(t.correct, dtype=float))[1] for t in per_fold]
+    rows, ece = calibration(tally.confidence, tally.correct)
+    fold_ece = [calibration(t.confidence, t.correct)[1] for t in per_fold]
     print(f"reliability of accepted candidates' confidence (ECE {ece:.3f}; folds {spread(fold_ece)}):")
-    for low, high, count, conf, acc in rows:
-        print(f"  [{low:.1f}, {high:.1f})  n {count:>6}  confidence {conf:.3f}  accuracy {acc:.3f}")
+    for row in rows:
+        print(f"  [{row.low:.1f}, {row.high:.1f})  n {row.count:>6}  confidence {row.confidence:.3f}  "
+              f"accuracy {row.accuracy:.3f}")
     if tally.uncertain_right:
         u = tally.uncertain_right
         print(f"uncertain flag: raised on {u[(True, True)] + u[(True, False)]} scans "

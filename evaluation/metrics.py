@@ -43,7 +43,9 @@ __all__ = [
     "Identification",
     "LabelExtent",
     "SurfaceDistances",
+    "ReliabilityBin",
     "bounding_boxes",
+    "calibration",
     "centres_of_mass_index",
     "dice",
     "directed_percentile_mm",
@@ -504,3 +506,51 @@ def identification_rate(outcomes: Mapping[int, Identification], reference_labels
     if not labels:
         return 0.0
     return sum(1 for v in labels if v in outcomes and outcomes[v].identified) / len(labels)
+
+
+# --------------------------------------------------------------------------- confidence
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    """One bin of a reliability table: confidences in ``[low, high)`` (the last bin includes 1), how many,
+    their mean, and the share of them that were right."""
+
+    low: float
+    high: float
+    count: int
+    confidence: float
+    accuracy: float
+
+
+def calibration(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10
+                ) -> tuple[list[ReliabilityBin], float]:
+    """Reliability table and expected calibration error of stated confidences against outcomes.
+
+    With ``bins`` equal-width bins B_b of [0, 1] (confidence 1 falls in the last), n_b the confidences in
+    B_b, conf_b their mean and acc_b the share right among them:
+    ``ECE = sum_b n_b / N * |acc_b - conf_b|``. Empty bins are left out of the table; no confidences at all:
+    an empty table and ECE 0.0 (nothing was claimed). ValueError when the two lengths differ or a
+    confidence lies outside [0, 1].
+    """
+    p = np.asarray(confidence, dtype=np.float64).ravel()
+    right = np.asarray(correct, dtype=np.float64).ravel()
+    if p.shape != right.shape:
+        raise ValueError(f"{len(p)} confidences but {len(right)} outcomes")
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    if not len(p):
+        return [], 0.0
+    if not np.all((p >= 0) & (p <= 1)):
+        raise ValueError("confidences must lie in [0, 1]")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        if not inside.any():
+            continue
+        conf, acc = float(p[inside].mean()), float(right[inside].mean())
+        table.append(ReliabilityBin(float(edges[b]), float(edges[b + 1]), int(inside.sum()), conf, acc))
+        ece += inside.sum() / len(p) * abs(acc - conf)
+    return table, float(ece)

@@ -14,8 +14,7 @@ from spine.vid import LEFT, RIGHT, pedicle_widths, read_keypoints, read_scan
 
 _bench = bench_module("labelling_real")
 Tally, broadcast_scores, evaluate = _bench.Tally, _bench.broadcast_scores, _bench.evaluate
-reliability, score_scan, source_of, width_profile = (_bench.reliability, _bench.score_scan, _bench.source_of,
-                                                     _bench.width_profile)
+score_scan, source_of, width_profile = _bench.score_scan, _bench.source_of, _bench.width_profile
 
 FIXTURE = REPO / "test" / "data" / "vid-keypoints"
 WHOLE = "062JCaPtCSw6"  # T10-L5
@@ -64,12 +63,6 @@ def test_ambiguous_region_evidence_raises_the_uncertain_flag() -> None:
     flat = np.full_like(scan.region_probabilities, 0.5)  # every body equally C, T or L: no anchor
     result = label_candidates(scan.bodies_mm, regions=flat)
     assert result.uncertain
-
-
-def test_reliability_bins_and_ece() -> None:
-    rows, ece = reliability(np.array([0.95, 0.95, 0.55, 0.55]), np.array([1.0, 1.0, 1.0, 0.0]))
-    assert [r[2] for r in rows] == [2, 2]
-    assert ece == pytest.approx(0.5 * 0.05 + 0.5 * 0.05)
 
 
 def test_a_broken_keypoint_file_is_named(tmp_path) -> None:

@@ -433,3 +433,35 @@ def test_threshold_is_in_mm_with_anisotropic_spacing() -> None:
     assert identify({20: geometry.index_to_world([10, 10, 13])}, g)[20].identified
     # and 15 voxels of 1 mm in-plane are 15 mm: a hit
     assert identify({20: geometry.index_to_world([25, 10, 10])}, g)[20].identified
+
+
+# --------------------------------------------------------------------------- confidence calibration
+
+
+def test_calibration_bins_and_ece_pinned() -> None:
+    table, ece = metrics.calibration([0.95, 0.95, 0.55, 0.55], [True, True, True, False])
+    assert [(b.low, b.count, b.accuracy) for b in table] == [(pytest.approx(0.5), 2, 0.5), (pytest.approx(0.9), 2, 1.0)]
+    assert ece == pytest.approx(0.5 * 0.05 + 0.5 * 0.05)
+    assert metrics.calibration([1.0], [True]) == ([metrics.ReliabilityBin(pytest.approx(0.9), 1.0, 1, 1.0, 1.0)], 0.0)
+    assert metrics.calibration([], []) == ([], 0.0)  # nothing claimed, nothing miscalibrated
+
+
+def test_calibration_refuses_mismatched_or_out_of_range_input() -> None:
+    with pytest.raises(ValueError, match="2 confidences but 1 outcomes"):
+        metrics.calibration([0.5, 0.5], [True])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        metrics.calibration([1.2], [True])
+
+
+@settings(max_examples=60, deadline=None)
+@given(pairs=st.lists(st.tuples(st.floats(0.0, 1.0), st.booleans()), min_size=1, max_size=60),
+       seed=st.integers(0, 2**16))
+def test_calibration_properties(pairs: list[tuple[float, bool]], seed: int) -> None:
+    """ECE lies in [0, 1], ignores the order of the claims, counts every claim once, and with one bin is the gap
+    between the mean confidence and the share right."""
+    p, right = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+    table, ece = metrics.calibration(p, right)
+    assert 0.0 <= ece <= 1.0 and sum(b.count for b in table) == len(p)
+    order = np.random.default_rng(seed).permutation(len(p))
+    assert metrics.calibration(p[order], right[order])[1] == pytest.approx(ece, abs=1e-12)
+    assert metrics.calibration(p, right, bins=1)[1] == pytest.approx(abs(right.mean() - p.mean()), abs=1e-12)
