@@ -20,7 +20,11 @@ in a developer checkout, those of ``../shared/data``), plus any given with ``--c
 - **segment** (oracle): Dice per vertebra when the segment stage is given the ground-truth
   labels and body centres, so segmentation is measured on its own.
 - **end to end**: ``python -m algorithm predict`` in a fresh process (time and peak memory from
-  its run report), scored by the project's evaluator (``evaluation.score.score_case``).
+  its run report), scored by the project's evaluator (``evaluation.score.score_case``). ``labels``: per
+  predicted label the reference annotates, the confidence the points file gives it and whether it was
+  identified; pooled over a table's cases: the ECE (``evaluation.metrics.calibration``), the wrong labels still
+  at or above the pipeline's doubt threshold (``algorithm.measure.HIGH_CONFIDENCE``, 0.9: no grade under it)
+  and the right ones under it.
 
 Body centres are the annotated ones where a case has them, else estimated from the mask
 (``export.real_cases.body_centres_mm``, 1-2 mm from VerSe's annotations). The table also says
@@ -77,7 +81,7 @@ from algorithm.segment import segment_vertebrae  # noqa: E402
 from export.real_cases import LOCKED_SPLIT, RealCase, find_real_cases, openkbp_cases  # noqa: E402
 from spine.case import Case  # noqa: E402
 from spine.image import Geometry, image_from_array, resample_onto  # noqa: E402
-from spine.labels import EVALUATED, LOCATE_CHANNELS, anatomical_rank, name_of, region_of  # noqa: E402
+from spine.labels import EVALUATED, LOCATE_CHANNELS, anatomical_rank, label_of, name_of, region_of  # noqa: E402
 
 log = logging.getLogger("bench.real")
 
@@ -280,6 +284,43 @@ def points_figures(points_json: Path, centres_mm: dict[int, np.ndarray]) -> dict
             "false_positive_labels": len(set(predicted) - set(centres_mm)), "dice": None}
 
 
+def label_confidence(points_json: Path, centres_mm: dict[int, np.ndarray]) -> list[list]:
+    """The pipeline's claims about the annotated levels, ``[name, confidence, identified]`` per predicted label that
+    the reference annotates: the confidence the points file gives it (GC ``probability``; of a name given twice, the
+    point kept is the more confident, as the evaluator keeps it) and whether DESIGN.md's rule identifies it.
+    Labels on levels the reference does not annotate are left out: nothing says whether they are right."""
+    from spine.gc import points_to_centroids, read_points
+
+    points = read_points(points_json)
+    predicted, _ = points_to_centroids(points)
+    hits = identification(predicted, centres_mm)
+    confidence: dict[int, float] = {}
+    for point in points:
+        try:
+            label = label_of(point.name)
+        except ValueError:  # a name the evaluator does not read either
+            continue
+        confidence[label] = max(confidence.get(label, 0.0), float(point.probability))
+    return [[name_of(v), round(confidence[v], 4), hits[v]] for v in sorted(predicted, key=anatomical_rank)
+            if v in centres_mm]
+
+
+def confidence_summary(claims: Sequence[Sequence]) -> dict[str, Any]:
+    """Pooled ``label_confidence`` claims: how many, how many wrong, the ECE (``evaluation.metrics.calibration``),
+    and how the pipeline's doubt threshold (``algorithm.measure.HIGH_CONFIDENCE``: no grade under it) splits them:
+    wrong labels it still calls confident, right ones it doubts (item 5 of the real-CT issue: a wrong label must
+    not say 0.94)."""
+    from algorithm.measure import HIGH_CONFIDENCE
+    from evaluation.metrics import calibration
+
+    p = np.array([float(c[1]) for c in claims])
+    right = np.array([bool(c[2]) for c in claims])
+    _, ece = calibration(p, right)
+    return {"labels": len(p), "wrong": int((~right).sum()), "ece": round(ece, 4), "threshold": HIGH_CONFIDENCE,
+            "wrong_confident": int((~right & (p >= HIGH_CONFIDENCE)).sum()),
+            "right_doubted": int((right & (p < HIGH_CONFIDENCE)).sum())}
+
+
 def _option_flags(options: Options) -> list[str]:
     """The ``predict`` flags that reproduce ``options``' pipeline switches."""
     return ["--recentre" if options.recentre else "--no-recentre", "--ribs" if options.rib_evidence else "--no-ribs",
@@ -309,8 +350,9 @@ def end_to_end(real: RealCase, models_dir: Path, case: Case, workdir: Path,
     report = json.loads((out / f"{stem}_report.json").read_text(encoding="utf-8"))
     timing = {"predicted": [v["name"] for v in report.get("vertebrae", [])], "wall_s": round(wall, 2),
               "pipeline_s": report.get("total_s"), "peak_rss_mib": report.get("peak_rss_mib")}
+    centres = {v: np.asarray(c) for v, c in case.centroids_mm.items() if v in EVALUATED}
+    timing["labels"] = label_confidence(out / f"{stem}_points.json", centres)
     if real.mask is None:
-        centres = {v: np.asarray(c) for v, c in case.centroids_mm.items() if v in EVALUATED}
         return {**points_figures(out / f"{stem}_points.json", centres), **timing}
     reference_ctd = workdir / f"{real.name}_reference_ctd.json"
     write_centroid_json(reference_ctd, case.centroids_mm, case.geometry)
@@ -422,6 +464,12 @@ def format_table(rows: dict[str, dict[str, Any]], training: dict[str, str]) -> s
     whole = [r["end_to_end"].get("id_rate") == 1.0 for r in rows.values() if "end_to_end" in r]
     lines.append("")
     lines.append("means over cases: " + ", ".join(f"{k} {f(v)}" for k, v in summary.items()))
+    claims = [c for r in rows.values() for c in r.get("end_to_end", {}).get("labels", [])]
+    if claims:
+        c = confidence_summary(claims)
+        lines.append(f"label confidence (end to end, annotated levels): {c['labels']} labels, {c['wrong']} wrong, "
+                     f"ECE {c['ece']:.3f}; wrong at >= {c['threshold']:.2f}: {c['wrong_confident']} of {c['wrong']}; "
+                     f"right under it: {c['right_doubted']} of {c['labels'] - c['wrong']}")
     if whole:
         lines.append(f"every vertebra labelled right (end to end): {sum(whole)} of {len(whole)} cases")
     return "\n".join(lines)

@@ -136,6 +136,26 @@ def test_points_figures_score_a_centroid_only_case(tmp_path: Path) -> None:
     assert figures["false_positive_labels"] == 1  # C4 is not annotated
 
 
+def test_label_confidence_pairs_each_annotated_claim_with_its_outcome(tmp_path: Path) -> None:
+    """The confidence each annotated label was given, and whether it was right; labels nobody annotated are left out,
+    and a name given twice keeps its more confident point, as the evaluator does."""
+    from spine.gc import Point, write_points
+
+    centres = {1: np.array([0.0, 0.0, 100.0]), 2: np.array([0.0, 0.0, 80.0]), 3: np.array([0.0, 0.0, 62.0])}
+    points = [Point("C1", (0.0, 3.0, 100.0), 0.99), Point("C3", (0.0, 0.0, 80.0), 0.94),  # C2 called C3: wrong
+              Point("C3", (0.0, 0.0, 50.0), 0.5), Point("C4", (0.0, 0.0, 45.0), 0.7)]  # C4 is not annotated
+    path = write_points(tmp_path / "points.json", points)
+    bench = _bench()
+    claims = bench.label_confidence(path, centres)
+    assert claims == [["C1", 0.99, True], ["C3", 0.94, False]]
+    summary = bench.confidence_summary(claims)
+    assert summary["labels"] == 2 and summary["wrong"] == 1
+    assert summary["wrong_confident"] == 1 and summary["right_doubted"] == 0  # 0.94 is over the 0.9 threshold
+    assert summary["ece"] == pytest.approx(abs(0.5 - (0.99 + 0.94) / 2))  # one bin holds both claims
+    table = bench.format_table({"a": {"labels": ["C1", "C3"], "end_to_end": {"id_rate": 0.5, "labels": claims}}}, {})
+    assert "2 labels, 1 wrong, ECE 0.465; wrong at >= 0.90: 1 of 1; right under it: 0 of 1" in table
+
+
 def test_a_centroid_only_real_case_loads_without_a_mask(tmp_path: Path) -> None:
     from export.real_cases import RealCase
     from spine.verse import write_centroid_json
