@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
+from export.cord import CordLine
 from spine.image import Geometry, read_image, write_text_atomic
 from spine.labels import NAMES as LABEL_NAMES
 from spine.verse import write_centroid_json
@@ -81,32 +81,6 @@ class Vertebra:
 
 
 @dataclass(frozen=True)
-class CordLine:
-    """The cord contour's centre per axial slice: world z (mm) and the centre's LPS x, y (mm)."""
-
-    z_mm: np.ndarray
-    xy_mm: np.ndarray
-
-    @classmethod
-    def of(cls, cord: sitk.Image) -> CordLine:
-        array = sitk.GetArrayViewFromImage(cord)
-        z, xy = [], []
-        for k in np.flatnonzero(np.asarray(array).any(axis=(1, 2))):
-            j, i = np.argwhere(array[k]).mean(axis=0)
-            point = cord.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k)))
-            z.append(point[2])
-            xy.append(point[:2])
-        return cls(np.asarray(z, dtype=np.float64), np.asarray(xy, dtype=np.float64).reshape(-1, 2))
-
-    def at(self, z_mm: float) -> np.ndarray | None:
-        """The cord's centre (x, y) on the slice nearest ``z_mm``, or None if none lies within CORD_SLICE_MM."""
-        if not len(self.z_mm):
-            return None
-        nearest = int(np.argmin(np.abs(self.z_mm - z_mm)))
-        return self.xy_mm[nearest] if abs(self.z_mm[nearest] - z_mm) <= CORD_SLICE_MM else None
-
-
-@dataclass(frozen=True)
 class Kept:
     """The vertebrae kept from the top of a chain, and why the chain ended there ("" if none failed)."""
 
@@ -115,7 +89,7 @@ class Kept:
 
 
 def _cord_fails(vertebra: Vertebra, cord: CordLine) -> str:
-    centre = cord.at(float(vertebra.position_mm[2]))
+    centre = cord.at(float(vertebra.position_mm[2]), CORD_SLICE_MM)
     if centre is None:
         return "no cord contour on its slice"
     ahead = float(centre[1] - vertebra.position_mm[1])

@@ -30,12 +30,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from export.cord import CordLine
 from export.real_cases import ANNOTATIONS, shared_data_dir
 from spine.image import read_image
 from spine.modelmeta import Intensity, ModelMeta
 from spine.preprocess import crop_patch, gaussian_heatmap
 
-__all__ = ["CHANNEL", "PATCH_ZYX", "SIGMA_MM", "SPACING_MM", "Volume", "cord_top_mm", "load_volume",
+__all__ = ["CHANNEL", "PATCH_ZYX", "SIGMA_MM", "SPACING_MM", "Volume", "load_volume",
            "skull_base_meta", "training_cases"]
 
 log = logging.getLogger(__name__)
@@ -49,17 +50,6 @@ SIGMA_MM = 6.0
 CHANNEL = "skull_base"
 MIN_BELOW_MM, MAX_BELOW_MM = 30.0, 140.0
 """Masked negatives: the skull cleared away above a height this far below the foramen magnum."""
-
-
-def cord_top_mm(cord: sitk.Image) -> np.ndarray | None:
-    """LPS mm centre of the top slice of a spinal-cord contour (None when the contour is empty)."""
-    array = sitk.GetArrayViewFromImage(cord)
-    slices = np.flatnonzero(array.any(axis=(1, 2)))
-    if not len(slices):
-        return None
-    top = int(slices.max())
-    y, x = np.argwhere(array[top]).mean(axis=0)
-    return np.array(cord.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(top))))
 
 
 @dataclass
@@ -103,7 +93,7 @@ def training_cases(shared: Path) -> tuple[list[tuple[str, Path, np.ndarray | Non
         cord = kbp / f"pt_{number}_spinal-cord.nii.gz"
         if number in held or not cord.is_file():
             continue
-        point = cord_top_mm(sitk.ReadImage(str(cord)))
+        point = CordLine.of(sitk.ReadImage(str(cord))).top_mm()
         if point is not None:
             positives.append((f"openkbp-pt_{number}", ct, point))
     negatives = [("totalsegmentator-example", shared / "totalsegmentator-example" / "ct.nii.gz"),

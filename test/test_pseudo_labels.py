@@ -37,12 +37,6 @@ def _chain(levels: int = 6, ahead: float = 14.0) -> list[Vertebra]:
     return chain
 
 
-def test_cord_line_is_the_contour_centre_per_slice() -> None:
-    cord = CordLine.of(_cord())
-    np.testing.assert_allclose(cord.at(100.0), CORD_XY)
-    assert cord.at(250.0) is None  # no slice within reach: not checked
-
-
 def test_a_clean_anchored_chain_is_kept_whole() -> None:
     kept = keep_chain(_chain(), CordLine.of(_cord()), anchored=True)
     assert [v.label for v in kept.vertebrae] == [1, 2, 3, 4, 5, 6]
