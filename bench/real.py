@@ -81,7 +81,7 @@ from algorithm.segment import segment_vertebrae  # noqa: E402
 from export.real_cases import LOCKED_SPLIT, RealCase, find_real_cases, openkbp_cases  # noqa: E402
 from spine.case import Case  # noqa: E402
 from spine.image import Geometry, image_from_array, resample_onto  # noqa: E402
-from spine.labels import EVALUATED, LOCATE_CHANNELS, anatomical_rank, label_of, name_of, region_of  # noqa: E402
+from spine.labels import EVALUATED, LOCATE_CHANNELS, anatomical_rank, name_of, region_of  # noqa: E402
 
 log = logging.getLogger("bench.real")
 
@@ -289,19 +289,11 @@ def label_confidence(points_json: Path, centres_mm: dict[int, np.ndarray]) -> li
     the reference annotates: the confidence the points file gives it (GC ``probability``; of a name given twice, the
     point kept is the more confident, as the evaluator keeps it) and whether DESIGN.md's rule identifies it.
     Labels on levels the reference does not annotate are left out: nothing says whether they are right."""
-    from spine.gc import points_to_centroids, read_points
+    from spine.gc import points_by_label, read_points
 
-    points = read_points(points_json)
-    predicted, _ = points_to_centroids(points)
-    hits = identification(predicted, centres_mm)
-    confidence: dict[int, float] = {}
-    for point in points:
-        try:
-            label = label_of(point.name)
-        except ValueError:  # a name the evaluator does not read either
-            continue
-        confidence[label] = max(confidence.get(label, 0.0), float(point.probability))
-    return [[name_of(v), round(confidence[v], 4), hits[v]] for v in sorted(predicted, key=anatomical_rank)
+    kept, _ = points_by_label(read_points(points_json))
+    hits = identification({v: np.asarray(p.point_mm) for v, p in kept.items()}, centres_mm)
+    return [[name_of(v), round(float(kept[v].probability), 4), hits[v]] for v in sorted(kept, key=anatomical_rank)
             if v in centres_mm]
 
 

@@ -51,7 +51,7 @@ from spine.labels import NAMES as LABEL_NAMES
 from spine.verse import write_centroid_json
 
 __all__ = ["AHEAD_MM", "CORD_AHEAD_MM", "CORD_SIDEWAYS_MM", "CORD_SLICE_MM", "MIN_CONFIDENCE", "MIN_KEPT",
-           "STEP_MM", "CordLine", "Kept", "Vertebra", "keep_chain", "main", "pseudo_label"]
+           "STEP_MM", "Kept", "Vertebra", "keep_chain", "main", "pseudo_label"]
 
 log = logging.getLogger(__name__)
 

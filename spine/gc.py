@@ -30,6 +30,7 @@ __all__ = [
     "parse_inputs",
     "parse_jobs",
     "points_document",
+    "points_by_label",
     "points_to_centroids",
     "read_inputs_json",
     "read_points",
@@ -194,13 +195,12 @@ def read_points(path: str | os.PathLike[str]) -> list[Point]:
     return out
 
 
-def points_to_centroids(points: Sequence[Point]) -> tuple[dict[int, np.ndarray], list[str]]:
-    """Map points named by vertebra to {VerSe id: LPS mm}; also return the names not understood.
+def points_by_label(points: Sequence[Point]) -> tuple[dict[int, Point], list[str]]:
+    """The point kept for each vertebra a name gives ({VerSe id: point}), and the names not understood.
 
-    A name that repeats keeps the point with the higher probability.
+    A name that repeats keeps the point with the higher probability (the first of equals).
     """
-    centroids: dict[int, np.ndarray] = {}
-    best: dict[int, float] = {}
+    kept: dict[int, Point] = {}
     unknown: list[str] = []
     for p in points:
         try:
@@ -209,8 +209,16 @@ def points_to_centroids(points: Sequence[Point]) -> tuple[dict[int, np.ndarray],
         except ValueError:
             unknown.append(p.name)
             continue
-        if label not in best or p.probability > best[label]:
-            centroids[label] = np.asarray(p.point_mm, dtype=np.float64)
-            best[label] = p.probability
-    return centroids, unknown
+        if label not in kept or p.probability > kept[label].probability:
+            kept[label] = p
+    return kept, unknown
+
+
+def points_to_centroids(points: Sequence[Point]) -> tuple[dict[int, np.ndarray], list[str]]:
+    """Map points named by vertebra to {VerSe id: LPS mm}; also return the names not understood.
+
+    A name that repeats keeps the point with the higher probability (:func:`points_by_label`).
+    """
+    kept, unknown = points_by_label(points)
+    return {label: np.asarray(p.point_mm, dtype=np.float64) for label, p in kept.items()}, unknown
 

@@ -140,6 +140,15 @@ def test_points_round_trip_with_exact_keys(tmp_path: Path) -> None:
     assert sorted(centroids) == [20, 28] and unknown == ["spleen"]
 
 
+def test_a_repeated_name_keeps_its_more_confident_point() -> None:
+    points = [gc.Point("L1", (0.0, 0.0, 0.0), 0.4), gc.Point("L1", (0.0, 0.0, 30.0), 0.9),
+              gc.Point("L1", (0.0, 0.0, 60.0), 0.9)]  # equal to the kept one: the first stays
+    kept, unknown = gc.points_by_label(points)
+    assert kept == {20: points[1]} and unknown == []
+    centroids, _ = gc.points_to_centroids(points)
+    np.testing.assert_array_equal(centroids[20], [0.0, 0.0, 30.0])
+
+
 def test_points_reject_non_finite_values(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="non-finite"):
         gc.write_points(tmp_path / "p.json", [gc.Point("L1", (float("nan"), 0.0, 0.0))])

@@ -440,9 +440,14 @@ def test_threshold_is_in_mm_with_anisotropic_spacing() -> None:
 
 def test_calibration_bins_and_ece_pinned() -> None:
     table, ece = metrics.calibration([0.95, 0.95, 0.55, 0.55], [True, True, True, False])
-    assert [(b.low, b.count, b.accuracy) for b in table] == [(pytest.approx(0.5), 2, 0.5), (pytest.approx(0.9), 2, 1.0)]
+    assert [(b.low, b.high, b.count, b.confidence, b.accuracy) for b in table] == [
+        (0.5, 0.6, 2, 0.55, 0.5), (0.9, 1.0, 2, 0.95, 1.0)]
     assert ece == pytest.approx(0.5 * 0.05 + 0.5 * 0.05)
-    assert metrics.calibration([1.0], [True]) == ([metrics.ReliabilityBin(pytest.approx(0.9), 1.0, 1, 1.0, 1.0)], 0.0)
+    # Bins are [low, high): a confidence on an edge opens the bin above it; 1.0 closes the last, 0.0 opens the first.
+    assert [(b.low, b.high) for b in metrics.calibration([0.3, 0.6, 0.7], [True] * 3)[0]] == [
+        (0.3, 0.4), (0.6, 0.7), (0.7, 0.8)]
+    assert metrics.calibration([1.0], [True]) == ([metrics.ReliabilityBin(0.9, 1.0, 1, 1.0, 1.0)], 0.0)
+    assert metrics.calibration([0.0], [False]) == ([metrics.ReliabilityBin(0.0, 0.1, 1, 0.0, 0.0)], 0.0)
     assert metrics.calibration([], []) == ([], 0.0)  # nothing claimed, nothing miscalibrated
 
 

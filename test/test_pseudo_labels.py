@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from export.pseudo_labels import CordLine, Vertebra, keep_chain, main
+from export.cord import CordLine
+from export.pseudo_labels import Vertebra, keep_chain, main
 from export.real_cases import pseudo_cases, write_training_folder
 from spine.image import Geometry, read_image, write_image
 from spine.verse import read_centroids_mm
