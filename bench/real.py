@@ -21,10 +21,10 @@ in a developer checkout, those of ``../shared/data``), plus any given with ``--c
   labels and body centres, so segmentation is measured on its own.
 - **end to end**: ``python -m algorithm predict`` in a fresh process (time and peak memory from
   its run report), scored by the project's evaluator (``evaluation.score.score_case``). ``labels``: per
-  predicted label the reference annotates, the confidence the points file gives it and whether it was
-  identified; pooled over a table's cases: the ECE (``evaluation.metrics.calibration``), the wrong labels still
-  at or above the pipeline's doubt threshold (``algorithm.measure.HIGH_CONFIDENCE``, 0.9: no grade under it)
-  and the right ones under it.
+  predicted label the reference can judge, the confidence the points file gives it and whether it is right
+  (``label_confidence``); pooled over a table's cases: the ECE (``evaluation.metrics.calibration``), the wrong
+  labels still at or above the pipeline's doubt threshold (``algorithm.measure.HIGH_CONFIDENCE``, 0.9: no grade
+  under it) and the right ones under it.
 
 Body centres are the annotated ones where a case has them, else estimated from the mask
 (``export.real_cases.body_centres_mm``, 1-2 mm from VerSe's annotations). The table also says
@@ -285,16 +285,28 @@ def points_figures(points_json: Path, centres_mm: dict[int, np.ndarray]) -> dict
 
 
 def label_confidence(points_json: Path, centres_mm: dict[int, np.ndarray]) -> list[list]:
-    """The pipeline's claims about the annotated levels, ``[name, confidence, identified]`` per predicted label that
-    the reference annotates: the confidence the points file gives it (GC ``probability``; of a name given twice, the
-    point kept is the more confident, as the evaluator keeps it) and whether DESIGN.md's rule identifies it.
-    Labels on levels the reference does not annotate are left out: nothing says whether they are right."""
+    """The pipeline's claims that the reference can judge, ``[name, confidence, right]`` head to foot: the
+    confidence its points file gives each label (GC ``probability``; of a name given twice, the point the evaluator
+    keeps, :func:`spine.gc.points_by_label`) and whether it is right. A label the reference annotates is right when
+    DESIGN.md's rule identifies it; a label it does not annotate is wrong when its point lies within ``FOUND_MM``
+    of an annotated centre (another vertebra's name on an annotated vertebra, e.g. C2 called C3 where only C1-C2
+    are annotated) and cannot be judged otherwise (left out: the annotation may simply stop above it)."""
     from spine.gc import points_by_label, read_points
 
     kept, _ = points_by_label(read_points(points_json))
-    hits = identification({v: np.asarray(p.point_mm) for v, p in kept.items()}, centres_mm)
-    return [[name_of(v), round(float(kept[v].probability), 4), hits[v]] for v in sorted(kept, key=anatomical_rank)
-            if v in centres_mm]
+    points = {v: np.asarray(p.point_mm, dtype=np.float64) for v, p in kept.items()}
+    hits = identification(points, centres_mm)
+    centres = np.array(list(centres_mm.values())).reshape(-1, 3)
+    claims = []
+    for v in sorted(kept, key=anatomical_rank):
+        if v in centres_mm:
+            right = hits[v]
+        elif len(centres) and np.linalg.norm(centres - points[v], axis=1).min() <= FOUND_MM:
+            right = False
+        else:
+            continue
+        claims.append([name_of(v), round(float(kept[v].probability), 4), right])
+    return claims
 
 
 def confidence_summary(claims: Sequence[Sequence]) -> dict[str, Any]:

@@ -136,24 +136,27 @@ def test_points_figures_score_a_centroid_only_case(tmp_path: Path) -> None:
     assert figures["false_positive_labels"] == 1  # C4 is not annotated
 
 
-def test_label_confidence_pairs_each_annotated_claim_with_its_outcome(tmp_path: Path) -> None:
-    """The confidence each annotated label was given, and whether it was right; labels nobody annotated are left out,
-    and a name given twice keeps its more confident point, as the evaluator does."""
+def test_label_confidence_pairs_each_judgeable_claim_with_its_outcome(tmp_path: Path) -> None:
+    """The confidence each label was given, and whether it was right: an annotated label by the identification
+    rule, an unannotated one wrong where it sits on an annotated vertebra and left out where nothing says (the
+    annotation stops above it). A name given twice keeps its more confident point, as the evaluator does."""
     from spine.gc import Point, write_points
 
     centres = {1: np.array([0.0, 0.0, 100.0]), 2: np.array([0.0, 0.0, 80.0]), 3: np.array([0.0, 0.0, 62.0])}
     points = [Point("C1", (0.0, 3.0, 100.0), 0.99), Point("C3", (0.0, 0.0, 80.0), 0.94),  # C2 called C3: wrong
-              Point("C3", (0.0, 0.0, 50.0), 0.5), Point("C4", (0.0, 0.0, 45.0), 0.7)]  # C4 is not annotated
+              Point("C3", (0.0, 0.0, 50.0), 0.5), Point("C4", (0.0, 0.0, 45.0), 0.7),  # C4 not annotated, 17 mm off
+              Point("C5", (0.0, 0.0, 64.0), 0.8)]  # not annotated, but 2 mm from C3's centre: wrong
     path = write_points(tmp_path / "points.json", points)
     bench = _bench()
     claims = bench.label_confidence(path, centres)
-    assert claims == [["C1", 0.99, True], ["C3", 0.94, False]]
+    assert claims == [["C1", 0.99, True], ["C3", 0.94, False], ["C5", 0.8, False]]
     summary = bench.confidence_summary(claims)
-    assert summary["labels"] == 2 and summary["wrong"] == 1
+    assert summary["labels"] == 3 and summary["wrong"] == 2
     assert summary["wrong_confident"] == 1 and summary["right_doubted"] == 0  # 0.94 is over the 0.9 threshold
-    assert summary["ece"] == pytest.approx(abs(0.5 - (0.99 + 0.94) / 2))  # one bin holds both claims
+    # Bins [0.8, 0.9): 0.8 wrong; [0.9, 1.0]: 0.99 right, 0.94 wrong.
+    assert summary["ece"] == pytest.approx(1 / 3 * 0.8 + 2 / 3 * abs(0.5 - (0.99 + 0.94) / 2), abs=1e-4)  # rounded
     table = bench.format_table({"a": {"labels": ["C1", "C3"], "end_to_end": {"id_rate": 0.5, "labels": claims}}}, {})
-    assert "2 labels, 1 wrong, ECE 0.465; wrong at >= 0.90: 1 of 1; right under it: 0 of 1" in table
+    assert "3 labels, 2 wrong, ECE 0.577; wrong at >= 0.90: 1 of 2; right under it: 0 of 1" in table
 
 
 def test_a_centroid_only_real_case_loads_without_a_mask(tmp_path: Path) -> None:
