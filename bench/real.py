@@ -290,7 +290,7 @@ def label_confidence(points_json: Path, centres_mm: dict[int, np.ndarray]) -> li
     keeps, :func:`spine.gc.points_by_label`) and whether it is right. A label the reference annotates is right when
     DESIGN.md's rule identifies it; a label it does not annotate is wrong when its point lies within ``FOUND_MM``
     of an annotated centre (another vertebra's name on an annotated vertebra, e.g. C2 called C3 where only C1-C2
-    are annotated) and cannot be judged otherwise (left out: the annotation may simply stop above it)."""
+    are annotated) and cannot be judged otherwise (left out: the annotation may simply stop short of it)."""
     from spine.gc import points_by_label, read_points
 
     kept, _ = points_by_label(read_points(points_json))
