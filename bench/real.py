@@ -471,9 +471,10 @@ def format_table(rows: dict[str, dict[str, Any]], training: dict[str, str]) -> s
     claims = [c for r in rows.values() for c in r.get("end_to_end", {}).get("labels", [])]
     if claims:
         c = confidence_summary(claims)
-        lines.append(f"label confidence (end to end, annotated levels): {c['labels']} labels, {c['wrong']} wrong, "
-                     f"ECE {c['ece']:.3f}; wrong at >= {c['threshold']:.2f}: {c['wrong_confident']} of {c['wrong']}; "
-                     f"right under it: {c['right_doubted']} of {c['labels'] - c['wrong']}")
+        lines.append(f"label confidence (end to end, the labels the reference can judge): {c['labels']} labels, "
+                     f"{c['wrong']} wrong, ECE {c['ece']:.3f}; wrong at >= {c['threshold']:.2f}: "
+                     f"{c['wrong_confident']} of {c['wrong']}; right under it: {c['right_doubted']} of "
+                     f"{c['labels'] - c['wrong']}")
     if whole:
         lines.append(f"every vertebra labelled right (end to end): {sum(whole)} of {len(whole)} cases")
     return "\n".join(lines)
