@@ -492,8 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="every labelled case of a VerSe-layout folder (repeatable)")
     parser.add_argument("--reformats", nargs="*", metavar="NAME",
                         help="also every masked case in the forms users meet (export.reformat: sacrum-cropped, "
-                             "top-cropped, sagittal-slab, thick-slices, coarse-pixels; none named: all), and every "
-                             "--openkbp case top-cropped")
+                             "top-cropped, sagittal-slab, thick-slices, coarse-pixels, slab-sacrum-cropped; none "
+                             "named: all), and every --openkbp case top-cropped")
     parser.add_argument("--openkbp", choices=("dev", "fit", "validation"), action="append",
                         help="the project's annotated OpenKBP head-and-neck CTs of this set (centroids only): dev to "
                              "choose on, fit (what models train on), validation the LOCKED set: report it once, never "

@@ -3,7 +3,8 @@
 A model tuned on a handful of real CTs learns their field of view and their voxels. The held-out
 scans that break it are the same anatomy seen otherwise: a lumbar scan without its sacrum (no
 bottom anchor), a chest CT that starts mid-neck (no top anchor), VerSe's sagittal lumbar slabs
-(3 mm sagittal slices, about 100 mm wide: no ribs beyond their heads), 5 mm slices, 4 mm pixels.
+(3 mm sagittal slices, about 100 mm wide: no ribs beyond their heads), 5 mm slices, 4 mm pixels; and a slab
+that also stops above the sacrum (no ribs and no foot: the held-out sagittal scan that read Dice 0).
 :func:`reformats` turns one labelled :class:`~spine.case.Case` into those variants, labels
 following, so ``bench/real.py --reformats`` measures every labelled real CT in each of them.
 
@@ -236,12 +237,30 @@ def _coarse_pixels(case: Case) -> Reformat | None:
     return Reformat(f"pixels-{COARSE_PIXEL_MM:g}mm", tuple(spacing), tuple(low), tuple(high), SLAB_KEEP)
 
 
+def _slab_sacrum_cropped(case: Case) -> Reformat | None:
+    """Both at once: VerSe's sagittal lumbar slabs often stop above the sacrum, leaving the chain with neither its
+    ribs beyond their heads nor its foot (the held-out sagittal scan of issue 19: T9-L4 in a 105 mm slab)."""
+    return _combined("slab-sacrum-cropped", _sagittal_slab(case), _sacrum_cropped(case))
+
+
+def _combined(name: str, first: Reformat | None, second: Reformat | None) -> Reformat | None:
+    """Two recipes on one grid: the index box both keep, the coarser spacing per axis, the laxer label rule (each
+    recipe's keep fraction is for the cut it makes; the lower one lets the other's cut decide), ``first``'s
+    orientation. None where either does not apply."""
+    if first is None or second is None:
+        return None
+    return Reformat(name, tuple(np.maximum(first.spacing_mm, second.spacing_mm)),
+                    tuple(np.maximum(first.low, second.low)), tuple(np.minimum(first.high, second.high)),
+                    min(first.keep_fraction, second.keep_fraction), first.orientation or second.orientation)
+
+
 REFORMATS: dict[str, Callable[[Case], Reformat | None]] = {
     "sacrum-cropped": _sacrum_cropped,
     "top-cropped": _top_cropped,
     "sagittal-slab": _sagittal_slab,
     "thick-slices": _thick_slices,
     "coarse-pixels": _coarse_pixels,
+    "slab-sacrum-cropped": _slab_sacrum_cropped,
 }
 """Each variant's builder: the recipe for a case, or None where it does not apply (less than 20 mm of CT
 below the lowest vertebra, fewer than four vertebrae, a CT already narrower than a slab, slices or pixels

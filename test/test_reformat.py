@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_support import REPO
 
-from export.reformat import FWHM_PER_SIGMA, Reformat, index_axis, reformat, reformats
+from export.reformat import FWHM_PER_SIGMA, Reformat, index_axis, reformat, reformats, world_spacing_mm
 from spine.case import Case
 from spine.image import Geometry, image_from_array
 
@@ -56,7 +56,8 @@ def labels_of(case: Case) -> list[int]:
 def test_every_variant_keeps_what_is_in_view(direction):
     case = stacked_case(tuple(float(d) for d in direction))
     variants = {recipe.name: variant for recipe, variant in reformats(case)}
-    assert set(variants) == {"sacrum-cropped", "top-cropped", "sagittal-slab", "slices-5mm", "pixels-4mm"}
+    assert set(variants) == {"sacrum-cropped", "top-cropped", "sagittal-slab", "slices-5mm", "pixels-4mm",
+                             "slab-sacrum-cropped"}
     # the crop below the lowest vertebra keeps all five, and nothing of the CT below them
     bottom = variants["sacrum-cropped"]
     assert labels_of(bottom) == [20, 21, 22, 23, 24]
@@ -82,6 +83,15 @@ def test_every_variant_keeps_what_is_in_view(direction):
     assert slab.geometry.orientation_codes() == ("P", "I", "R")
     assert slab.geometry.spacing_mm[2] == pytest.approx(3.0)
     assert labels_of(slab) == [20, 21, 22, 23, 24]
+    # both at once: the slab's width, slices and orientation, and the sacrum crop's bottom
+    both = variants["slab-sacrum-cropped"]
+    assert both.geometry.orientation_codes() == ("P", "I", "R") and labels_of(both) == [20, 21, 22, 23, 24]
+    np.testing.assert_allclose(world_spacing_mm(both.geometry), world_spacing_mm(slab.geometry))
+    for world_axis in (0, 2):
+        extent = [view.geometry.index_to_world(np.array(list(np.ndindex(2, 2, 2))) * (np.array(view.geometry.size)
+                  - 1.0))[:, world_axis] for view in (both, slab, bottom)]
+        assert extent[0].min() == pytest.approx(max(extent[1].min(), extent[2].min()), abs=3.0)
+        assert extent[0].max() == pytest.approx(min(extent[1].max(), extent[2].max()), abs=3.0)
     for variant in variants.values():  # annotated centroids keep their world position
         for v, c in variant.centroids_mm.items():
             np.testing.assert_allclose(c, case.centroids_mm[v])
@@ -92,7 +102,8 @@ def test_variants_that_do_not_apply_are_left_out():
     names = {recipe.name for recipe, _ in reformats(few)}
     assert "top-cropped" not in names  # fewer than four vertebrae: no two to crop away
     thin = stacked_case(spacing=(4.0, 4.0, 5.0))
-    assert {recipe.name for recipe, _ in reformats(thin)} == {"sacrum-cropped", "top-cropped", "sagittal-slab"}
+    assert {recipe.name for recipe, _ in reformats(thin)} == {"sacrum-cropped", "top-cropped", "sagittal-slab",
+                                                               "slab-sacrum-cropped"}
     with pytest.raises(ValueError, match="unknown reformat"):
         reformats(few, ["rotated"])
 
@@ -136,8 +147,6 @@ def test_a_variant_does_not_depend_on_the_grid_s_orientation(direction, name):
     voxel), so a block's volume may differ by one voxel layer per axis: ``sum_a s_a / e_a`` of it, with
     ``e`` the block's extent (60, 30, 16 mm) and ``s`` the world spacing.
     """
-    from export.reformat import world_spacing_mm
-
     (_, a), = reformats(stacked_case(), [name])
     (_, b), = reformats(stacked_case(tuple(float(d) for d in direction)), [name])
     np.testing.assert_allclose(world_spacing_mm(a.geometry), world_spacing_mm(b.geometry))
@@ -157,8 +166,9 @@ def test_the_bundled_example_in_every_form():
     example = REPO / "examples" / "totalsegmentator-example"
     case = RealCase("example", example / "ct.nii.gz", example / "seg-vert_msk.nii.gz").load()
     variants = {recipe.name: variant for recipe, variant in reformats(case)}
-    assert set(variants) == {"sacrum-cropped", "top-cropped", "sagittal-slab", "slices-5mm", "pixels-4mm"}
-    assert 26 not in labels_of(variants["sacrum-cropped"])
+    assert set(variants) == {"sacrum-cropped", "top-cropped", "sagittal-slab", "slices-5mm", "pixels-4mm",
+                             "slab-sacrum-cropped"}
+    assert 26 not in labels_of(variants["sacrum-cropped"]) and 26 not in labels_of(variants["slab-sacrum-cropped"])
     assert {18, 19}.isdisjoint(labels_of(variants["top-cropped"]))
 
 
