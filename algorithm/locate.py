@@ -69,7 +69,10 @@ class Candidates:
     - ``anchor``: a label the image itself fixes (C1 under the skull base, :mod:`algorithm.skull`), which the
       decoder takes as it takes a user's fix, or None;
     - ``on_sacrum``: the sacrum lies right below the lowest candidate (:func:`algorithm.sacrum.rests_on_sacrum`),
-      so the chain ends on the last lumbar vertebra (the decoder's item 10).
+      so the chain ends on the last lumbar vertebra (the decoder's item 10);
+    - ``searched``: the spine box the candidates were found in when it is not the detect stage's (looked for
+      again under the skull base, :func:`algorithm.skull.neck_detection`), so the run report names the box the
+      vertebrae came from; None when it is the detect stage's.
     """
 
     positions_mm: np.ndarray
@@ -79,6 +82,7 @@ class Candidates:
     cut: np.ndarray | None = None
     anchor: Fix | None = None
     on_sacrum: bool = False
+    searched: SpineBox | None = None
 
     def __len__(self) -> int:
         return int(self.positions_mm.shape[0])

@@ -283,6 +283,9 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
         vertebrae = _accepted(candidates.positions_mm, np.asarray(labelling.labels), np.asarray(labelling.confidence))
     log.info("label: %d of %d candidates labelled: %s", len(vertebrae), len(candidates),
              " ".join(f"{v.name}({v.confidence:.2f})" for v in vertebrae))
+    if candidates.searched is not None:  # the detect box above missed the neck: say where the vertebrae came from
+        details["locate"] = {"box": candidates.searched.to_dict(), "why": "every candidate lay above the skull "
+                             "base: looked for again under it"}
     details["label"] = {"uncertain": labelling.uncertain}
     if candidates.ribs is not None:
         details["label"]["ribs"] = {name_of(int(label)): status for label, status in
@@ -395,7 +398,8 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
     if options.skull_anchor and models.skull is not None and len(candidates):
         base = find_skull_base(image, models.skull, detection.box)
         if above_the_neck(candidates.positions_mm, base):
-            candidates = _candidates(image, neck_detection(base), models, options)
+            neck = neck_detection(base)
+            candidates = replace(_candidates(image, neck, models, options), searched=neck.box)
         keep, c1 = anchor(candidates.positions_mm, base)
         if c1 is not None:
             candidates = _subset(candidates, keep)

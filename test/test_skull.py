@@ -141,7 +141,11 @@ def test_a_spine_box_on_the_back_of_the_skull_is_hung_under_the_foramen_magnum()
     (case,) = [c for c in openkbp_cases("fit") if c.name == "openkbp-pt_49"]
     real = case.load()
     models = _bundled_models()
-    candidates = locate_stage(real.ct, detect_spine(real.ct, models.detect), models, Options())
+    detection = detect_spine(real.ct, models.detect)
+    candidates = locate_stage(real.ct, detection, models, Options())
+    # the box the vertebrae came from travels with them (the run report names it, not the detect stage's)
+    assert candidates.searched is not None and detection.box is not None
+    assert candidates.searched.high_mm[2] < detection.box.high_mm[2]
     labels = label_stage(candidates, Options()).labels
     for level in (1, 2):
         (k,) = np.flatnonzero(labels == level)
