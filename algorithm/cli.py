@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--fragments", action=argparse.BooleanOptionalAction, default=None,
                         help="label the sliver of the vertebra beyond a chain end that the field of view cuts "
                              f"(default: {'on' if Options().edge_fragments else 'off'})")
+    common.add_argument("--fill-skipped", action=argparse.BooleanOptionalAction, default=None,
+                        help="place the levels the labelled chain passes over (no candidate of their own) between "
+                             f"their neighbours (default: {'on' if Options().fill_skipped else 'off'})")
     verbosity = common.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -225,6 +228,7 @@ def _options(args: argparse.Namespace) -> Options:
                    sacrum_check=flag("sacrum", default.sacrum_check),
                    skull_anchor=flag("skull", default.skull_anchor),
                    edge_fragments=flag("fragments", default.edge_fragments),
+                   fill_skipped=flag("fill_skipped", default.fill_skipped),
                    labeller=getattr(args, "labeller", default.labeller),
                    bone_floor=default.bone_floor if getattr(args, "bone_floor", None) is None else args.bone_floor)
 

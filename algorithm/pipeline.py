@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from algorithm.fragments import edge_fragments, write_fragments
 from algorithm.inputs import InputError
 from algorithm.labelling import LABELLERS, Constraints, Labelling, label_candidates, learned_decoder
 from algorithm.labelling.constraints import FIX_REACH_MM, Fix, changes
+from algorithm.labelling.skipped import skipped_levels
+from algorithm.labelling_prior import load_default
 from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_heatmaps, peak_candidates
 from algorithm.measure import BodyMeasure, csv_text, measure_case, screening
 from algorithm.models import Models
@@ -45,7 +47,7 @@ from algorithm.segment import BONE_FLOOR, SEGMENT_FLOOR, segment_vertebrae
 from algorithm.skull import above_the_neck, anchor, find_skull_base, missing_c2, neck_detection
 from spine.gc import Point, points_document
 from spine.image import Geometry, image_from_array, resample_onto
-from spine.labels import EVALUATED, MAX_LABEL, name_of
+from spine.labels import EVALUATED, MAX_LABEL, anatomical_rank, name_of
 from spine.layout import AlgorithmLayout
 from spine.markups import markups_document, markups_name
 from spine.verse import centroid_json_name, mask_name, write_centroid_json
@@ -121,6 +123,10 @@ class Options:
     """Region evidence from the ribs each candidate bears (:mod:`algorithm.ribs`), for the decoder."""
     edge_fragments: bool = True
     """Label the sliver of the vertebra beyond a chain end that the field of view cuts (:mod:`algorithm.fragments`)."""
+    fill_skipped: bool = True
+    """Place the levels the labelled chain passes over (a vertebra the decoder judges there without a candidate of
+    its own) between their neighbours, spaced as the prior's steps are (:mod:`algorithm.labelling.skipped`), so they
+    are segmented and reported instead of missed."""
     constraints: Constraints = field(default_factory=Constraints)  # what the user knows (algorithm.labelling, 8)
     labeller: str = "decoder"
     """``decoder``: region evidence read per candidate; ``learned``: read in the context of the whole chain by the
@@ -218,6 +224,17 @@ def _accepted(positions_mm: np.ndarray, labels: np.ndarray, confidence: np.ndarr
     return sorted(best.values(), key=lambda v: -v.position_mm[2])
 
 
+def _skipped(vertebrae: Sequence[Vertebra]) -> list[Vertebra]:
+    """The levels the chain of ``vertebrae`` passes over (:func:`algorithm.labelling.skipped.skipped_levels`), each
+    as confident as the less confident of its two neighbours: its name is theirs to give."""
+    chain = sorted(vertebrae, key=lambda v: anatomical_rank(v.label))
+    by_label = {v.label: v for v in chain}
+    placed = skipped_levels([v.label for v in chain], np.array([v.position_mm for v in chain]).reshape(-1, 3),
+                            load_default())
+    return [Vertebra(s.label, tuple(float(c) for c in s.position_mm),  # type: ignore[arg-type]
+                     min(by_label[s.between[0]].confidence, by_label[s.between[1]].confidence)) for s in placed]
+
+
 def _constraint_report(candidates: Candidates, labels: np.ndarray, options: Options) -> dict[str, Any]:
     """The constraints used and what they changed against the labelling without them (run report)."""
     constraints, positions_mm = options.constraints, candidates.positions_mm
@@ -281,12 +298,19 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
         _refuse_far_fixes(candidates, options)
         labelling = label_stage(candidates, options)
         vertebrae = _accepted(candidates.positions_mm, np.asarray(labelling.labels), np.asarray(labelling.confidence))
+        skipped = _skipped(vertebrae) if options.fill_skipped else []
+        vertebrae = sorted([*vertebrae, *skipped], key=lambda v: -v.position_mm[2])
     log.info("label: %d of %d candidates labelled: %s", len(vertebrae), len(candidates),
              " ".join(f"{v.name}({v.confidence:.2f})" for v in vertebrae))
     if candidates.searched is not None:  # the detect box above missed the neck: say where the vertebrae came from
         details["locate"] = {"box": candidates.searched.to_dict(), "why": "every candidate lay above the skull "
                              "base: looked for again under it"}
     details["label"] = {"uncertain": labelling.uncertain}
+    if skipped:
+        details["label"]["placed"] = {v.name: "passed over by the chain: placed between its neighbours"
+                                      for v in skipped}
+        log.info("label: %s passed over by the chain (no candidate of their own): placed between their neighbours",
+                 " ".join(v.name for v in skipped))
     if candidates.ribs is not None:
         details["label"]["ribs"] = {name_of(int(label)): status for label, status in
                                     zip(labelling.labels, candidates.ribs.statuses(), strict=True) if label > 0}

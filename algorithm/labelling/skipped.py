@@ -1,0 +1,93 @@
+"""The levels a labelled chain passes over, and where they lie.
+
+The decoder (:mod:`algorithm.labelling`, item 3) may join two consecutive chain members by a label path of
+``k > 1`` anatomical steps: ``k - 1`` vertebrae it judges to be there, between the two, with no candidate of
+their own (a body the locate stage did not find, or two outlines merged). Their names are then right and
+their points missing: every one counts as a miss in the identification rate and in Dice, although the chain
+itself says where it is. Walking the spine one vertebra at a time (Lessmann et al., Medical Image Analysis
+2019) finds such a vertebra by stepping one body along the chain; here the step is the prior's own.
+
+For consecutive labelled members ``a`` (head end, at ``x_a``) and ``b`` (at ``x_b``) where ``b`` cannot
+directly follow ``a`` (:func:`spine.labels.allowed_next`), the levels passed over are the most probable
+label path from ``a`` to ``b`` under the prior's variant branches (normal anatomy: the plain sequence; the
+11-thoracic step T11 -> L1 and the T12 -> L1 step are direct and pass over nothing), and the ``j``-th of
+them lies at
+
+    x_a + (m_1 + ... + m_j) / (m_1 + ... + m_k) (x_b - x_a)
+
+with ``m_i`` the prior's median length of the path's ``i``-th step: on the straight line between the two,
+spaced as a spine of the average proportions is (C2-C3 longer than C3-C4, the thoracic steps growing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+import numpy as np
+
+from algorithm.labelling_prior import LabellingPrior
+from spine.labels import allowed_next, anatomical_rank, name_of
+
+__all__ = ["MAX_PASSED", "Skipped", "passed_over", "skipped_levels"]
+
+MAX_PASSED = 3
+"""At most this many levels between two members are placed (the decoder's own ``max_skips`` default is 2)."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """One level the chain passes over: its VerSe label, its estimated position (LPS mm), and the labels of the
+    two members it lies between."""
+
+    label: int
+    position_mm: np.ndarray
+    between: tuple[int, int]
+
+    def __str__(self) -> str:
+        return f"{name_of(self.label)} (between {name_of(self.between[0])} and {name_of(self.between[1])})"
+
+
+def passed_over(source: int, target: int, prior: LabellingPrior, *, max_passed: int = MAX_PASSED) -> tuple[int, ...]:
+    """The labels strictly between ``source`` and ``target`` on the most probable anatomical path (module
+    docstring); () where ``target`` may directly follow ``source`` or no path of at most ``max_passed`` levels
+    joins them."""
+    if target in allowed_next(source):
+        return ()
+    best: tuple[float, tuple[int, ...]] = (0.0, ())
+    stack: list[tuple[int, tuple[int, ...], float]] = [(source, (), 1.0)]
+    while stack:
+        label, path, probability = stack.pop()
+        for following in allowed_next(label):
+            if following == target:
+                if path and probability * prior.branch_probability(label, following) > best[0]:
+                    best = (probability * prior.branch_probability(label, following), path)
+            elif (following not in (26, 27) and len(path) < max_passed
+                  and anatomical_rank(following) < anatomical_rank(target)):
+                stack.append((following, (*path, following), probability * prior.branch_probability(label,
+                                                                                                      following)))
+    return best[1]
+
+
+def skipped_levels(labels: Sequence[int], positions_mm: np.ndarray, prior: LabellingPrior, *,
+                   max_passed: int = MAX_PASSED) -> list[Skipped]:
+    """The levels passed over between consecutive members of a labelled chain (module docstring).
+
+    ``labels``: the accepted members' VerSe labels in chain order (head to foot); ``positions_mm``: their
+    (N, 3) LPS positions in the same order. Returns the skipped levels head to foot.
+    """
+    positions = np.asarray(positions_mm, dtype=np.float64).reshape(-1, 3)
+    if len(labels) != len(positions):
+        raise ValueError(f"{len(labels)} labels for {len(positions)} positions")
+    out = []
+    for (a, xa), (b, xb) in pairwise(zip(labels, positions, strict=True)):
+        between = passed_over(int(a), int(b), prior, max_passed=max_passed)
+        if not between:
+            continue
+        path = (int(a), *between, int(b))
+        lengths = np.array([prior.step(s, t).median_mm for s, t in pairwise(path)])
+        fractions = np.cumsum(lengths)[:-1] / lengths.sum()
+        out.extend(Skipped(label, xa + f * (xb - xa), (int(a), int(b)))
+                   for label, f in zip(between, fractions, strict=True))
+    return out
