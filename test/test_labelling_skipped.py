@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from algorithm.labelling.skipped import passed_over, skipped_levels
+from algorithm.labelling.skipped import MIN_ROOM, passed_over, size_factor, skipped_levels
 from algorithm.labelling_prior import load_default
 from export.real_cases import openkbp_cases, shared_data_dir
 from spine.labels import label_of
@@ -45,6 +45,20 @@ def test_a_skipped_level_lies_between_its_neighbours_as_the_prior_spaces_them() 
     assert c3.label == 3 and c3.between == (2, 4) and str(c3) == "C3 (between C2 and C4)"
 
 
+def test_a_gap_without_room_for_a_vertebra_gets_none() -> None:
+    """A thoracic chain of 21 mm steps whose names skip T6 across 24 mm (the network pulled the names apart): one
+    step's length, not two. Across 40 mm T6 is placed."""
+    names_ = names("T2", "T3", "T4", "T5", "T7", "T8")
+
+    def chain(gap: float) -> np.ndarray:
+        heights = np.cumsum([0.0, 21.0, 21.0, 21.0, gap, 21.0])
+        return np.column_stack([np.zeros(6), np.zeros(6), 300.0 - heights])
+    assert size_factor(names_, chain(24.0), PRIOR) == pytest.approx(
+        np.median([21.0 / PRIOR.step(s, s + 1).median_mm for s in (9, 10, 11, 14)]))
+    assert skipped_levels(names_, chain(24.0), PRIOR) == []
+    assert [p.label for p in skipped_levels(names_, chain(40.0), PRIOR)] == names("T6")
+
+
 def test_nothing_is_placed_in_a_chain_without_a_skip() -> None:
     positions = np.array([[0.0, 0.0, 100.0 - 20.0 * k] for k in range(4)])
     assert skipped_levels(names("T11", "T12", "L1", "L2"), positions, PRIOR) == []
@@ -64,9 +78,11 @@ def test_property_placed_levels_are_ordered_inside_their_gap(first: int, steps: 
         return
     a, b = np.array(coordinates[:3]), np.array(coordinates[3:])
     placed = skipped_levels([top, bottom], np.array([a, b]), PRIOR)
-    assert [p.label for p in placed] == list(range(top + 1, bottom))
-    if np.linalg.norm(b - a) < 1e-6:
+    longest = max(PRIOR.step(s, s + 1).median_mm for s in range(top, bottom))
+    if np.linalg.norm(b - a) < MIN_ROOM * longest:  # no room for another vertebra (two members: size factor 1)
+        assert placed == []
         return
+    assert [p.label for p in placed] == list(range(top + 1, bottom))
     fractions = [float(np.dot(p.position_mm - a, b - a) / np.dot(b - a, b - a)) for p in placed]
     assert all(0.0 < f < 1.0 for f in fractions) and fractions == sorted(fractions)
     for p, f in zip(placed, fractions, strict=True):
