@@ -47,7 +47,7 @@ from algorithm.segment import BONE_FLOOR, SEGMENT_FLOOR, segment_vertebrae
 from algorithm.skull import above_the_neck, anchor, find_skull_base, missing_c2, neck_detection
 from spine.gc import Point, points_document
 from spine.image import Geometry, image_from_array, resample_onto
-from spine.labels import EVALUATED, MAX_LABEL, anatomical_rank, name_of
+from spine.labels import EVALUATED, MAX_LABEL, anatomical_rank, label_of, name_of
 from spine.layout import AlgorithmLayout
 from spine.markups import markups_document, markups_name
 from spine.verse import centroid_json_name, mask_name, write_centroid_json
@@ -589,15 +589,17 @@ def measure_result(result: CaseResult, image: sitk.Image) -> list[BodyMeasure]:
     return measures
 
 
-def _qc_notes(measures: list[BodyMeasure]) -> dict[int, str]:
-    """Beside each label in the QC picture: its Genant grade (and type) and trabecular HU where measured."""
-    notes = {}
+def _qc_notes(measures: list[BodyMeasure], placed: Sequence[int] = ()) -> dict[int, str]:
+    """Beside each label in the QC picture: "placed" where no candidate found it (a level the chain passes over,
+    :mod:`algorithm.labelling.skipped`: look there first), its Genant grade (and type) and trabecular HU where
+    measured."""
+    notes = {label: "placed" for label in placed}
     for m in measures:
         parts = [] if m.grade is None else [f"G{m.grade}{' ' + m.kind if m.kind else ''}"]
         if m.attenuation is not None:
             parts.append(f"{m.attenuation.median_hu:.0f} HU")
         if parts:
-            notes[m.label] = " ".join(parts)
+            notes[m.label] = " ".join([*([notes[m.label]] if m.label in notes else []), *parts])
     return notes
 
 
@@ -613,7 +615,8 @@ def write_case_outputs(result: CaseResult, image: sitk.Image, folder: Path, case
         from algorithm.qc import render_qc
 
         with result.timer.stage("qc"):
-            png = render_qc(image, result, title=case_id, notes=_qc_notes(measures))
+            placed = [label_of(name) for name in result.details.get("label", {}).get("placed", {})]
+            png = render_qc(image, result, title=case_id, notes=_qc_notes(measures, placed))
         outputs.append((folder / f"{case_id}_snp.png", bytes_writer(png)))
     report_path = folder / f"{case_id}_report.json"
     targets = [target for target, _ in outputs] + [report_path]

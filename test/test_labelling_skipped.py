@@ -99,6 +99,16 @@ def test_a_placed_level_is_as_confident_as_its_less_confident_neighbour() -> Non
     assert _skipped(chain[:2]) == []
 
 
+def test_the_qc_picture_says_which_levels_were_placed() -> None:
+    from algorithm.measure import Attenuation, BodyMeasure
+    from algorithm.pipeline import _qc_notes
+
+    measures = [BodyMeasure(4, grade=0, attenuation=Attenuation(180.0, 181.0, 900, 2.0)),
+                BodyMeasure(5, attenuation=Attenuation(150.0, 151.0, 800, 1.8)), BodyMeasure(6)]
+    assert _qc_notes(measures, [5, 6]) == {4: "G0 180 HU", 5: "placed 150 HU", 6: "placed"}
+    assert _qc_notes(measures) == {4: "G0 180 HU", 5: "150 HU"}
+
+
 @pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared OpenKBP CTs (../shared/data)")
 def test_a_neck_vertebra_without_a_candidate_is_placed_where_it_is() -> None:
     """Real OpenKBP CT fit pt_29, bundled models: locate outlines no body at C5 (the chain steps 30 mm from C4 to
