@@ -44,7 +44,7 @@ from algorithm.report import StageTimer, versions
 from algorithm.ribs import rib_evidence
 from algorithm.sacrum import rests_on_sacrum, sacral
 from algorithm.segment import BONE_FLOOR, SEGMENT_FLOOR, segment_vertebrae
-from algorithm.skull import above_the_neck, anchor, find_skull_base, missing_c2, neck_detection
+from algorithm.skull import above_the_neck, anchor, beside_the_box, find_skull_base, missing_c2, neck_detection
 from spine.gc import Point, points_document
 from spine.image import Geometry, image_from_array, resample_onto
 from spine.labels import EVALUATED, MAX_LABEL, anatomical_rank, label_of, name_of
@@ -303,8 +303,8 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
     log.info("label: %d of %d candidates labelled: %s", len(vertebrae), len(candidates),
              " ".join(f"{v.name}({v.confidence:.2f})" for v in vertebrae))
     if candidates.searched is not None:  # the detect box above missed the neck: say where the vertebrae came from
-        details["locate"] = {"box": candidates.searched.to_dict(), "why": "every candidate lay above the skull "
-                             "base: looked for again under it"}
+        details["locate"] = {"box": candidates.searched.to_dict(), "why": "the detect box missed the neck under "
+                             "the skull base: looked for again under it"}
     details["label"] = {"uncertain": labelling.uncertain}
     if skipped:
         details["label"]["placed"] = {v.name: "passed over by the chain: placed between its neighbours"
@@ -421,8 +421,10 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
                              on_sacrum=rests_on_sacrum(candidates.positions_mm, found))
     if options.skull_anchor and models.skull is not None and len(candidates):
         base = find_skull_base(image, models.skull, detection.box)
-        if above_the_neck(candidates.positions_mm, base):
-            neck = neck_detection(base)
+        beside = beside_the_box(base, detection.box)
+        if beside or above_the_neck(candidates.positions_mm, base):
+            neck = neck_detection(base, "the foramen magnum lies beside the spine box" if beside else
+                                  "every candidate lies above the foramen magnum")
             candidates = replace(_candidates(image, neck, models, options), searched=neck.box)
         keep, c1 = anchor(candidates.positions_mm, base)
         if c1 is not None:

@@ -24,7 +24,10 @@ Where every candidate lies above a skull base that was found, the detect stage's
 ``fit`` CTs it sat on the back of the skull, C2 outside it, and the locate network put all its candidates in
 the skull and the face): the locate stage looks again in a box hung under the foramen magnum
 (:func:`neck_detection`), where the annotated bodies of C1-T3 lie on the 52 annotated OpenKBP CTs
-(:data:`NECK_LOW_MM`, :data:`NECK_HIGH_MM`).
+(:data:`NECK_LOW_MM`, :data:`NECK_HIGH_MM`). So it does where the foramen magnum lies beside the box (outside
+its left-right or front-back extent, :func:`beside_the_box`): the cord runs down from it through the neck's
+spine, so a box around that spine holds it beside it (``fit`` pt_48: the box sat in the face, 34 mm in front of
+the foramen, and nothing but C1 was labelled).
 
 A CT without a skull (chest, abdomen, lumbar scans) leaves the model's peak low and the chain alone. A CT cut
 just under the skull base can raise it to 0.5 at its top edge (the dev CTs with the head cleared away 20 mm
@@ -48,7 +51,7 @@ from spine.preprocess import model_grid, zyx_to_world
 
 __all__ = ["ABOVE_MM", "BONE_HU", "BONE_RADIUS_MM", "C1_CLEAR_MM", "C1_OFFSET_MM", "C2_OFFSET_MM", "C2_SEEN_MM",
            "CONTEXT_MM", "MIN_BONE_ML", "NECK_HIGH_MM", "NECK_LOW_MM", "SkullBase", "above_the_neck", "anchor",
-           "bone_above_ml", "find_skull_base", "missing_c2", "neck_detection", "search_grid"]
+           "beside_the_box", "bone_above_ml", "find_skull_base", "missing_c2", "neck_detection", "search_grid"]
 
 log = logging.getLogger(__name__)
 
@@ -198,15 +201,25 @@ def above_the_neck(positions_mm: np.ndarray, base: SkullBase) -> bool:
     return bool(base.found and len(positions) and np.all(positions[:, 2] > base.point_mm[2] + ABOVE_MM))
 
 
-def neck_detection(base: SkullBase) -> Detection:
+def beside_the_box(base: SkullBase, box: SpineBox | None) -> bool:
+    """Whether a found skull base's foramen magnum lies outside ``box``'s left-right or front-back extent (LPS x,
+    y): then the spine box missed the neck (module docstring). Its height says nothing: the box may start under
+    the skull base."""
+    if not base.found or box is None:
+        return False
+    point = np.asarray(base.point_mm, dtype=np.float64)
+    return bool(any(point[a] < box.low_mm[a] or point[a] > box.high_mm[a] for a in (0, 1)))
+
+
+def neck_detection(base: SkullBase, why: str = "every candidate lies above the foramen magnum") -> Detection:
     """A spine box hung under the foramen magnum (:data:`NECK_LOW_MM`, :data:`NECK_HIGH_MM`), its axis straight
     down from the point every :data:`NECK_AXIS_STEP_MM`: where the locate stage looks again when the detect
-    stage's box missed the neck."""
+    stage's box missed the neck (``why``, for the log)."""
     point = np.asarray(base.point_mm, dtype=np.float64)
     low, high = point + NECK_LOW_MM, point + NECK_HIGH_MM
     heights = np.arange(point[2], low[2], -NECK_AXIS_STEP_MM)
     axis = np.column_stack([np.full_like(heights, point[0]), np.full_like(heights, point[1]), heights])
     box = SpineBox(tuple(float(v) for v in low), tuple(float(v) for v in high))  # type: ignore[arg-type]
-    log.warning("skull base: every candidate lies above the foramen magnum at %s mm: the spine box missed the "
-                "neck; looking again under it", np.round(point, 1).tolist())
+    log.warning("skull base: %s at %s mm: the spine box missed the neck; looking again under it", why,
+                np.round(point, 1).tolist())
     return Detection(box, "under the skull base", base.peak, 0.0, axis)
