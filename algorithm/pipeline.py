@@ -210,7 +210,8 @@ def empty_label_map(geometry: Geometry) -> sitk.Image:
 
 
 def _accepted(positions_mm: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> list[Vertebra]:
-    """Candidates the decoder kept, one per label (the most confident if a label repeats), head to foot."""
+    """Candidates the decoder kept, one per label (the most confident if a label repeats), head to foot by level (a
+    chain that runs level at the scan's edge, T3-T5 within 1 mm in height, keeps its order)."""
     best: dict[int, Vertebra] = {}
     for position, label, conf in zip(positions_mm, labels, confidence, strict=True):
         label = int(label)
@@ -221,7 +222,7 @@ def _accepted(positions_mm: np.ndarray, labels: np.ndarray, confidence: np.ndarr
         vertebra = Vertebra(label, tuple(float(c) for c in position), float(conf))  # type: ignore[arg-type]
         if label not in best or vertebra.confidence > best[label].confidence:
             best[label] = vertebra
-    return sorted(best.values(), key=lambda v: -v.position_mm[2])
+    return sorted(best.values(), key=lambda v: anatomical_rank(v.label))
 
 
 def _skipped(vertebrae: Sequence[Vertebra]) -> list[Vertebra]:
@@ -299,7 +300,7 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
         labelling = label_stage(candidates, options)
         vertebrae = _accepted(candidates.positions_mm, np.asarray(labelling.labels), np.asarray(labelling.confidence))
         skipped = _skipped(vertebrae) if options.fill_skipped else []
-        vertebrae = sorted([*vertebrae, *skipped], key=lambda v: -v.position_mm[2])
+        vertebrae = sorted([*vertebrae, *skipped], key=lambda v: anatomical_rank(v.label))
     log.info("label: %d of %d candidates labelled: %s", len(vertebrae), len(candidates),
              " ".join(f"{v.name}({v.confidence:.2f})" for v in vertebrae))
     if candidates.searched is not None:  # the detect box above missed the neck: say where the vertebrae came from
@@ -392,7 +393,7 @@ def segment_from_centroids(image: sitk.Image, centroids_mm: dict[int, np.ndarray
         result.note = "no vertebra among the given centroids"
         return result
     vertebrae = sorted((Vertebra(label, tuple(float(c) for c in point), 1.0)  # type: ignore[arg-type]
-                        for label, point in kept.items()), key=lambda v: -v.position_mm[2])
+                        for label, point in kept.items()), key=lambda v: anatomical_rank(v.label))
     return _segmented(image, vertebrae, models, options, result, cap_doubtful=False)
 
 

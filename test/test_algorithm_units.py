@@ -405,3 +405,17 @@ def test_region_posterior_counts_only_where_the_network_sees_a_body() -> None:
     np.testing.assert_allclose(regions[1], [(1 - w) / 3, (1 - w) / 3, w + (1 - w) / 3])
     np.testing.assert_allclose(regions[2], [1 / 3, 1 / 3, 1 / 3], atol=1e-3)
     np.testing.assert_allclose(regions.sum(axis=1), 1.0)
+
+
+def test_accepted_vertebrae_run_head_to_foot_by_level_and_keep_the_more_confident_of_a_repeat() -> None:
+    """A chain that runs level at the scan's bottom edge (a cropped neck's T3-T5 within 1 mm of height, T4 the
+    highest) is reported T3, T4, T5, not by height; a repeated label keeps its more confident candidate."""
+    from algorithm.pipeline import _accepted
+
+    positions = np.array([[0.0, 0.0, 90.3], [0.0, 15.0, 90.5], [0.0, 35.0, 89.9], [0.0, -20.0, 108.7],
+                          [0.0, 5.0, 91.0], [0.0, 0.0, 200.0]])
+    labels = np.array([10, 11, 12, 9, 11, 0])  # T3, T4, T5, T2, T4 again, rejected
+    confidence = np.array([0.8, 0.9, 0.8, 0.8, 0.6, 0.99])
+    accepted = _accepted(positions, labels, confidence)
+    assert [v.name for v in accepted] == ["T2", "T3", "T4", "T5"]
+    assert accepted[2].position_mm == (0.0, 15.0, 90.5) and accepted[2].confidence == 0.9
