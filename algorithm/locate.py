@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from algorithm.detect import SpineBox, crop_grid, run_on_grid
+from algorithm.detect import Detection, SpineBox, crop_grid, run_on_grid
 from algorithm.labelling.constraints import Fix
 from algorithm.models import StageModel
 from algorithm.ribs import RibEvidence, region_likelihood
@@ -70,9 +70,9 @@ class Candidates:
       decoder takes as it takes a user's fix, or None;
     - ``on_sacrum``: the sacrum lies right below the lowest candidate (:func:`algorithm.sacrum.rests_on_sacrum`),
       so the chain ends on the last lumbar vertebra (the decoder's item 10);
-    - ``searched``: the spine box the candidates were found in when it is not the detect stage's (looked for
-      again under the skull base, :func:`algorithm.skull.neck_detection`), so the run report names the box the
-      vertebrae came from; None when it is the detect stage's.
+    - ``searched``: the detection (box and why) the candidates were found in when it is not the detect stage's
+      (looked for again under the skull base, :func:`algorithm.skull.neck_detection`), so the run report names
+      the box the vertebrae came from and why; None when it is the detect stage's.
     """
 
     positions_mm: np.ndarray
@@ -82,7 +82,7 @@ class Candidates:
     cut: np.ndarray | None = None
     anchor: Fix | None = None
     on_sacrum: bool = False
-    searched: SpineBox | None = None
+    searched: Detection | None = None
 
     def __len__(self) -> int:
         return int(self.positions_mm.shape[0])

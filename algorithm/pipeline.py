@@ -21,6 +21,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from algorithm.inputs import InputError
 from algorithm.labelling import LABELLERS, Constraints, Labelling, label_candidates, learned_decoder
 from algorithm.labelling.constraints import FIX_REACH_MM, Fix, changes
 from algorithm.labelling.skipped import skipped_levels
-from algorithm.labelling_prior import load_default
+from algorithm.labelling_prior import LabellingPrior, load_default
 from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_heatmaps, peak_candidates
 from algorithm.measure import BodyMeasure, csv_text, measure_case, screening
 from algorithm.models import Models
@@ -44,7 +45,7 @@ from algorithm.report import StageTimer, versions
 from algorithm.ribs import rib_evidence
 from algorithm.sacrum import rests_on_sacrum, sacral
 from algorithm.segment import BONE_FLOOR, SEGMENT_FLOOR, segment_vertebrae
-from algorithm.skull import above_the_neck, anchor, beside_the_box, find_skull_base, missing_c2, neck_detection
+from algorithm.skull import anchor, find_skull_base, missed_the_neck, missing_c2, neck_detection
 from spine.gc import Point, points_document
 from spine.image import Geometry, image_from_array, resample_onto
 from spine.labels import EVALUATED, MAX_LABEL, anatomical_rank, label_of, name_of
@@ -225,15 +226,24 @@ def _accepted(positions_mm: np.ndarray, labels: np.ndarray, confidence: np.ndarr
     return sorted(best.values(), key=lambda v: anatomical_rank(v.label))
 
 
-def _skipped(vertebrae: Sequence[Vertebra]) -> list[Vertebra]:
+@lru_cache(maxsize=1)
+def _prior() -> LabellingPrior:
+    """The decoder's shipped prior (:func:`algorithm.labelling_prior.load_default`), read once per process."""
+    return load_default()
+
+
+def _skipped(vertebrae: Sequence[Vertebra]) -> list[tuple[Vertebra, str]]:
     """The levels the chain of ``vertebrae`` passes over (:func:`algorithm.labelling.skipped.skipped_levels`), each
-    as confident as the less confident of its two neighbours: its name is theirs to give."""
+    as confident as the less confident of its two neighbours (its name is theirs to give), with the run report's
+    note of where it went."""
     chain = sorted(vertebrae, key=lambda v: anatomical_rank(v.label))
     by_label = {v.label: v for v in chain}
     placed = skipped_levels([v.label for v in chain], np.array([v.position_mm for v in chain]).reshape(-1, 3),
-                            load_default())
-    return [Vertebra(s.label, tuple(float(c) for c in s.position_mm),  # type: ignore[arg-type]
-                     min(by_label[s.between[0]].confidence, by_label[s.between[1]].confidence)) for s in placed]
+                            _prior())
+    return [(Vertebra(s.label, tuple(float(c) for c in s.position_mm),  # type: ignore[arg-type]
+                      min(by_label[s.between[0]].confidence, by_label[s.between[1]].confidence)),
+             f"passed over by the chain: placed between {name_of(s.between[0])} and {name_of(s.between[1])}")
+            for s in placed]
 
 
 def _constraint_report(candidates: Candidates, labels: np.ndarray, options: Options) -> dict[str, Any]:
@@ -300,18 +310,19 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
         labelling = label_stage(candidates, options)
         vertebrae = _accepted(candidates.positions_mm, np.asarray(labelling.labels), np.asarray(labelling.confidence))
         skipped = _skipped(vertebrae) if options.fill_skipped else []
-        vertebrae = sorted([*vertebrae, *skipped], key=lambda v: anatomical_rank(v.label))
-    log.info("label: %d of %d candidates labelled: %s", len(vertebrae), len(candidates),
+        found = len(vertebrae)
+        vertebrae = sorted([*vertebrae, *(v for v, _ in skipped)], key=lambda v: anatomical_rank(v.label))
+    log.info("label: %d of %d candidates labelled, %d level(s) placed: %s", found, len(candidates), len(skipped),
              " ".join(f"{v.name}({v.confidence:.2f})" for v in vertebrae))
-    if candidates.searched is not None:  # the detect box above missed the neck: say where the vertebrae came from
-        details["locate"] = {"box": candidates.searched.to_dict(), "why": "the detect box missed the neck under "
-                             "the skull base: looked for again under it"}
+    searched = candidates.searched
+    if searched is not None and searched.box is not None:  # the detect box above missed the neck: say where the
+        details["locate"] = {"box": searched.box.to_dict(),  # vertebrae came from, and why
+                             "why": f"{searched.reason}: looked for again under the skull base"}
     details["label"] = {"uncertain": labelling.uncertain}
     if skipped:
-        details["label"]["placed"] = {v.name: "passed over by the chain: placed between its neighbours"
-                                      for v in skipped}
+        details["label"]["placed"] = {v.name: note for v, note in skipped}
         log.info("label: %s passed over by the chain (no candidate of their own): placed between their neighbours",
-                 " ".join(v.name for v in skipped))
+                 " ".join(v.name for v, _ in skipped))
     if candidates.ribs is not None:
         details["label"]["ribs"] = {name_of(int(label)): status for label, status in
                                     zip(labelling.labels, candidates.ribs.statuses(), strict=True) if label > 0}
@@ -422,11 +433,10 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
                              on_sacrum=rests_on_sacrum(candidates.positions_mm, found))
     if options.skull_anchor and models.skull is not None and len(candidates):
         base = find_skull_base(image, models.skull, detection.box)
-        beside = beside_the_box(base, detection.box)
-        if beside or above_the_neck(candidates.positions_mm, base):
-            neck = neck_detection(base, "the foramen magnum lies beside the spine box" if beside else
-                                  "every candidate lies above the foramen magnum")
-            candidates = replace(_candidates(image, neck, models, options), searched=neck.box)
+        why = missed_the_neck(candidates.positions_mm, base, detection.box)
+        if why is not None:
+            neck = neck_detection(base, why)
+            candidates = replace(_candidates(image, neck, models, options), searched=neck)
         keep, c1 = anchor(candidates.positions_mm, base)
         if c1 is not None:
             candidates = _subset(candidates, keep)

@@ -25,9 +25,11 @@ Where every candidate lies above a skull base that was found, the detect stage's
 the skull and the face): the locate stage looks again in a box hung under the foramen magnum
 (:func:`neck_detection`), where the annotated bodies of C1-T3 lie on the 52 annotated OpenKBP CTs
 (:data:`NECK_LOW_MM`, :data:`NECK_HIGH_MM`). So it does where the foramen magnum lies beside the box (outside
-its left-right or front-back extent, :func:`beside_the_box`): the cord runs down from it through the neck's
-spine, so a box around that spine holds it beside it (``fit`` pt_48: the box sat in the face, 34 mm in front of
-the foramen, and nothing but C1 was labelled).
+its left-right or front-back extent, :func:`beside_the_box`) and no candidate lies below that neck box: the cord
+runs down from the foramen through the neck's spine, so a box around that spine holds it beside it (``fit``
+pt_48: the box sat in the face, 34 mm in front of the foramen, and nothing but C1 was labelled); a candidate
+below the neck box is a lower spine the box did find, which looking again there would lose
+(:func:`missed_the_neck`).
 
 A CT without a skull (chest, abdomen, lumbar scans) leaves the model's peak low and the chain alone. A CT cut
 just under the skull base can raise it to 0.5 at its top edge (the dev CTs with the head cleared away 20 mm
@@ -51,7 +53,8 @@ from spine.preprocess import model_grid, zyx_to_world
 
 __all__ = ["ABOVE_MM", "BONE_HU", "BONE_RADIUS_MM", "C1_CLEAR_MM", "C1_OFFSET_MM", "C2_OFFSET_MM", "C2_SEEN_MM",
            "CONTEXT_MM", "MIN_BONE_ML", "NECK_HIGH_MM", "NECK_LOW_MM", "SkullBase", "above_the_neck", "anchor",
-           "beside_the_box", "bone_above_ml", "find_skull_base", "missing_c2", "neck_detection", "search_grid"]
+           "beside_the_box", "bone_above_ml", "find_skull_base", "missed_the_neck", "missing_c2", "neck_box",
+           "neck_detection", "search_grid"]
 
 log = logging.getLogger(__name__)
 
@@ -211,15 +214,33 @@ def beside_the_box(base: SkullBase, box: SpineBox | None) -> bool:
     return bool(any(point[a] < box.low_mm[a] or point[a] > box.high_mm[a] for a in (0, 1)))
 
 
-def neck_detection(base: SkullBase, why: str = "every candidate lies above the foramen magnum") -> Detection:
-    """A spine box hung under the foramen magnum (:data:`NECK_LOW_MM`, :data:`NECK_HIGH_MM`), its axis straight
-    down from the point every :data:`NECK_AXIS_STEP_MM`: where the locate stage looks again when the detect
-    stage's box missed the neck (``why``, for the log)."""
+def neck_box(base: SkullBase) -> SpineBox:
+    """The box hung under the foramen magnum (:data:`NECK_LOW_MM`, :data:`NECK_HIGH_MM`)."""
     point = np.asarray(base.point_mm, dtype=np.float64)
-    low, high = point + NECK_LOW_MM, point + NECK_HIGH_MM
-    heights = np.arange(point[2], low[2], -NECK_AXIS_STEP_MM)
+    return SpineBox(tuple(float(v) for v in point + NECK_LOW_MM),  # type: ignore[arg-type]
+                    tuple(float(v) for v in point + NECK_HIGH_MM))
+
+
+def missed_the_neck(positions_mm: np.ndarray, base: SkullBase, box: SpineBox | None) -> str | None:
+    """Why the detect stage's ``box`` missed the neck under a found skull base (module docstring), or None: every
+    candidate lies above the skull base (:func:`above_the_neck`), or the foramen magnum lies beside the box
+    (:func:`beside_the_box`) and no candidate lies below the neck box (:func:`neck_box`)."""
+    if above_the_neck(positions_mm, base):
+        return "every candidate lies above the foramen magnum"
+    positions = np.asarray(positions_mm, dtype=np.float64).reshape(-1, 3)
+    if beside_the_box(base, box) and not np.any(positions[:, 2] < neck_box(base).low_mm[2]):
+        return "the foramen magnum lies beside the spine box"
+    return None
+
+
+def neck_detection(base: SkullBase, why: str = "every candidate lies above the foramen magnum") -> Detection:
+    """The spine box of :func:`neck_box`, its axis straight down from the point every :data:`NECK_AXIS_STEP_MM`:
+    where the locate stage looks again when the detect stage's box missed the neck (``why``: the detection's
+    ``reason``, and the log's)."""
+    point = np.asarray(base.point_mm, dtype=np.float64)
+    box = neck_box(base)
+    heights = np.arange(point[2], box.low_mm[2], -NECK_AXIS_STEP_MM)
     axis = np.column_stack([np.full_like(heights, point[0]), np.full_like(heights, point[1]), heights])
-    box = SpineBox(tuple(float(v) for v in low), tuple(float(v) for v in high))  # type: ignore[arg-type]
     log.warning("skull base: %s at %s mm: the spine box missed the neck; looking again under it", why,
                 np.round(point, 1).tolist())
-    return Detection(box, "under the skull base", base.peak, 0.0, axis)
+    return Detection(box, why, base.peak, 0.0, axis)

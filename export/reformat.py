@@ -244,9 +244,11 @@ def _slab_sacrum_cropped(case: Case) -> Reformat | None:
 
 
 def _combined(name: str, first: Reformat | None, second: Reformat | None) -> Reformat | None:
-    """Two recipes on one grid: the index box both keep, the coarser spacing per axis, the laxer label rule (each
-    recipe's keep fraction is for the cut it makes; the lower one lets the other's cut decide), ``first``'s
-    orientation. None where either does not apply."""
+    """Two recipes on one grid: the index box both keep, the coarser spacing per axis, the laxer keep fraction and
+    ``first``'s orientation (else ``second``'s). None where either does not apply.
+
+    The laxer fraction is right only where the stricter recipe's cut trims no vertebra, as the sacrum crop's
+    margin below the lowest one ensures: a vertebra it cut to 60 % would keep its label under the slab's 0.5."""
     if first is None or second is None:
         return None
     return Reformat(name, tuple(np.maximum(first.spacing_mm, second.spacing_mm)),

@@ -22,7 +22,10 @@ def names(*labels: str) -> list[int]:
 @pytest.mark.parametrize(("source", "target", "between"), [
     ("C4", "C6", ["C5"]),
     ("C1", "C3", ["C2"]),
-    ("T10", "L1", ["T11", "T12"]),  # the normal path, not the 11-thoracic spine's T10 -> T11 -> L1 plus one more
+    ("T10", "L1", ["T11", "T12"]),  # the common anatomy; T10 -> T11 -> L1 (11 thoracic) passes over one level only
+    ("T11", "T13", ["T12"]),
+    ("C1", "C5", ["C2", "C3", "C4"]),  # MAX_PASSED levels
+    ("C1", "C6", []),  # one more than MAX_PASSED
     ("T12", "L2", ["L1"]),
     ("L4", "L6", ["L5"]),
     ("C3", "C4", []),  # consecutive
@@ -30,9 +33,13 @@ def names(*labels: str) -> list[int]:
     ("T12", "L1", []),
     ("L2", "C5", []),  # not along the spine: nothing to place
     ("C2", "T5", []),  # more than MAX_PASSED levels apart
+    ("L3", "S1", []),  # the sacrum is no level the chain places
 ])
 def test_the_levels_passed_over_follow_the_anatomy(source: str, target: str, between: list[str]) -> None:
-    assert list(passed_over(label_of(source), label_of(target), PRIOR)) == names(*between)
+    to = 26 if target == "S1" else label_of(target)
+    assert list(passed_over(label_of(source), to, PRIOR)) == names(*between)
+    far_apart = np.array([[0.0, 0.0, 400.0], [0.0, 0.0, 0.0]])  # room for any of them
+    assert [p.label for p in skipped_levels([label_of(source), to], far_apart, PRIOR)] == names(*between)
 
 
 def test_a_skipped_level_lies_between_its_neighbours_as_the_prior_spaces_them() -> None:
@@ -68,25 +75,29 @@ def test_nothing_is_placed_in_a_chain_without_a_skip() -> None:
         skipped_levels(names("T11", "T12"), positions[:3], PRIOR)
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.integers(1, 20), st.integers(2, 4), st.lists(st.floats(-200, 200), min_size=6, max_size=6))
-def test_property_placed_levels_are_ordered_inside_their_gap(first: int, steps: int, coordinates: list[float]) -> None:
-    """Whatever the two members' positions: one point per level passed over, in anatomical order, each on the
-    segment between them and strictly inside it, the first nearest the head-end member."""
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 20), st.integers(2, 4), st.lists(st.floats(-200, 200), min_size=3, max_size=3),
+       st.lists(st.floats(-1, 1), min_size=3, max_size=3), st.floats(0.0, 3.5))
+def test_property_placed_levels_are_ordered_inside_their_gap(first: int, steps: int, start: list[float],
+                                                              direction: list[float], length_steps: float) -> None:
+    """Two members ``steps`` levels apart, ``length_steps`` median steps of distance between them in any direction:
+    the levels between are placed where the gap has room for them (MIN_ROOM times the path's length without its
+    shortest step), in anatomical order, each where the prior's median steps put it on the segment; else none."""
     top, bottom = first, first + steps
-    if bottom > 24 or (top, bottom) == (18, 20):  # T11 -> L1 is a spine of 11 thoracic vertebrae, not a skip
+    norm = float(np.linalg.norm(direction))
+    if bottom > 24 or (top, bottom) == (18, 20) or norm < 1e-3:  # T11 -> L1: 11 thoracic vertebrae, not a skip
         return
-    a, b = np.array(coordinates[:3]), np.array(coordinates[3:])
-    placed = skipped_levels([top, bottom], np.array([a, b]), PRIOR)
-    longest = max(PRIOR.step(s, s + 1).median_mm for s in range(top, bottom))
-    if np.linalg.norm(b - a) < MIN_ROOM * longest:  # no room for another vertebra (two members: size factor 1)
+    lengths = np.array([PRIOR.step(s, s + 1).median_mm for s in range(top, bottom)])
+    a = np.array(start)
+    b = a + np.array(direction) / norm * length_steps * float(lengths.mean())
+    placed = skipped_levels([top, bottom], np.array([a, b]), PRIOR)  # two members: the spine's size factor is 1
+    if np.linalg.norm(b - a) < MIN_ROOM * (lengths.sum() - lengths.min()):
         assert placed == []
         return
     assert [p.label for p in placed] == list(range(top + 1, bottom))
-    fractions = [float(np.dot(p.position_mm - a, b - a) / np.dot(b - a, b - a)) for p in placed]
-    assert all(0.0 < f < 1.0 for f in fractions) and fractions == sorted(fractions)
-    for p, f in zip(placed, fractions, strict=True):
-        np.testing.assert_allclose(p.position_mm, a + f * (b - a), atol=1e-6)
+    for p, fraction in zip(placed, np.cumsum(lengths)[:-1] / lengths.sum(), strict=True):
+        np.testing.assert_allclose(p.position_mm, a + fraction * (b - a), atol=1e-6)
+        assert 0.0 < fraction < 1.0
 
 
 def test_a_placed_level_is_as_confident_as_its_less_confident_neighbour() -> None:
@@ -94,8 +105,9 @@ def test_a_placed_level_is_as_confident_as_its_less_confident_neighbour() -> Non
 
     chain = [Vertebra(3, (0.0, 0.0, 130.0), 0.99), Vertebra(4, (0.0, 0.0, 112.0), 0.97),
              Vertebra(6, (0.0, 0.0, 82.0), 0.91), Vertebra(7, (0.0, 0.0, 66.0), 0.95)]
-    (c5,) = _skipped(chain[::-1])  # any order in: the chain is read head to foot by level
+    ((c5, note),) = _skipped(chain[::-1])  # any order in: the chain is read head to foot by level
     assert c5.label == 5 and c5.confidence == 0.91 and 82.0 < c5.position_mm[2] < 112.0
+    assert note == "passed over by the chain: placed between C4 and C6"
     assert _skipped(chain[:2]) == []
 
 
@@ -125,7 +137,7 @@ def test_a_neck_vertebra_without_a_candidate_is_placed_where_it_is() -> None:
     labelling = label_stage(candidates, Options())
     vertebrae = _accepted(candidates.positions_mm, np.asarray(labelling.labels), np.asarray(labelling.confidence))
     assert 5 not in {v.label for v in vertebrae} and {4, 6} <= {v.label for v in vertebrae}
-    (c5,) = [v for v in _skipped(vertebrae) if v.label == 5]
+    (c5,) = [v for v, _ in _skipped(vertebrae) if v.label == 5]
     assert np.linalg.norm(np.array(c5.position_mm) - real.centroids_mm[5]) < 10.0
 
 

@@ -15,11 +15,14 @@ from algorithm.skull import (
     C1_OFFSET_MM,
     C2_OFFSET_MM,
     C2_SEEN_MM,
+    NECK_LOW_MM,
     SkullBase,
     above_the_neck,
     anchor,
     beside_the_box,
+    missed_the_neck,
     missing_c2,
+    neck_box,
     neck_detection,
 )
 from export.real_cases import openkbp_cases, shared_data_dir
@@ -140,6 +143,22 @@ def test_a_foramen_magnum_beside_the_spine_box_means_the_box_missed_the_neck() -
     assert not beside_the_box(SkullBase(0.9, BASE.point_mm + np.array([0.0, 0.0, 300.0]), True), box)  # height: no
     assert not beside_the_box(SkullBase(0.1, BASE.point_mm + np.array([25.0, 0.0, 0.0]), False), box)  # not found
     assert not beside_the_box(BASE, None)
+    on_edge = SpineBox((-20.0, -30.0, -200.0), (10.0, 20.0, -40.0))  # the point on the box's x and y faces: inside
+    assert not beside_the_box(BASE, on_edge)
+
+
+def test_the_neck_is_looked_for_again_only_where_nothing_of_a_lower_spine_would_be_lost() -> None:
+    box = SpineBox((-20.0, -30.0, -200.0), (20.0, 30.0, -40.0))
+    in_the_face = SkullBase(0.9, np.array([10.0, 60.0, 300.0]), True)  # 30 mm behind the box's back
+    face = np.array([[10.0, 0.0, 280.0], [12.0, 5.0, 250.0]])  # candidates inside the neck box's height
+    assert missed_the_neck(face, in_the_face, box) == "the foramen magnum lies beside the spine box"
+    lower_spine = np.vstack([face, [[10.0, 10.0, 300.0 + NECK_LOW_MM[2] - 30.0]]])  # one below the neck box
+    assert missed_the_neck(lower_spine, in_the_face, box) is None
+    skull = np.array([BASE.point_mm + np.array([0.0, 0.0, ABOVE_MM + 10.0])])
+    assert missed_the_neck(skull, BASE, box) == "every candidate lies above the foramen magnum"
+    assert missed_the_neck(np.array([C1]), BASE, box) is None
+    assert neck_detection(in_the_face, "why").reason == "why"
+    assert neck_box(in_the_face).low_mm[2] == pytest.approx(300.0 + NECK_LOW_MM[2])
 
 
 @pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared OpenKBP CTs (../shared/data)")
@@ -158,8 +177,10 @@ def test_a_spine_box_that_missed_the_neck_is_hung_under_the_foramen_magnum(name:
     detection = detect_spine(real.ct, models.detect)
     candidates = locate_stage(real.ct, detection, models, Options())
     # the box the vertebrae came from travels with them (the run report names it, not the detect stage's)
-    assert candidates.searched is not None and detection.box is not None
-    assert candidates.searched.high_mm[2] < detection.box.high_mm[2]
+    assert candidates.searched is not None and candidates.searched.box is not None and detection.box is not None
+    assert candidates.searched.box.high_mm[2] < detection.box.high_mm[2]
+    assert candidates.searched.reason == {"openkbp-pt_49": "every candidate lies above the foramen magnum",
+                                          "openkbp-pt_48": "the foramen magnum lies beside the spine box"}[name]
     labels = label_stage(candidates, Options()).labels
     for level in (1, 2):
         (k,) = np.flatnonzero(labels == level)
