@@ -261,3 +261,24 @@ def test_an_outline_model_places_the_candidates_and_the_segment_model_segments(
     models = load_models(ModelSource(folder, "test"), device="cpu")
     assert models.outline is None and models.outliner is models.segment
     assert "the segment model outlines the candidates" in caplog.text
+
+
+def test_a_body_the_ct_lacks_is_placed_between_its_neighbours(models, phantom) -> None:
+    """The phantom with L2's body erased (soft tissue where it was): locate finds T12, L1, L3-L5, the decoder passes
+    over L2, and L2 is placed between L1 and L3, segmented, and reported; with the placing off it is missing."""
+    from algorithm.pipeline import Options
+
+    hu = sitk.GetArrayFromImage(phantom.image)
+    hu[sitk.GetArrayViewFromImage(phantom.truth) == 21] = 40
+    image = sitk.GetImageFromArray(hu)
+    image.CopyInformation(phantom.image)
+    result = predict_case(image, models)
+    assert [v.label for v in result.vertebrae] == list(PHANTOM_LABELS)
+    (l2,) = [v for v in result.vertebrae if v.label == 21]
+    assert np.linalg.norm(np.asarray(l2.position_mm) - phantom.centres_mm[21]) < 5.0
+    report = result.report(models, source="phantom")
+    assert report["label"]["placed"] == {"L2": "passed over by the chain: placed between L1 and L3"}
+    assert l2.voxels == 0  # segmented from its point like the others; where the CT shows no body, no mask
+    without = predict_case(image, models, options=Options(fill_skipped=False))
+    assert [v.label for v in without.vertebrae] == [19, 20, 22, 23, 24]
+    assert "placed" not in without.report(models, source="phantom")["label"]
