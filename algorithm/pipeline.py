@@ -337,8 +337,25 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
     if not vertebrae:
         return empty(f"the decoder rejected all {len(candidates)} candidates", len(candidates))
 
-    return _segmented(image, vertebrae, models, options, CaseResult(geometry, empty_label_map(geometry), (), "",
-                                                                      len(candidates), timer, details))
+    result = _segmented(image, vertebrae, models, options, CaseResult(geometry, empty_label_map(geometry), (), "",
+                                                                        len(candidates), timer, details))
+    return _without_empty_placed(result, {v.label for v, _ in skipped})
+
+
+def _without_empty_placed(result: CaseResult, placed: set[int]) -> CaseResult:
+    """``result`` without the placed levels (:func:`_skipped`) at which the segment stage found nothing: the chain
+    said a vertebra lies there, the CT shows none (a body removed, or names the network pulled apart), so the point
+    would name nothing. The run report says so."""
+    empty = [v for v in result.vertebrae if v.label in placed and v.voxels == 0]
+    if not empty:
+        return result
+    result.vertebrae = tuple(v for v in result.vertebrae if v not in empty)
+    notes = result.details["label"]["placed"]
+    for vertebra in empty:
+        notes[vertebra.name] += "; nothing segmented there: left out"
+    log.warning("label: %s placed where the chain passes over it, but nothing segmented there: left out",
+                " ".join(v.name for v in empty))
+    return result
 
 
 def _segmented(image: sitk.Image, vertebrae: list[Vertebra], models: Models, options: Options,
