@@ -37,6 +37,7 @@ if str(REPO) not in sys.path:
 from algorithm.labelling import ChainDecoder  # noqa: E402
 from algorithm.labelling.skipped import skipped_levels  # noqa: E402
 from algorithm.labelling_prior import load_default  # noqa: E402
+from evaluation.metrics import identify  # noqa: E402
 from spine.labels import region_of  # noqa: E402
 from spine.vid import VidScan, read_scan, scan_ids, scan_sources  # noqa: E402
 
@@ -49,14 +50,13 @@ log = logging.getLogger("bench.skipped")
 
 
 def identified(points_mm: np.ndarray, labels: list[int], truth_mm: np.ndarray, truth_labels: np.ndarray) -> set[int]:
-    """Indices of the annotated bodies that the labelled points identify (DESIGN.md's rule)."""
-    hits = set()
-    for point, label in zip(np.asarray(points_mm).reshape(-1, 3), labels, strict=True):
-        distance = np.linalg.norm(truth_mm - point, axis=1)
-        k = int(np.argmin(distance))
-        if distance[k] <= HIT_MM and int(truth_labels[k]) == label:
-            hits.add(k)
-    return hits
+    """Indices of the annotated bodies that the labelled points identify (DESIGN.md's rule, the evaluator's
+    :func:`evaluation.metrics.identify`; a chain's labels and a VID scan's annotated levels are unique)."""
+    index = {int(label): k for k, label in enumerate(truth_labels)}
+    outcomes = identify({int(label): point for label, point in zip(labels, np.asarray(points_mm).reshape(-1, 3),
+                                                                   strict=True)},
+                        {label: truth_mm[k] for label, k in index.items()}, HIT_MM)
+    return {index[label] for label, outcome in outcomes.items() if outcome.identified}
 
 
 def one_removed(scan: VidScan, rng: np.random.Generator) -> tuple[np.ndarray, int] | None:
