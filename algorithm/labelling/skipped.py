@@ -29,14 +29,17 @@ placement had a gap of at least 1.52 such steps, and on the real necks of OpenKB
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import pairwise
 
 import numpy as np
 
+from algorithm.labelling.chain import label_paths
 from algorithm.labelling_prior import LabellingPrior
-from spine.labels import allowed_next, anatomical_rank, name_of
+from spine.labels import allowed_next, name_of
 
 __all__ = ["MAX_PASSED", "MIN_ROOM", "Skipped", "passed_over", "size_factor", "skipped_levels"]
 
@@ -62,24 +65,23 @@ class Skipped:
 
 
 def passed_over(source: int, target: int, prior: LabellingPrior, *, max_passed: int = MAX_PASSED) -> tuple[int, ...]:
-    """The labels strictly between ``source`` and ``target`` on the most probable anatomical path (module
-    docstring); () where ``target`` may directly follow ``source``, no path of at most ``max_passed`` levels
-    joins them, or either is the sacrum or coccyx (not a level the chain places)."""
-    if target in allowed_next(source) or {source, target} & {26, 27}:
+    """The labels strictly between ``source`` and ``target`` on the most probable of the decoder's own label paths
+    (:func:`algorithm.labelling.chain.label_paths`, weighted by the prior's variant branches; module docstring);
+    () where ``target`` may directly follow ``source``, no path of at most ``max_passed`` levels joins them, or
+    either is the sacrum or coccyx (not a level the chain places)."""
+    if target in allowed_next(source):
         return ()
-    best: tuple[float, tuple[int, ...]] = (0.0, ())
-    stack: list[tuple[int, tuple[int, ...], float]] = [(source, (), 1.0)]
-    while stack:
-        label, path, probability = stack.pop()
-        for following in allowed_next(label):
-            if following == target:
-                if path and probability * prior.branch_probability(label, following) > best[0]:
-                    best = (probability * prior.branch_probability(label, following), path)
-            elif (following not in (26, 27) and len(path) < max_passed
-                  and anatomical_rank(following) < anatomical_rank(target)):
-                stack.append((following, (*path, following), probability * prior.branch_probability(label,
-                                                                                                      following)))
-    return best[1]
+    joining = [path for path in _paths(max_passed + 1) if path[0] == source and path[-1] == target]
+    if not joining:
+        return ()
+    best = max(joining, key=lambda path: math.prod(prior.branch_probability(a, b) for a, b in pairwise(path)))
+    return best[1:-1]
+
+
+@lru_cache(maxsize=4)
+def _paths(max_steps: int) -> tuple[tuple[int, ...], ...]:
+    """The decoder's label paths of 2..max_steps steps between evaluated vertebrae."""
+    return tuple(path for path in label_paths(max_steps) if len(path) > 2)
 
 
 def size_factor(labels: Sequence[int], positions_mm: np.ndarray, prior: LabellingPrior) -> float:
