@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--fill-skipped", action=argparse.BooleanOptionalAction, default=None,
                         help="place the levels the labelled chain passes over (no candidate of their own) between "
                              f"their neighbours (default: {'on' if Options().fill_skipped else 'off'})")
+    common.add_argument("--size-evidence", action=argparse.BooleanOptionalAction, default=None,
+                        help="where the vertebrae come out the wrong size for their levels (a neck named lumbar), "
+                             "label again with their sizes as region evidence "
+                             f"(default: {'on' if Options().size_evidence else 'off'})")
     verbosity = common.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -229,6 +233,7 @@ def _options(args: argparse.Namespace) -> Options:
                    skull_anchor=flag("skull", default.skull_anchor),
                    edge_fragments=flag("fragments", default.edge_fragments),
                    fill_skipped=flag("fill_skipped", default.fill_skipped),
+                   size_evidence=flag("size_evidence", default.size_evidence),
                    labeller=getattr(args, "labeller", default.labeller),
                    bone_floor=default.bone_floor if getattr(args, "bone_floor", None) is None else args.bone_floor)
 

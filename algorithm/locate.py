@@ -22,6 +22,7 @@ from algorithm.detect import Detection, SpineBox, crop_grid, run_on_grid
 from algorithm.labelling.constraints import Fix
 from algorithm.models import StageModel
 from algorithm.ribs import RibEvidence, region_likelihood
+from algorithm.sizes import region_likelihood as size_likelihood
 from spine.image import Geometry
 from spine.labels import LOCATE_CHANNELS, Region, region_of
 from spine.preprocess import model_grid, world_to_zyx, zyx_to_world
@@ -72,7 +73,9 @@ class Candidates:
       so the chain ends on the last lumbar vertebra (the decoder's item 10);
     - ``searched``: the detection (box and why) the candidates were found in when it is not the detect stage's
       (looked for again under the skull base, :func:`algorithm.skull.neck_detection`), so the run report names
-      the box the vertebrae came from and why; None when it is the detect stage's.
+      the box the vertebrae came from and why; None when it is the detect stage's;
+    - ``sizes_ml``: ``(N,)`` each candidate's segmented volume (NaN: not measured), region evidence from outside
+      the network (:mod:`algorithm.sizes`), or None: set only where the anatomy check doubts a labelling's region.
     """
 
     positions_mm: np.ndarray
@@ -83,6 +86,7 @@ class Candidates:
     anchor: Fix | None = None
     on_sacrum: bool = False
     searched: Detection | None = None
+    sizes_ml: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.positions_mm.shape[0])
@@ -95,7 +99,9 @@ class Candidates:
 
         Where the network sees no vertebral-body centre (a candidate found by another model, at a peak
         of 0.01), its label softmax is an opinion about nothing: normalised, it would read as confident
-        region evidence. The blend keeps what the network says where it says something.
+        region evidence. The blend keeps what the network says where it says something. The ribs' likelihoods
+        (:func:`algorithm.ribs.region_likelihood`) and, where measured, the sizes' (:mod:`algorithm.sizes`)
+        multiply it.
         """
         columns = [[i for i, label in enumerate(LOCATE_CHANNELS) if region_of(label) is region]
                    for region in (Region.CERVICAL, Region.THORACIC, Region.LUMBAR)]
@@ -103,10 +109,13 @@ class Candidates:
         total = sums.sum(axis=1, keepdims=True)
         posterior = np.where(total > 0, sums / np.maximum(total, 1e-12), 1.0 / 3.0)
         weight = np.clip(np.asarray(self.peak, dtype=np.float64) / confident_peak, 0.0, 1.0)[:, None]
-        blended = weight * posterior + (1.0 - weight) / 3.0
-        if self.ribs is None:
-            return blended
-        combined = blended * region_likelihood(self.ribs, self.positions_mm[:, 2])
+        combined = weight * posterior + (1.0 - weight) / 3.0
+        if self.ribs is None and self.sizes_ml is None:
+            return combined  # the network's alone: returned as it is, unnormalised by a product
+        if self.ribs is not None:
+            combined = combined * region_likelihood(self.ribs, self.positions_mm[:, 2])
+        if self.sizes_ml is not None:
+            combined = combined * size_likelihood(self.sizes_ml)
         return combined / combined.sum(axis=1, keepdims=True)
 
     def with_point(self, position_mm: np.ndarray) -> Candidates:
@@ -118,7 +127,8 @@ class Candidates:
         if ribs is not None:
             ribs = replace(ribs, reach_mm=np.vstack([np.zeros((1, 2)), ribs.reach_mm]),
                            seen=np.vstack([np.zeros((1, 2), dtype=bool), ribs.seen]))
-        return replace(self, positions_mm=np.vstack([point, self.positions_mm]),
+        sizes = None if self.sizes_ml is None else np.concatenate([[np.nan], self.sizes_ml])
+        return replace(self, positions_mm=np.vstack([point, self.positions_mm]), sizes_ml=sizes,
                        scores=np.vstack([np.zeros((1, self.scores.shape[1]), dtype=self.scores.dtype), self.scores]),
                        peak=np.concatenate([[0.0], self.peak]), ribs=ribs,
                        cut=None if self.cut is None else np.vstack([np.zeros((1, 2), dtype=bool), self.cut]))

@@ -39,12 +39,14 @@ from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_heatmaps, pe
 from algorithm.measure import BodyMeasure, csv_text, measure_case, screening
 from algorithm.models import Models
 from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer, json_writer, text_writer
-from algorithm.plausibility import IMPLAUSIBLE_CAP, Plausibility, assess, judge_geometry
+from algorithm.plausibility import IMPLAUSIBLE_CAP, SIZE_TOLERANCE, Plausibility, assess, judge_geometry
 from algorithm.recentre import behind_the_bodies, column_outlines, fill_chain, recentre
 from algorithm.report import StageTimer, versions
 from algorithm.ribs import rib_evidence
 from algorithm.sacrum import rests_on_sacrum, sacral
 from algorithm.segment import BONE_FLOOR, SEGMENT_FLOOR, segment_vertebrae
+from algorithm.sizes import describe as describe_sizes
+from algorithm.sizes import fit_some_level
 from algorithm.skull import anchor, find_skull_base, missed_the_neck, missing_c2, neck_detection
 from spine.gc import Point, points_document
 from spine.image import Geometry, image_from_array, resample_onto
@@ -128,6 +130,9 @@ class Options:
     """Place the levels the labelled chain passes over (a vertebra the decoder judges there without a candidate of
     its own) between their neighbours, spaced as the prior's steps are (:mod:`algorithm.labelling.skipped`), so they
     are segmented and reported instead of missed."""
+    size_evidence: bool = True
+    """Where the anatomy check finds the segmented vertebrae the wrong size for their levels, label again with their
+    sizes as region evidence and keep that labelling where the check then passes (:mod:`algorithm.sizes`)."""
     constraints: Constraints = field(default_factory=Constraints)  # what the user knows (algorithm.labelling, 8)
     labeller: str = "decoder"
     """``decoder``: region evidence read per candidate; ``learned``: read in the context of the whole chain by the
@@ -167,6 +172,8 @@ class CaseResult:
     candidates: int = 0
     timer: StageTimer = field(default_factory=StageTimer)
     details: dict[str, Any] = field(default_factory=dict)
+    volumes_ml: dict[int, float] = field(default_factory=dict)
+    """Each labelled vertebra's segmented volume (VerSe id: ml), as the anatomy check measured it."""
 
     @property
     def spine_found(self) -> bool:
@@ -305,7 +312,20 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
         return empty(f"no vertebra candidate (no heatmap peak reaches {_peak_threshold(models, options)}"
                      + (" and no vertebra outlined)" if options.recentre else ")"))
 
-    with timer.stage("label"):
+    before = dict(details)
+    result = _labelled(image, candidates, models, options, CaseResult(geometry, empty_label_map(geometry), (), "",
+                                                                      len(candidates), timer, details))
+    if options.size_evidence and result.spine_found:
+        result = _relabelled_by_size(image, candidates, models, options, result, before)
+    return result
+
+
+def _labelled(image: sitk.Image, candidates: Candidates, models: Models, options: Options,
+              result: CaseResult) -> CaseResult:
+    """``result`` with the decoder's labelling of ``candidates``, the levels it passes over placed, the vertebrae
+    segmented and the run report's ``label`` block; empty (and its note saying why) when nothing is labelled."""
+    details = result.details
+    with result.timer.stage("label"):
         _refuse_far_fixes(candidates, options)
         labelling = label_stage(candidates, options)
         vertebrae = _accepted(candidates.positions_mm, np.asarray(labelling.labels), np.asarray(labelling.confidence))
@@ -335,11 +355,56 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
     if labelling.uncertain:
         log.warning("label: labelling uncertain (best and runner-up labellings close); check the levels")
     if not vertebrae:
-        return empty(f"the decoder rejected all {len(candidates)} candidates", len(candidates))
+        result.note = f"the decoder rejected all {len(candidates)} candidates"
+        log.warning("no vertebra labelled: %s; writing an empty label map and no points", result.note)
+        return result
 
-    result = _segmented(image, vertebrae, models, options, CaseResult(geometry, empty_label_map(geometry), (), "",
-                                                                        len(candidates), timer, details))
+    result = _segmented(image, vertebrae, models, options, result)
     return _without_empty_placed(result, {v.label for v, _ in skipped})
+
+
+def _relabelled_by_size(image: sitk.Image, candidates: Candidates, models: Models, options: Options,
+                        result: CaseResult, details: dict[str, Any]) -> CaseResult:
+    """``result``, or where the anatomy check finds its vertebrae the wrong size for their levels (a neck named
+    lumbar), the labelling decoded again with each labelled candidate's segmented volume as region evidence
+    (:mod:`algorithm.sizes`), kept only where it changes the labels and the check then passes; the run report
+    says which. ``details``: the report's blocks from before the label stage."""
+    check = result.details.get("plausibility", {})
+    size = check.get("size_ratio")
+    if size is None or 1.0 / SIZE_TOLERANCE <= size <= SIZE_TOLERANCE:
+        return result
+    sizes = np.full(len(candidates), np.nan)
+    for vertebra in result.vertebrae:
+        at = np.flatnonzero(np.all(np.isclose(candidates.positions_mm, vertebra.position_mm), axis=1))
+        if len(at) and vertebra.label in result.volumes_ml:
+            sizes[at[0]] = result.volumes_ml[vertebra.label]
+    if candidates.cut is not None:
+        sizes[candidates.cut.any(axis=1)] = np.nan  # a cut vertebra's volume is a part's
+    if not fit_some_level(sizes):
+        return result
+    first = " ".join(v.name for v in result.vertebrae)
+    log.warning("label: the segmented vertebrae (%s) are %.2fx the volume of real vertebrae of those levels: "
+                "labelling again with their sizes (%s) as region evidence", first, size, describe_sizes(sizes))
+    # The check discredits the network's calls (its region and its levels alike): the second decoding reads the
+    # chain's spacing, the ribs and the sizes, no heatmap score, as a candidate placed by other means does.
+    unscored = replace(candidates, scores=np.zeros_like(candidates.scores), peak=np.zeros_like(candidates.peak),
+                       sizes_ml=sizes)
+    again = _labelled(image, unscored, models, options,
+                      CaseResult(result.geometry, empty_label_map(result.geometry), (), "", result.candidates,
+                                 result.timer, dict(details)))
+    second = " ".join(v.name for v in again.vertebrae)
+    passes = again.spine_found and not again.details.get("plausibility", {}).get("reasons")
+    if second == first or not passes:
+        why = "the same labels" if second == first else f"{second or 'nothing'}, which the check doubts too"
+        log.warning("label: labelled again by size: %s; the first labelling stands", why)
+        result.details["label"]["by_size"] = (f"labelled again with the vertebrae's sizes as region evidence: {why}; "
+                                             "the first labelling kept")
+        return result
+    again.details["label"]["by_size"] = (f"first labelled {first}, whose segmented vertebrae were {size:.2f}x the "
+                                         "volume of real vertebrae of those levels: labelled again with their sizes "
+                                         "as region evidence")
+    log.warning("label: relabelled by size: %s -> %s", first, second)
+    return again
 
 
 def _without_empty_placed(result: CaseResult, placed: set[int]) -> CaseResult:
@@ -376,8 +441,8 @@ def _segmented(image: sitk.Image, vertebrae: list[Vertebra], models: Models, opt
         result.labels = resample_onto(merged, result.geometry, nearest=True, default=0)
         del merged
     voxel_ml = float(np.prod(segmentation.grid.spacing_mm)) / 1000.0
-    check = assess([v.label for v in vertebrae], np.array([v.position_mm for v in vertebrae]),
-                   {v.label: segmentation.voxels.get(v.label, 0) * voxel_ml for v in vertebrae},
+    result.volumes_ml = {v.label: segmentation.voxels.get(v.label, 0) * voxel_ml for v in vertebrae}
+    check = assess([v.label for v in vertebrae], np.array([v.position_mm for v in vertebrae]), result.volumes_ml,
                    judge_geometry(result.geometry).unusual)
     result.details["plausibility"] = check.to_dict()
     # A doubtful labelling of ours is capped; labels a person placed keep their confidence (the log still says).
@@ -471,6 +536,7 @@ def _subset(candidates: Candidates, keep: np.ndarray) -> Candidates:
     ribs = candidates.ribs
     return replace(candidates, positions_mm=candidates.positions_mm[keep], scores=candidates.scores[keep],
                    peak=candidates.peak[keep], cut=None if candidates.cut is None else candidates.cut[keep],
+                   sizes_ml=None if candidates.sizes_ml is None else candidates.sizes_ml[keep],
                    ribs=None if ribs is None else replace(ribs, reach_mm=ribs.reach_mm[keep], seen=ribs.seen[keep]))
 
 

@@ -332,6 +332,7 @@ def _option_flags(options: Options) -> list[str]:
             "--skull" if options.skull_anchor else "--no-skull",
             "--fragments" if options.edge_fragments else "--no-fragments",
             "--fill-skipped" if options.fill_skipped else "--no-fill-skipped",
+            "--size-evidence" if options.size_evidence else "--no-size-evidence",
             "--bone-floor", str(options.segment_floor if options.bone_floor is None else options.bone_floor),
             "--labeller", options.labeller]
 
@@ -521,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fill-skipped", action=argparse.BooleanOptionalAction, default=None,
                         help="levels the chain passes over placed between their neighbours "
                              "(algorithm.labelling.skipped; end to end only); default: the pipeline's")
+    parser.add_argument("--size-evidence", action=argparse.BooleanOptionalAction, default=None,
+                        help="a labelling of the wrong size labelled again with the sizes as region evidence "
+                             "(algorithm.sizes; end to end only); default: the pipeline's")
     parser.add_argument("--labeller", choices=("decoder", "learned"), default=None,
                         help="what reads the region evidence (predict --labeller; default: the pipeline's)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
@@ -554,6 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       skull_anchor=default.skull_anchor if args.skull is None else args.skull,
                       edge_fragments=default.edge_fragments if args.fragments is None else args.fragments,
                       fill_skipped=default.fill_skipped if args.fill_skipped is None else args.fill_skipped,
+                      size_evidence=default.size_evidence if args.size_evidence is None else args.size_evidence,
                       bone_floor=default.bone_floor if args.bone_floor is None else args.bone_floor,
                       labeller=args.labeller or default.labeller)
     rows: dict[str, dict[str, Any]] = {}
@@ -594,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                      "skull": options.skull_anchor,
                                                      "fragments": options.edge_fragments,
                                                      "fill_skipped": options.fill_skipped,
+                                                     "size_evidence": options.size_evidence,
                                                      "bone_floor": options.bone_floor,
                                                      "peak_threshold": options.peak_threshold,
                                                      "labeller": options.labeller},

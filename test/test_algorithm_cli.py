@@ -173,21 +173,23 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     assert exit_info.value.code == 2
 
 
-@pytest.mark.parametrize(("flags", "recentre", "ribs", "sacrum", "fragments", "skull", "skipped"), [
-    ([], True, True, True, True, True, True),
-    (["--no-ribs"], True, False, True, True, True, True),
-    (["--no-recentre", "--ribs", "--no-sacrum"], False, True, False, True, True, True),
-    (["--no-fragments"], True, True, True, False, True, True),
-    (["--no-skull"], True, True, True, True, False, True),
-    (["--no-fill-skipped"], True, True, True, True, True, False),
+@pytest.mark.parametrize(("flags", "recentre", "ribs", "sacrum", "fragments", "skull", "skipped", "size"), [
+    ([], True, True, True, True, True, True, True),
+    (["--no-ribs"], True, False, True, True, True, True, True),
+    (["--no-recentre", "--ribs", "--no-sacrum"], False, True, False, True, True, True, True),
+    (["--no-fragments"], True, True, True, False, True, True, True),
+    (["--no-skull"], True, True, True, True, False, True, True),
+    (["--no-fill-skipped"], True, True, True, True, True, False, True),
+    (["--no-size-evidence"], True, True, True, True, True, True, False),
 ])
 def test_pipeline_switches_reach_the_options(flags: list[str], recentre: bool, ribs: bool, sacrum: bool,
-                                             fragments: bool, skull: bool, skipped: bool) -> None:
+                                             fragments: bool, skull: bool, skipped: bool, size: bool) -> None:
     from algorithm.cli import _options, build_parser
 
     options = _options(build_parser().parse_args(["predict", "ct.nii.gz", "--output", "out", *flags]))
     assert (options.recentre, options.rib_evidence, options.sacrum_check, options.edge_fragments,
-            options.skull_anchor, options.fill_skipped) == (recentre, ribs, sacrum, fragments, skull, skipped)
+            options.skull_anchor, options.fill_skipped, options.size_evidence) == (
+        recentre, ribs, sacrum, fragments, skull, skipped, size)
 
 
 def test_the_bone_floor_reaches_the_options_and_is_checked() -> None:
