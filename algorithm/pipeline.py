@@ -45,8 +45,8 @@ from algorithm.report import StageTimer, versions
 from algorithm.ribs import rib_evidence
 from algorithm.sacrum import rests_on_sacrum, sacral
 from algorithm.segment import BONE_FLOOR, SEGMENT_FLOOR, segment_vertebrae
+from algorithm.sizes import BY_SIZE_CAP, fit_some_level
 from algorithm.sizes import describe as describe_sizes
-from algorithm.sizes import fit_some_level
 from algorithm.skull import anchor, find_skull_base, missed_the_neck, missing_c2, neck_detection
 from spine.gc import Point, points_document
 from spine.image import Geometry, image_from_array, resample_onto
@@ -367,8 +367,9 @@ def _relabelled_by_size(image: sitk.Image, candidates: Candidates, models: Model
                         result: CaseResult, details: dict[str, Any]) -> CaseResult:
     """``result``, or where the anatomy check finds its vertebrae the wrong size for their levels (a neck named
     lumbar), the labelling decoded again with each labelled candidate's segmented volume as region evidence
-    (:mod:`algorithm.sizes`), kept only where it changes the labels and the check then passes; the run report
-    says which. ``details``: the report's blocks from before the label stage."""
+    (:mod:`algorithm.sizes`), kept only where it changes the labels and the check then passes, its points at most
+    :data:`algorithm.sizes.BY_SIZE_CAP` likely; the run report says which. ``details``: the report's blocks from
+    before the label stage."""
     check = result.details.get("plausibility", {})
     size = check.get("size_ratio")
     if size is None or 1.0 / SIZE_TOLERANCE <= size <= SIZE_TOLERANCE:
@@ -403,7 +404,8 @@ def _relabelled_by_size(image: sitk.Image, candidates: Candidates, models: Model
     again.details["label"]["by_size"] = (f"first labelled {first}, whose segmented vertebrae were {size:.2f}x the "
                                          "volume of real vertebrae of those levels: labelled again with their sizes "
                                          "as region evidence")
-    log.warning("label: relabelled by size: %s -> %s", first, second)
+    log.warning("label: relabelled by size: %s -> %s; point probabilities capped at %.1f", first, second, BY_SIZE_CAP)
+    again.vertebrae = tuple(replace(v, confidence=min(v.confidence, BY_SIZE_CAP)) for v in again.vertebrae)
     return again
 
 

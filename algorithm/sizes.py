@@ -15,7 +15,8 @@ which multiply the network's region posterior as the ribs' do (:meth:`algorithm.
 A vertebra with no volume (none segmented, or cut by the field of view, whose volume is a part's) reads 1, 1,
 1: nothing known. The pipeline asks for them only where the size check failed and some level's size would pass
 it (:func:`fit_some_level`), decodes again, and keeps the new labelling only where the check then passes
-(:func:`algorithm.pipeline.predict_case`); every labelling the check accepts stays as it was.
+(:func:`algorithm.pipeline.predict_case`), its points at most :data:`BY_SIZE_CAP` likely; every labelling the
+check accepts stays as it was.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from algorithm.plausibility import REFERENCE_VOLUME_ML, SIZE_TOLERANCE
 from spine.labels import Region, region_of
 
-__all__ = ["FLOOR", "LOG_SD", "fit_some_level", "region_likelihood"]
+__all__ = ["BY_SIZE_CAP", "FLOOR", "LOG_SD", "fit_some_level", "region_likelihood"]
 
 LOG_SD = 0.4
 """Spread of a segmented volume around its level's reference, in log: spines differ in size by about 30 % (log
@@ -37,6 +38,12 @@ next" by a factor of about 3, and the decoder multiplies that along the chain.""
 FLOOR = 0.05
 """Least likelihood of a region: a vertebra's size alone never rules a region out (a collapsed vertebra, an
 outline that leaked)."""
+
+BY_SIZE_CAP = 0.5
+"""Probability ceiling of a labelling read from the sizes, the ribs and the spacing against the network's calls: at
+most even odds. Without the network the decoder can be sure of a chain its geometry fits (the aortic crop with 5 mm
+slices, relabelled C6-L2 at 0.90-1.00 where it is T2-L1, which the check refused), and a size tells the region,
+not the level."""
 
 _REGIONS = (Region.CERVICAL, Region.THORACIC, Region.LUMBAR)
 _LOG_REFERENCE = {region: np.log([ml for label, ml in REFERENCE_VOLUME_ML.items() if region_of(label) is region])

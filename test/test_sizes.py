@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from algorithm.locate import Candidates
 from algorithm.plausibility import REFERENCE_VOLUME_ML
-from algorithm.sizes import FLOOR, LOG_SD, fit_some_level, region_likelihood
+from algorithm.sizes import BY_SIZE_CAP, FLOOR, LOG_SD, fit_some_level, region_likelihood
 from export.real_cases import openkbp_cases, shared_data_dir
 from spine.labels import LOCATE_CHANNELS
 
@@ -97,5 +97,5 @@ def test_a_cropped_neck_named_lumbar_is_labelled_again_by_size() -> None:
     assert result.vertebrae and all(v.label <= 7 for v in result.vertebrae)
     assert result.details["label"]["by_size"].startswith("first labelled L3 L4")
     assert result.details["plausibility"]["plausible"]
-    assert max(v.confidence for v in result.vertebrae) < 0.5
+    assert max(v.confidence for v in result.vertebrae) <= BY_SIZE_CAP
     assert result.volumes_ml and set(result.volumes_ml) == {v.label for v in result.vertebrae}
