@@ -108,6 +108,51 @@ def _existing_dir(text: str) -> Path:
     return path
 
 
+PIPELINE_SWITCHES: tuple[tuple[str, str, str], ...] = (
+    ("recentre", "recentre", "move vertebra candidates onto the bodies the outline model outlines and fill gaps in "
+                             "the chain (algorithm.recentre)"),
+    ("sacrum", "sacrum_check", "drop the sacrum's S1 from the foot of the chain when the model folder has sacrum.onnx "
+                               "(algorithm.sacrum)"),
+    ("skull", "skull_anchor", "where the CT shows the skull base, drop what lies above it and name the vertebra under "
+                              "it C1, when the model folder has skull.onnx (algorithm.skull)"),
+    ("ribs", "rib_evidence", "give the labelling the ribs each vertebra bears as region evidence (algorithm.ribs)"),
+    ("fragments", "edge_fragments", "label the sliver of the vertebra beyond a chain end that the field of view cuts "
+                                    "(algorithm.fragments)"),
+    ("fill-skipped", "fill_skipped", "place the levels the labelled chain passes over (no candidate of their own) "
+                                     "between their neighbours (algorithm.labelling.skipped)"),
+    ("size-evidence", "size_evidence", "where the vertebrae come out the wrong size for their levels (a neck named "
+                                       "lumbar), label again with their sizes as region evidence (algorithm.sizes)"),
+)
+"""The pipeline's on/off switches: (flag without ``--``, :class:`algorithm.pipeline.Options` field, help). The
+``predict``/``exec`` commands and ``bench/real.py`` read them from here, so a switch is declared once."""
+
+
+def add_pipeline_switches(parser: argparse.ArgumentParser) -> None:
+    """``--X/--no-X`` for each of :data:`PIPELINE_SWITCHES`, default None (the pipeline's own)."""
+    default = Options()
+    for flag, name, text in PIPELINE_SWITCHES:
+        parser.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
+                            help=f"{text} (default: {'on' if getattr(default, name) else 'off'})")
+
+
+def switched_options(args: argparse.Namespace, **fields: object) -> Options:
+    """:class:`Options` with ``fields`` and each switch of :data:`PIPELINE_SWITCHES` as ``args`` set it (None, or
+    not parsed at all: the pipeline's default)."""
+    switches = {name: bool(getattr(args, flag.replace("-", "_")))
+                for flag, name, _ in PIPELINE_SWITCHES if getattr(args, flag.replace("-", "_"), None) is not None}
+    return Options(**fields, **switches)  # type: ignore[arg-type]
+
+
+def switch_flags(options: Options) -> list[str]:
+    """The command-line flags that reproduce ``options``' switches (``--ribs``, ``--no-skull``, ...)."""
+    return [f"--{'' if getattr(options, name) else 'no-'}{flag}" for flag, name, _ in PIPELINE_SWITCHES]
+
+
+def switch_values(options: Options) -> dict[str, bool]:
+    """``options``' switches by flag name, ``-`` as ``_`` (``{"ribs": True, "fill_skipped": False, ...}``)."""
+    return {flag.replace("-", "_"): bool(getattr(options, name)) for flag, name, _ in PIPELINE_SWITCHES}
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -126,32 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="execution provider: CUDA when available and working (auto), or force one")
     common.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads per model (default: all)")
     common.add_argument("--overlap", type=overlap_value, default=0.5, help="sliding-window overlap in [0, 1) (0.5)")
-    common.add_argument("--recentre", action=argparse.BooleanOptionalAction, default=None,
-                        help="move vertebra candidates onto the bodies the outline model outlines and fill gaps "
-                             f"in the chain (default: {'on' if Options().recentre else 'off'})")
-    common.add_argument("--sacrum", action=argparse.BooleanOptionalAction, default=None,
-                        help="drop the sacrum's S1 from the foot of the chain when the model folder has "
-                             f"sacrum.onnx (default: {'on' if Options().sacrum_check else 'off'})")
-    common.add_argument("--skull", action=argparse.BooleanOptionalAction, default=None,
-                        help="where the CT shows the skull base, drop what lies above it and name the vertebra "
-                             "under it C1, when the model folder has skull.onnx "
-                             f"(default: {'on' if Options().skull_anchor else 'off'})")
-    common.add_argument("--ribs", action=argparse.BooleanOptionalAction, default=None,
-                        help="give the labelling the ribs each vertebra bears as region evidence "
-                             f"(default: {'on' if Options().rib_evidence else 'off'})")
+    add_pipeline_switches(common)
     common.add_argument("--bone-floor", type=bone_floor_value, default=None, metavar="P",
                         help="segmentation floor where the CT shows bone, for voxels that join their vertebra "
                              f"(default: {Options().bone_floor}; {Options().segment_floor}: the plain floor only)")
-    common.add_argument("--fragments", action=argparse.BooleanOptionalAction, default=None,
-                        help="label the sliver of the vertebra beyond a chain end that the field of view cuts "
-                             f"(default: {'on' if Options().edge_fragments else 'off'})")
-    common.add_argument("--fill-skipped", action=argparse.BooleanOptionalAction, default=None,
-                        help="place the levels the labelled chain passes over (no candidate of their own) between "
-                             f"their neighbours (default: {'on' if Options().fill_skipped else 'off'})")
-    common.add_argument("--size-evidence", action=argparse.BooleanOptionalAction, default=None,
-                        help="where the vertebrae come out the wrong size for their levels (a neck named lumbar), "
-                             "label again with their sizes as region evidence "
-                             f"(default: {'on' if Options().size_evidence else 'off'})")
     verbosity = common.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -222,20 +245,10 @@ def _options(args: argparse.Namespace) -> Options:
     except ValueError as error:
         raise InputError(f"constraints: {error}") from None
     default = Options()
-
-    def flag(name: str, fallback: bool) -> bool:
-        value = getattr(args, name, None)
-        return fallback if value is None else bool(value)
-
-    return Options(overlap=args.overlap, constraints=constraints, recentre=flag("recentre", default.recentre),
-                   rib_evidence=flag("ribs", default.rib_evidence),
-                   sacrum_check=flag("sacrum", default.sacrum_check),
-                   skull_anchor=flag("skull", default.skull_anchor),
-                   edge_fragments=flag("fragments", default.edge_fragments),
-                   fill_skipped=flag("fill_skipped", default.fill_skipped),
-                   size_evidence=flag("size_evidence", default.size_evidence),
-                   labeller=getattr(args, "labeller", default.labeller),
-                   bone_floor=default.bone_floor if getattr(args, "bone_floor", None) is None else args.bone_floor)
+    return switched_options(args, overlap=args.overlap, constraints=constraints,
+                            labeller=getattr(args, "labeller", default.labeller),
+                            bone_floor=default.bone_floor if getattr(args, "bone_floor", None) is None
+                            else args.bone_floor)
 
 
 def _load(args: argparse.Namespace, layout: AlgorithmLayout) -> Models:

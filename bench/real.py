@@ -72,7 +72,13 @@ REPO = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(REPO)  # run as a script, bench/ would come first and shadow nothing; keep the repo importable
 
-from algorithm.cli import bone_floor_value  # noqa: E402
+from algorithm.cli import (  # noqa: E402
+    add_pipeline_switches,
+    bone_floor_value,
+    switch_flags,
+    switch_values,
+    switched_options,
+)
 from algorithm.detect import detect_spine  # noqa: E402
 from algorithm.locate import locate_heatmaps  # noqa: E402
 from algorithm.models import ModelSource, find_model_dir, load_models  # noqa: E402
@@ -327,12 +333,7 @@ def confidence_summary(claims: Sequence[Sequence]) -> dict[str, Any]:
 
 def _option_flags(options: Options) -> list[str]:
     """The ``predict`` flags that reproduce ``options``' pipeline switches."""
-    return ["--recentre" if options.recentre else "--no-recentre", "--ribs" if options.rib_evidence else "--no-ribs",
-            "--sacrum" if options.sacrum_check else "--no-sacrum",
-            "--skull" if options.skull_anchor else "--no-skull",
-            "--fragments" if options.edge_fragments else "--no-fragments",
-            "--fill-skipped" if options.fill_skipped else "--no-fill-skipped",
-            "--size-evidence" if options.size_evidence else "--no-size-evidence",
+    return [*switch_flags(options),
             "--bone-floor", str(options.segment_floor if options.bone_floor is None else options.bone_floor),
             "--labeller", options.labeller]
 
@@ -504,27 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-end-to-end", action="store_true", help="stage figures only")
     parser.add_argument("--peak-threshold", type=float, metavar="P",
                         help="stage figures with this locate candidate threshold instead of the model's own")
-    parser.add_argument("--recentre", action=argparse.BooleanOptionalAction, default=None,
-                        help="candidates from the outline model's outlines (algorithm.recentre); default: the "
-                             "pipeline's")
-    parser.add_argument("--ribs", action=argparse.BooleanOptionalAction, default=None,
-                        help="rib evidence for the labelling (algorithm.ribs); default: the pipeline's")
-    parser.add_argument("--sacrum", action=argparse.BooleanOptionalAction, default=None,
-                        help="the sacrum check (algorithm.sacrum; needs sacrum.onnx); default: the pipeline's")
-    parser.add_argument("--skull", action=argparse.BooleanOptionalAction, default=None,
-                        help="the skull-base anchor (algorithm.skull; needs skull.onnx); default: the pipeline's")
+    add_pipeline_switches(parser)  # the pipeline's own switches, as predict has them
     parser.add_argument("--bone-floor", type=bone_floor_value, default=None, metavar="P",
                         help="segment stage's floor where the CT shows bone (algorithm.segment; 0.5 = none); "
                              "default: the pipeline's")
-    parser.add_argument("--fragments", action=argparse.BooleanOptionalAction, default=None,
-                        help="fragments beyond the chain's cut ends (algorithm.fragments; end to end only); "
-                             "default: the pipeline's")
-    parser.add_argument("--fill-skipped", action=argparse.BooleanOptionalAction, default=None,
-                        help="levels the chain passes over placed between their neighbours "
-                             "(algorithm.labelling.skipped; end to end only); default: the pipeline's")
-    parser.add_argument("--size-evidence", action=argparse.BooleanOptionalAction, default=None,
-                        help="a labelling of the wrong size labelled again with the sizes as region evidence "
-                             "(algorithm.sizes; end to end only); default: the pipeline's")
     parser.add_argument("--labeller", choices=("decoder", "learned"), default=None,
                         help="what reads the region evidence (predict --labeller; default: the pipeline's)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
@@ -551,16 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if split == LOCKED_SPLIT:
             log.warning("scoring the LOCKED OpenKBP split: report these figures once; choose nothing on them")
     default = Options()
-    options = Options(peak_threshold=args.peak_threshold,
-                      recentre=default.recentre if args.recentre is None else args.recentre,
-                      rib_evidence=default.rib_evidence if args.ribs is None else args.ribs,
-                      sacrum_check=default.sacrum_check if args.sacrum is None else args.sacrum,
-                      skull_anchor=default.skull_anchor if args.skull is None else args.skull,
-                      edge_fragments=default.edge_fragments if args.fragments is None else args.fragments,
-                      fill_skipped=default.fill_skipped if args.fill_skipped is None else args.fill_skipped,
-                      size_evidence=default.size_evidence if args.size_evidence is None else args.size_evidence,
-                      bone_floor=default.bone_floor if args.bone_floor is None else args.bone_floor,
-                      labeller=args.labeller or default.labeller)
+    options = switched_options(args, peak_threshold=args.peak_threshold,
+                               bone_floor=default.bone_floor if args.bone_floor is None else args.bone_floor,
+                               labeller=args.labeller or default.labeller)
     rows: dict[str, dict[str, Any]] = {}
     tables: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-real-") as tmp:
@@ -594,13 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_table({name: rows[name] for name in names}, training))
     if args.json:
         args.json.write_text(json.dumps({"models": str(models_dir), "trained_on": training,
-                                         "options": {"recentre": options.recentre, "ribs": options.rib_evidence,
-                                                     "sacrum": options.sacrum_check,
-                                                     "skull": options.skull_anchor,
-                                                     "fragments": options.edge_fragments,
-                                                     "fill_skipped": options.fill_skipped,
-                                                     "size_evidence": options.size_evidence,
-                                                     "bone_floor": options.bone_floor,
+                                         "options": {**switch_values(options), "bone_floor": options.bone_floor,
                                                      "peak_threshold": options.peak_threshold,
                                                      "labeller": options.labeller},
                                          "cases": rows},

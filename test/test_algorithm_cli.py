@@ -20,14 +20,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from algorithm_fixtures import all_files, fixture_model_dir, gc_input, make_phantom
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from algorithm.models import ModelSource, load_models
+from algorithm.pipeline import Options
 from algorithm.serve import InvokeServer
 from spine.layout import AlgorithmLayout
 
@@ -485,3 +489,25 @@ def test_the_default_output_is_probed_too(tmp_path: Path, monkeypatch: pytest.Mo
     assert cli.main(["--input", str(tmp_path / "input")]) == 1
     assert probed == [Path("/output")]
     assert "error: /output: output folder is not writable" in capsys.readouterr().err
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sampled_from([None, True, False]), min_size=7, max_size=7), st.sampled_from([0.2, 0.35, 0.5]))
+def test_the_bench_runs_predict_with_the_switches_it_was_given(values: list[bool | None], floor: float) -> None:
+    """bench/real.py declares the pipeline's switches from the same table as predict (algorithm.cli), and the flags
+    it hands each end-to-end predict process give back exactly the options it measured with."""
+    from test_support import bench_module
+
+    from algorithm.cli import PIPELINE_SWITCHES, _options, build_parser
+
+    real = bench_module("real")
+    assert len(values) == len(PIPELINE_SWITCHES)
+    flags = [f"--{'' if on else 'no-'}{flag}" for (flag, _, _), on in zip(PIPELINE_SWITCHES, values, strict=True)
+             if on is not None]
+    args = real.build_parser().parse_args([*flags, "--bone-floor", str(floor)])
+    measured = real.switched_options(args, bone_floor=args.bone_floor)
+    for (flag, name, _), on in zip(PIPELINE_SWITCHES, values, strict=True):
+        assert getattr(measured, name) == (getattr(Options(), name) if on is None else on), flag
+    handed = _options(build_parser().parse_args(["predict", "ct.nii.gz", "--output", "out",
+                                                 *real._option_flags(measured)]))
+    assert handed == replace(measured, overlap=handed.overlap)
