@@ -22,7 +22,7 @@ from algorithm.detect import Detection, SpineBox, crop_grid, run_on_grid
 from algorithm.labelling.constraints import Fix
 from algorithm.models import StageModel
 from algorithm.ribs import RibEvidence, region_likelihood
-from algorithm.sizes import region_likelihood as size_likelihood
+from algorithm.sizes import size_likelihood
 from spine.image import Geometry
 from spine.labels import LOCATE_CHANNELS, Region, region_of
 from spine.preprocess import model_grid, world_to_zyx, zyx_to_world

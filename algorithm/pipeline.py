@@ -39,7 +39,7 @@ from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_heatmaps, pe
 from algorithm.measure import BodyMeasure, csv_text, measure_case, screening
 from algorithm.models import Models
 from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer, json_writer, text_writer
-from algorithm.plausibility import IMPLAUSIBLE_CAP, SIZE_TOLERANCE, Plausibility, assess, judge_geometry
+from algorithm.plausibility import IMPLAUSIBLE_CAP, Plausibility, assess, judge_geometry
 from algorithm.recentre import behind_the_bodies, column_outlines, fill_chain, recentre
 from algorithm.report import StageTimer, versions
 from algorithm.ribs import rib_evidence
@@ -173,7 +173,10 @@ class CaseResult:
     timer: StageTimer = field(default_factory=StageTimer)
     details: dict[str, Any] = field(default_factory=dict)
     volumes_ml: dict[int, float] = field(default_factory=dict)
-    """Each labelled vertebra's segmented volume (VerSe id: ml), as the anatomy check measured it."""
+    """The segmented volume (VerSe id: ml) of each labelled vertebra the anatomy check measured (a fragment is not
+    among them)."""
+    check: Plausibility | None = None
+    """The anatomy check's outcome on the segmented vertebrae; None before the segment stage."""
 
     @property
     def spine_found(self) -> bool:
@@ -296,7 +299,9 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
 
     def empty(note: str, candidates: int = 0) -> CaseResult:
         log.warning("no vertebra labelled: %s; writing an empty label map and no points", note)
-        return CaseResult(geometry, empty_label_map(geometry), (), note, candidates, timer, details)
+        result = _unlabelled(geometry, candidates, timer, details)
+        result.note = note
+        return result
 
     with timer.stage("detect"):
         detection = detect_spine(image, models.detect, overlap=options.overlap)
@@ -312,20 +317,26 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
         return empty(f"no vertebra candidate (no heatmap peak reaches {_peak_threshold(models, options)}"
                      + (" and no vertebra outlined)" if options.recentre else ")"))
 
-    before = dict(details)
-    result = _labelled(image, candidates, models, options, CaseResult(geometry, empty_label_map(geometry), (), "",
-                                                                      len(candidates), timer, details))
-    if options.size_evidence and result.spine_found:
-        result = _relabelled_by_size(image, candidates, models, options, result, before)
+    before_label = dict(details)
+    result = _labelled(image, candidates, models, options,
+                       _unlabelled(geometry, len(candidates), timer, details))
+    if options.size_evidence:
+        result = _relabelled_by_size(image, candidates, models, options, result, before_label)
     return result
 
 
+def _unlabelled(geometry: Geometry, candidates: int, timer: StageTimer, details: dict[str, Any]) -> CaseResult:
+    """A result with no vertebra yet (an empty label map on ``geometry``), for the label stage to fill."""
+    return CaseResult(geometry, empty_label_map(geometry), (), "", candidates, timer, details)
+
+
 def _labelled(image: sitk.Image, candidates: Candidates, models: Models, options: Options,
-              result: CaseResult) -> CaseResult:
+              result: CaseResult, *, stage: str = "") -> CaseResult:
     """``result`` with the decoder's labelling of ``candidates``, the levels it passes over placed, the vertebrae
-    segmented and the run report's ``label`` block; empty (and its note saying why) when nothing is labelled."""
+    segmented and the run report's ``label`` block; empty (and its note saying why) when nothing is labelled.
+    ``stage`` follows the stages' names in the timer."""
     details = result.details
-    with result.timer.stage("label"):
+    with result.timer.stage(f"label{stage}"):
         _refuse_far_fixes(candidates, options)
         labelling = label_stage(candidates, options)
         vertebrae = _accepted(candidates.positions_mm, np.asarray(labelling.labels), np.asarray(labelling.confidence))
@@ -359,52 +370,70 @@ def _labelled(image: sitk.Image, candidates: Candidates, models: Models, options
         log.warning("no vertebra labelled: %s; writing an empty label map and no points", result.note)
         return result
 
-    result = _segmented(image, vertebrae, models, options, result)
+    result = _segmented(image, vertebrae, models, options, result, stage=stage)
     return _without_empty_placed(result, {v.label for v, _ in skipped})
 
 
+def _candidate_labels(positions_mm: np.ndarray, vertebrae: Sequence[Vertebra]) -> np.ndarray:
+    """``(N,)`` the VerSe id each candidate carries in ``vertebrae`` (0: none). A labelled vertebra takes its
+    candidate's position as it is (:func:`_accepted`), so equality finds it; placed levels and fragments have none."""
+    labels = np.zeros(len(positions_mm), dtype=np.int64)
+    for vertebra in vertebrae:
+        at = np.flatnonzero(np.all(positions_mm == np.asarray(vertebra.position_mm), axis=1))
+        labels[at] = vertebra.label
+    return labels
+
+
+def _candidate_sizes(labels: np.ndarray, volumes_ml: dict[int, float], cut: np.ndarray | None) -> np.ndarray:
+    """``(N,)`` each candidate's segmented volume from its label (``_candidate_labels``), NaN where it has none or
+    its vertebra is cut by the field of view (the volume of a part)."""
+    sizes = np.array([volumes_ml.get(int(label), np.nan) if label > 0 else np.nan for label in labels])
+    if cut is not None:
+        sizes[np.asarray(cut, dtype=bool).any(axis=1)] = np.nan
+    return sizes
+
+
 def _relabelled_by_size(image: sitk.Image, candidates: Candidates, models: Models, options: Options,
-                        result: CaseResult, details: dict[str, Any]) -> CaseResult:
+                        result: CaseResult, before_label: dict[str, Any]) -> CaseResult:
     """``result``, or where the anatomy check finds its vertebrae the wrong size for their levels (a neck named
-    lumbar), the labelling decoded again with each labelled candidate's segmented volume as region evidence
-    (:mod:`algorithm.sizes`), kept only where it changes the labels and the check then passes, its points at most
-    :data:`algorithm.sizes.BY_SIZE_CAP` likely; the run report says which. ``details``: the report's blocks from
-    before the label stage."""
-    check = result.details.get("plausibility", {})
-    size = check.get("size_ratio")
-    if size is None or 1.0 / SIZE_TOLERANCE <= size <= SIZE_TOLERANCE:
+    lumbar), the labelling decoded again without the network's calls and with each labelled candidate's segmented
+    volume as region evidence (:mod:`algorithm.sizes`), kept only where the candidates' labels change and both
+    checks then pass, its points at most :data:`algorithm.sizes.BY_SIZE_CAP` likely; the run report says which
+    (``label.by_size``). Region evidence must be on and read by the decoder (the learned labeller was trained on
+    the network's posteriors). ``before_label``: the report's blocks from before the label stage."""
+    if (not options.region_evidence or options.labeller != "decoder" or result.check is None
+            or not result.check.size_doubtful):
         return result
-    sizes = np.full(len(candidates), np.nan)
-    for vertebra in result.vertebrae:
-        at = np.flatnonzero(np.all(np.isclose(candidates.positions_mm, vertebra.position_mm), axis=1))
-        if len(at) and vertebra.label in result.volumes_ml:
-            sizes[at[0]] = result.volumes_ml[vertebra.label]
-    if candidates.cut is not None:
-        sizes[candidates.cut.any(axis=1)] = np.nan  # a cut vertebra's volume is a part's
+    first = _candidate_labels(candidates.positions_mm, result.vertebrae)
+    sizes = _candidate_sizes(first, result.volumes_ml, candidates.cut)
     if not fit_some_level(sizes):
         return result
-    first = " ".join(v.name for v in result.vertebrae)
+    named = " ".join(v.name for v in result.vertebrae)
     log.warning("label: the segmented vertebrae (%s) are %.2fx the volume of real vertebrae of those levels: "
-                "labelling again with their sizes (%s) as region evidence", first, size, describe_sizes(sizes))
+                "labelling again with their sizes (%s) as region evidence", named, result.check.size_ratio,
+                describe_sizes(sizes))
     # The check discredits the network's calls (its region and its levels alike): the second decoding reads the
     # chain's spacing, the ribs and the sizes, no heatmap score, as a candidate placed by other means does.
     unscored = replace(candidates, scores=np.zeros_like(candidates.scores), peak=np.zeros_like(candidates.peak),
                        sizes_ml=sizes)
     again = _labelled(image, unscored, models, options,
-                      CaseResult(result.geometry, empty_label_map(result.geometry), (), "", result.candidates,
-                                 result.timer, dict(details)))
-    second = " ".join(v.name for v in again.vertebrae)
-    passes = again.spine_found and not again.details.get("plausibility", {}).get("reasons")
-    if second == first or not passes:
-        why = "the same labels" if second == first else f"{second or 'nothing'}, which the check doubts too"
+                      _unlabelled(result.geometry, result.candidates, result.timer, dict(before_label)),
+                      stage=" (by size)")
+    renamed = " ".join(v.name for v in again.vertebrae)
+    why = ("the same labels" if np.array_equal(_candidate_labels(candidates.positions_mm, again.vertebrae), first)
+           else "no vertebra labelled" if not again.spine_found
+           else f"{renamed}, which the anatomy check doubts too" if again.check is None or again.check.reasons
+           else "")
+    if why:
         log.warning("label: labelled again by size: %s; the first labelling stands", why)
         result.details["label"]["by_size"] = (f"labelled again with the vertebrae's sizes as region evidence: {why}; "
                                              "the first labelling kept")
         return result
-    again.details["label"]["by_size"] = (f"first labelled {first}, whose segmented vertebrae were {size:.2f}x the "
-                                         "volume of real vertebrae of those levels: labelled again with their sizes "
-                                         "as region evidence")
-    log.warning("label: relabelled by size: %s -> %s; point probabilities capped at %.1f", first, second, BY_SIZE_CAP)
+    again.details["label"]["by_size"] = (f"first labelled {named}, whose segmented vertebrae were "
+                                         f"{result.check.size_ratio:.2f}x the volume of real vertebrae of those "
+                                         "levels: labelled again with their sizes as region evidence")
+    log.warning("label: relabelled by size: %s -> %s; point probabilities capped at %.1f", named, renamed,
+                BY_SIZE_CAP)
     again.vertebrae = tuple(replace(v, confidence=min(v.confidence, BY_SIZE_CAP)) for v in again.vertebrae)
     return again
 
@@ -417,6 +446,7 @@ def _without_empty_placed(result: CaseResult, placed: set[int]) -> CaseResult:
     if not empty:
         return result
     result.vertebrae = tuple(v for v in result.vertebrae if v not in empty)
+    result.volumes_ml = {label: ml for label, ml in result.volumes_ml.items() if label not in {v.label for v in empty}}
     notes = result.details["label"]["placed"]
     for vertebra in empty:
         notes[vertebra.name] += "; nothing segmented there: left out"
@@ -426,10 +456,11 @@ def _without_empty_placed(result: CaseResult, placed: set[int]) -> CaseResult:
 
 
 def _segmented(image: sitk.Image, vertebrae: list[Vertebra], models: Models, options: Options,
-               result: CaseResult, *, cap_doubtful: bool = True) -> CaseResult:
+               result: CaseResult, *, cap_doubtful: bool = True, stage: str = "") -> CaseResult:
     """``result`` with the label map segmented from the labelled ``vertebrae``, their voxel counts and the
-    anatomy check (:mod:`algorithm.plausibility`), which caps the points of a doubtful case when asked."""
-    with result.timer.stage("segment"):
+    anatomy check (:mod:`algorithm.plausibility`), which caps the points of a doubtful case when asked. ``stage``
+    follows the stages' names in the timer (`` (by size)``)."""
+    with result.timer.stage(f"segment{stage}"):
         placed = [(v.label, np.asarray(v.position_mm)) for v in vertebrae]
         segmentation = segment_vertebrae(image, placed, models.segment, floor=options.segment_floor,
                                          bone_floor=options.bone_floor)
@@ -438,7 +469,7 @@ def _segmented(image: sitk.Image, vertebrae: list[Vertebra], models: Models, opt
             fragments = edge_fragments(image, segmentation.labels, segmentation.grid, placed,
                                        segmentation.held_by_bone)
         write_fragments(segmentation, fragments)
-    with result.timer.stage("resample"):
+    with result.timer.stage(f"resample{stage}"):
         merged = image_from_array(segmentation.labels, segmentation.grid)
         result.labels = resample_onto(merged, result.geometry, nearest=True, default=0)
         del merged
@@ -447,6 +478,7 @@ def _segmented(image: sitk.Image, vertebrae: list[Vertebra], models: Models, opt
     check = assess([v.label for v in vertebrae], np.array([v.position_mm for v in vertebrae]), result.volumes_ml,
                    judge_geometry(result.geometry).unusual)
     result.details["plausibility"] = check.to_dict()
+    result.check = check
     # A doubtful labelling of ours is capped; labels a person placed keep their confidence (the log still says).
     cap = IMPLAUSIBLE_CAP if check.reasons and cap_doubtful else 1.0
     for reason in check.reasons:

@@ -105,6 +105,11 @@ class Plausibility:
     def plausible(self) -> bool:
         return not self.reasons and not self.geometry
 
+    @property
+    def size_doubtful(self) -> bool:
+        """The size check failed: the vertebrae are the wrong size for their labels' levels."""
+        return _outside(self.size_ratio, SIZE_TOLERANCE)
+
     def to_dict(self) -> dict[str, object]:
         return {"plausible": self.plausible,
                 "spacing_ratio": None if self.spacing_ratio is None else round(self.spacing_ratio, 3),
