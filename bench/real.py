@@ -39,7 +39,7 @@ which real cases each model saw in training (its ``trained_on`` metadata).
 
 **Reformats** (``--reformats``, ``export.reformat``): every masked case also as users meet the same
 anatomy elsewhere: the sacrum cropped away, the top two levels cropped away, a VerSe-style sagittal
-slab (3 mm sagittal slices, 104 mm wide, PIR), 5 mm slices, 4 mm pixels; labels follow (a vertebra
+slab (3 mm sagittal slices, 104 mm wide, PIR), 5 mm and 3 mm slices, 4 mm pixels; labels follow (a vertebra
 mostly out of view loses its label). With ``--openkbp``, each annotated head-and-neck CT with four or more
 annotated vertebrae also with its top two levels cropped away (C1 and C2 with the skull: a neck or chest CT that
 starts mid-neck, where the first rib and the network are all that name the levels).
@@ -85,6 +85,7 @@ from algorithm.models import ModelSource, find_model_dir, load_models  # noqa: E
 from algorithm.pipeline import Options, label_stage, locate_stage  # noqa: E402
 from algorithm.segment import segment_vertebrae  # noqa: E402
 from export.real_cases import LOCKED_SPLIT, RealCase, find_real_cases, openkbp_cases  # noqa: E402
+from export.reformat import REFORMATS  # noqa: E402
 from spine.case import Case  # noqa: E402
 from spine.image import Geometry, image_from_array, resample_onto  # noqa: E402
 from spine.labels import EVALUATED, LOCATE_CHANNELS, anatomical_rank, name_of, region_of  # noqa: E402
@@ -494,9 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verse", action="append", type=Path, metavar="DIR",
                         help="every labelled case of a VerSe-layout folder (repeatable)")
     parser.add_argument("--reformats", nargs="*", metavar="NAME",
-                        help="also every masked case in the forms users meet (export.reformat: sacrum-cropped, "
-                             "top-cropped, sagittal-slab, thick-slices, coarse-pixels, slab-sacrum-cropped; none "
-                             "named: all), and every --openkbp case top-cropped")
+                        help="also every masked case in the forms users meet (export.reformat: "
+                             f"{', '.join(REFORMATS)}; none named: all), and every --openkbp case top-cropped")
     parser.add_argument("--openkbp", choices=("dev", "fit", "validation"), action="append",
                         help="the project's annotated OpenKBP head-and-neck CTs of this set (centroids only): dev to "
                              "choose on, fit (what models train on), validation the LOCKED set: report it once, never "

@@ -51,6 +51,7 @@ SLAB_KEEP = 0.5  # a lateral slab trims the processes and rib heads only
 SLAB_HALF_WIDTH_MM = 52.0  # VerSe's sagittal lumbar slabs are about 100-105 mm wide
 SLAB_SPACING_MM = 3.0  # their sagittal slices
 THICK_SLICE_MM = 5.0
+MID_SLICE_MM = 3.0  # chest CTs' 2.5-3 mm slices, and VerSe sagittal scans' 3 mm
 COARSE_PIXEL_MM = 4.0
 SACRUM_MARGIN_MM = 3.0  # the crop below the lowest vertebra's lowest voxel
 MIN_BELOW_MM = 20.0  # a "sacrum cropped away" variant needs this much CT below the lowest vertebra
@@ -219,13 +220,18 @@ def _sagittal_slab(case: Case) -> Reformat | None:
     return Reformat("sagittal-slab", tuple(spacing), tuple(low), tuple(high), SLAB_KEEP, orientation="PIR")
 
 
-def _thick_slices(case: Case) -> Reformat | None:
-    axis, _ = index_axis(case.geometry, 2)
-    low, high, spacing = _box(case)
-    if spacing[axis] >= THICK_SLICE_MM:
-        return None
-    spacing[axis] = THICK_SLICE_MM
-    return Reformat(f"slices-{THICK_SLICE_MM:g}mm", tuple(spacing), tuple(low), tuple(high), SLAB_KEEP)
+def _slices(thickness_mm: float) -> Callable[[Case], Reformat | None]:
+    """The builder of a variant with ``thickness_mm`` slices along the head-foot axis, whichever index axis that
+    is; it does not apply to a CT whose slices are that thick already."""
+    def build(case: Case) -> Reformat | None:
+        axis, _ = index_axis(case.geometry, 2)
+        low, high, spacing = _box(case)
+        if spacing[axis] >= thickness_mm:
+            return None
+        spacing[axis] = thickness_mm
+        return Reformat(f"slices-{thickness_mm:g}mm", tuple(spacing), tuple(low), tuple(high), SLAB_KEEP)
+
+    return build
 
 
 def _coarse_pixels(case: Case) -> Reformat | None:
@@ -260,7 +266,8 @@ REFORMATS: dict[str, Callable[[Case], Reformat | None]] = {
     "sacrum-cropped": _sacrum_cropped,
     "top-cropped": _top_cropped,
     "sagittal-slab": _sagittal_slab,
-    "thick-slices": _thick_slices,
+    "thick-slices": _slices(THICK_SLICE_MM),
+    "slices-3mm": _slices(MID_SLICE_MM),
     "coarse-pixels": _coarse_pixels,
     "slab-sacrum-cropped": _slab_sacrum_cropped,
 }

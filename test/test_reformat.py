@@ -56,8 +56,8 @@ def labels_of(case: Case) -> list[int]:
 def test_every_variant_keeps_what_is_in_view(direction):
     case = stacked_case(tuple(float(d) for d in direction))
     variants = {recipe.name: variant for recipe, variant in reformats(case)}
-    assert set(variants) == {"sacrum-cropped", "top-cropped", "sagittal-slab", "slices-5mm", "pixels-4mm",
-                             "slab-sacrum-cropped"}
+    assert set(variants) == {"sacrum-cropped", "top-cropped", "sagittal-slab", "slices-5mm", "slices-3mm",
+                             "pixels-4mm", "slab-sacrum-cropped"}
     # the crop below the lowest vertebra keeps all five, and nothing of the CT below them
     bottom = variants["sacrum-cropped"]
     assert labels_of(bottom) == [20, 21, 22, 23, 24]
@@ -71,10 +71,11 @@ def test_every_variant_keeps_what_is_in_view(direction):
     top = variants["top-cropped"]
     assert labels_of(top) == [22, 23, 24] and sorted(top.centroids_mm) == [22, 23, 24]
     # thicker slices along the head-foot axis, whichever index axis that is
-    thick = variants["slices-5mm"]
-    axis, _ = index_axis(thick.geometry, 2)
-    assert thick.geometry.spacing_mm[axis] == pytest.approx(5.0)
-    assert labels_of(thick) == [20, 21, 22, 23, 24]
+    for name, mm in (("slices-5mm", 5.0), ("slices-3mm", 3.0)):
+        thick = variants[name]
+        axis, _ = index_axis(thick.geometry, 2)
+        assert thick.geometry.spacing_mm[axis] == pytest.approx(mm)
+        assert labels_of(thick) == [20, 21, 22, 23, 24]
     coarse = variants["pixels-4mm"]
     for world_axis in (0, 1):
         assert coarse.geometry.spacing_mm[index_axis(coarse.geometry, world_axis)[0]] == pytest.approx(4.0)
@@ -139,7 +140,7 @@ def test_a_thick_slice_averages_what_it_covers():
 
 @settings(max_examples=12, deadline=None)
 @given(st.sampled_from([(1, 0, 0, 0, 1, 0, 0, 0, 1), PIR, (-1, 0, 0, 0, -1, 0, 0, 0, 1)]),
-       st.sampled_from(["sacrum-cropped", "top-cropped", "thick-slices", "coarse-pixels"]))
+       st.sampled_from(["sacrum-cropped", "top-cropped", "thick-slices", "slices-3mm", "coarse-pixels"]))
 def test_a_variant_does_not_depend_on_the_grid_s_orientation(direction, name):
     """The same anatomy on grids of other orientations: the same world spacing, labels and volumes.
 
@@ -167,7 +168,7 @@ def test_the_bundled_example_in_every_form():
     case = RealCase("example", example / "ct.nii.gz", example / "seg-vert_msk.nii.gz").load()
     variants = {recipe.name: variant for recipe, variant in reformats(case)}
     assert set(variants) == {"sacrum-cropped", "top-cropped", "sagittal-slab", "slices-5mm", "pixels-4mm",
-                             "slab-sacrum-cropped"}
+                             "slab-sacrum-cropped"}  # its slices are 3 mm already: no slices-3mm
     assert 26 not in labels_of(variants["sacrum-cropped"]) and 26 not in labels_of(variants["slab-sacrum-cropped"])
     assert {18, 19}.isdisjoint(labels_of(variants["top-cropped"]))
 
