@@ -48,6 +48,7 @@ from algorithm.segment import BONE_FLOOR, SEGMENT_FLOOR, segment_vertebrae
 from algorithm.sizes import BY_SIZE_CAP, fit_some_level
 from algorithm.sizes import describe as describe_sizes
 from algorithm.skull import anchor, find_skull_base, missed_the_neck, missing_c2, neck_detection
+from spine.body import c2_centroid
 from spine.gc import Point, points_document
 from spine.image import Geometry, image_from_array, resample_onto
 from spine.labels import EVALUATED, MAX_LABEL, anatomical_rank, label_of, name_of
@@ -322,7 +323,25 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
                        _unlabelled(geometry, len(candidates), timer, details))
     if options.size_evidence:
         result = _relabelled_by_size(image, candidates, models, options, result, before_label)
+    result.vertebrae = _c2_with_its_dens(result.vertebrae, candidates)
     return result
+
+
+def _c2_with_its_dens(vertebrae: tuple[Vertebra, ...], candidates: Candidates) -> tuple[Vertebra, ...]:
+    """``vertebrae`` with C2's point, where an outline found it, moved from its body's centre to VerSe's C2
+    centroid, that of its body and dens (:func:`spine.body.c2_centroid`, along the chain from C3 towards C1). A C2
+    placed under C1 by the skull rule already stands where annotated C2 centroids do (its offset was measured on
+    them), and one placed between its neighbours (:mod:`algorithm.labelling.skipped`) has no outline: both stay."""
+    found = np.flatnonzero(_candidate_labels(candidates.positions_mm, vertebrae) == 2)
+    if not len(found) or (candidates.placed is not None and candidates.placed[found[0]]):
+        return vertebrae
+    at = {v.label: np.asarray(v.position_mm) for v in vertebrae}
+    above, below = at.get(1, at[2]), at.get(3, at[2])
+    if np.allclose(above, below):
+        return vertebrae  # C2 alone: no axis to go along
+    centroid = c2_centroid(at[2], above - below)
+    return tuple(replace(v, position_mm=tuple(float(c) for c in centroid)) if v.label == 2 else v
+                 for v in vertebrae)
 
 
 def _unlabelled(geometry: Geometry, candidates: int, timer: StageTimer, details: dict[str, Any]) -> CaseResult:
@@ -571,6 +590,7 @@ def _subset(candidates: Candidates, keep: np.ndarray) -> Candidates:
     return replace(candidates, positions_mm=candidates.positions_mm[keep], scores=candidates.scores[keep],
                    peak=candidates.peak[keep], cut=None if candidates.cut is None else candidates.cut[keep],
                    sizes_ml=None if candidates.sizes_ml is None else candidates.sizes_ml[keep],
+                   placed=None if candidates.placed is None else candidates.placed[keep],
                    ribs=None if ribs is None else replace(ribs, reach_mm=ribs.reach_mm[keep], seen=ribs.seen[keep]))
 
 
