@@ -127,6 +127,11 @@ PIPELINE_SWITCHES: tuple[tuple[str, str, str], ...] = (
 ``predict``/``exec`` commands and ``bench/real.py`` read them from here, so a switch is declared once."""
 
 
+def _dest(flag: str) -> str:
+    """argparse's attribute for ``--flag`` (``fill-skipped`` -> ``fill_skipped``)."""
+    return flag.replace("-", "_")
+
+
 def add_pipeline_switches(parser: argparse.ArgumentParser) -> None:
     """``--X/--no-X`` for each of :data:`PIPELINE_SWITCHES`, default None (the pipeline's own)."""
     default = Options()
@@ -138,8 +143,8 @@ def add_pipeline_switches(parser: argparse.ArgumentParser) -> None:
 def switched_options(args: argparse.Namespace, **fields: object) -> Options:
     """:class:`Options` with ``fields`` and each switch of :data:`PIPELINE_SWITCHES` as ``args`` set it (None, or
     not parsed at all: the pipeline's default)."""
-    switches = {name: bool(getattr(args, flag.replace("-", "_")))
-                for flag, name, _ in PIPELINE_SWITCHES if getattr(args, flag.replace("-", "_"), None) is not None}
+    switches = {name: bool(getattr(args, _dest(flag)))
+                for flag, name, _ in PIPELINE_SWITCHES if getattr(args, _dest(flag), None) is not None}
     return Options(**fields, **switches)  # type: ignore[arg-type]
 
 
@@ -150,7 +155,7 @@ def switch_flags(options: Options) -> list[str]:
 
 def switch_values(options: Options) -> dict[str, bool]:
     """``options``' switches by flag name, ``-`` as ``_`` (``{"ribs": True, "fill_skipped": False, ...}``)."""
-    return {flag.replace("-", "_"): bool(getattr(options, name)) for flag, name, _ in PIPELINE_SWITCHES}
+    return {_dest(flag): bool(getattr(options, name)) for flag, name, _ in PIPELINE_SWITCHES}
 
 
 # --------------------------------------------------------------------------- parser

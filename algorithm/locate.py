@@ -76,8 +76,9 @@ class Candidates:
       the box the vertebrae came from and why; None when it is the detect stage's;
     - ``sizes_ml``: ``(N,)`` each candidate's segmented volume (NaN: not measured), region evidence from outside
       the network (:mod:`algorithm.sizes`), or None: set only where the anatomy check doubts a labelling's region;
-    - ``placed``: ``(N,)`` bool, which candidates a rule of anatomy placed (:meth:`with_point`: C1 under the skull
-      base, C2 under C1) rather than an outline found, or None: none placed.
+    - ``outlined``: ``(N,)`` bool, whose position is the body centre of an outline (:mod:`algorithm.recentre`), not
+      a heatmap peak (the network's own centroid) nor a point a rule of anatomy placed (:meth:`with_point`: C1
+      under the skull base, C2 under C1); None: none is.
     """
 
     positions_mm: np.ndarray
@@ -89,7 +90,7 @@ class Candidates:
     on_sacrum: bool = False
     searched: Detection | None = None
     sizes_ml: np.ndarray | None = None
-    placed: np.ndarray | None = None
+    outlined: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.positions_mm.shape[0])
@@ -131,8 +132,8 @@ class Candidates:
             ribs = replace(ribs, reach_mm=np.vstack([np.zeros((1, 2)), ribs.reach_mm]),
                            seen=np.vstack([np.zeros((1, 2), dtype=bool), ribs.seen]))
         sizes = None if self.sizes_ml is None else np.concatenate([[np.nan], self.sizes_ml])
-        placed = np.concatenate([[True], np.zeros(len(self), dtype=bool) if self.placed is None else self.placed])
-        return replace(self, positions_mm=np.vstack([point, self.positions_mm]), sizes_ml=sizes, placed=placed,
+        outlined = None if self.outlined is None else np.concatenate([[False], self.outlined])
+        return replace(self, positions_mm=np.vstack([point, self.positions_mm]), sizes_ml=sizes, outlined=outlined,
                        scores=np.vstack([np.zeros((1, self.scores.shape[1]), dtype=self.scores.dtype), self.scores]),
                        peak=np.concatenate([[0.0], self.peak]), ribs=ribs,
                        cut=None if self.cut is None else np.vstack([np.zeros((1, 2), dtype=bool), self.cut]))

@@ -328,12 +328,15 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
 
 
 def _c2_with_its_dens(vertebrae: tuple[Vertebra, ...], candidates: Candidates) -> tuple[Vertebra, ...]:
-    """``vertebrae`` with C2's point, where an outline found it, moved from its body's centre to VerSe's C2
-    centroid, that of its body and dens (:func:`spine.body.c2_centroid`, along the chain from C3 towards C1). A C2
-    placed under C1 by the skull rule already stands where annotated C2 centroids do (its offset was measured on
-    them), and one placed between its neighbours (:mod:`algorithm.labelling.skipped`) has no outline: both stay."""
+    """``vertebrae`` with C2's point, where it is an outline's body centre, moved to VerSe's C2 centroid, that of its
+    body and dens (:func:`spine.body.c2_centroid`, along the chain from C3 towards C1). The others stay: a heatmap
+    peak is the network's own centroid; the skull rule's C2 under C1 stands where annotated C2 centroids do (its
+    offset was measured on them); a C2 placed between its neighbours (:mod:`algorithm.labelling.skipped`) has no
+    outline; the centre of an outline the field of view cuts above is a part's, low already."""
     found = np.flatnonzero(_candidate_labels(candidates.positions_mm, vertebrae) == 2)
-    if not len(found) or (candidates.placed is not None and candidates.placed[found[0]]):
+    if not len(found) or candidates.outlined is None or not candidates.outlined[found[0]]:
+        return vertebrae
+    if candidates.cut is not None and candidates.cut[found[0], 0]:
         return vertebrae
     at = {v.label: np.asarray(v.position_mm) for v in vertebrae}
     above, below = at.get(1, at[2]), at.get(3, at[2])
@@ -590,7 +593,7 @@ def _subset(candidates: Candidates, keep: np.ndarray) -> Candidates:
     return replace(candidates, positions_mm=candidates.positions_mm[keep], scores=candidates.scores[keep],
                    peak=candidates.peak[keep], cut=None if candidates.cut is None else candidates.cut[keep],
                    sizes_ml=None if candidates.sizes_ml is None else candidates.sizes_ml[keep],
-                   placed=None if candidates.placed is None else candidates.placed[keep],
+                   outlined=None if candidates.outlined is None else candidates.outlined[keep],
                    ribs=None if ribs is None else replace(ribs, reach_mm=ribs.reach_mm[keep], seen=ribs.seen[keep]))
 
 
@@ -621,7 +624,7 @@ def _candidates(image: sitk.Image, detection: Detection, models: Models, options
     log.info("locate: %d heatmap peaks above %.2f -> %d outlined vertebrae (%d cut by the field of view)",
              len(seeds), options.seed_threshold, len(candidates), int(cut.any(axis=1).sum()))
     return Candidates(candidates.positions_mm[order], candidates.scores[order], candidates.peak[order],
-                      cut=cut[order])
+                      cut=cut[order], outlined=np.ones(len(order), dtype=bool))
 
 
 def label_stage(candidates: Candidates, options: Options | None = None) -> Labelling:

@@ -44,6 +44,9 @@ mostly out of view loses its label). With ``--openkbp``, each annotated head-and
 annotated vertebrae also with its top two levels cropped away (C1 and C2 with the skull: a neck or chest CT that
 starts mid-neck, where the first rib and the network are all that name the levels).
 
+**Switches**: the pipeline's own (``--ribs``, ``--no-skull``, ... as ``predict`` has them); ``--fragments``,
+``--fill-skipped`` and ``--size-evidence`` act after the label stage, so on the end-to-end figures only.
+
 **OpenKBP** (``--openkbp dev|fit|validation``): real head-and-neck CTs (skull base to the upper thoracic
 spine) with the project's own centroid annotations (``bench/annotations/openkbp-headneck``): ``dev`` is
 the development set to choose on, ``fit`` the set models may train on; ``validation`` is LOCKED:
@@ -505,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-end-to-end", action="store_true", help="stage figures only")
     parser.add_argument("--peak-threshold", type=float, metavar="P",
                         help="stage figures with this locate candidate threshold instead of the model's own")
-    add_pipeline_switches(parser)  # the pipeline's own switches, as predict has them
+    add_pipeline_switches(parser)  # the pipeline's own switches, as predict has them (module docstring)
     parser.add_argument("--bone-floor", type=bone_floor_value, default=None, metavar="P",
                         help="segment stage's floor where the CT shows bone (algorithm.segment; 0.5 = none); "
                              "default: the pipeline's")

@@ -3,7 +3,8 @@
 A model tuned on a handful of real CTs learns their field of view and their voxels. The held-out
 scans that break it are the same anatomy seen otherwise: a lumbar scan without its sacrum (no
 bottom anchor), a chest CT that starts mid-neck (no top anchor), VerSe's sagittal lumbar slabs
-(3 mm sagittal slices, about 100 mm wide: no ribs beyond their heads), 5 mm slices, 4 mm pixels; and a slab
+(3 mm sagittal slices, about 100 mm wide: no ribs beyond their heads), 5 mm slices and the 2.5-3 mm of chest
+CTs, 4 mm pixels; and a slab
 that also stops above the sacrum (no ribs and no foot: the held-out sagittal scan that read Dice 0).
 :func:`reformats` turns one labelled :class:`~spine.case.Case` into those variants, labels
 following, so ``bench/real.py --reformats`` measures every labelled real CT in each of them.

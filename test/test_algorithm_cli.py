@@ -30,6 +30,7 @@ from algorithm_fixtures import all_files, fixture_model_dir, gc_input, make_phan
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from algorithm.cli import PIPELINE_SWITCHES
 from algorithm.models import ModelSource, load_models
 from algorithm.pipeline import Options
 from algorithm.serve import InvokeServer
@@ -492,7 +493,8 @@ def test_the_default_output_is_probed_too(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.sampled_from([None, True, False]), min_size=7, max_size=7), st.sampled_from([0.2, 0.35, 0.5]))
+@given(st.lists(st.sampled_from([None, True, False]), min_size=len(PIPELINE_SWITCHES),
+                max_size=len(PIPELINE_SWITCHES)), st.sampled_from([0.2, 0.35, 0.5]))
 def test_the_bench_runs_predict_with_the_switches_it_was_given(values: list[bool | None], floor: float) -> None:
     """bench/real.py declares the pipeline's switches from the same table as predict (algorithm.cli), and the flags
     it hands each end-to-end predict process give back exactly the options it measured with."""

@@ -422,32 +422,39 @@ def test_accepted_vertebrae_run_head_to_foot_by_level_and_keep_the_more_confiden
 
 
 def test_c2_moves_to_its_centroid_with_the_dens_only_where_an_outline_found_it() -> None:
-    """A C2 found by an outline is its body's centre: it moves up the chain and forwards to VerSe's C2 centroid
-    (spine.body.C2_DENS_SHIFT_MM). A C2 the skull rule placed under C1 (its offset measured on annotated C2
-    centroids), a C2 with no candidate (placed between its neighbours), and a C2 with no neighbour to give the
-    spine's axis stay where they are; no other vertebra moves."""
+    """A C2 an outline found is its body's centre: it moves up the chain and forwards to VerSe's C2 centroid
+    (spine.body.C2_DENS_SHIFT_MM). A heatmap peak (the network's own centroid), a C2 the skull rule placed under C1
+    (its offset measured on annotated C2 centroids), a C2 with no candidate (placed between its neighbours), one
+    the field of view cuts above, and a C2 with no neighbour to give the spine's axis stay; no other vertebra
+    moves."""
     from algorithm.locate import Candidates
-    from algorithm.pipeline import Vertebra, _c2_with_its_dens
+    from algorithm.pipeline import Vertebra, _c2_with_its_dens, _subset
     from spine.body import C2_DENS_SHIFT_MM
 
     along, ahead = C2_DENS_SHIFT_MM
     positions = np.array([[0.0, 0.0, 100.0], [0.0, 0.0, 85.0], [0.0, 0.0, 70.0]])
     scores = np.zeros((3, len(LOCATE_CHANNELS)), dtype=np.float32)
-    outlined = Candidates(positions, scores, np.ones(3))
+    outlined = Candidates(positions, scores, np.ones(3), outlined=np.ones(3, dtype=bool))
     chain = tuple(Vertebra(label, tuple(p), 0.9) for label, p in zip((1, 2, 3), positions, strict=True))
     moved = _c2_with_its_dens(chain, outlined)
     np.testing.assert_allclose(moved[1].position_mm, [0.0, -ahead, 85.0 + along])
     assert moved[0] == chain[0] and moved[2] == chain[2] and moved[1].confidence == 0.9
-    # the skull rule's C2 (with_point marks it placed) stays
-    rule = Candidates(positions[[0, 2]], scores[:2], np.ones(2)).with_point(positions[1])
-    assert rule.placed is not None and rule.placed.tolist() == [True, False, False]
+    # only C1 or only C3 beside it: the axis runs through C2 and that neighbour
+    np.testing.assert_allclose(_c2_with_its_dens(chain[:2], outlined)[1].position_mm, moved[1].position_mm)
+    np.testing.assert_allclose(_c2_with_its_dens(chain[1:], outlined)[0].position_mm, moved[1].position_mm)
+    # heatmap peaks (no outlines), the skull rule's C2 (with_point), a cut one
+    assert _c2_with_its_dens(chain, Candidates(positions, scores, np.ones(3))) == chain
+    rule = Candidates(positions[[0, 2]], scores[:2], np.ones(2), outlined=np.ones(2, dtype=bool)).with_point(
+        positions[1])
+    assert rule.outlined is not None and rule.outlined.tolist() == [False, True, True]
     assert _c2_with_its_dens(chain, rule) == chain
-    from algorithm.pipeline import _subset
-
     kept = _subset(rule, np.array([True, False, True]))
-    assert kept.placed is not None and kept.placed.tolist() == [True, False]
-    # no candidate at C2 (placed between C1 and C3), or no C2 at all
-    assert _c2_with_its_dens(chain, Candidates(positions[[0, 2]], scores[:2], np.ones(2))) == chain
+    assert kept.outlined is not None and kept.outlined.tolist() == [False, True]
+    cut = np.array([[False, False], [True, False], [False, False]])
+    assert _c2_with_its_dens(chain, Candidates(positions, scores, np.ones(3), cut=cut,
+                                               outlined=np.ones(3, dtype=bool))) == chain
+    # no candidate at C2 (placed between C1 and C3), no C2 at all, C2 alone
+    assert _c2_with_its_dens(chain, Candidates(positions[[0, 2]], scores[:2], np.ones(2),
+                                               outlined=np.ones(2, dtype=bool))) == chain
     assert _c2_with_its_dens(chain[::2], outlined) == chain[::2]
-    # C2 alone: no axis
     assert _c2_with_its_dens(chain[1:2], outlined) == chain[1:2]

@@ -58,4 +58,29 @@ def test_the_dens_shift_is_what_the_manual_verse_masks_say() -> None:
         front /= np.linalg.norm(front)
         offset = np.asarray(centroids[2]) - body
         shifts.append((offset @ up, offset @ front))
+    np.testing.assert_allclose(shifts, [(0.9, 2.0), (1.5, 4.0)], atol=0.1)  # as spine.body's docstring says
     np.testing.assert_allclose(np.mean(shifts, axis=0), C2_DENS_SHIFT_MM, atol=0.1)
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared OpenKBP CTs (../shared/data)")
+def test_predict_case_reports_an_outlined_c2_at_its_centroid_with_the_dens() -> None:
+    """dev pt_22, bundled models: the outline's centre for C2 lay 13.9 mm from the annotated C2 centroid, nearer C3's
+    (a wrong label); moved by the dens shift it is 12.5 mm away and identified. Every other point is the candidate's
+    own."""
+    from algorithm.detect import detect_spine
+    from algorithm.models import ModelSource, find_model_dir, load_models
+    from algorithm.pipeline import Options, label_stage, locate_stage, predict_case
+    from export.real_cases import openkbp_cases
+
+    (case,) = [c for c in openkbp_cases("dev") if c.name == "openkbp-pt_22"]
+    real = case.load()
+    models = load_models(ModelSource(find_model_dir().directory, "test"), device="cpu")
+    candidates = locate_stage(real.ct, detect_spine(real.ct, models.detect), models, Options())
+    labels = label_stage(candidates, Options()).labels
+    at = {int(label): candidates.positions_mm[i] for i, label in enumerate(labels) if label > 0}
+    points = {v.label: np.asarray(v.position_mm) for v in predict_case(real.ct, models).vertebrae}
+    np.testing.assert_allclose(points[2], c2_centroid(at[2], at[1] - at[3]), atol=1e-9)
+    assert all(np.array_equal(points[label], at[label]) for label in at if label != 2)
+    truth = real.centroids_mm
+    assert np.linalg.norm(points[2] - truth[2]) < np.linalg.norm(points[2] - truth[3])
+    assert np.linalg.norm(at[2] - truth[2]) > np.linalg.norm(at[2] - truth[3])  # before the shift: nearer C3
