@@ -299,10 +299,7 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
     details: dict[str, Any] = {"plausibility": _judged_geometry(geometry)}
 
     def empty(note: str, candidates: int = 0) -> CaseResult:
-        log.warning("no vertebra labelled: %s; writing an empty label map and no points", note)
-        result = _unlabelled(geometry, candidates, timer, details)
-        result.note = note
-        return result
+        return _nothing_labelled(_unlabelled(geometry, candidates, timer, details), note)
 
     with timer.stage("detect"):
         detection = detect_spine(image, models.detect, overlap=options.overlap)
@@ -352,6 +349,13 @@ def _unlabelled(geometry: Geometry, candidates: int, timer: StageTimer, details:
     return CaseResult(geometry, empty_label_map(geometry), (), "", candidates, timer, details)
 
 
+def _nothing_labelled(result: CaseResult, note: str) -> CaseResult:
+    """``result`` (still without vertebrae) with ``note`` saying why nothing was labelled, logged."""
+    log.warning("no vertebra labelled: %s; writing an empty label map and no points", note)
+    result.note = note
+    return result
+
+
 def _labelled(image: sitk.Image, candidates: Candidates, models: Models, options: Options,
               result: CaseResult, *, stage: str = "") -> CaseResult:
     """``result`` with the decoder's labelling of ``candidates``, the levels it passes over placed, the vertebrae
@@ -388,9 +392,7 @@ def _labelled(image: sitk.Image, candidates: Candidates, models: Models, options
     if labelling.uncertain:
         log.warning("label: labelling uncertain (best and runner-up labellings close); check the levels")
     if not vertebrae:
-        result.note = f"the decoder rejected all {len(candidates)} candidates"
-        log.warning("no vertebra labelled: %s; writing an empty label map and no points", result.note)
-        return result
+        return _nothing_labelled(result, f"the decoder rejected all {len(candidates)} candidates")
 
     result = _segmented(image, vertebrae, models, options, result, stage=stage)
     return _without_empty_placed(result, {v.label for v, _ in skipped})
@@ -467,8 +469,9 @@ def _without_empty_placed(result: CaseResult, placed: set[int]) -> CaseResult:
     empty = [v for v in result.vertebrae if v.label in placed and v.voxels == 0]
     if not empty:
         return result
-    result.vertebrae = tuple(v for v in result.vertebrae if v not in empty)
-    result.volumes_ml = {label: ml for label, ml in result.volumes_ml.items() if label not in {v.label for v in empty}}
+    dropped = {v.label for v in empty}
+    result.vertebrae = tuple(v for v in result.vertebrae if v.label not in dropped)
+    result.volumes_ml = {label: ml for label, ml in result.volumes_ml.items() if label not in dropped}
     notes = result.details["label"]["placed"]
     for vertebra in empty:
         notes[vertebra.name] += "; nothing segmented there: left out"
