@@ -124,7 +124,8 @@ PIPELINE_SWITCHES: tuple[tuple[str, str, str], ...] = (
                                        "lumbar), label again with their sizes as region evidence (algorithm.sizes)"),
 )
 """The pipeline's on/off switches: (flag without ``--``, :class:`algorithm.pipeline.Options` field, help). The
-``predict``/``exec`` commands and ``bench/real.py`` read them from here, so a switch is declared once."""
+``predict``/``exec`` commands and ``bench/real.py`` declare them, with the two valued settings, through
+:func:`add_pipeline_settings`, so a setting is declared once."""
 
 
 def _dest(flag: str) -> str:
@@ -132,30 +133,44 @@ def _dest(flag: str) -> str:
     return flag.replace("-", "_")
 
 
-def add_pipeline_switches(parser: argparse.ArgumentParser) -> None:
-    """``--X/--no-X`` for each of :data:`PIPELINE_SWITCHES`, default None (the pipeline's own)."""
+def add_pipeline_settings(parser: argparse.ArgumentParser) -> None:
+    """``--X/--no-X`` for each of :data:`PIPELINE_SWITCHES`, ``--bone-floor`` and ``--labeller``; every default
+    None (the pipeline's own, :class:`Options`)."""
     default = Options()
     for flag, name, text in PIPELINE_SWITCHES:
         parser.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
                             help=f"{text} (default: {'on' if getattr(default, name) else 'off'})")
+    parser.add_argument("--bone-floor", type=bone_floor_value, default=None, metavar="P",
+                        help="segmentation floor where the CT shows bone, for voxels that join their vertebra "
+                             f"(default: {default.bone_floor}; {default.segment_floor}: the plain floor only)")
+    parser.add_argument("--labeller", choices=LABELLERS, default=None,
+                        help="decoder: region evidence read per candidate; learned: read in the context of the whole "
+                             f"chain by models/label.onnx, inside the same decoder (default: {default.labeller})")
 
 
-def switched_options(args: argparse.Namespace, **fields: object) -> Options:
-    """:class:`Options` with ``fields`` and each switch of :data:`PIPELINE_SWITCHES` as ``args`` set it (None, or
-    not parsed at all: the pipeline's default)."""
-    switches = {name: bool(getattr(args, _dest(flag)))
-                for flag, name, _ in PIPELINE_SWITCHES if getattr(args, _dest(flag), None) is not None}
-    return Options(**fields, **switches)  # type: ignore[arg-type]
+def pipeline_options(args: argparse.Namespace, **fields: object) -> Options:
+    """:class:`Options` with ``fields``, and each setting of :func:`add_pipeline_settings` as ``args`` has it (None,
+    or not parsed at all: the pipeline's default)."""
+    settings: dict[str, object] = {name: bool(getattr(args, _dest(flag))) for flag, name, _ in PIPELINE_SWITCHES
+                                   if getattr(args, _dest(flag), None) is not None}
+    settings |= {name: getattr(args, name) for name in ("bone_floor", "labeller")
+                 if getattr(args, name, None) is not None}
+    return Options(**fields, **settings)  # type: ignore[arg-type]
 
 
-def switch_flags(options: Options) -> list[str]:
-    """The command-line flags that reproduce ``options``' switches (``--ribs``, ``--no-skull``, ...)."""
-    return [f"--{'' if getattr(options, name) else 'no-'}{flag}" for flag, name, _ in PIPELINE_SWITCHES]
+def pipeline_flags(options: Options) -> list[str]:
+    """The command-line flags that reproduce ``options``' settings (``--ribs``, ``--no-skull``, ...,
+    ``--bone-floor P``, ``--labeller NAME``); no bone floor is the plain floor's."""
+    floor = options.segment_floor if options.bone_floor is None else options.bone_floor
+    return [*(f"--{'' if getattr(options, name) else 'no-'}{flag}" for flag, name, _ in PIPELINE_SWITCHES),
+            "--bone-floor", str(floor), "--labeller", options.labeller]
 
 
-def switch_values(options: Options) -> dict[str, bool]:
-    """``options``' switches by flag name, ``-`` as ``_`` (``{"ribs": True, "fill_skipped": False, ...}``)."""
-    return {_dest(flag): bool(getattr(options, name)) for flag, name, _ in PIPELINE_SWITCHES}
+def pipeline_values(options: Options) -> dict[str, object]:
+    """``options``' settings by flag name, ``-`` as ``_`` (``{"ribs": True, ..., "bone_floor": 0.2, "labeller":
+    "decoder"}``)."""
+    return {**{_dest(flag): bool(getattr(options, name)) for flag, name, _ in PIPELINE_SWITCHES},
+            "bone_floor": options.bone_floor, "labeller": options.labeller}
 
 
 # --------------------------------------------------------------------------- parser
@@ -176,10 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="execution provider: CUDA when available and working (auto), or force one")
     common.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads per model (default: all)")
     common.add_argument("--overlap", type=overlap_value, default=0.5, help="sliding-window overlap in [0, 1) (0.5)")
-    add_pipeline_switches(common)
-    common.add_argument("--bone-floor", type=bone_floor_value, default=None, metavar="P",
-                        help="segmentation floor where the CT shows bone, for voxels that join their vertebra "
-                             f"(default: {Options().bone_floor}; {Options().segment_floor}: the plain floor only)")
+    add_pipeline_settings(common)
     verbosity = common.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -225,9 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the candidate nearest this LPS point (mm) is LABEL, e.g. L5=12.5,-30,401 (repeatable)")
     known.add_argument("--lumbar", type=int, choices=(4, 5, 6), help="the spine has this many lumbar vertebrae")
     known.add_argument("--thoracic", type=int, choices=(11, 12, 13), help="the spine has this many thoracic vertebrae")
-    predict.add_argument("--labeller", choices=LABELLERS, default=Options().labeller,
-                         help="decoder: region evidence read per candidate; learned: read in the context of the whole "
-                              "chain by models/label.onnx, inside the same decoder (default: %(default)s)")
     return parser
 
 
@@ -249,11 +258,7 @@ def _options(args: argparse.Namespace) -> Options:
                                   getattr(args, "thoracic", None))
     except ValueError as error:
         raise InputError(f"constraints: {error}") from None
-    default = Options()
-    return switched_options(args, overlap=args.overlap, constraints=constraints,
-                            labeller=getattr(args, "labeller", default.labeller),
-                            bone_floor=default.bone_floor if getattr(args, "bone_floor", None) is None
-                            else args.bone_floor)
+    return pipeline_options(args, overlap=args.overlap, constraints=constraints)
 
 
 def _load(args: argparse.Namespace, layout: AlgorithmLayout) -> Models:

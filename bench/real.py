@@ -76,11 +76,10 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
     sys.path[0] = str(REPO)  # run as a script, bench/ would come first and shadow nothing; keep the repo importable
 
 from algorithm.cli import (  # noqa: E402
-    add_pipeline_switches,
-    bone_floor_value,
-    switch_flags,
-    switch_values,
-    switched_options,
+    add_pipeline_settings,
+    pipeline_flags,
+    pipeline_options,
+    pipeline_values,
 )
 from algorithm.detect import detect_spine  # noqa: E402
 from algorithm.locate import locate_heatmaps  # noqa: E402
@@ -335,13 +334,6 @@ def confidence_summary(claims: Sequence[Sequence]) -> dict[str, Any]:
             "right_doubted": int((right & (p < HIGH_CONFIDENCE)).sum())}
 
 
-def _option_flags(options: Options) -> list[str]:
-    """The ``predict`` flags that reproduce ``options``' pipeline switches."""
-    return [*switch_flags(options),
-            "--bone-floor", str(options.segment_floor if options.bone_floor is None else options.bone_floor),
-            "--labeller", options.labeller]
-
-
 def end_to_end(real: RealCase, models_dir: Path, case: Case, workdir: Path,
                options: Options | None = None) -> dict[str, Any]:
     """``python -m algorithm predict`` in a fresh process, scored by the project's evaluator."""
@@ -352,7 +344,7 @@ def end_to_end(real: RealCase, models_dir: Path, case: Case, workdir: Path,
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "algorithm", "predict", str(real.ct), "--output", str(out),
                            "--models", str(models_dir), "--device", "cpu", "--no-qc", "-q",
-                           *_option_flags(options or Options())],
+                           *pipeline_flags(options or Options())],
                           cwd=REPO, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -508,12 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-end-to-end", action="store_true", help="stage figures only")
     parser.add_argument("--peak-threshold", type=float, metavar="P",
                         help="stage figures with this locate candidate threshold instead of the model's own")
-    add_pipeline_switches(parser)  # the pipeline's own switches, as predict has them (module docstring)
-    parser.add_argument("--bone-floor", type=bone_floor_value, default=None, metavar="P",
-                        help="segment stage's floor where the CT shows bone (algorithm.segment; 0.5 = none); "
-                             "default: the pipeline's")
-    parser.add_argument("--labeller", choices=("decoder", "learned"), default=None,
-                        help="what reads the region evidence (predict --labeller; default: the pipeline's)")
+    add_pipeline_settings(parser)  # the pipeline's own settings, as predict has them (module docstring)
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     return parser
 
@@ -537,10 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         groups[title] = openkbp_cases(split)
         if split == LOCKED_SPLIT:
             log.warning("scoring the LOCKED OpenKBP split: report these figures once; choose nothing on them")
-    default = Options()
-    options = switched_options(args, peak_threshold=args.peak_threshold,
-                               bone_floor=default.bone_floor if args.bone_floor is None else args.bone_floor,
-                               labeller=args.labeller or default.labeller)
+    options = pipeline_options(args, peak_threshold=args.peak_threshold)
     rows: dict[str, dict[str, Any]] = {}
     tables: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-real-") as tmp:
@@ -574,9 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_table({name: rows[name] for name in names}, training))
     if args.json:
         args.json.write_text(json.dumps({"models": str(models_dir), "trained_on": training,
-                                         "options": {**switch_values(options), "bone_floor": options.bone_floor,
-                                                     "peak_threshold": options.peak_threshold,
-                                                     "labeller": options.labeller},
+                                         "options": {**pipeline_values(options),
+                                                     "peak_threshold": options.peak_threshold},
                                          "cases": rows},
                                         indent=1), encoding="utf-8")
     return 0

@@ -31,6 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from algorithm.cli import PIPELINE_SWITCHES
+from algorithm.labelling import LABELLERS
 from algorithm.models import ModelSource, load_models
 from algorithm.pipeline import Options
 from algorithm.serve import InvokeServer
@@ -494,10 +495,11 @@ def test_the_default_output_is_probed_too(tmp_path: Path, monkeypatch: pytest.Mo
 
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.sampled_from([None, True, False]), min_size=len(PIPELINE_SWITCHES),
-                max_size=len(PIPELINE_SWITCHES)), st.sampled_from([0.2, 0.35, 0.5]))
-def test_the_bench_runs_predict_with_the_switches_it_was_given(values: list[bool | None], floor: float) -> None:
-    """bench/real.py declares the pipeline's switches from the same table as predict (algorithm.cli), and the flags
-    it hands each end-to-end predict process give back exactly the options it measured with."""
+                max_size=len(PIPELINE_SWITCHES)), st.sampled_from([0.2, 0.35, 0.5]), st.sampled_from(LABELLERS))
+def test_the_bench_runs_predict_with_the_settings_it_was_given(values: list[bool | None], floor: float,
+                                                              labeller: str) -> None:
+    """bench/real.py declares the pipeline's settings as predict does (algorithm.cli.add_pipeline_settings), and the
+    flags it hands each end-to-end predict process give back exactly the options it measured with."""
     from test_support import bench_module
 
     from algorithm.cli import PIPELINE_SWITCHES, _options, build_parser
@@ -506,10 +508,11 @@ def test_the_bench_runs_predict_with_the_switches_it_was_given(values: list[bool
     assert len(values) == len(PIPELINE_SWITCHES)
     flags = [f"--{'' if on else 'no-'}{flag}" for (flag, _, _), on in zip(PIPELINE_SWITCHES, values, strict=True)
              if on is not None]
-    args = real.build_parser().parse_args([*flags, "--bone-floor", str(floor)])
-    measured = real.switched_options(args, bone_floor=args.bone_floor)
+    args = real.build_parser().parse_args([*flags, "--bone-floor", str(floor), "--labeller", labeller])
+    measured = real.pipeline_options(args)
     for (flag, name, _), on in zip(PIPELINE_SWITCHES, values, strict=True):
         assert getattr(measured, name) == (getattr(Options(), name) if on is None else on), flag
+    assert (measured.bone_floor, measured.labeller) == (floor, labeller)
     handed = _options(build_parser().parse_args(["predict", "ct.nii.gz", "--output", "out",
-                                                 *real._option_flags(measured)]))
+                                                 *real.pipeline_flags(measured)]))
     assert handed == replace(measured, overlap=handed.overlap)
