@@ -267,14 +267,14 @@ REFORMATS: dict[str, Callable[[Case], Reformat | None]] = {
     "sacrum-cropped": _sacrum_cropped,
     "top-cropped": _top_cropped,
     "sagittal-slab": _sagittal_slab,
-    "thick-slices": _slices(THICK_SLICE_MM),
-    "slices-3mm": _slices(MID_SLICE_MM),
-    "coarse-pixels": _coarse_pixels,
+    f"slices-{THICK_SLICE_MM:g}mm": _slices(THICK_SLICE_MM),
+    f"slices-{MID_SLICE_MM:g}mm": _slices(MID_SLICE_MM),
+    f"pixels-{COARSE_PIXEL_MM:g}mm": _coarse_pixels,
     "slab-sacrum-cropped": _slab_sacrum_cropped,
 }
-"""Each variant's builder: the recipe for a case, or None where it does not apply (less than 20 mm of CT
-below the lowest vertebra, fewer than four vertebrae, a CT already narrower than a slab, slices or pixels
-already that coarse)."""
+"""Each variant's builder, by the name of the variant it builds: the recipe for a case, or None where it does not
+apply (less than 20 mm of CT below the lowest vertebra, fewer than four vertebrae, a CT already narrower than a
+slab, slices or pixels already that coarse)."""
 CENTROID_ONLY = ("top-cropped",)
 """The variants that a case with centroids but no mask can take: a crop through the spine's length between two
 annotated centres, whose vertebrae are in view or not by their centres. The others decide which vertebrae stay

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_support import REPO
 
-from export.reformat import FWHM_PER_SIGMA, Reformat, index_axis, reformat, reformats, world_spacing_mm
+from export.reformat import FWHM_PER_SIGMA, REFORMATS, Reformat, index_axis, reformat, reformats, world_spacing_mm
 from spine.case import Case
 from spine.image import Geometry, image_from_array
 
@@ -50,6 +50,15 @@ def stacked_case(direction: tuple[float, ...] = (1, 0, 0, 0, 1, 0, 0, 0, 1), spa
 
 def labels_of(case: Case) -> list[int]:
     return [int(v) for v in np.unique(sitk.GetArrayViewFromImage(case.mask)) if v]
+
+
+def test_each_variant_is_asked_for_by_its_own_name():
+    """``bench/real.py --reformats NAME`` takes the name its tables print (a key once read "thick-slices" and built
+    "slices-5mm")."""
+    case = stacked_case((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    for name, build in REFORMATS.items():
+        recipe = build(case)
+        assert recipe is not None and recipe.name == name
 
 
 @pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), PIR])
@@ -140,7 +149,7 @@ def test_a_thick_slice_averages_what_it_covers():
 
 @settings(max_examples=12, deadline=None)
 @given(st.sampled_from([(1, 0, 0, 0, 1, 0, 0, 0, 1), PIR, (-1, 0, 0, 0, -1, 0, 0, 0, 1)]),
-       st.sampled_from(["sacrum-cropped", "top-cropped", "thick-slices", "slices-3mm", "coarse-pixels"]))
+       st.sampled_from(["sacrum-cropped", "top-cropped", "slices-5mm", "slices-3mm", "pixels-4mm"]))
 def test_a_variant_does_not_depend_on_the_grid_s_orientation(direction, name):
     """The same anatomy on grids of other orientations: the same world spacing, labels and volumes.
 
@@ -176,7 +185,7 @@ def test_the_bundled_example_in_every_form():
 def test_a_case_with_centroids_only_is_cropped_and_keeps_the_centres_in_view():
     """A centroid-only case (OpenKBP: no masks) takes the crops only (``CENTROID_ONLY``): its top two levels
     leave with their centres, the rest keep theirs; a variant that needs the mask is refused by name."""
-    from export.reformat import CENTROID_ONLY, REFORMATS
+    from export.reformat import CENTROID_ONLY
 
     full = stacked_case()
     bare = Case("bare", full.ct, None, dict(full.centroids_mm), "test")
@@ -187,4 +196,4 @@ def test_a_case_with_centroids_only_is_cropped_and_keeps_the_centres_in_view():
     assert sorted(variant.centroids_mm) == [22, 23, 24]
     np.testing.assert_allclose(variant.centroids_mm[23], full.centroids_mm[23])
     with pytest.raises(ValueError, match="needs the case's mask"):
-        reformat(bare, REFORMATS["thick-slices"](bare))
+        reformat(bare, REFORMATS["slices-5mm"](bare))
