@@ -40,7 +40,7 @@ from algorithm.measure import BodyMeasure, csv_text, measure_case, screening
 from algorithm.models import Models
 from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer, json_writer, text_writer
 from algorithm.plausibility import IMPLAUSIBLE_CAP, Plausibility, assess, judge_geometry
-from algorithm.recentre import behind_the_bodies, column_outlines, fill_chain, recentre
+from algorithm.recentre import behind_the_bodies, column_outlines, fill_chain, recentre, settle
 from algorithm.report import StageTimer, versions
 from algorithm.ribs import rib_evidence
 from algorithm.sacrum import rests_on_sacrum, sacral
@@ -611,7 +611,8 @@ def _candidates(image: sitk.Image, detection: Detection, models: Models, options
     # The axis runs through the column's middle (canal and arch); bodies lie in front of it (LPS: -y).
     axis = detection.axis_mm + np.array([0.0, -AXIS_TO_BODY_MM, 0.0]) if options.axis_seeds else np.zeros((0, 3))
     points = [*seeds.positions_mm, *axis]
-    outlines = column_outlines(recentre(image, models.outliner, points))
+    outlines = column_outlines(recentre(image, models.outliner, points),
+                               settling=lambda some: settle(image, models.outliner, some))
     outlines = behind_the_bodies(fill_chain(image, models.outliner, outlines))
     if not outlines:
         # Nothing vertebra-like outlined (an odd image, or an outline model that draws no such outline):
