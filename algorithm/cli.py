@@ -29,7 +29,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from algorithm.inputs import InputError, load_ct
-from algorithm.labelling import LABELLERS, Constraints, Fix, parse_fix
+from algorithm.labelling import LABELLERS, Constraints, Fix, learned_decoder, parse_fix
 from algorithm.models import DEVICES, ModelError, Models, find_model_dir, load_models
 from algorithm.outputs import check_writable
 from algorithm.pipeline import (
@@ -124,7 +124,7 @@ PIPELINE_SWITCHES: tuple[tuple[str, str, str], ...] = (
                                        "lumbar), label again with their sizes as region evidence (algorithm.sizes)"),
 )
 """The pipeline's on/off switches: (flag without ``--``, :class:`algorithm.pipeline.Options` field, help). The
-``predict``/``exec`` commands and ``bench/real.py`` declare them, with the two valued settings, through
+``predict``/``exec``/``serve`` commands and ``bench/real.py`` declare them, with the two valued settings, through
 :func:`add_pipeline_settings`, so a setting is declared once."""
 
 
@@ -263,7 +263,13 @@ def _options(args: argparse.Namespace) -> Options:
 
 def _load(args: argparse.Namespace, layout: AlgorithmLayout) -> Models:
     source = find_model_dir(layout=layout, models=args.models)
-    return load_models(source, device=args.device, threads=args.threads)
+    models = load_models(source, device=args.device, threads=args.threads)
+    if getattr(args, "labeller", None) == "learned":
+        try:  # at start-up, not in the first case: an unusable label.onnx fails every case alike
+            learned_decoder()
+        except ValueError as error:
+            raise ModelError(str(error)) from None
+    return models
 
 
 # --------------------------------------------------------------------------- modes

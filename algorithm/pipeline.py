@@ -612,7 +612,7 @@ def _candidates(image: sitk.Image, detection: Detection, models: Models, options
     axis = detection.axis_mm + np.array([0.0, -AXIS_TO_BODY_MM, 0.0]) if options.axis_seeds else np.zeros((0, 3))
     points = [*seeds.positions_mm, *axis]
     outlines = column_outlines(recentre(image, models.outliner, points),
-                               settling=lambda some: settle(image, models.outliner, some))
+                               settling=lambda some, others: settle(image, models.outliner, some, others))
     outlines = behind_the_bodies(fill_chain(image, models.outliner, outlines))
     if not outlines:
         # Nothing vertebra-like outlined (an odd image, or an outline model that draws no such outline):

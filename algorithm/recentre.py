@@ -53,6 +53,7 @@ from spine.modelmeta import ModelMeta
 from spine.preprocess import model_grid, zyx_to_world
 
 __all__ = [
+    "alike_in_reach",
     "behind_the_bodies",
     "FILL_VOLUME_FRACTION",
     "GAP_FACTOR",
@@ -69,7 +70,6 @@ __all__ = [
     "on_spine_curve",
     "outline_vertebrae",
     "outside_view",
-    "alike_in_reach",
     "recentre",
     "settle",
     "spaced_by_size",
@@ -294,18 +294,21 @@ def on_spine_curve(outlines: Sequence[Outline], *, max_mm: float = OFF_CURVE_MM)
 
 
 def column_outlines(outlines: Sequence[Outline],
-                    settling: Callable[[Sequence[Outline]], list[Outline]] | None = None) -> list[Outline]:
+                    settling: Callable[[Sequence[Outline], Sequence[Outline]], list[Outline]] | None = None
+                    ) -> list[Outline]:
     """The recentred outlines that make the column before the chain is filled: posterior elements out
     (:func:`behind_the_bodies`) before the spine curve is fitted (:func:`on_spine_curve`), then thinned by
     size (:func:`spaced_by_size`). Fitted with the laminae, the curve bent: on the example CT with its sacrum
-    cropped, three lamina outlines 35 mm behind the bodies took a 63 ml L4 body off it. ``settling`` (the image's
-    :func:`settle`) first moves the outlines :func:`alike_in_reach` until they stop."""
+    cropped, three lamina outlines 35 mm behind the bodies took a 63 ml L4 body off it. Between the curve and the
+    thinning, ``settling`` (the image's :func:`settle`, given the outlines to move and the others) moves the
+    outlines :func:`alike_in_reach` until they stop."""
     on_curve = on_spine_curve(behind_the_bodies(outlines))
-    if settling is not None:
-        pairs = alike_in_reach(on_curve)
-        if pairs:
-            moved = settling([on_curve[i] for i in pairs])
-            on_curve = [o for i, o in enumerate(on_curve) if i not in pairs] + moved
+    if settling is not None and (pairs := alike_in_reach(on_curve)):
+        others = [o for i, o in enumerate(on_curve) if i not in pairs]
+        moved = iter(settling([on_curve[i] for i in pairs], others))
+        # the settled take the first of their places in the list (one that merged leaves its place empty)
+        settled = {i: next(moved, None) for i in pairs}
+        on_curve = [o for o in (settled.get(i, o) for i, o in enumerate(on_curve)) if o is not None]
     return spaced_by_size(on_curve)
 
 
@@ -326,11 +329,13 @@ def alike_in_reach(outlines: Sequence[Outline], *, factor: float = SPACING_FACTO
     return sorted(found)
 
 
-def settle(image: sitk.Image, model: StageModel, outlines: Sequence[Outline], *, rounds: int = SETTLE_ROUNDS,
-           settled_mm: float = SETTLED_MM, merge_mm: float = MERGE_MM) -> list[Outline]:
+def settle(image: sitk.Image, model: StageModel, outlines: Sequence[Outline], kept: Sequence[Outline] = (), *,
+           rounds: int = SETTLE_ROUNDS, settled_mm: float = SETTLED_MM, merge_mm: float = MERGE_MM,
+           min_volume_ml: float = MIN_VOLUME_ML) -> list[Outline]:
     """``outlines`` recentred, round by round, until their centres stop moving (``settled_mm``, at most ``rounds``
-    rounds), in order; one that settles within ``merge_mm`` of one before it is that vertebra. An outline a round
-    loses keeps its last one: settling moves vertebrae, it does not judge them.
+    rounds), in order; one that settles within ``merge_mm`` of one of ``kept`` (vertebrae found already) or of one
+    before it is that vertebra. An outline that a round loses or shrinks under ``min_volume_ml`` keeps its last one:
+    settling moves vertebrae, it does not judge them.
 
     A seed on the pedicles or on the posterior half of a tilted body outlines body and pedicles together, and
     that outline's centre lies behind the body's; each round moves it a few mm forwards, and two rounds
@@ -347,19 +352,19 @@ def settle(image: sitk.Image, model: StageModel, outlines: Sequence[Outline], *,
         moved = outline_vertebrae(image, model, [current[i].centre_mm for i in moving])
         still = []
         for i, outline in zip(moving, moved, strict=True):
-            if outline is None:
+            if outline is None or outline.volume_ml < min_volume_ml:
                 continue
             if float(np.linalg.norm(outline.centre_mm - current[i].centre_mm)) > settled_mm:
                 still.append(i)
             current[i] = outline
         moving = still
-    kept: list[Outline] = []
+    chosen: list[Outline] = []
     for outline in current:
-        if all(float(np.linalg.norm(outline.centre_mm - other.centre_mm)) >= merge_mm for other in kept):
-            kept.append(outline)
-    if len(kept) < len(current):
-        log.info("recentre: %d vertebrae settled onto another", len(current) - len(kept))
-    return kept
+        if all(float(np.linalg.norm(outline.centre_mm - other.centre_mm)) >= merge_mm for other in [*kept, *chosen]):
+            chosen.append(outline)
+    if len(chosen) < len(current):
+        log.info("recentre: %d vertebrae settled onto another", len(current) - len(chosen))
+    return chosen
 
 
 def chain_gaps(centres_mm: np.ndarray, *, gap_factor: float = GAP_FACTOR) -> list[np.ndarray]:

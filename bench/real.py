@@ -44,8 +44,9 @@ mostly out of view loses its label). With ``--openkbp``, each annotated head-and
 annotated vertebrae also with its top two levels cropped away (C1 and C2 with the skull: a neck or chest CT that
 starts mid-neck, where the first rib and the network are all that name the levels).
 
-**Switches**: the pipeline's own (``--ribs``, ``--no-skull``, ... as ``predict`` has them); ``--fragments``,
-``--fill-skipped`` and ``--size-evidence`` act after the label stage, so on the end-to-end figures only.
+**Switches**: the pipeline's own (``--ribs``, ``--no-skull``, ..., ``--bone-floor``, ``--labeller``, as ``predict``
+has them); ``--fragments``, ``--fill-skipped`` and ``--size-evidence`` act after the label stage, so on the
+end-to-end figures only.
 
 **OpenKBP** (``--openkbp dev|fit|validation``): real head-and-neck CTs (skull base to the upper thoracic
 spine) with the project's own centroid annotations (``bench/annotations/openkbp-headneck``): ``dev`` is

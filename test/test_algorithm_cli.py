@@ -495,9 +495,10 @@ def test_the_default_output_is_probed_too(tmp_path: Path, monkeypatch: pytest.Mo
 
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.sampled_from([None, True, False]), min_size=len(PIPELINE_SWITCHES),
-                max_size=len(PIPELINE_SWITCHES)), st.sampled_from([0.2, 0.35, 0.5]), st.sampled_from(LABELLERS))
-def test_the_bench_runs_predict_with_the_settings_it_was_given(values: list[bool | None], floor: float,
-                                                              labeller: str) -> None:
+                max_size=len(PIPELINE_SWITCHES)), st.sampled_from([None, 0.2, 0.35, 0.5]),
+       st.sampled_from([None, *LABELLERS]))
+def test_the_bench_runs_predict_with_the_settings_it_was_given(values: list[bool | None], floor: float | None,
+                                                              labeller: str | None) -> None:
     """bench/real.py declares the pipeline's settings as predict does (algorithm.cli.add_pipeline_settings), and the
     flags it hands each end-to-end predict process give back exactly the options it measured with."""
     from test_support import bench_module
@@ -508,11 +509,32 @@ def test_the_bench_runs_predict_with_the_settings_it_was_given(values: list[bool
     assert len(values) == len(PIPELINE_SWITCHES)
     flags = [f"--{'' if on else 'no-'}{flag}" for (flag, _, _), on in zip(PIPELINE_SWITCHES, values, strict=True)
              if on is not None]
-    args = real.build_parser().parse_args([*flags, "--bone-floor", str(floor), "--labeller", labeller])
+    valued = [*(["--bone-floor", str(floor)] if floor is not None else []),
+              *(["--labeller", labeller] if labeller is not None else [])]
+    args = real.build_parser().parse_args([*flags, *valued])
     measured = real.pipeline_options(args)
     for (flag, name, _), on in zip(PIPELINE_SWITCHES, values, strict=True):
         assert getattr(measured, name) == (getattr(Options(), name) if on is None else on), flag
-    assert (measured.bone_floor, measured.labeller) == (floor, labeller)
+    assert measured.bone_floor == (Options().bone_floor if floor is None else floor)
+    assert measured.labeller == (Options().labeller if labeller is None else labeller)
     handed = _options(build_parser().parse_args(["predict", "ct.nii.gz", "--output", "out",
                                                  *real.pipeline_flags(measured)]))
     assert handed == replace(measured, overlap=handed.overlap)
+
+
+def test_exec_with_the_learned_labeller_refuses_an_unusable_label_model_before_any_case(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``exec`` and ``serve`` take ``--labeller`` as ``predict`` does; with ``learned`` its model is loaded with the
+    stage models, so a broken one is one error line at start-up, and nothing is written."""
+    import algorithm.cli as cli
+
+    def broken() -> None:
+        raise ValueError("algorithm/models/label.onnx: cannot load the chain-context model")
+
+    monkeypatch.setattr(cli, "learned_decoder", broken)
+    gc_input(tmp_path / "input", make_phantom().image)
+    assert cli.main(["exec", "--labeller", "learned", "--input", str(tmp_path / "input"), "--output",
+                     str(tmp_path / "output"), "--models", str(fixture_model_dir())]) == 1
+    assert "error: algorithm/models/label.onnx: cannot load the chain-context model" in capsys.readouterr().err
+    assert all_files(tmp_path / "output") == []
+    assert cli.build_parser().parse_args(["serve", "--labeller", "decoder"]).labeller == "decoder"

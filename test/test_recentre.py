@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_support import shared_data
 
 from algorithm.models import ModelSource, find_model_dir, load_models
 from algorithm.recentre import MIN_HU_SPREAD, Outline, chain_gaps, merge_outlines, recentre, spread_floor
-from export.real_cases import find_real_cases, shared_data_dir
+from export.real_cases import find_real_cases
 from spine.body import deepest_centre_zyx
 
 
@@ -278,44 +279,52 @@ def test_column_outlines_drop_the_laminae_before_they_bend_the_spine_curve() -> 
     assert len(kept) == 7
 
 
-def test_settle_moves_each_vertebra_until_it_stops_and_merges_two_that_meet(monkeypatch) -> None:
+def test_settle_moves_each_vertebra_until_it_stops_and_merges_two_that_meet(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each round moves a centre halfway to its body's (a fake outline model): settled within SETTLED_MM, unless
-    the rounds run out; two settling on one body are the first; an outline a round loses keeps its last."""
+    the rounds run out; two settling on one body are the first; an outline a round loses keeps its last, and so
+    does one shrinking under the least volume; one settling onto a vertebra found already is that vertebra."""
     import algorithm.recentre as module
 
     bodies = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, -30.0]])
 
-    def halfway(image, model, seeds_mm):
-        out = []
+    def halfway(image: object, model: object, seeds_mm: list[np.ndarray]) -> list[Outline | None]:
+        out: list[Outline | None] = []
         for seed in seeds_mm:
             if seed[0] > 50.0:  # nothing outlined there
                 out.append(None)
+                continue
+            if seed[0] < -50.0:  # a sliver
+                out.append(Outline(seed + 5.0, 1.0))
                 continue
             body = bodies[np.argmin(np.linalg.norm(bodies - seed, axis=1))]
             out.append(Outline(seed + 0.5 * (body - seed), 40.0))
         return out
 
     monkeypatch.setattr(module, "outline_vertebrae", halfway)
-    start = [Outline(np.array([0.0, 16.0, 0.0]), 30.0), Outline(np.array([0.0, 0.0, -14.0]), 30.0),
-             Outline(np.array([0.0, 0.0, -44.0]), 30.0), Outline(np.array([60.0, 0.0, -80.0]), 30.0)]
-    settled = module.settle(None, None, start, rounds=6, settled_mm=1.0)
+    start = [Outline(np.array([0.0, 16.0, 0.0]), 30.0), Outline(np.array([0.0, 0.0, -18.0]), 30.0),
+             Outline(np.array([0.0, 0.0, -44.0]), 30.0), Outline(np.array([60.0, 0.0, -80.0]), 30.0),
+             Outline(np.array([-60.0, 0.0, -120.0]), 30.0)]
+    settled = module.settle(None, None, start, rounds=6, settled_mm=1.0)  # type: ignore[arg-type]
     # 16 mm off: moves of 8, 4, 2 and 1 mm, the last within SETTLED_MM; the second and third meet on body 1
-    assert len(settled) == 3
+    assert len(settled) == 4
     np.testing.assert_allclose(settled[0].centre_mm, [0.0, 1.0, 0.0])
     assert np.linalg.norm(settled[1].centre_mm - bodies[1]) < 1.0
     np.testing.assert_allclose(settled[2].centre_mm, [60.0, 0.0, -80.0])  # lost its outline: kept as it was
-    assert settled[2].volume_ml == 30.0
-    few = module.settle(None, None, start[:1], rounds=2)
+    np.testing.assert_allclose(settled[3].centre_mm, [-60.0, 0.0, -120.0])  # a 1 ml sliver: kept as it was
+    assert settled[2].volume_ml == settled[3].volume_ml == 30.0
+    few = module.settle(None, None, start[:1], rounds=2)  # type: ignore[arg-type]
     np.testing.assert_allclose(few[0].centre_mm, [0.0, 4.0, 0.0])  # two rounds: 16 -> 8 -> 4 mm
+    found = [Outline(np.array([0.0, 0.0, -31.0]), 40.0)]  # body 1, found already: the second settles onto it
+    assert len(module.settle(None, None, start[:2], found)) == 1  # type: ignore[arg-type]
 
 
-@pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared VerSe CT (../shared/data)")
 def test_settle_brings_an_outline_of_pedicles_onto_its_body() -> None:
     """verse014 (real VerSe CT, never trained on): an outline seeded at L4's pedicles, where the pipeline found it
     with the top two levels cropped, is 10 mm or more from the annotated L4 after recentring's two rounds and
     within 7 mm once settled."""
     from algorithm.recentre import settle
 
+    shared_data("verse-sub-verse014")
     case = find_real_cases(["verse-sub-verse014"])[0].load()
     models = load_models(ModelSource(find_model_dir().directory, "test"), device="cpu")
     l4 = case.centroids_mm[23]
@@ -348,8 +357,9 @@ def test_column_outlines_settle_only_the_alike_pair_and_then_keep_both_bodies() 
     l5 = Outline(np.array([-23.3, 192.8, -182.0]), 48.1)
     asked: list[list[Outline]] = []
 
-    def settling(some):
+    def settling(some: list[Outline], others: list[Outline]) -> list[Outline]:
         asked.append(list(some))
+        assert others == [l3]
         return [Outline(np.array([-25.1, 178.5, -160.4]), 38.0), Outline(np.array([-23.6, 192.8, -182.2]), 48.4)]
 
     assert len(column_outlines([l3, l4, l5])) == 2  # unsettled: L4 suppressed beside L5
@@ -358,7 +368,6 @@ def test_column_outlines_settle_only_the_alike_pair_and_then_keep_both_bodies() 
     assert len(kept) == 3
 
 
-@pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared VerSe CT (../shared/data)")
 def test_locate_finds_every_body_of_verse014_cropped_above_l3() -> None:
     """verse014 (real VerSe CT, never trained on) with its top two levels cropped away (export.reformat), bundled
     models: before settling, L4's candidate was its pedicles', 21 mm from the annotated centre; now every annotated
@@ -367,6 +376,7 @@ def test_locate_finds_every_body_of_verse014_cropped_above_l3() -> None:
     from algorithm.pipeline import Options, locate_stage
     from export.reformat import reformats
 
+    shared_data("verse-sub-verse014")
     case = find_real_cases(["verse-sub-verse014"])[0].load()
     ((_, cropped),) = reformats(case, ["top-cropped"])
     assert sorted(cropped.centroids_mm) == [22, 23, 24]

@@ -52,7 +52,7 @@ def labels_of(case: Case) -> list[int]:
     return [int(v) for v in np.unique(sitk.GetArrayViewFromImage(case.mask)) if v]
 
 
-def test_each_variant_is_asked_for_by_its_own_name():
+def test_each_variant_is_asked_for_by_its_own_name() -> None:
     """``bench/real.py --reformats NAME`` takes the name its tables print (a key once read "thick-slices" and built
     "slices-5mm")."""
     case = stacked_case((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
