@@ -150,12 +150,12 @@ def add_pipeline_settings(parser: argparse.ArgumentParser) -> None:
 
 def pipeline_options(args: argparse.Namespace, **fields: object) -> Options:
     """:class:`Options` with ``fields``, and each setting of :func:`add_pipeline_settings` as ``args`` has it (None,
-    or not parsed at all: the pipeline's default)."""
+    or not parsed at all: ``fields``' or the pipeline's default)."""
     settings: dict[str, object] = {name: bool(getattr(args, _dest(flag))) for flag, name, _ in PIPELINE_SWITCHES
                                    if getattr(args, _dest(flag), None) is not None}
     settings |= {name: getattr(args, name) for name in ("bone_floor", "labeller")
                  if getattr(args, name, None) is not None}
-    return Options(**fields, **settings)  # type: ignore[arg-type]
+    return Options(**{**fields, **settings})  # type: ignore[arg-type]
 
 
 def pipeline_flags(options: Options) -> list[str]:

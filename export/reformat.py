@@ -221,6 +221,14 @@ def _sagittal_slab(case: Case) -> Reformat | None:
     return Reformat("sagittal-slab", tuple(spacing), tuple(low), tuple(high), SLAB_KEEP, orientation="PIR")
 
 
+def _sliced(thickness_mm: float) -> str:
+    return f"slices-{thickness_mm:g}mm"
+
+
+def _coarsened(pixel_mm: float) -> str:
+    return f"pixels-{pixel_mm:g}mm"
+
+
 def _slices(thickness_mm: float) -> Callable[[Case], Reformat | None]:
     """The builder of a variant with ``thickness_mm`` slices along the head-foot axis, whichever index axis that
     is; it does not apply to a CT whose slices are that thick already."""
@@ -230,7 +238,7 @@ def _slices(thickness_mm: float) -> Callable[[Case], Reformat | None]:
         if spacing[axis] >= thickness_mm:
             return None
         spacing[axis] = thickness_mm
-        return Reformat(f"slices-{thickness_mm:g}mm", tuple(spacing), tuple(low), tuple(high), SLAB_KEEP)
+        return Reformat(_sliced(thickness_mm), tuple(spacing), tuple(low), tuple(high), SLAB_KEEP)
 
     return build
 
@@ -241,7 +249,7 @@ def _coarse_pixels(case: Case) -> Reformat | None:
     if min(spacing[in_plane]) >= COARSE_PIXEL_MM:
         return None
     spacing[in_plane] = np.maximum(spacing[in_plane], COARSE_PIXEL_MM)
-    return Reformat(f"pixels-{COARSE_PIXEL_MM:g}mm", tuple(spacing), tuple(low), tuple(high), SLAB_KEEP)
+    return Reformat(_coarsened(COARSE_PIXEL_MM), tuple(spacing), tuple(low), tuple(high), SLAB_KEEP)
 
 
 def _slab_sacrum_cropped(case: Case) -> Reformat | None:
@@ -267,9 +275,9 @@ REFORMATS: dict[str, Callable[[Case], Reformat | None]] = {
     "sacrum-cropped": _sacrum_cropped,
     "top-cropped": _top_cropped,
     "sagittal-slab": _sagittal_slab,
-    f"slices-{THICK_SLICE_MM:g}mm": _slices(THICK_SLICE_MM),
-    f"slices-{MID_SLICE_MM:g}mm": _slices(MID_SLICE_MM),
-    f"pixels-{COARSE_PIXEL_MM:g}mm": _coarse_pixels,
+    _sliced(THICK_SLICE_MM): _slices(THICK_SLICE_MM),
+    _sliced(MID_SLICE_MM): _slices(MID_SLICE_MM),
+    _coarsened(COARSE_PIXEL_MM): _coarse_pixels,
     "slab-sacrum-cropped": _slab_sacrum_cropped,
 }
 """Each variant's builder, by the name of the variant it builds: the recipe for a case, or None where it does not
