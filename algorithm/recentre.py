@@ -341,9 +341,10 @@ def settle(image: sitk.Image, model: StageModel, outlines: Sequence[Outline], ke
     that outline's centre lies behind the body's; each round moves it a few mm forwards, and two rounds
     (:func:`recentre`) can leave it there. verse014 cropped above L3: L4's outline (46 ml) settled 10 mm behind
     and below its centre, 18 mm from L5's (48 ml), and :func:`spaced_by_size` dropped it beside L5; an outline
-    of L4's pedicles, 21 mm from its centre, took its place. Settled, the two are 32 mm apart and L4's lies 6 mm
-    from its centre. :func:`column_outlines` settles only outlines :func:`alike_in_reach`: settling every
-    vertebra moved the necks' outlines as much the other way (``docs/benchmarks.md``)."""
+    of L4's pedicles, 21 mm from its centre, took its place. Settled, the two are 26 mm apart, beyond L5's reach
+    (22 mm), and L4's lies 6 mm from its centre. :func:`column_outlines` settles only outlines
+    :func:`alike_in_reach`: settling every vertebra moved the necks' outlines as much the other way
+    (``docs/benchmarks.md``)."""
     current = list(outlines)
     moving = list(range(len(current)))
     for _ in range(max(rounds, 0)):

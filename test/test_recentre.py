@@ -349,7 +349,7 @@ def test_alike_in_reach_pairs_outlines_of_one_size_not_a_disc_between_two_bodies
 def test_column_outlines_settle_only_the_alike_pair_and_then_keep_both_bodies() -> None:
     """verse014 cropped above L3 (real, rounded): L4's outline (46 ml) pulled 8 mm behind and down towards L5's
     (48 ml) fell to spaced_by_size, and an outline of L4's pedicles took its place. Settling is asked for that pair
-    alone; settled 32 mm apart, both bodies stay."""
+    alone; settled 26 mm apart, both bodies stay."""
     from algorithm.recentre import column_outlines
 
     l3 = Outline(np.array([-18.4, 177.8, -131.7]), 36.7)
