@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_support import shared_data
+from test_support import shared_data, verse014_cut_above
 
 from algorithm.models import ModelSource, find_model_dir, load_models
 from algorithm.recentre import MIN_HU_SPREAD, Outline, chain_gaps, merge_outlines, recentre, spread_floor
@@ -372,15 +372,6 @@ def test_locate_finds_every_body_of_verse014_cropped_above_l3() -> None:
     """verse014 (real VerSe CT, never trained on) with its top two levels cropped away (export.reformat), bundled
     models: before settling, L4's candidate was its pedicles', 21 mm from the annotated centre; now every annotated
     body has a candidate within 10 mm."""
-    from algorithm.detect import detect_spine
-    from algorithm.pipeline import Options, locate_stage
-    from export.reformat import reformats
-
-    shared_data("verse-sub-verse014")
-    case = find_real_cases(["verse-sub-verse014"])[0].load()
-    ((_, cropped),) = reformats(case, ["top-cropped"])
-    assert sorted(cropped.centroids_mm) == [22, 23, 24]
-    models = load_models(ModelSource(find_model_dir().directory, "test"), device="cpu")
-    candidates = locate_stage(cropped.ct, detect_spine(cropped.ct, models.detect), models, Options())
+    cropped, candidates = verse014_cut_above()
     for label, centre in cropped.centroids_mm.items():
         assert np.min(np.linalg.norm(candidates.positions_mm - centre, axis=1)) < 10.0, label

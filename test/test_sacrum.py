@@ -74,18 +74,11 @@ def test_verse014_cut_above_ends_on_l5_over_the_sacrum() -> None:
     """Real CT, bundled models: verse014 with its top cropped (export.reformat) shows L3-L5 over the sacrum and
     nothing to count from above. The sacrum check takes S1 out of the chain; the chain then rests on it, and
     the decoder ends it on L5 (it named the three L2-L4 before the decoder's item 10)."""
-    from test_support import shared_data
+    from test_support import verse014_cut_above
 
-    from algorithm.detect import detect_spine
-    from algorithm.pipeline import Options, label_stage, locate_stage
-    from export.reformat import reformats
+    from algorithm.pipeline import Options, label_stage
 
-    shared_data("verse-sub-verse014")
-    case = find_real_cases(["verse-sub-verse014"])[0].load()
-    ((_, cropped),) = reformats(case, ["top-cropped"])
-    assert sorted(cropped.centroids_mm) == [22, 23, 24]
-    models = load_models(ModelSource(find_model_dir().directory, "test"), device="cpu")
-    candidates = locate_stage(cropped.ct, detect_spine(cropped.ct, models.detect), models, Options())
+    cropped, candidates = verse014_cut_above()
     assert candidates.on_sacrum
     labels = label_stage(candidates, Options()).labels
     lowest = int(np.argmin(candidates.positions_mm[:, 2]))

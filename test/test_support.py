@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,23 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not available (only beside a developer checkout)")
     return path
+
+
+def verse014_cut_above() -> tuple[Any, Any]:
+    """verse014 (real VerSe CT, beside a developer checkout) with its top two levels cropped away (export.reformat:
+    L3-L5 over the sacrum), and its candidates from the bundled models' locate stage; skips without the CT."""
+    from algorithm.detect import detect_spine
+    from algorithm.models import ModelSource, find_model_dir, load_models
+    from algorithm.pipeline import Options, locate_stage
+    from export.real_cases import find_real_cases
+    from export.reformat import reformats
+
+    shared_data("verse-sub-verse014")
+    case = find_real_cases(["verse-sub-verse014"])[0].load()
+    ((_, cropped),) = reformats(case, ["top-cropped"])
+    assert sorted(cropped.centroids_mm) == [22, 23, 24]
+    models = load_models(ModelSource(find_model_dir().directory, "test"), device="cpu")
+    return cropped, locate_stage(cropped.ct, detect_spine(cropped.ct, models.detect), models, Options())
 
 
 def bench_module(name: str) -> ModuleType:
