@@ -36,13 +36,15 @@ which real cases each model saw in training (its ``trained_on`` metadata).
     python bench/real.py --reformats                   # also each case cropped, resliced, as a slab
     python bench/real.py --only-openkbp --openkbp dev  # the annotated head-and-neck development set
     python bench/real.py --only-openkbp --openkbp dev --reformats top-cropped  # ... and its necks without skulls
+    python bench/real.py --only-openkbp --openkbp dev --reformats from-c6      # ... and a chest CT's top of each
 
 **Reformats** (``--reformats``, ``export.reformat``): every masked case also as users meet the same
 anatomy elsewhere: the sacrum cropped away, the top two levels cropped away, a VerSe-style sagittal
 slab (3 mm sagittal slices, 104 mm wide, PIR), 5 mm and 3 mm slices, 4 mm pixels; labels follow (a vertebra
 mostly out of view loses its label). With ``--openkbp``, each annotated head-and-neck CT with four or more
-annotated vertebrae also with its top two levels cropped away (C1 and C2 with the skull: a neck or chest CT that
-starts mid-neck, where the first rib and the network are all that name the levels).
+annotated vertebrae also with its top two levels cropped away (C1 and C2 with the skull: a neck CT that starts
+mid-neck, where the first rib and the network are all that name the levels), and each annotated down to C7 also
+from half way between C5 and C6 down (``from-c6``: a chest CT's top).
 
 **Switches**: the pipeline's own (``--ribs``, ``--no-skull``, ..., ``--bone-floor``, ``--labeller``, as ``predict``
 has them); ``--fragments``, ``--fill-skipped`` and ``--size-evidence`` act after the label stage, so on the
@@ -492,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="every labelled case of a VerSe-layout folder (repeatable)")
     parser.add_argument("--reformats", nargs="*", metavar="NAME",
                         help="also every masked case in the forms users meet (export.reformat: "
-                             f"{', '.join(REFORMATS)}; none named: all), and every --openkbp case top-cropped")
+                             f"{', '.join(REFORMATS)}; none named: all), and every --openkbp case in those of them "
+                             "that need no mask (top-cropped, from-c6)")
     parser.add_argument("--openkbp", choices=("dev", "fit", "validation"), action="append",
                         help="the project's annotated OpenKBP head-and-neck CTs of this set (centroids only): dev to "
                              "choose on, fit (what models train on), validation the LOCKED set: report it once, never "
@@ -532,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.reformats is not None:
             try:
                 groups["reformats"] = reformat_cases(cases, args.reformats or None, Path(tmp))
-                for split in args.openkbp or []:  # the neck without the skull: a chest CT that starts mid-neck
+                for split in args.openkbp or []:  # the neck without the skull; a chest CT's top
                     groups[f"OpenKBP {split}, reformatted"] = reformat_cases(openkbp_cases(split),
                                                                              args.reformats or None, Path(tmp))
             except ValueError as error:

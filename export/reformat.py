@@ -2,7 +2,7 @@
 
 A model tuned on a handful of real CTs learns their field of view and their voxels. The held-out
 scans that break it are the same anatomy seen otherwise: a lumbar scan without its sacrum (no
-bottom anchor), a chest CT that starts mid-neck (no top anchor), VerSe's sagittal lumbar slabs
+bottom anchor), a chest CT that starts mid-neck (no top anchor; ``from-c6``), VerSe's sagittal lumbar slabs
 (3 mm sagittal slices, about 100 mm wide: no ribs beyond their heads), 5 mm slices and the 2.5-3 mm of chest
 CTs, 4 mm pixels; and a slab
 that also stops above the sacrum (no ribs and no foot: the held-out sagittal scan that read Dice 0).
@@ -56,6 +56,7 @@ MID_SLICE_MM = 3.0  # chest CTs' 2.5-3 mm slices, and VerSe sagittal scans' 3 mm
 COARSE_PIXEL_MM = 4.0
 SACRUM_MARGIN_MM = 3.0  # the crop below the lowest vertebra's lowest voxel
 MIN_BELOW_MM = 20.0  # a "sacrum cropped away" variant needs this much CT below the lowest vertebra
+FROM_C6 = "from-c6"  # the variant that starts between C5 and C6, as a chest CT does
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,23 @@ def _top_cropped(case: Case) -> Reformat | None:
     return Reformat("top-cropped", tuple(spacing), tuple(low), tuple(high), CROP_KEEP)
 
 
+def _from_c6(case: Case) -> Reformat | None:
+    """A chest CT's top: the CT starts half way between the annotated C5 and C6 centres (chest CTs start at C5-C7),
+    for a case annotated at C5, C6 and C7, so that C6 and what lies below it are judged without the skull, C1 and
+    C2 (top anchors) in view."""
+    if not {5, 6, 7} <= set(case.centroids_mm):
+        return None
+    axis, sign = index_axis(case.geometry, 2)
+    low, high, spacing = _box(case)
+    c5, c6 = case.geometry.world_to_index(np.asarray([case.centroids_mm[5], case.centroids_mm[6]]))[:, axis]
+    cut = 0.5 * (c5 + c6)
+    if sign > 0:
+        high[axis] = cut
+    else:
+        low[axis] = cut
+    return Reformat(FROM_C6, tuple(spacing), tuple(low), tuple(high), CROP_KEEP)
+
+
 def _sagittal_slab(case: Case) -> Reformat | None:
     axis, _ = index_axis(case.geometry, 0)
     low, high, spacing = _box(case)
@@ -274,6 +292,7 @@ def _combined(name: str, first: Reformat | None, second: Reformat | None) -> Ref
 REFORMATS: dict[str, Callable[[Case], Reformat | None]] = {
     "sacrum-cropped": _sacrum_cropped,
     "top-cropped": _top_cropped,
+    FROM_C6: _from_c6,
     "sagittal-slab": _sagittal_slab,
     _sliced(THICK_SLICE_MM): _slices(THICK_SLICE_MM),
     _sliced(MID_SLICE_MM): _slices(MID_SLICE_MM),
@@ -281,10 +300,10 @@ REFORMATS: dict[str, Callable[[Case], Reformat | None]] = {
     "slab-sacrum-cropped": _slab_sacrum_cropped,
 }
 """Each variant's builder, by the name of the variant it builds: the recipe for a case, or None where it does not
-apply (less than 20 mm of CT below the lowest vertebra, fewer than four vertebrae, a CT already narrower than a
-slab, slices or pixels already that coarse)."""
-CENTROID_ONLY = ("top-cropped",)
-"""The variants that a case with centroids but no mask can take: a crop through the spine's length between two
+apply (less than 20 mm of CT below the lowest vertebra, fewer than four vertebrae, no C5-C7 annotated, a CT
+already narrower than a slab, slices or pixels already that coarse)."""
+CENTROID_ONLY = ("top-cropped", FROM_C6)
+"""The variants that a case with centroids but no mask can take: crops through the spine's length between two
 annotated centres, whose vertebrae are in view or not by their centres. The others decide which vertebrae stay
 in view by the share of their volume that does (a slab trims processes, thick slices blur an end one away)."""
 

@@ -56,8 +56,10 @@ def test_each_variant_is_asked_for_by_its_own_name() -> None:
     """``bench/real.py --reformats NAME`` takes the name its tables print (a key once read "thick-slices" and built
     "slices-5mm")."""
     case = stacked_case((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    neck = Case("neck", case.ct, None, {level: case.centroids_mm[20 + k] for k, level in enumerate((3, 4, 5, 6, 7))},
+                "test")
     for name, build in REFORMATS.items():
-        recipe = build(case)
+        recipe = build(neck if name == "from-c6" else case)
         assert recipe is not None and recipe.name == name
 
 
@@ -190,10 +192,40 @@ def test_a_case_with_centroids_only_is_cropped_and_keeps_the_centres_in_view():
     full = stacked_case()
     bare = Case("bare", full.ct, None, dict(full.centroids_mm), "test")
     out = reformats(bare)
-    assert [recipe.name for recipe, _ in out] == list(CENTROID_ONLY) == ["top-cropped"]
+    assert CENTROID_ONLY == ("top-cropped", "from-c6")
+    assert [recipe.name for recipe, _ in out] == ["top-cropped"]  # no C5-C7: no chest CT's top
     variant = out[0][1]
     assert variant.mask is None and variant.case_id == "bare~top-cropped"
     assert sorted(variant.centroids_mm) == [22, 23, 24]
     np.testing.assert_allclose(variant.centroids_mm[23], full.centroids_mm[23])
     with pytest.raises(ValueError, match="needs the case's mask"):
         reformat(bare, REFORMATS["slices-5mm"](bare))
+
+
+def test_a_chest_ct_s_top_starts_between_c5_and_c6():
+    """``from-c6`` cuts half way between the annotated C5 and C6 centres: C6 and below stay, C5 and above leave,
+    on any grid direction; a case without C5-C7 annotated does not take it."""
+    for direction in ((1, 0, 0, 0, 1, 0, 0, 0, 1), PIR):
+        full = stacked_case(direction)
+        cervical = {level: full.centroids_mm[20 + k] for k, level in enumerate((3, 4, 5, 6, 7))}
+        bare = Case("neck", full.ct, None, cervical, "test")
+        ((recipe, variant),) = reformats(bare, ["from-c6"])
+        assert recipe.name == "from-c6" and variant.case_id == "neck~from-c6"
+        assert sorted(variant.centroids_mm) == [6, 7]
+        corners = variant.geometry.index_to_world(np.array(list(np.ndindex(2, 2, 2))) * (
+            np.array(variant.geometry.size) - 1.0))
+        top = corners[:, 2].max()
+        assert cervical[6][2] < top < cervical[5][2]
+        assert top == pytest.approx(0.5 * (cervical[5][2] + cervical[6][2]), abs=full.geometry.spacing_mm[2])
+    assert reformats(stacked_case(), ["from-c6"]) == []
+
+
+def test_a_real_neck_from_c6_keeps_its_lower_levels():
+    """OpenKBP dev pt_12 (annotated C1-T3) from C6 down: C6-T3 stay judged, C1-C5 leave with the skull."""
+    from export.real_cases import openkbp_cases
+
+    cases = [case for case in openkbp_cases("dev") if case.name == "openkbp-pt_12"]
+    if not cases or not cases[0].ct.exists():
+        pytest.skip("the OpenKBP CTs (../shared/data/openkbp-headneck) are not here")
+    ((_, variant),) = reformats(cases[0].load(), ["from-c6"])
+    assert sorted(variant.centroids_mm) == [6, 7, 8, 9, 10]
