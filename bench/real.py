@@ -37,6 +37,7 @@ which real cases each model saw in training (its ``trained_on`` metadata).
     python bench/real.py --only-openkbp --openkbp dev  # the annotated head-and-neck development set
     python bench/real.py --only-openkbp --openkbp dev --reformats top-cropped  # ... and its necks without skulls
     python bench/real.py --only-openkbp --openkbp dev --reformats from-c6      # ... and a chest CT's top of each
+    python bench/real.py --only-openkbp --openkbp dev --reformats from-c6 --variants-only  # the tops alone
 
 **Reformats** (``--reformats``, ``export.reformat``): every masked case also as users meet the same
 anatomy elsewhere: the sacrum cropped away, the top two levels cropped away, a VerSe-style sagittal
@@ -501,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "choose on, fit (what models train on), validation the LOCKED set: report it once, never "
                              "choose on it")
     parser.add_argument("--only-openkbp", action="store_true", help="leave out the masked real cases")
+    parser.add_argument("--variants-only", action="store_true",
+                        help="with --reformats: score the variants only, not the cases they come from")
     parser.add_argument("--no-end-to-end", action="store_true", help="stage figures only")
     parser.add_argument("--peak-threshold", type=float, metavar="P",
                         help="stage figures with this locate candidate threshold instead of the model's own")
@@ -512,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.variants_only and args.reformats is None:
+        parser.error("--variants-only needs --reformats")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)
     models_dir = args.models or find_model_dir().directory
@@ -540,6 +545,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                              args.reformats or None, Path(tmp))
             except ValueError as error:
                 parser.error(str(error))
+            if args.variants_only:
+                groups = {title: members for title, members in groups.items()
+                          if title == "reformats" or title.endswith(", reformatted")}
         if not any(groups.values()):
             print("no real case found", file=sys.stderr)
             return 1
