@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_support import REPO
 
+from export.real_cases import shared_data_dir
 from export.reformat import FWHM_PER_SIGMA, REFORMATS, Reformat, index_axis, reformat, reformats, world_spacing_mm
 from spine.case import Case
 from spine.image import Geometry, image_from_array
@@ -220,12 +221,11 @@ def test_a_chest_ct_s_top_starts_between_c5_and_c6():
     assert reformats(stacked_case(), ["from-c6"]) == []
 
 
+@pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared OpenKBP CTs (../shared/data)")
 def test_a_real_neck_from_c6_keeps_its_lower_levels():
     """OpenKBP dev pt_12 (annotated C1-T3) from C6 down: C6-T3 stay judged, C1-C5 leave with the skull."""
     from export.real_cases import openkbp_cases
 
-    cases = [case for case in openkbp_cases("dev") if case.name == "openkbp-pt_12"]
-    if not cases or not cases[0].ct.exists():
-        pytest.skip("the OpenKBP CTs (../shared/data/openkbp-headneck) are not here")
-    ((_, variant),) = reformats(cases[0].load(), ["from-c6"])
+    (case,) = [case for case in openkbp_cases("dev") if case.name == "openkbp-pt_12"]
+    ((_, variant),) = reformats(case.load(), ["from-c6"])
     assert sorted(variant.centroids_mm) == [6, 7, 8, 9, 10]
