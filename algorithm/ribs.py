@@ -35,6 +35,11 @@ high), while the ribs are plainly there in the CT. So:
    is seen and shows no rib: an off-centre slab (the aortic crop's ends 49 mm out on one side, 66 mm on the
    other) cuts a long transverse process as it would a rib, while a rib on one side only is rare.
 
+8. At pixels coarser than :data:`RIB_RESOLVED_MM` across a rib's course, C7's transverse process runs into the
+   first rib: on the OpenKBP necks at hand (3.9-5.1 mm pixels) all 6 annotated C7s read rib-bearing, and 25 of
+   the 35 C7s (11 of the 37 C6s) of their skull-anchored labellings. There the top of a run of ribs, whatever its
+   reach, is C7 or T1 alike and speaks only against lumbar (:data:`TOP_BEARING_LIKELIHOOD`).
+
 A candidate with a rib on either side is *rib-bearing*; otherwise each side where the CT covers a rib's
 course (to :data:`SIDE_EDGE_MM` + :data:`SEEN_MARGIN_MM` beside the spine, so that a rib would have left
 the view or shown its length) and shows none counts against a thoracic level, but only below the lowest
@@ -65,6 +70,7 @@ __all__ = [
     "GRID_MM",
     "MAX_CROSSING_MM",
     "RIB_REACH_MM",
+    "RIB_RESOLVED_MM",
     "SHELL_MM",
     "SHORT_RIB_MM",
     "SIDE_EDGE_MM",
@@ -75,6 +81,7 @@ __all__ = [
     "rib_evidence",
     "rise_above",
     "sagittal_directions",
+    "voxel_footprint_mm",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,6 +129,11 @@ edge of the sacrum's ala or the ilium, and read as a rib it made L5 the lowest r
 SEEN_MARGIN_MM = 3.0
 """Absence of a rib counts where the CT covers the point :data:`SIDE_EDGE_MM` + this beside the spine: a
 rib there would have run out of the view (a rib) or ended in it (reach below :data:`RIB_REACH_MM`)."""
+RIB_RESOLVED_MM = 3.0
+"""Coarsest voxel footprint along the patient's left-right and front-back axes (LPS x and y, where a rib leaves the
+spine) at which the top of a run of ribs is read as a first rib (module docstring, step 8): the bundled example
+(3 mm voxels) reads its T11 and T12 ribs and L1-L4's free sides right; on the OpenKBP necks (3.9-5.1 mm) C7's
+process reads as a rib."""
 SEEN_POSTERIOR_MM = 40.0
 """How far behind the body's centre that point lies (where ribs pass: 29-41 mm on the real CTs at hand),
 on both sides."""
@@ -165,10 +177,12 @@ cervicothoracic junction of the real neck CTs at hand: 12-24 degrees between ann
 class RibEvidence:
     """Per candidate (input order), on the patient's right and left: ``reach_mm`` ``(N, 2)`` the farthest
     reach of a rib-like crossing (0: none; :data:`RIB_REACH_MM` at least for a rib leaving a narrow view);
-    ``seen`` ``(N, 2)`` whether the CT covers a rib's course there."""
+    ``seen`` ``(N, 2)`` whether the CT covers a rib's course there; ``resolved`` whether the CT's voxels are fine
+    enough (:data:`RIB_RESOLVED_MM`) to tell the first rib from C7's transverse process."""
 
     reach_mm: np.ndarray
     seen: np.ndarray
+    resolved: bool = True
 
     @property
     def bearing(self) -> np.ndarray:
@@ -177,16 +191,17 @@ class RibEvidence:
 
     def top_of_ribs(self, heights_mm: np.ndarray) -> np.ndarray:
         """``(N,)`` the highest (by the candidates' ``heights_mm``, LPS z) rib-bearing candidate where others below
-        it bear ribs and its crossing reaches less than :data:`TOP_REACH_FRACTION` of their median reach: the top
-        of a run of ribs that may be C7's process joined to bone beside it rather than T1's first rib
-        (:data:`TOP_BEARING_LIKELIHOOD`)."""
+        it bear ribs and its crossing reaches less than :data:`TOP_REACH_FRACTION` of their median reach, or
+        whatever its reach where the CT is not :attr:`resolved`: the top of a run of ribs that may be C7's process
+        joined to bone beside it rather than T1's first rib (:data:`TOP_BEARING_LIKELIHOOD`)."""
         top = np.zeros(len(self.reach_mm), dtype=bool)
         bearing = np.flatnonzero(self.bearing)
         if len(bearing) < 2:
             return top
         highest = bearing[np.argmax(np.asarray(heights_mm, dtype=np.float64)[bearing])]
         reach = self.reach_mm.max(axis=1)
-        if reach[highest] < TOP_REACH_FRACTION * float(np.median(reach[bearing[bearing != highest]])):
+        if not self.resolved or reach[highest] < TOP_REACH_FRACTION * float(
+                np.median(reach[bearing[bearing != highest]])):
             top[highest] = True
         return top
 
@@ -309,12 +324,24 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
         # or one the scan cuts, and says nothing of the region.
         lowest = int(np.argmax(bearing))
         seen[order[lowest:]] = False
-    evidence = RibEvidence(reach, seen)
+    footprint = voxel_footprint_mm(image)
+    evidence = RibEvidence(reach, seen, resolved=max(footprint[0], footprint[1]) <= RIB_RESOLVED_MM)
+    if not evidence.resolved:
+        log.info("ribs: voxels of %.1f x %.1f mm (left-right, front-back) are coarser than %.1f mm: the top of a run "
+                 "of ribs may be C7's process run into the first rib", footprint[0], footprint[1], RIB_RESOLVED_MM)
     log.info("ribs: %d of %d candidates bear ribs (%d leaving the view sideways, %d of those not taken: the other "
              "side shows none), %d show none on both sides, %d on one", int(evidence.bearing.sum()), n,
              int(np.any(leaves, axis=1).sum()), int(np.any(lone, axis=1).sum()),
              int(np.sum(evidence.free_sides == 2)), int(np.sum(evidence.free_sides == 1)))
     return evidence
+
+
+def voxel_footprint_mm(image: sitk.Image) -> np.ndarray:
+    """``(3,)`` how far one voxel of ``image`` extends along the world axes (LPS x, y, z), in mm,
+    ``sum_i |D[a, i]| spacing[i]`` for the direction matrix ``D``: an axial CT's pixels and slice thickness, a
+    sagittal one's slice thickness along x."""
+    direction = np.abs(np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3))
+    return direction @ np.asarray(image.GetSpacing(), dtype=np.float64)
 
 
 def rise_above(chain: np.ndarray, y_mm: np.ndarray, z_mm: np.ndarray, directions: np.ndarray | None = None

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 from algorithm.locate import Candidates
 from algorithm.ribs import BEARING_LIKELIHOOD, FREE_SIDE_LIKELIHOOD, RibEvidence, region_likelihood, rib_evidence
+from export.real_cases import shared_data_dir
 from spine.labels import LOCATE_CHANNELS
 
 SPACING = 2.0
@@ -345,3 +346,77 @@ def test_the_top_of_the_run_is_found_among_the_candidates_that_remain() -> None:
     kept = _subset(candidates, np.array([True, True, True, False]))
     assert doubted(kept) == [False, False, True]
     assert doubted(kept.with_point(np.array([0.0, 0.0, 200.0]))) == [False, False, False, True]
+
+
+def test_voxel_footprint_follows_the_grid_s_direction() -> None:
+    from algorithm.ribs import voxel_footprint_mm
+
+    axial = sitk.Image(4, 4, 4, sitk.sitkInt16)
+    axial.SetSpacing((0.8, 0.8, 2.5))
+    np.testing.assert_allclose(voxel_footprint_mm(axial), [0.8, 0.8, 2.5])
+    sagittal = sitk.Image(4, 4, 4, sitk.sitkInt16)  # VerSe's PIR: i -> P, j -> I, k -> R
+    sagittal.SetSpacing((1.0, 1.0, 3.0))
+    sagittal.SetDirection((0.0, 0.0, -1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
+    np.testing.assert_allclose(voxel_footprint_mm(sagittal), [3.0, 1.0, 1.0])
+
+
+def test_coarse_pixels_are_not_resolved_and_doubt_the_top_of_every_run() -> None:
+    """At 4 mm pixels (the OpenKBP necks: 3.9-5.1 mm) C7's process runs into the first rib: the top of a run of ribs
+    speaks only against lumbar whatever its reach (module docstring, step 8); at 2 mm it is the first rib."""
+    from algorithm.ribs import RIB_RESOLVED_MM, TOP_BEARING_LIKELIHOOD
+
+    fine = _phantom()
+    coarse = sitk.Resample(fine, [int(fine.GetSize()[0] / 2), int(fine.GetSize()[1] / 2), fine.GetSize()[2]],
+                           sitk.Transform(), sitk.sitkLinear, fine.GetOrigin(), (4.0, 4.0, SPACING),
+                           fine.GetDirection(), -50.0)
+    assert RIB_RESOLVED_MM < 4.0
+    assert rib_evidence(fine, _positions()).resolved
+    read = rib_evidence(coarse, _positions())
+    assert not read.resolved and read.bearing.tolist() == list(RIBBED)  # the phantom's thick ribs still read
+    heights = _positions()[:, 2]
+    long_top = RibEvidence(read.reach_mm, read.seen, resolved=True)
+    assert not long_top.top_of_ribs(heights).any()  # its ribs all reach alike: the first rib, resolved
+    assert read.top_of_ribs(heights).tolist() == [False, False, False, False, True]
+    np.testing.assert_allclose(region_likelihood(read, heights)[4], TOP_BEARING_LIKELIHOOD)
+
+
+def test_where_ribs_are_borne_they_alone_tell_cervical_from_thoracic() -> None:
+    """A rib-bearing candidate that the network calls C6 (a count lost at the cervicothoracic junction) reads
+    thoracic by the ribs' likelihood ratio alone; the lumbar share against the larger of cervical and thoracic
+    stays the network's; a candidate whose ribs are unknown keeps the network's split."""
+    scores = np.zeros((2, len(LOCATE_CHANNELS)), dtype=np.float32)
+    scores[:, LOCATE_CHANNELS.index(6)] = 0.9  # C6
+    scores[:, LOCATE_CHANNELS.index(8)] = 0.05  # T1
+    scores[:, LOCATE_CHANNELS.index(20)] = 0.05  # L1
+    positions = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 20.0]])
+    ribs = RibEvidence(np.array([[100.0, 95.0], [0.0, 0.0]]), np.zeros((2, 2), dtype=bool))
+    ribbed = Candidates(positions, scores, np.array([0.9, 0.9]), ribs=ribs).regions()
+    network = Candidates(positions, scores, np.array([0.9, 0.9])).regions()
+    assert ribbed[0, 1] / ribbed[0, 0] == pytest.approx(BEARING_LIKELIHOOD[1] / BEARING_LIKELIHOOD[0])
+    assert ribbed[0, 2] / ribbed[0, 1] == pytest.approx(
+        network[0, 2] * BEARING_LIKELIHOOD[2] / (network[0, :2].max() * BEARING_LIKELIHOOD[1]))
+    np.testing.assert_allclose(ribbed[1], network[1] / network[1].sum())
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared OpenKBP CTs (../shared/data)")
+def test_a_real_chest_ct_s_top_is_named_by_its_ribs() -> None:
+    """OpenKBP dev pt_17 from half way between C5 and C6 down (``export.reformat``'s ``from-c6``: a chest CT's top,
+    4 mm pixels), bundled models: the network's levels lie a level too high there, and its candidates were named
+    C5-T3 (C6 called C5) while their ribs were read at T1 and below. With the ribs alone telling cervical from
+    thoracic where they are borne, and the top of the run doubted at these pixels, C6 and C7 read right."""
+    from algorithm.detect import detect_spine
+    from algorithm.models import ModelSource, find_model_dir, load_models
+    from algorithm.pipeline import Options, label_stage, locate_stage
+    from export.real_cases import openkbp_cases
+    from export.reformat import reformats
+
+    (case,) = [c for c in openkbp_cases("dev") if c.name == "openkbp-pt_17"]
+    ((_, top),) = reformats(case.load(), ["from-c6"])
+    models = load_models(ModelSource(find_model_dir().directory, "test"), device="cpu")
+    candidates = locate_stage(top.ct, detect_spine(top.ct, models.detect), models, Options())
+    assert candidates.ribs is not None and not candidates.ribs.resolved
+    labels = label_stage(candidates, Options()).labels
+    for level, centre in top.centroids_mm.items():
+        nearest = int(np.argmin(np.where(labels > 0, np.linalg.norm(candidates.positions_mm - centre, axis=1),
+                                         np.inf)))
+        assert labels[nearest] == level
