@@ -111,7 +111,9 @@ class Candidates:
         probabilities are both taken at the larger of the two before the ribs' likelihoods multiply them. The
         network loses count at the cervicothoracic junction of real necks (on the OpenKBP `dev` and `fit` CTs, at
         the candidates within 8 mm of an annotated C3-C7 centre and peaking at 0.3 or more, its strongest level
-        lies one or two levels too high at 21 of 35, right at 5), while a rib is read from the CT itself.
+        lies one or two levels too high at 21 of 35, right at 5), while a rib is read from the CT itself. The doubted
+        top of a run of ribs (:meth:`algorithm.ribs.RibEvidence.top_of_ribs`: C7 or T1 alike) is flattened too, so
+        it keeps no cervical-or-thoracic evidence at all: that is where the network lost count.
         """
         columns = [[i for i, label in enumerate(LOCATE_CHANNELS) if region_of(label) is region]
                    for region in (Region.CERVICAL, Region.THORACIC, Region.LUMBAR)]

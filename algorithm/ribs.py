@@ -81,7 +81,6 @@ __all__ = [
     "rib_evidence",
     "rise_above",
     "sagittal_directions",
-    "voxel_footprint_mm",
 ]
 
 log = logging.getLogger(__name__)
@@ -324,8 +323,8 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
         # or one the scan cuts, and says nothing of the region.
         lowest = int(np.argmax(bearing))
         seen[order[lowest:]] = False
-    footprint = voxel_footprint_mm(image)
-    evidence = RibEvidence(reach, seen, resolved=max(footprint[0], footprint[1]) <= RIB_RESOLVED_MM)
+    footprint = Geometry.of(image).world_spacing_mm
+    evidence = RibEvidence(reach, seen, resolved=bool(max(footprint[0], footprint[1]) <= RIB_RESOLVED_MM))
     if not evidence.resolved:
         log.info("ribs: voxels of %.1f x %.1f mm (left-right, front-back) are coarser than %.1f mm: the top of a run "
                  "of ribs may be C7's process run into the first rib", footprint[0], footprint[1], RIB_RESOLVED_MM)
@@ -334,14 +333,6 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
              int(np.any(leaves, axis=1).sum()), int(np.any(lone, axis=1).sum()),
              int(np.sum(evidence.free_sides == 2)), int(np.sum(evidence.free_sides == 1)))
     return evidence
-
-
-def voxel_footprint_mm(image: sitk.Image) -> np.ndarray:
-    """``(3,)`` how far one voxel of ``image`` extends along the world axes (LPS x, y, z), in mm,
-    ``sum_i |D[a, i]| spacing[i]`` for the direction matrix ``D``: an axial CT's pixels and slice thickness, a
-    sagittal one's slice thickness along x."""
-    direction = np.abs(np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3))
-    return direction @ np.asarray(image.GetSpacing(), dtype=np.float64)
 
 
 def rise_above(chain: np.ndarray, y_mm: np.ndarray, z_mm: np.ndarray, directions: np.ndarray | None = None

@@ -393,7 +393,8 @@ def _extra_cases(args: argparse.Namespace) -> list[RealCase]:
 
 def reformat_cases(cases: Sequence[RealCase], names: list[str] | None, folder: Path) -> list[RealCase]:
     """Every applicable reformat (``export.reformat``) of every case, written under ``folder``: all of them for a
-    masked case, the crops (``CENTROID_ONLY``) for one with centroids only (OpenKBP: its neck without the skull)."""
+    masked case, the crops (``CENTROID_ONLY``) for one with centroids only (OpenKBP: its neck without the skull, and
+    a chest CT's top)."""
     from export.reformat import reformats
     from spine.image import write_image
     from spine.verse import write_centroid_json
@@ -539,15 +540,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-real-") as tmp:
         if args.reformats is not None:
             try:
-                groups["reformats"] = reformat_cases(cases, args.reformats or None, Path(tmp))
+                variants = {"reformats": reformat_cases(cases, args.reformats or None, Path(tmp))}
                 for split in args.openkbp or []:  # the neck without the skull; a chest CT's top
-                    groups[f"OpenKBP {split}, reformatted"] = reformat_cases(openkbp_cases(split),
-                                                                             args.reformats or None, Path(tmp))
+                    variants[f"OpenKBP {split}, reformatted"] = reformat_cases(openkbp_cases(split),
+                                                                               args.reformats or None, Path(tmp))
+                groups.update(variants)
             except ValueError as error:
                 parser.error(str(error))
             if args.variants_only:
-                groups = {title: members for title, members in groups.items()
-                          if title == "reformats" or title.endswith(", reformatted")}
+                groups = {title: members for title, members in groups.items() if title in variants}
         if not any(groups.values()):
             print("no real case found", file=sys.stderr)
             return 1

@@ -80,8 +80,8 @@ def index_axis(geometry: Geometry, world_axis: int) -> tuple[int, float]:
 
 
 def world_spacing_mm(geometry: Geometry) -> np.ndarray:
-    """The voxel size along each world axis (x, y, z): ``|M| @ spacing`` (exact for axis permutations)."""
-    return np.abs(geometry.matrix) @ np.asarray(geometry.spacing_mm, dtype=np.float64)
+    """The voxel size along each world axis (x, y, z): :attr:`spine.image.Geometry.world_spacing_mm`."""
+    return geometry.world_spacing_mm
 
 
 def _blur(ct: sitk.Image, spacing_mm: tuple[float, float, float]) -> np.ndarray:
@@ -300,8 +300,8 @@ REFORMATS: dict[str, Callable[[Case], Reformat | None]] = {
     "slab-sacrum-cropped": _slab_sacrum_cropped,
 }
 """Each variant's builder, by the name of the variant it builds: the recipe for a case, or None where it does not
-apply (less than 20 mm of CT below the lowest vertebra, fewer than four vertebrae, no C5-C7 annotated, a CT
-already narrower than a slab, slices or pixels already that coarse)."""
+apply (less than 20 mm of CT below the lowest vertebra, fewer than four vertebrae, not all of C5, C6 and C7
+annotated, a CT already narrower than a slab, slices or pixels already that coarse)."""
 CENTROID_ONLY = ("top-cropped", FROM_C6)
 """The variants that a case with centroids but no mask can take: crops through the spine's length between two
 annotated centres, whose vertebrae are in view or not by their centres. The others decide which vertebrae stay

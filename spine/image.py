@@ -89,6 +89,12 @@ class Geometry:
         return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
 
     @property
+    def world_spacing_mm(self) -> np.ndarray:
+        """``(3,)`` how far one voxel extends along each world axis (x, y, z), ``|M| @ spacing``: an axial CT's
+        pixels and slice thickness, a sagittal one's slice thickness along x (exact for axis permutations)."""
+        return np.abs(self.matrix) @ np.asarray(self.spacing_mm, dtype=np.float64)
+
+    @property
     def shape_zyx(self) -> tuple[int, int, int]:
         """Shape of the NumPy array of this grid, ``(k, j, i)``."""
         return (self.size[2], self.size[1], self.size[0])

@@ -231,7 +231,7 @@ def test_bench_real_checks_its_bone_floor_as_predict_does(capsys) -> None:
     assert "bone floor must be in (0, 0.5], got 0.9" in capsys.readouterr().err
 
 
-def test_bench_real_scores_variants_only_of_reformats(capsys) -> None:
+def test_bench_real_variants_only_needs_reformats(capsys) -> None:
     """``--variants-only`` leaves out the cases the variants come from: without ``--reformats`` there are none to
     score, one error line before any model loads."""
     from test_support import bench_module

@@ -348,16 +348,18 @@ def test_the_top_of_the_run_is_found_among_the_candidates_that_remain() -> None:
     assert doubted(kept.with_point(np.array([0.0, 0.0, 200.0]))) == [False, False, False, True]
 
 
-def test_voxel_footprint_follows_the_grid_s_direction() -> None:
-    from algorithm.ribs import voxel_footprint_mm
+def test_a_voxel_s_world_footprint_follows_the_grid_s_direction() -> None:
+    """What ``rib_evidence`` reads the pixels across a rib from (LPS x and y): an axial CT's pixels, a sagittal one's
+    slice thickness along x."""
+    from spine.image import Geometry
 
     axial = sitk.Image(4, 4, 4, sitk.sitkInt16)
     axial.SetSpacing((0.8, 0.8, 2.5))
-    np.testing.assert_allclose(voxel_footprint_mm(axial), [0.8, 0.8, 2.5])
-    sagittal = sitk.Image(4, 4, 4, sitk.sitkInt16)  # VerSe's PIR: i -> P, j -> I, k -> R
+    np.testing.assert_allclose(Geometry.of(axial).world_spacing_mm, [0.8, 0.8, 2.5])
+    sagittal = sitk.Image(4, 4, 4, sitk.sitkInt16)  # VerSe's PIR: i along y, j along z, k along x
     sagittal.SetSpacing((1.0, 1.0, 3.0))
     sagittal.SetDirection((0.0, 0.0, -1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
-    np.testing.assert_allclose(voxel_footprint_mm(sagittal), [3.0, 1.0, 1.0])
+    np.testing.assert_allclose(Geometry.of(sagittal).world_spacing_mm, [3.0, 1.0, 1.0])
 
 
 def test_coarse_pixels_are_not_resolved_and_doubt_the_top_of_every_run() -> None:
