@@ -43,8 +43,7 @@ from spine.case import Case
 from spine.image import Geometry, image_from_array, resample_onto
 from spine.labels import EVALUATED
 
-__all__ = ["CENTROID_ONLY", "FWHM_PER_SIGMA", "REFORMATS", "Reformat", "index_axis", "reformat", "reformats",
-           "world_spacing_mm"]
+__all__ = ["CENTROID_ONLY", "FWHM_PER_SIGMA", "REFORMATS", "Reformat", "index_axis", "reformat", "reformats"]
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # 2.3548
 CROP_KEEP = 0.85  # a vertebra cut by a crop through the spine's length keeps its label above this fraction
@@ -77,11 +76,6 @@ def index_axis(geometry: Geometry, world_axis: int) -> tuple[int, float]:
     row = geometry.matrix[world_axis]
     axis = int(np.argmax(np.abs(row)))
     return axis, float(np.sign(row[axis]))
-
-
-def world_spacing_mm(geometry: Geometry) -> np.ndarray:
-    """The voxel size along each world axis (x, y, z): :attr:`spine.image.Geometry.world_spacing_mm`."""
-    return geometry.world_spacing_mm
 
 
 def _blur(ct: sitk.Image, spacing_mm: tuple[float, float, float]) -> np.ndarray:
@@ -196,18 +190,24 @@ def _sacrum_cropped(case: Case) -> Reformat | None:
     return Reformat("sacrum-cropped", tuple(spacing), tuple(low), tuple(high), CROP_KEEP)
 
 
-def _top_cropped(case: Case) -> Reformat | None:
+def _starting_at(case: Case, name: str, cut: float) -> Reformat:
+    """The variant ``name`` of ``case`` whose CT starts (at its head end) at the continuous index ``cut`` along the
+    head-foot index axis."""
     axis, sign = index_axis(case.geometry, 2)
     low, high, spacing = _box(case)
-    heads_first = _centroid_index(case, axis)
-    if len(heads_first) < 4:
-        return None
-    cut = 0.5 * (heads_first[1] + heads_first[2])  # between the second and third from the top: two levels leave
-    if sign > 0:
+    if sign > 0:  # index grows towards the head: the top is the high end
         high[axis] = cut
     else:
         low[axis] = cut
-    return Reformat("top-cropped", tuple(spacing), tuple(low), tuple(high), CROP_KEEP)
+    return Reformat(name, tuple(spacing), tuple(low), tuple(high), CROP_KEEP)
+
+
+def _top_cropped(case: Case) -> Reformat | None:
+    heads_first = _centroid_index(case, index_axis(case.geometry, 2)[0])
+    if len(heads_first) < 4:
+        return None
+    # between the second and third from the top: two levels leave
+    return _starting_at(case, "top-cropped", 0.5 * (heads_first[1] + heads_first[2]))
 
 
 def _from_c6(case: Case) -> Reformat | None:
@@ -216,15 +216,9 @@ def _from_c6(case: Case) -> Reformat | None:
     C2 (top anchors) in view."""
     if not {5, 6, 7} <= set(case.centroids_mm):
         return None
-    axis, sign = index_axis(case.geometry, 2)
-    low, high, spacing = _box(case)
+    axis, _ = index_axis(case.geometry, 2)
     c5, c6 = case.geometry.world_to_index(np.asarray([case.centroids_mm[5], case.centroids_mm[6]]))[:, axis]
-    cut = 0.5 * (c5 + c6)
-    if sign > 0:
-        high[axis] = cut
-    else:
-        low[axis] = cut
-    return Reformat(FROM_C6, tuple(spacing), tuple(low), tuple(high), CROP_KEEP)
+    return _starting_at(case, FROM_C6, 0.5 * (c5 + c6))
 
 
 def _sagittal_slab(case: Case) -> Reformat | None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from test_support import REPO
 
 from export.real_cases import shared_data_dir
-from export.reformat import FWHM_PER_SIGMA, REFORMATS, Reformat, index_axis, reformat, reformats, world_spacing_mm
+from export.reformat import FWHM_PER_SIGMA, REFORMATS, Reformat, index_axis, reformat, reformats
 from spine.case import Case
 from spine.image import Geometry, image_from_array
 
@@ -99,7 +99,7 @@ def test_every_variant_keeps_what_is_in_view(direction):
     # both at once: the slab's width, slices and orientation, and the sacrum crop's bottom
     both = variants["slab-sacrum-cropped"]
     assert both.geometry.orientation_codes() == ("P", "I", "R") and labels_of(both) == [20, 21, 22, 23, 24]
-    np.testing.assert_allclose(world_spacing_mm(both.geometry), world_spacing_mm(slab.geometry))
+    np.testing.assert_allclose(both.geometry.world_spacing_mm, slab.geometry.world_spacing_mm)
     for world_axis in (0, 2):
         extent = [view.geometry.index_to_world(np.array(list(np.ndindex(2, 2, 2))) * (np.array(view.geometry.size)
                   - 1.0))[:, world_axis] for view in (both, slab, bottom)]
@@ -162,10 +162,10 @@ def test_a_variant_does_not_depend_on_the_grid_s_orientation(direction, name):
     """
     (_, a), = reformats(stacked_case(), [name])
     (_, b), = reformats(stacked_case(tuple(float(d) for d in direction)), [name])
-    np.testing.assert_allclose(world_spacing_mm(a.geometry), world_spacing_mm(b.geometry))
+    np.testing.assert_allclose(a.geometry.world_spacing_mm, b.geometry.world_spacing_mm)
     assert labels_of(a) == labels_of(b) and sorted(a.centroids_mm) == sorted(b.centroids_mm)
     voxel = float(np.prod(a.geometry.spacing_mm))
-    layer = float(np.sum(world_spacing_mm(a.geometry) / np.array([60.0, 30.0, 16.0])))
+    layer = float(np.sum(a.geometry.world_spacing_mm / np.array([60.0, 30.0, 16.0])))
     for v in labels_of(a):
         volume_a = float((sitk.GetArrayViewFromImage(a.mask) == v).sum()) * voxel
         volume_b = float((sitk.GetArrayViewFromImage(b.mask) == v).sum()) * voxel
