@@ -31,11 +31,26 @@ import SimpleITK as sitk
 from algorithm.detect import Detection, detect_spine
 from algorithm.fragments import edge_fragments, write_fragments
 from algorithm.inputs import InputError
-from algorithm.labelling import LABELLERS, Constraints, Labelling, label_candidates, learned_decoder
+from algorithm.labelling import (
+    COARSE_OFFSET_PROBABILITY,
+    LABELLERS,
+    Constraints,
+    Labelling,
+    coarse_decoder,
+    label_candidates,
+    learned_decoder,
+)
 from algorithm.labelling.constraints import FIX_REACH_MM, Fix, changes
 from algorithm.labelling.skipped import skipped_levels
 from algorithm.labelling_prior import LabellingPrior, load_default
-from algorithm.locate import PEAK_SEPARATION_MM, Candidates, locate_heatmaps, peak_candidates
+from algorithm.locate import (
+    COARSE_PIXEL_MM,
+    PEAK_SEPARATION_MM,
+    Candidates,
+    is_coarse,
+    locate_heatmaps,
+    peak_candidates,
+)
 from algorithm.measure import BodyMeasure, csv_text, measure_case, screening
 from algorithm.models import Models
 from algorithm.outputs import Writer, bytes_writer, commit_outputs, image_writer, json_writer, text_writer
@@ -389,6 +404,9 @@ def _labelled(image: sitk.Image, candidates: Candidates, models: Models, options
         details["label"]["anchor"] = f"skull base: {candidates.anchor}"
     if candidates.on_sacrum:
         details["label"]["foot"] = "rests on the sacrum: the lowest vertebra is the last lumbar"
+    if candidates.coarse and options.labeller != "learned":
+        details["label"]["count"] = (f"coarse CT (pixels over {COARSE_PIXEL_MM:g} mm): the network's count doubted, "
+                                     f"lost by one each way at {COARSE_OFFSET_PROBABILITY:g}")
     if labelling.uncertain:
         log.warning("label: labelling uncertain (best and runner-up labellings close); check the levels")
     if not vertebrae:
@@ -587,7 +605,7 @@ def locate_stage(image: sitk.Image, detection: Detection, models: Models,
             candidates = candidates.with_fixed(1, c1)
     if options.rib_evidence and options.region_evidence and len(candidates):
         candidates = replace(candidates, ribs=rib_evidence(image, candidates.positions_mm))
-    return candidates
+    return replace(candidates, coarse=is_coarse(image))
 
 
 def _subset(candidates: Candidates, keep: np.ndarray) -> Candidates:
@@ -639,7 +657,7 @@ def label_stage(candidates: Candidates, options: Options | None = None) -> Label
     learned = options.labeller == "learned"
     regions = candidates.regions() if options.region_evidence or learned else None
     return label_candidates(candidates.positions_mm, candidates.scores, regions=regions,
-                            decoder=learned_decoder() if learned else None,
+                            decoder=learned_decoder() if learned else coarse_decoder() if candidates.coarse else None,
                             constraints=_with_anchor(options.constraints, candidates.anchor),
                             cut=candidates.cut if options.censor_cut else None,
                             on_sacrum=candidates.on_sacrum)

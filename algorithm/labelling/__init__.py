@@ -80,7 +80,10 @@ The model (all scores natural logs, "nats"; every term a log likelihood ratio ag
    in ten; 0 switches the component off); it enters the score as the log odds
    ``log(P(o) / P(0))`` (0 for ``o = 0``, about -2.9 nats otherwise), so that ``o != 0``
    must be bought by evidence. The offset is a grid dimension like the spine size: every
-   pass runs over (offset, scale) hypotheses at once, about three times the work.
+   pass runs over (offset, scale) hypotheses at once, about three times the work. Where the
+   network read a coarse CT (:func:`algorithm.locate.is_coarse`: the OpenKBP necks' 3.5-5.4 mm
+   pixels), it loses count about as often as not: :func:`coarse_decoder` reads its count at
+   :data:`COARSE_OFFSET_PROBABILITY` each way.
 
 6. **Chain ends** (``end_weight``, 0 by default: off). A chain starting on label l adds ``end_weight``
    times the prior's ``log(26 P(first = l))``, one ending on l ``end_weight`` times ``log(26 P(last = l))``:
@@ -138,8 +141,8 @@ from algorithm.labelling.constraints import Constraints, Fix, parse_fix
 from algorithm.labelling.curve import order_along_spine
 from algorithm.labelling.decoder import ChainDecoder, Labelling
 
-__all__ = ["LABELLERS", "LEARNED_MODEL", "ChainDecoder", "Constraints", "Fix", "Labelling", "decode",
-           "label_candidates", "learned_decoder", "order_along_spine", "parse_fix"]
+__all__ = ["COARSE_OFFSET_PROBABILITY", "LABELLERS", "LEARNED_MODEL", "ChainDecoder", "Constraints", "Fix", "Labelling",
+           "coarse_decoder", "decode", "label_candidates", "learned_decoder", "order_along_spine", "parse_fix"]
 
 LABELLERS = ("decoder", "learned")
 """What reads the region evidence: per candidate (the decoder's own ratio) or the chain-context model."""
@@ -147,9 +150,24 @@ LEARNED_MODEL = Path(__file__).resolve().parents[1] / "models" / "label.onnx"
 """The shipped chain-context model (:mod:`algorithm.labelling.context`)."""
 
 
+COARSE_OFFSET_PROBABILITY = 0.25
+"""The lost-count prior (item 5) each way where the network read a coarse CT (:data:`algorithm.locate.COARSE_PIXEL_MM`):
+on the real OpenKBP necks its count per case is right about as often as it is one or more levels off (in 6 of the 15
+cases it counts within two levels), not in nine cases of ten. Chosen on the `dev` and `fit` necks (0.25 against 0.05,
+0.1, 0.2, 0.3 and 0.45, and one-sided priors, on cached candidates); end to end the 23 necks cropped below C2 go from
+7 to 10 fully right and the 28 whole `fit` necks from 24 to 25, none lost (docs/benchmarks.md)."""
+
+
 @lru_cache(maxsize=1)
 def _default_decoder() -> ChainDecoder:
     return ChainDecoder()
+
+
+@lru_cache(maxsize=1)
+def coarse_decoder() -> ChainDecoder:
+    """The decoder for a coarse CT's candidates: the network's count doubted as :data:`COARSE_OFFSET_PROBABILITY`
+    says, so that ribs, the skull base, the sacrum and the spacings decide where they speak."""
+    return ChainDecoder(offset_probability=COARSE_OFFSET_PROBABILITY)
 
 
 @lru_cache(maxsize=4)
