@@ -136,6 +136,7 @@ def test_a_cropped_neck_named_lumbar_is_labelled_again_by_size(cropped_pt52, lab
     result = predict_case(cropped.ct, models)
     assert result.vertebrae and all(v.label <= 7 for v in result.vertebrae)
     assert result.details["label"]["by_size"].startswith("first labelled L")
+    assert result.details["label"]["count"].startswith("coarse CT")  # 4 mm pixels: the network's count doubted
     assert result.details["plausibility"]["plausible"]
     assert max(v.confidence for v in result.vertebrae) <= BY_SIZE_CAP
     assert [s["stage"] for s in result.timer.to_list()][-3:] == ["label (by size)", "segment (by size)",
