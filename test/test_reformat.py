@@ -16,7 +16,7 @@ from export.reformat import FWHM_PER_SIGMA, REFORMATS, Reformat, index_axis, ref
 from spine.case import Case
 from spine.image import Geometry, image_from_array
 
-PIR = (0.0, 0.0, -1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # i -> P, j -> I, k -> R (VerSe's sagittal scans), LPS
+PIR = (0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # i -> P, j -> I, k -> R (VerSe's sagittal scans), LPS
 
 
 def stacked_case(direction: tuple[float, ...] = (1, 0, 0, 0, 1, 0, 0, 0, 1), spacing=(2.0, 2.0, 2.0),
