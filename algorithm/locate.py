@@ -170,10 +170,9 @@ class Candidates:
 
 
 def is_coarse(image: sitk.Image) -> bool:
-    """Whether ``image``'s voxels reach further than :data:`COARSE_PIXEL_MM` along LPS x or y (world footprint,
-    :attr:`spine.image.Geometry.world_spacing_mm`: a sagittal slab's slice thickness counts along x)."""
-    footprint = Geometry.of(image).world_spacing_mm
-    return bool(max(footprint[0], footprint[1]) > COARSE_PIXEL_MM)
+    """Whether ``image``'s voxels reach further than :data:`COARSE_PIXEL_MM` across the patient
+    (:attr:`spine.image.Geometry.pixel_mm`: a sagittal slab's slice thickness counts along x)."""
+    return Geometry.of(image).pixel_mm > COARSE_PIXEL_MM
 
 
 def find_peaks(

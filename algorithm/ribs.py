@@ -323,11 +323,11 @@ def rib_evidence(image: sitk.Image, positions_mm: np.ndarray) -> RibEvidence:
         # or one the scan cuts, and says nothing of the region.
         lowest = int(np.argmax(bearing))
         seen[order[lowest:]] = False
-    footprint = Geometry.of(image).world_spacing_mm
-    evidence = RibEvidence(reach, seen, resolved=bool(max(footprint[0], footprint[1]) <= RIB_RESOLVED_MM))
+    pixel = Geometry.of(image).pixel_mm
+    evidence = RibEvidence(reach, seen, resolved=pixel <= RIB_RESOLVED_MM)
     if not evidence.resolved:
-        log.info("ribs: voxels of %.1f x %.1f mm (left-right, front-back) are coarser than %.1f mm: the top of a run "
-                 "of ribs may be C7's process run into the first rib", footprint[0], footprint[1], RIB_RESOLVED_MM)
+        log.info("ribs: voxels reaching %.1f mm across the patient are coarser than %.1f mm: the top of a run of ribs "
+                 "may be C7's process run into the first rib", pixel, RIB_RESOLVED_MM)
     log.info("ribs: %d of %d candidates bear ribs (%d leaving the view sideways, %d of those not taken: the other "
              "side shows none), %d show none on both sides, %d on one", int(evidence.bearing.sum()), n,
              int(np.any(leaves, axis=1).sum()), int(np.any(lone, axis=1).sum()),

@@ -95,6 +95,13 @@ class Geometry:
         return np.abs(self.matrix) @ np.asarray(self.spacing_mm, dtype=np.float64)
 
     @property
+    def pixel_mm(self) -> float:
+        """How far one voxel reaches across the patient, left-right or front-back (the larger of
+        :attr:`world_spacing_mm` along x and y): an axial CT's pixel, a sagittal slab's slice thickness or pixel."""
+        footprint = self.world_spacing_mm
+        return float(max(footprint[0], footprint[1]))
+
+    @property
     def shape_zyx(self) -> tuple[int, int, int]:
         """Shape of the NumPy array of this grid, ``(k, j, i)``."""
         return (self.size[2], self.size[1], self.size[0])

@@ -360,6 +360,7 @@ def test_a_voxel_s_world_footprint_follows_the_grid_s_direction() -> None:
     sagittal.SetSpacing((1.0, 1.0, 3.0))
     sagittal.SetDirection((0.0, 0.0, -1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
     np.testing.assert_allclose(Geometry.of(sagittal).world_spacing_mm, [3.0, 1.0, 1.0])
+    assert Geometry.of(axial).pixel_mm == pytest.approx(0.8) and Geometry.of(sagittal).pixel_mm == pytest.approx(3.0)
 
 
 def test_coarse_pixels_are_not_resolved_and_doubt_the_top_of_every_run() -> None:
