@@ -404,7 +404,7 @@ def _labelled(image: sitk.Image, candidates: Candidates, models: Models, options
         details["label"]["anchor"] = f"skull base: {candidates.anchor}"
     if candidates.on_sacrum:
         details["label"]["foot"] = "rests on the sacrum: the lowest vertebra is the last lumbar"
-    if candidates.coarse and options.labeller != "learned":
+    if _doubts_count(candidates, options):
         details["label"]["count"] = (f"coarse CT (pixels over {COARSE_PIXEL_MM:g} mm): the network's count doubted, "
                                      f"lost by one each way at {COARSE_OFFSET_PROBABILITY:g}")
     if labelling.uncertain:
@@ -656,11 +656,17 @@ def label_stage(candidates: Candidates, options: Options | None = None) -> Label
         raise ValueError(f"labeller must be one of {', '.join(LABELLERS)}, got {options.labeller!r}")
     learned = options.labeller == "learned"
     regions = candidates.regions() if options.region_evidence or learned else None
-    return label_candidates(candidates.positions_mm, candidates.scores, regions=regions,
-                            decoder=learned_decoder() if learned else coarse_decoder() if candidates.coarse else None,
+    decoder = learned_decoder() if learned else coarse_decoder() if _doubts_count(candidates, options) else None
+    return label_candidates(candidates.positions_mm, candidates.scores, regions=regions, decoder=decoder,
                             constraints=_with_anchor(options.constraints, candidates.anchor),
                             cut=candidates.cut if options.censor_cut else None,
                             on_sacrum=candidates.on_sacrum)
+
+
+def _doubts_count(candidates: Candidates, options: Options) -> bool:
+    """Whether :func:`label_stage` doubts the network's count (:func:`algorithm.labelling.coarse_decoder`): the
+    decoder reads a coarse CT's candidates (the learned labeller keeps its own calibration)."""
+    return candidates.coarse and options.labeller == "decoder"
 
 
 def _with_anchor(constraints: Constraints, fix: Fix | None) -> Constraints:
