@@ -19,6 +19,11 @@ foramen magnum over the top of the CT. Where its peak reaches the model's ``peak
    vertebra below took its place: a candidate goes there (:func:`missing_c2`), without level evidence and not
    fixed, for the decoder to weigh like any other. On 11 of the 52 annotated OpenKBP ``dev`` and ``fit`` CTs no
    candidate lay within 12 mm of C2's point, and 8 of those chains came out one level low from C2 down.
+4. Candidates in the neck's height (down to :data:`NECK_LOW_MM` under the foramen magnum) more than
+   :data:`NECK_SIDE_MM` to its left or right leave the chain too: the neck's bodies lie in the midline under the
+   foramen, and an outline beside them (a lateral mass, a transverse process, the clavicle's end) stretches the chain
+   sideways, so the decoder took it for a vertebra and left a real one out (``fit`` pt_48's C3, beside a candidate
+   34 mm to its left at the challenge's crop box's lower edge).
 
 Where every candidate lies above a skull base that was found, the detect stage's box missed the neck (on two
 ``fit`` CTs it sat on the back of the skull, C2 outside it, and the locate network put all its candidates in
@@ -52,9 +57,9 @@ from spine.image import Geometry
 from spine.preprocess import model_grid, zyx_to_world
 
 __all__ = ["ABOVE_MM", "BONE_HU", "BONE_RADIUS_MM", "C1_CLEAR_MM", "C1_OFFSET_MM", "C2_OFFSET_MM", "C2_SEEN_MM",
-           "CONTEXT_MM", "MIN_BONE_ML", "NECK_HIGH_MM", "NECK_LOW_MM", "SkullBase", "above_the_neck", "anchor",
-           "beside_the_box", "bone_above_ml", "find_skull_base", "missed_the_neck", "missing_c2", "neck_box",
-           "neck_detection", "search_grid"]
+           "CONTEXT_MM", "MIN_BONE_ML", "NECK_HIGH_MM", "NECK_LOW_MM", "NECK_SIDE_MM", "SkullBase", "above_the_neck",
+           "anchor", "beside_the_box", "beside_the_neck", "bone_above_ml", "find_skull_base", "missed_the_neck",
+           "missing_c2", "neck_box", "neck_detection", "search_grid"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +86,10 @@ NECK_HIGH_MM = np.array([45.0, 50.0, ABOVE_MM + 8.0])
 """The box under the foramen magnum (LPS offsets, mm) where :func:`neck_detection` looks for the neck: the
 annotated bodies of C1-T3 lie -7..7 (x), -27..29 (y), -150..3 (z) mm from the skull-base model's point on the
 52 annotated OpenKBP ``dev`` and ``fit`` CTs; the margins leave the locate network and the outlines context."""
+NECK_SIDE_MM = 20.0
+"""A candidate in the neck's height farther than this to the left or right of the foramen magnum is no vertebral body
+(:func:`anchor`): the annotated bodies of C1-T3 lie within 7 mm of it on the 52 annotated OpenKBP CTs (heads tilted
+included: :data:`NECK_LOW_MM`); the margin is about three times that."""
 NECK_AXIS_STEP_MM = 8.0
 BONE_HU = 300.0
 BONE_RADIUS_MM = 40.0
@@ -179,10 +188,20 @@ def anchor(positions_mm: np.ndarray, base: SkullBase) -> tuple[np.ndarray, np.nd
     below = positions[:, 2] <= base.point_mm[2] + ABOVE_MM
     c1 = base.point_mm + C1_OFFSET_MM
     at_c1 = np.linalg.norm(positions - c1, axis=1) <= C1_CLEAR_MM
-    keep = below & ~at_c1
-    log.info("skull base: C1 placed at %s mm; %d candidate(s) above the skull base and %d at C1 give way",
-             np.round(c1, 1).tolist(), int((~below).sum()), int((below & at_c1).sum()))
+    beside = beside_the_neck(positions, base)
+    keep = below & ~at_c1 & ~beside
+    log.info("skull base: C1 placed at %s mm; %d candidate(s) above the skull base, %d at C1 and %d beside the neck "
+             "give way", np.round(c1, 1).tolist(), int((~below).sum()), int((below & at_c1).sum()),
+             int((below & ~at_c1 & beside).sum()))
     return keep, c1
+
+
+def beside_the_neck(positions_mm: np.ndarray, base: SkullBase, *, side_mm: float = NECK_SIDE_MM) -> np.ndarray:
+    """``(N,)`` bool: which positions lie in the neck's height (down to :data:`NECK_LOW_MM` under the foramen magnum)
+    more than ``side_mm`` to the left or right of it (module docstring, item 4)."""
+    positions = np.asarray(positions_mm, dtype=np.float64).reshape(-1, 3)
+    offset = positions - base.point_mm
+    return (offset[:, 2] >= NECK_LOW_MM[2]) & (np.abs(offset[:, 0]) > side_mm)
 
 
 def missing_c2(c1_mm: np.ndarray, positions_mm: np.ndarray, *, seen_mm: float = C2_SEEN_MM) -> np.ndarray | None:

@@ -16,10 +16,12 @@ from algorithm.skull import (
     C2_OFFSET_MM,
     C2_SEEN_MM,
     NECK_LOW_MM,
+    NECK_SIDE_MM,
     SkullBase,
     above_the_neck,
     anchor,
     beside_the_box,
+    beside_the_neck,
     missed_the_neck,
     missing_c2,
     neck_box,
@@ -75,6 +77,19 @@ def test_property_only_what_lies_above_or_at_c1_leaves(extra: list[float], near:
     leaving = len(above) + len(at_c1)
     assert not keep[:leaving].any() and keep[leaving:].all()
     assert c1 is not None and np.allclose(c1, C1)
+
+
+def test_what_lies_beside_the_neck_leaves_and_a_lower_spine_beside_it_stays() -> None:
+    """The neck's bodies lie under the foramen magnum (within 7 mm left-right on the 52 annotated OpenKBP CTs): an
+    outline farther to the side in the neck's height is no body; below the neck's height a spine may bend aside."""
+    neck = _neck(C1[2] - 14.0, n=5)
+    beside = C1 + np.array([NECK_SIDE_MM + 5.0, 0.0, -60.0])  # a lateral mass, a transverse process, a clavicle
+    off_midline = C1 + np.array([NECK_SIDE_MM - 5.0, 0.0, -75.0])  # a neck body off the midline, within reach
+    lower = np.array([BASE.point_mm[0] - 40.0, C1[1], BASE.point_mm[2] + NECK_LOW_MM[2] - 20.0])  # a scoliotic spine
+    positions = np.vstack([neck, beside, off_midline, lower])
+    assert beside_the_neck(positions, BASE).tolist() == [False] * 5 + [True, False, False]
+    keep, c1 = anchor(positions, BASE)
+    assert keep.tolist() == [True] * 5 + [False, True, True] and c1 is not None
 
 
 def test_placed_c1_heads_the_chain_and_the_levels_follow() -> None:
@@ -185,6 +200,26 @@ def test_a_spine_box_that_missed_the_neck_is_hung_under_the_foramen_magnum(name:
     for level in (1, 2):
         (k,) = np.flatnonzero(labels == level)
         assert np.linalg.norm(candidates.positions_mm[k] - real.centroids_mm[level]) < 10.0, level
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared OpenKBP CTs (../shared/data)")
+def test_a_candidate_beside_the_neck_no_longer_costs_c3() -> None:
+    """fit pt_48 (real OpenKBP CT, bundled models): looked for again under the foramen magnum, the outlines found C3
+    at the crop box's lower edge and an outline 34 mm to its left; with that one in the chain the decoder left C3
+    out (C1 and C2 labelled, id 0.67). Without it C1-C3 are labelled, each nearest its own annotation."""
+    from algorithm.detect import detect_spine
+    from algorithm.pipeline import Options, label_stage, locate_stage
+
+    (case,) = [c for c in openkbp_cases("fit") if c.name == "openkbp-pt_48"]
+    real = case.load()
+    models = _bundled_models()
+    candidates = locate_stage(real.ct, detect_spine(real.ct, models.detect), models, Options())
+    labels = label_stage(candidates, Options()).labels
+    annotated = real.centroids_mm
+    for level in (1, 2, 3):
+        (k,) = np.flatnonzero(labels == level)
+        distance = {other: float(np.linalg.norm(candidates.positions_mm[k] - at)) for other, at in annotated.items()}
+        assert min(distance, key=distance.__getitem__) == level and distance[level] < 20.0, (level, distance)
 
 
 def test_a_users_fix_wins_over_the_anchor() -> None:
