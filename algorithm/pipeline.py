@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from algorithm.detect import Detection, detect_spine
+from algorithm.discs import heights_between_discs
 from algorithm.fragments import edge_fragments, write_fragments
 from algorithm.inputs import InputError
 from algorithm.labelling import (
@@ -149,6 +150,9 @@ class Options:
     size_evidence: bool = True
     """Where the anatomy check finds the segmented vertebrae the wrong size for their levels, label again with their
     sizes as region evidence and keep that labelling where the check then passes (:mod:`algorithm.sizes`)."""
+    disc_centres: bool = True
+    """On coarse CTs, move the points of C3 and below along the chain to the middle of their bodies' discs where the CT
+    shows them (:mod:`algorithm.discs`); the masks stay."""
     constraints: Constraints = field(default_factory=Constraints)  # what the user knows (algorithm.labelling, 8)
     labeller: str = "decoder"
     """``decoder``: region evidence read per candidate; ``learned``: read in the context of the whole chain by the
@@ -336,7 +340,28 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
     if options.size_evidence:
         result = _relabelled_by_size(image, candidates, models, options, result, before_label)
     result.vertebrae = _c2_with_its_dens(result.vertebrae, candidates)
+    if options.disc_centres and candidates.coarse:
+        _between_discs(image, result)
     return result
+
+
+def _between_discs(image: sitk.Image, result: CaseResult) -> None:
+    """``result``'s points of C3 and below moved to the middle of their bodies' discs where the CT shows them
+    (:func:`algorithm.discs.heights_between_discs`), and the run report's ``label.between_discs`` saying how far; the
+    masks, segmented from the points before, stay."""
+    vertebrae = result.vertebrae
+    if not vertebrae:
+        return
+    before = np.array([v.position_mm for v in vertebrae], dtype=np.float64)
+    after = heights_between_discs(image, [v.label for v in vertebrae], before)
+    moved = {v.name: round(float(d), 1) for v, d in
+             zip(vertebrae, np.linalg.norm(after - before, axis=1), strict=True) if d > 0.0}
+    if not moved:
+        return
+    log.info("label: points moved between their bodies' discs: %s", " ".join(f"{n} {d} mm" for n, d in moved.items()))
+    result.details.setdefault("label", {})["between_discs"] = moved
+    result.vertebrae = tuple(replace(v, position_mm=tuple(float(c) for c in point))
+                             for v, point in zip(vertebrae, after, strict=True))
 
 
 def _c2_with_its_dens(vertebrae: tuple[Vertebra, ...], candidates: Candidates) -> tuple[Vertebra, ...]:
