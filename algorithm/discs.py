@@ -38,8 +38,9 @@ from scipy.signal import find_peaks
 
 from spine.image import Geometry
 
-__all__ = ["CLEAR_FRACTION", "DISC_PROMINENCE_HU", "FORWARD_MM", "PROFILE_PERCENTILE", "SMOOTH_MM", "SQUARE_MM",
-           "between_discs", "bone_profile", "disc_heights", "heights_between_discs"]
+__all__ = ["BODY_STEPS", "CLEAR_FRACTION", "DISC_PROMINENCE_HU", "FORWARD_MM", "PROFILE_PERCENTILE", "REACH_FRACTION",
+           "SAMPLE_MM", "SMOOTH_MM", "SQUARE_MM", "STEP_MM", "between_discs", "bone_profile", "disc_heights",
+           "heights_between_discs"]
 
 PROFILE_PERCENTILE = 75.0
 """Bone fills at least a quarter of a square across a body (its cortex, endplates and cancellous core), and none of one
@@ -59,7 +60,7 @@ DISC_PROMINENCE_HU = 20.0
 """Least prominence of a disc's minimum in the profile."""
 CLEAR_FRACTION = 0.3
 """A point this fraction of the chain's spacing or more from both discs around it lies clearly inside its body, and
-starts a walk (0.2 and 0.25 also moved `dev` pt_15's C6 onto the wrong body)."""
+starts a walk (in a prototype, 0.2 and 0.25 also moved ``dev`` pt_15's C6 onto the wrong body)."""
 BODY_STEPS = (0.7, 1.3)
 """A body's two discs lie this many of the chain's spacings apart."""
 REACH_FRACTION = 0.6
