@@ -106,6 +106,16 @@ class Candidates:
     def __len__(self) -> int:
         return int(self.positions_mm.shape[0])
 
+    def anchors(self) -> tuple[str, ...]:
+        """The ends of the spine the CT itself shows, which fix a level whatever the network counts: the skull base over
+        C1 (``anchor``), the sacrum under the last lumbar vertebra (``on_sacrum``). The ribs are not among them here:
+        where the network's count is doubted (``coarse``) they are not resolved either
+        (:attr:`algorithm.ribs.RibEvidence.resolved`), and there the rib reader misreads both ends of a run of ribs
+        (C7's process taken for the first rib; on the OpenKBP necks cut where a chest CT starts, `dev` pt_15's T2 and
+        T3 read free of ribs). Empty: the levels rest on the count, the chain's steps and where the view ends."""
+        return tuple(name for name, found in (("skull base", self.anchor is not None), ("sacrum", self.on_sacrum))
+                     if found)
+
     def regions(self, *, confident_peak: float = REGION_CONFIDENT_PEAK) -> np.ndarray:
         """``(N, 3)`` cervical / thoracic / lumbar probabilities: each candidate's label scores summed per
         region and normalised (with the factorised locate head the scores are the label softmax scaled

@@ -73,6 +73,7 @@ from spine.markups import markups_document, markups_name
 from spine.verse import centroid_json_name, mask_name, write_centroid_json
 
 __all__ = [
+    "ANCHORLESS_CAP",
     "CaseResult",
     "Options",
     "UNCERTAIN_BELOW",
@@ -101,6 +102,15 @@ names it (a labelling the decoder is sure of scores >= 0.95; a fragment's is cap
 FRAGMENT_CAP = 0.5
 """Probability ceiling of a fragment's point (:mod:`algorithm.fragments`): its label is its neighbour's plus one
 level, and what it is rests on a few slices of bone."""
+
+ANCHORLESS_CAP = 0.6
+"""Probability ceiling of a point on a coarse CT (:func:`algorithm.locate.is_coarse`) with neither end of the spine in
+view (:meth:`algorithm.locate.Candidates.anchors`: no skull base over C1, no sacrum under the last lumbar vertebra)
+and no label the user fixed. There the network loses count (:data:`algorithm.locate.COARSE_PIXEL_MM`) and the ribs do
+not tell C7 from T1 (:data:`algorithm.ribs.RIB_RESOLVED_MM`), so a level rests on the count alone, while the decoder
+said 0.8-1.0 for most labels. On the OpenKBP ``dev`` and ``fit`` necks with the skull cut away (``bench/real.py``:
+``top-cropped``, ``from-c6``) 72 of 123 such labels (0.59) were right, at a mean confidence of 0.70, 8 of the wrong
+ones at 0.9 or more."""
 
 AXIS_TO_BODY_MM = 15.0
 """How far in front of the detected spine's axis the vertebral bodies' centres lie (VerSe spines: the
@@ -409,13 +419,21 @@ def _labelled(image: sitk.Image, candidates: Candidates, models: Models, options
         skipped = _skipped(vertebrae) if options.fill_skipped else []
         found = len(vertebrae)
         vertebrae = sorted([*vertebrae, *(v for v, _ in skipped)], key=lambda v: anatomical_rank(v.label))
+        unanchored = _unanchored(candidates, options)
+        if unanchored:
+            vertebrae = [replace(v, confidence=min(v.confidence, ANCHORLESS_CAP)) for v in vertebrae]
     log.info("label: %d of %d candidates labelled, %d level(s) placed: %s", found, len(candidates), len(skipped),
              " ".join(f"{v.name}({v.confidence:.2f})" for v in vertebrae))
+    if unanchored and vertebrae:
+        log.warning("label: %s; point probabilities capped at %.1f", unanchored, ANCHORLESS_CAP)
     searched = candidates.searched
     if searched is not None and searched.box is not None:  # the detect box above missed the neck: say where the
         details["locate"] = {"box": searched.box.to_dict(),  # vertebrae came from, and why
                              "why": f"{searched.reason}: looked for again under the skull base"}
-    details["label"] = {"uncertain": labelling.uncertain}
+    # Capped under UNCERTAIN_BELOW, an unanchored labelling is one to check, whatever the decoder's margin.
+    details["label"] = {"uncertain": labelling.uncertain or bool(unanchored and vertebrae)}
+    if unanchored:
+        details["label"]["unanchored"] = f"{unanchored}: point probabilities capped at {ANCHORLESS_CAP:g}"
     if skipped:
         details["label"]["placed"] = {v.name: note for v, note in skipped}
         log.info("label: %s passed over by the chain (no candidate of their own): placed between their neighbours",
@@ -439,6 +457,15 @@ def _labelled(image: sitk.Image, candidates: Candidates, models: Models, options
 
     result = _segmented(image, vertebrae, models, options, result, stage=stage)
     return _without_empty_placed(result, {v.label for v, _ in skipped})
+
+
+def _unanchored(candidates: Candidates, options: Options) -> str:
+    """Why no level of ``candidates`` is anchored (:data:`ANCHORLESS_CAP`), or "" where one is: the CT is fine
+    enough for the network's count, the CT shows an anchor, or the user fixed a label."""
+    if not candidates.coarse or candidates.anchors() or options.constraints.fixes:
+        return ""
+    return (f"coarse CT (pixels over {COARSE_PIXEL_MM:g} mm) with neither the skull base nor the sacrum in view: "
+            "the levels are counted, not anchored")
 
 
 def _candidate_labels(positions_mm: np.ndarray, vertebrae: Sequence[Vertebra]) -> np.ndarray:
