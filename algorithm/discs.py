@@ -23,8 +23,9 @@ elderly bone, and none across a disc. So:
 
 It runs on coarse CTs only (:func:`algorithm.locate.is_coarse`, where the drift was measured; at finer pixels the
 outlines centre on bodies within 1-2 mm, ``bench/real.py``) and on C3 and below (C1 has no body; C2's point is its
-body and dens, :func:`spine.body.c2_centroid`). It moves the points, not the masks. Chosen on the ``dev`` and ``fit``
-necks, looking at pt_34 and pt_35 (docs/benchmarks.md).
+body and dens, :func:`spine.body.c2_centroid`). The pipeline moves the points before it segments, so that each mask
+is seeded at its moved point. Chosen on the ``dev`` and ``fit`` necks, looking at pt_34 and pt_35
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations

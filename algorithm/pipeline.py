@@ -162,7 +162,7 @@ class Options:
     sizes as region evidence and keep that labelling where the check then passes (:mod:`algorithm.sizes`)."""
     disc_centres: bool = True
     """On coarse CTs, move the points of C3 and below along the chain to the middle of their bodies' discs where the CT
-    shows them (:mod:`algorithm.discs`); the masks stay."""
+    shows them (:mod:`algorithm.discs`), before the masks are seeded there."""
     constraints: Constraints = field(default_factory=Constraints)  # what the user knows (algorithm.labelling, 8)
     labeller: str = "decoder"
     """``decoder``: region evidence read per candidate; ``learned``: read in the context of the whole chain by the
@@ -207,6 +207,9 @@ class CaseResult:
     among them)."""
     check: Plausibility | None = None
     """The anatomy check's outcome on the segmented vertebrae; None before the segment stage."""
+    candidate_labels: np.ndarray | None = None
+    """``(N,)`` the VerSe id the labelling gave each locate candidate (0: none); None before the label stage. The
+    points may have moved off their candidates since (:func:`_between_discs`)."""
 
     @property
     def spine_found(self) -> bool:
@@ -350,28 +353,25 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
     if options.size_evidence:
         result = _relabelled_by_size(image, candidates, models, options, result, before_label)
     result.vertebrae = _c2_with_its_dens(result.vertebrae, candidates)
-    if options.disc_centres and candidates.coarse:
-        _between_discs(image, result)
     return result
 
 
-def _between_discs(image: sitk.Image, result: CaseResult) -> None:
-    """``result``'s points of C3 and below moved to the middle of their bodies' discs where the CT shows them
-    (:func:`algorithm.discs.heights_between_discs`), and the run report's ``label.between_discs`` saying how far; the
-    masks, segmented from the points before, stay."""
-    vertebrae = result.vertebrae
+def _between_discs(image: sitk.Image, vertebrae: list[Vertebra], details: dict[str, Any]) -> list[Vertebra]:
+    """``vertebrae`` with the points of C3 and below moved to the middle of their bodies' discs where the CT shows them
+    (:func:`algorithm.discs.heights_between_discs`), and the run report's ``label.between_discs`` (in ``details``)
+    saying how far. It runs before segmentation, so that each mask is seeded at its moved point: seeded at the
+    drifted one, ``fit`` pt_34's C4-C6 masks lay on the C5-C7 bodies their moved points named."""
     if not vertebrae:
-        return
+        return vertebrae
     before = np.array([v.position_mm for v in vertebrae], dtype=np.float64)
     after = heights_between_discs(image, [v.label for v in vertebrae], before)
     moved = {v.name: round(float(d), 1) for v, d in
              zip(vertebrae, np.linalg.norm(after - before, axis=1), strict=True) if d > 0.0}
     if not moved:
-        return
+        return vertebrae
     log.info("label: points moved between their bodies' discs: %s", " ".join(f"{n} {d} mm" for n, d in moved.items()))
-    result.details.setdefault("label", {})["between_discs"] = moved
-    result.vertebrae = tuple(replace(v, position_mm=tuple(float(c) for c in point))
-                             for v, point in zip(vertebrae, after, strict=True))
+    details.setdefault("label", {})["between_discs"] = moved
+    return [replace(v, position_mm=tuple(float(c) for c in point)) for v, point in zip(vertebrae, after, strict=True)]
 
 
 def _c2_with_its_dens(vertebrae: tuple[Vertebra, ...], candidates: Candidates) -> tuple[Vertebra, ...]:
@@ -454,6 +454,9 @@ def _labelled(image: sitk.Image, candidates: Candidates, models: Models, options
         log.warning("label: labelling uncertain (best and runner-up labellings close); check the levels")
     if not vertebrae:
         return _nothing_labelled(result, f"the decoder rejected all {len(candidates)} candidates")
+    result.candidate_labels = np.asarray(labelling.labels)
+    if options.disc_centres and candidates.coarse:
+        vertebrae = _between_discs(image, vertebrae, details)
 
     result = _segmented(image, vertebrae, models, options, result, stage=stage)
     return _without_empty_placed(result, {v.label for v, _ in skipped})
@@ -478,6 +481,15 @@ def _candidate_labels(positions_mm: np.ndarray, vertebrae: Sequence[Vertebra]) -
     return labels
 
 
+def _labels_of_candidates(result: CaseResult, candidates: Candidates) -> np.ndarray:
+    """``(N,)`` the VerSe id ``result``'s labelling gave each of ``candidates`` (0: none): the label stage's own record,
+    since the points of C3 and below may have moved off their candidates (:func:`_between_discs`); found by position
+    where there is none."""
+    if result.candidate_labels is not None and len(result.candidate_labels) == len(candidates):
+        return result.candidate_labels
+    return _candidate_labels(candidates.positions_mm, result.vertebrae)
+
+
 def _candidate_sizes(labels: np.ndarray, volumes_ml: dict[int, float], cut: np.ndarray | None) -> np.ndarray:
     """``(N,)`` each candidate's segmented volume from its label (``_candidate_labels``), NaN where it has none or
     its vertebra is cut by the field of view (the volume of a part)."""
@@ -498,7 +510,7 @@ def _relabelled_by_size(image: sitk.Image, candidates: Candidates, models: Model
     if (not options.region_evidence or options.labeller != "decoder" or result.check is None
             or not result.check.size_doubtful):
         return result
-    first = _candidate_labels(candidates.positions_mm, result.vertebrae)
+    first = _labels_of_candidates(result, candidates)
     sizes = _candidate_sizes(first, result.volumes_ml, candidates.cut)
     if not fit_some_level(sizes):
         return result
@@ -514,7 +526,7 @@ def _relabelled_by_size(image: sitk.Image, candidates: Candidates, models: Model
                       _unlabelled(result.geometry, result.candidates, result.timer, dict(before_label)),
                       stage=" (by size)")
     renamed = " ".join(v.name for v in again.vertebrae)
-    why = ("the same labels" if np.array_equal(_candidate_labels(candidates.positions_mm, again.vertebrae), first)
+    why = ("the same labels" if np.array_equal(_labels_of_candidates(again, candidates), first)
            else "no vertebra labelled" if not again.spine_found
            else f"{renamed}, which the anatomy check doubts too" if again.check is None or again.check.reasons
            else "")

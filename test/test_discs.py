@@ -130,7 +130,8 @@ def test_a_real_neck_s_drifted_points_come_back_onto_their_bodies() -> None:
 @pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared OpenKBP CTs (../shared/data)")
 def test_the_pipeline_moves_a_coarse_neck_s_points_and_says_so() -> None:
     """fit pt_34 end to end (bundled models): every level C1-C7 nearest its own annotation (C5 and C6 were not), the
-    run report names the points moved; ``disc_centres`` off, they stay where the outlines put them."""
+    run report names the points moved, and each moved point lies in its own mask (segmented from the drifted points,
+    C5-C7's lay in C4-C6's masks); ``disc_centres`` off, they stay where the outlines put them."""
     from algorithm.models import ModelSource, find_model_dir, load_models
     from algorithm.pipeline import Options, predict_case
 
@@ -143,6 +144,11 @@ def test_the_pipeline_moves_a_coarse_neck_s_points_and_says_so() -> None:
         distance = {other: float(np.linalg.norm(points[level] - where)) for other, where in real.centroids_mm.items()}
         assert min(distance, key=distance.__getitem__) == level, (level, distance)
     assert {"C5", "C6"} <= set(result.details["label"]["between_discs"])
+    mask = sitk.GetArrayViewFromImage(result.labels)
+    for vertebra in result.vertebrae:
+        if vertebra.name in result.details["label"]["between_discs"]:
+            i, j, k = np.rint(result.geometry.world_to_index(np.asarray(vertebra.position_mm)[None])[0]).astype(int)
+            assert mask[k, j, i] == vertebra.label, (vertebra.name, int(mask[k, j, i]))
     kept = predict_case(real.ct, models, options=Options(disc_centres=False))
     assert "between_discs" not in kept.details["label"]
     assert not np.allclose(kept.centroids_mm()[5], points[5])
