@@ -209,7 +209,8 @@ class CaseResult:
     """The anatomy check's outcome on the segmented vertebrae; None before the segment stage."""
     candidate_labels: np.ndarray | None = None
     """``(N,)`` the VerSe id the labelling gave each locate candidate (0: none); None before the label stage. The
-    points may have moved off their candidates since (:func:`_between_discs`)."""
+    points may have moved off their candidates since (:func:`_between_discs`), so this record, not their positions,
+    says which candidate each vertebra came from."""
 
     @property
     def spine_found(self) -> bool:
@@ -452,9 +453,9 @@ def _labelled(image: sitk.Image, candidates: Candidates, models: Models, options
                                      f"lost by one each way at {COARSE_OFFSET_PROBABILITY:g}")
     if labelling.uncertain:
         log.warning("label: labelling uncertain (best and runner-up labellings close); check the levels")
+    result.candidate_labels = np.asarray(labelling.labels)
     if not vertebrae:
         return _nothing_labelled(result, f"the decoder rejected all {len(candidates)} candidates")
-    result.candidate_labels = np.asarray(labelling.labels)
     if options.disc_centres and candidates.coarse:
         vertebrae = _between_discs(image, vertebrae, details)
 
@@ -481,18 +482,9 @@ def _candidate_labels(positions_mm: np.ndarray, vertebrae: Sequence[Vertebra]) -
     return labels
 
 
-def _labels_of_candidates(result: CaseResult, candidates: Candidates) -> np.ndarray:
-    """``(N,)`` the VerSe id ``result``'s labelling gave each of ``candidates`` (0: none): the label stage's own record,
-    since the points of C3 and below may have moved off their candidates (:func:`_between_discs`); found by position
-    where there is none."""
-    if result.candidate_labels is not None and len(result.candidate_labels) == len(candidates):
-        return result.candidate_labels
-    return _candidate_labels(candidates.positions_mm, result.vertebrae)
-
-
 def _candidate_sizes(labels: np.ndarray, volumes_ml: dict[int, float], cut: np.ndarray | None) -> np.ndarray:
-    """``(N,)`` each candidate's segmented volume from its label (``_candidate_labels``), NaN where it has none or
-    its vertebra is cut by the field of view (the volume of a part)."""
+    """``(N,)`` each candidate's segmented volume from its label (:attr:`CaseResult.candidate_labels`), NaN where it
+    has none or its vertebra is cut by the field of view (the volume of a part)."""
     sizes = np.array([volumes_ml.get(int(label), np.nan) if label > 0 else np.nan for label in labels])
     if cut is not None:
         sizes[np.asarray(cut, dtype=bool).any(axis=1)] = np.nan
@@ -508,9 +500,9 @@ def _relabelled_by_size(image: sitk.Image, candidates: Candidates, models: Model
     (``label.by_size``). Region evidence must be on and read by the decoder (the learned labeller was trained on
     the network's posteriors). ``before_label``: the report's blocks from before the label stage."""
     if (not options.region_evidence or options.labeller != "decoder" or result.check is None
-            or not result.check.size_doubtful):
+            or not result.check.size_doubtful or result.candidate_labels is None):
         return result
-    first = _labels_of_candidates(result, candidates)
+    first = result.candidate_labels
     sizes = _candidate_sizes(first, result.volumes_ml, candidates.cut)
     if not fit_some_level(sizes):
         return result
@@ -526,7 +518,7 @@ def _relabelled_by_size(image: sitk.Image, candidates: Candidates, models: Model
                       _unlabelled(result.geometry, result.candidates, result.timer, dict(before_label)),
                       stage=" (by size)")
     renamed = " ".join(v.name for v in again.vertebrae)
-    why = ("the same labels" if np.array_equal(_labels_of_candidates(again, candidates), first)
+    why = ("the same labels" if np.array_equal(again.candidate_labels, first)
            else "no vertebra labelled" if not again.spine_found
            else f"{renamed}, which the anatomy check doubts too" if again.check is None or again.check.reasons
            else "")

@@ -144,6 +144,9 @@ def test_the_pipeline_moves_a_coarse_neck_s_points_and_says_so() -> None:
         distance = {other: float(np.linalg.norm(points[level] - where)) for other, where in real.centroids_mm.items()}
         assert min(distance, key=distance.__getitem__) == level, (level, distance)
     assert {"C5", "C6"} <= set(result.details["label"]["between_discs"])
+    # The size check reads each vertebra's candidate off the label stage's record: a moved point is not on it.
+    recorded = {int(label) for label in result.candidate_labels}
+    assert {v.label for v in result.vertebrae if v.name in result.details["label"]["between_discs"]} <= recorded
     mask = sitk.GetArrayViewFromImage(result.labels)
     for vertebra in result.vertebrae:
         if vertebra.name in result.details["label"]["between_discs"]:

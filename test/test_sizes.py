@@ -90,23 +90,6 @@ def test_a_candidate_s_size_is_its_vertebra_s_and_none_where_it_is_cut_or_unlabe
     assert sizes[:2].tolist() == [12.0, 13.0] and np.isnan(sizes[2]) and np.isnan(sizes[3])
 
 
-def test_a_point_moved_between_its_discs_keeps_its_candidate_s_size() -> None:
-    """The points of C3 and below move off their candidates before segmentation (algorithm.discs): the label stage's
-    own record still says which candidate each vertebra came from, so the size check reads every candidate's size."""
-    from algorithm.pipeline import CaseResult, Vertebra, _labels_of_candidates
-    from spine.image import Geometry
-
-    positions = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, -15.0], [0.0, 0.0, -30.0]])
-    candidates = Candidates(positions, np.zeros((3, len(LOCATE_CHANNELS))), np.ones(3))
-    moved = tuple(Vertebra(label, (0.0, 0.0, z), 0.9) for label, z in ((3, 0.0), (4, -12.0), (5, -27.0)))
-    geometry = Geometry(size=(2, 2, 2), spacing_mm=(1.0, 1.0, 1.0), origin_mm=(0.0, 0.0, 0.0),
-                        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    result = CaseResult(geometry, None, moved, candidate_labels=np.array([3, 4, 5]))  # type: ignore[arg-type]
-    assert _labels_of_candidates(result, candidates).tolist() == [3, 4, 5]
-    unrecorded = CaseResult(geometry, None, moved)  # type: ignore[arg-type]
-    assert _labels_of_candidates(unrecorded, candidates).tolist() == [3, 0, 0]  # by position: the moved ones are lost
-
-
 def test_sizes_multiply_the_regions_and_none_leaves_them_as_they_were() -> None:
     scores = np.zeros((2, len(LOCATE_CHANNELS)), dtype=np.float32)
     scores[:, LOCATE_CHANNELS.index(22)] = 1.0  # the network says L3 for both
