@@ -163,16 +163,21 @@ def pipeline_options(args: argparse.Namespace, **fields: object) -> Options:
 def pipeline_flags(options: Options) -> list[str]:
     """The command-line flags that reproduce ``options``' settings (``--ribs``, ``--no-skull``, ...,
     ``--bone-floor P``, ``--labeller NAME``); no bone floor is the plain floor's."""
-    floor = options.segment_floor if options.bone_floor is None else options.bone_floor
     return [*(f"--{'' if getattr(options, name) else 'no-'}{flag}" for flag, name, _ in PIPELINE_SWITCHES),
-            "--bone-floor", str(floor), "--labeller", options.labeller]
+            "--bone-floor", str(_floor(options)), "--labeller", options.labeller]
 
 
 def pipeline_values(options: Options) -> dict[str, object]:
     """``options``' settings by flag name, ``-`` as ``_`` (``{"ribs": True, ..., "bone_floor": 0.2, "labeller":
-    "decoder"}``)."""
+    "decoder"}``); no bone floor is the plain floor's, as in :func:`pipeline_flags` (a benchmark's record never says
+    null where a number ran)."""
     return {**{_dest(flag): bool(getattr(options, name)) for flag, name, _ in PIPELINE_SWITCHES},
-            "bone_floor": options.bone_floor, "labeller": options.labeller}
+            "bone_floor": _floor(options), "labeller": options.labeller}
+
+
+def _floor(options: Options) -> float:
+    """The segmentation floor where the CT shows bone: ``bone_floor``, or the plain floor where there is none."""
+    return options.segment_floor if options.bone_floor is None else options.bone_floor
 
 
 # --------------------------------------------------------------------------- parser

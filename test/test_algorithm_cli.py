@@ -548,3 +548,16 @@ def test_exec_with_the_learned_labeller_refuses_an_unusable_label_model_before_a
     assert "error: algorithm/models/label.onnx: cannot load the chain-context model" in capsys.readouterr().err
     assert all_files(tmp_path / "output") == []
     assert cli.build_parser().parse_args(["serve", "--labeller", "decoder"]).labeller == "decoder"
+
+
+def test_a_run_without_a_bone_floor_records_the_floor_it_used() -> None:
+    """Options with no bone floor segment at the plain floor everywhere: the benchmark's record and the flags that
+    reproduce the run both say that number, never null."""
+    from algorithm.cli import pipeline_flags, pipeline_values
+    from algorithm.pipeline import Options
+
+    plain = Options(bone_floor=None, segment_floor=0.4)
+    assert pipeline_values(plain)["bone_floor"] == 0.4
+    flags = pipeline_flags(plain)
+    assert flags[flags.index("--bone-floor") + 1] == "0.4"
+    assert pipeline_values(Options())["bone_floor"] == Options().bone_floor
