@@ -122,7 +122,7 @@ PIPELINE_SWITCHES: tuple[tuple[str, str, str], ...] = (
                                      "between their neighbours (algorithm.labelling.skipped)"),
     ("size-evidence", "size_evidence", "where the vertebrae come out the wrong size for their levels (a neck named "
                                        "lumbar), label again with their sizes as region evidence (algorithm.sizes)"),
-    ("disc-centres", "disc_centres", "on coarse CTs, move the points of C3 and below to the middle of their bodies' "
+    ("disc-centres", "disc_centres", "on coarse CTs, move the points of C3 to T1 to the middle of their bodies' "
                                      "discs where the CT shows them (algorithm.discs)"),
 )
 """The pipeline's on/off switches: (flag without ``--``, :class:`algorithm.pipeline.Options` field, help). The

@@ -161,7 +161,7 @@ class Options:
     """Where the anatomy check finds the segmented vertebrae the wrong size for their levels, label again with their
     sizes as region evidence and keep that labelling where the check then passes (:mod:`algorithm.sizes`)."""
     disc_centres: bool = True
-    """On coarse CTs, move the points of C3 and below along the chain to the middle of their bodies' discs where the CT
+    """On coarse CTs, move the points of C3 to T1 along the chain to the middle of their bodies' discs where the CT
     shows them (:mod:`algorithm.discs`), before the masks are seeded there."""
     constraints: Constraints = field(default_factory=Constraints)  # what the user knows (algorithm.labelling, 8)
     labeller: str = "decoder"
@@ -358,7 +358,7 @@ def predict_case(image: sitk.Image, models: Models, *, options: Options | None =
 
 
 def _between_discs(image: sitk.Image, vertebrae: list[Vertebra], details: dict[str, Any]) -> list[Vertebra]:
-    """``vertebrae`` with the points of C3 and below moved to the middle of their bodies' discs where the CT shows them
+    """``vertebrae`` with the points of C3 to T1 moved to the middle of their bodies' discs where the CT shows them
     (:func:`algorithm.discs.heights_between_discs`), and the run report's ``label.between_discs`` (in ``details``)
     saying how far. It runs before segmentation, so that each mask is seeded at its moved point: seeded at the
     drifted one, ``fit`` pt_34's C4-C6 masks lay on the C5-C7 bodies their moved points named."""

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from algorithm.discs import (
     BODY_STEPS,
     CLEAR_FRACTION,
+    MOVED_LEVELS,
     REACH_FRACTION,
     between_discs,
     bone_profile,
@@ -98,6 +99,28 @@ def test_the_profile_s_minima_are_the_discs_at_coarse_pixels() -> None:
     inside = discs[(discs > chain[:, 2].min()) & (discs < chain[:, 2].max())]  # a minimum needs both sides
     assert len(found) == len(inside)
     np.testing.assert_allclose(np.sort(-found), inside, atol=1.5)
+
+
+@pytest.mark.parametrize(("labels", "moving"), [
+    ([2, 3, 4, 5, 6, 7], [4, 5, 6, 7]),  # C2-C7: C2 stays, C3 starts the walk in its body's middle
+    ([5, 6, 7, 8, 9, 10], [7, 8]),  # C5-T3: the walk goes on through T2 and T3, their points stay
+    ([12, 13, 14, 15, 16, 17], []),  # T5-T10: the square reads a thoracic body's core, not its discs
+])
+def test_only_the_points_of_c3_to_t1_move(labels: list[int], moving: list[int]) -> None:
+    """A chain whose second point lies in the middle of its body and whose lower ones drift 5-6 mm down onto the
+    discs: the drifted points of C3 to T1 (MOVED_LEVELS) go back to their bodies' middles, the others stay."""
+    discs = np.array([40.0, 57.0, 74.0, 91.0, 108.0, 125.0, 142.0, 159.0])
+    image = _neck_image(discs)
+    heights = [150.5, 133.5, 111.5, 93.5, 76.5, 60.5]
+    middles = [150.5, 133.5, 116.5, 99.5, 82.5, 65.5]
+    chain = np.array([[80.0, 83.0, h] for h in heights])
+    after = heights_between_discs(image, labels, chain)
+    for label, before, new, middle in zip(labels, chain, after, middles, strict=True):
+        if label in moving:
+            assert MOVED_LEVELS[0] <= label <= MOVED_LEVELS[1]
+            assert new[2] == pytest.approx(middle, abs=1.5), label
+        else:
+            np.testing.assert_allclose(new, before, err_msg=str(label))
 
 
 @pytest.mark.skipif(shared_data_dir() is None, reason="needs the shared OpenKBP CTs (../shared/data)")
