@@ -121,6 +121,23 @@ def test_variants_that_do_not_apply_are_left_out():
         reformats(few, ["rotated"])
 
 
+@pytest.mark.parametrize(("slices_mm", "thickened"), [(2.0, True), (3.0, False)])
+def test_a_slab_already_gets_slab_thick_slices(slices_mm: float, thickened: bool) -> None:
+    """A CT 100 mm wide (a VerSe sagittal scan) is not cut to a slab again; its sagittal slices are thickened to a
+    slab's 3 mm where they are thinner (verse014's 2 mm), and a scan of 3 mm slices has no such variant."""
+    wide = stacked_case()
+    narrow = reformat(wide, Reformat("narrow", (slices_mm, 2.0, 2.0), (15.0, 0.0, 0.0),
+                                     (15.0 + 100.0 / 2.0, wide.geometry.size[1] - 1.0, wide.geometry.size[2] - 1.0),
+                                     0.5, orientation="PIR"))
+    assert narrow.geometry.world_spacing_mm[0] == pytest.approx(slices_mm)
+    variants = {recipe.name: variant for recipe, variant in reformats(narrow)}
+    assert ("sagittal-slab" in variants) is thickened
+    if thickened:
+        slab = variants["sagittal-slab"]
+        assert slab.geometry.world_spacing_mm[0] == pytest.approx(3.0)
+        assert labels_of(slab) == labels_of(narrow) == [20, 21, 22, 23, 24]
+
+
 def test_a_vertebra_mostly_cut_away_loses_its_label():
     case = stacked_case()
     g = case.geometry
