@@ -224,19 +224,17 @@ def _from_c6(case: Case) -> Reformat | None:
 def _sagittal_slab(case: Case) -> Reformat | None:
     """A slab about :data:`SLAB_HALF_WIDTH_MM` each side of the spine in :data:`SLAB_SPACING_MM` sagittal slices; of a
     CT that is a slab already (a VerSe sagittal scan), its own width with its slices thickened to that, where they are
-    thinner (verse014's 2 mm: at 3 mm its S1 outlines as a sixth lumbar vertebra)."""
+    thinner (verse014's 2 mm: at 3 mm its S1 stays in the chain as L5, every level one high)."""
     axis, _ = index_axis(case.geometry, 0)
     low, high, spacing = _box(case)
     centres = _centroid_index(case, axis)
     if not len(centres):
         return None  # nothing to centre it on
-    if (high[axis] - low[axis]) * spacing[axis] < 2 * SLAB_HALF_WIDTH_MM + 20.0:
-        if spacing[axis] >= SLAB_SPACING_MM:
-            return None  # a slab of slab-thick slices already
-        spacing[axis] = SLAB_SPACING_MM
-        return Reformat("sagittal-slab", tuple(spacing), tuple(low), tuple(high), SLAB_KEEP, orientation="PIR")
-    centre, half = float(np.median(centres)), SLAB_HALF_WIDTH_MM / spacing[axis]
-    low[axis], high[axis] = max(low[axis], centre - half), min(high[axis], centre + half)
+    if (high[axis] - low[axis]) * spacing[axis] >= 2 * SLAB_HALF_WIDTH_MM + 20.0:
+        centre, half = float(np.median(centres)), SLAB_HALF_WIDTH_MM / spacing[axis]
+        low[axis], high[axis] = max(low[axis], centre - half), min(high[axis], centre + half)
+    elif spacing[axis] >= SLAB_SPACING_MM:
+        return None  # a slab of slab-thick slices already
     spacing[axis] = max(SLAB_SPACING_MM, spacing[axis])
     return Reformat("sagittal-slab", tuple(spacing), tuple(low), tuple(high), SLAB_KEEP, orientation="PIR")
 
