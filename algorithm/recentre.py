@@ -17,10 +17,12 @@ vertebra there, and the deepest part of that outline is the body's centre (:mod:
    vertebra (the stronger seed's).
 2. :func:`fill_chain`: along the chain, head to feet, a gap longer than :data:`GAP_FACTOR` times the
    neighbouring spacings gets seeds at its even subdivisions, and one spacing beyond each end gets a
-   seed; each is recentred and kept when its outline is at least :data:`FILL_VOLUME_FRACTION` of the
-   chain's median outline and it is no duplicate; :func:`spaced_by_size` then thins the chain, except
-   that a vertebra found inside a gap, at least :data:`GAP_SPLIT` of the local spacing from both of its
-   ends (:func:`splits_gap`), stays: the gap says one is missing there. Repeated until nothing is added.
+   seed (at the foot also one spacing below the last large outline where only small pieces lie below it:
+   :func:`below_a_small_foot`); each is recentred and kept when its outline is at least
+   :data:`FILL_VOLUME_FRACTION` of the chain's median outline and it is no duplicate; :func:`spaced_by_size`
+   then thins the chain, except that a vertebra found inside a gap, at least :data:`GAP_SPLIT` of the local
+   spacing from both of its ends (:func:`splits_gap`), stays: the gap says one is missing there. Repeated
+   until nothing is added.
 3. :func:`behind_the_bodies`, before and after filling: small outlines behind the column of the large ones
    (laminae and processes a narrow view leaves) are dropped; :func:`on_spine_curve`, before and after
    filling: so are centres far off the spine through their neighbours (a spinous process, a vessel).
@@ -55,6 +57,7 @@ from spine.preprocess import model_grid, zyx_to_world
 __all__ = [
     "alike_in_reach",
     "behind_the_bodies",
+    "below_a_small_foot",
     "FILL_VOLUME_FRACTION",
     "GAP_FACTOR",
     "MERGE_MM",
@@ -122,7 +125,8 @@ SMALL_FRACTION = 0.5
 OFF_CURVE_MM = 30.0
 """A body centre farther than this from the spine through its neighbours is no body: a spinous
 process's outline lies 40-70 mm behind its body, a vessel's in front of it; bodies, even on a bent
-column, lie within 25 mm of the line through their neighbours (``test_recentre``'s property test)."""
+column, lie within 25 mm of the line through their neighbours, and a lordotic one's within 30 mm of the arc
+through them (:func:`algorithm.labelling.curve.distance_to_spine_curve`; ``test_recentre``'s property tests)."""
 ALIKE_VOLUME = 0.8
 """Two outlines this close in volume (smaller over larger) are both vertebrae or both one: :func:`alike_in_reach`."""
 SETTLE_ROUNDS = 4
@@ -407,8 +411,9 @@ def fill_chain(image: sitk.Image, model: StageModel, outlines: Sequence[Outline]
             break
         chain = sorted(found, key=lambda o: -float(o.centre_mm[2]))  # LPS: +z is the head
         centres = np.array([o.centre_mm for o in chain])
-        seeds = [seed for seed in chain_gaps(centres) if geometry.contains_mm(seed)]
         least = fill_volume_fraction * float(np.median([o.volume_ml for o in found]))
+        seeds = [seed for seed in [*chain_gaps(centres), *below_a_small_foot(chain)]
+                 if geometry.contains_mm(seed)]
         added = recentre(image, model, seeds, rounds=rounds, kept=found, min_volume_ml=least)
         if not added:
             break
@@ -422,6 +427,29 @@ def fill_chain(image: sitk.Image, model: StageModel, outlines: Sequence[Outline]
         if len(found) == before and not rescued:
             break  # what was added was suppressed again: another pass would add the same
     return found
+
+
+def below_a_small_foot(chain: Sequence[Outline], *, fraction: float = SMALL_FRACTION) -> list[np.ndarray]:
+    """A seed one spacing below the lowest large outline of ``chain`` (head to feet; large: at least ``fraction``
+    of the chain's median volume, as :func:`behind_the_bodies` has it) where only small ones lie below it, from
+    the two lowest large ones; none otherwise.
+
+    :func:`chain_gaps` seeds one spacing below the chain's lowest outline, whatever it is. Where the chain ends in
+    pieces (a vertebra the field of view cuts, or the sacrum's side and a fragment below it) the body beside them
+    may have no seed of its own, less than :data:`GAP_FACTOR` spacings below the last whole one. verse014 in 3 mm
+    sagittal slices (a VerSe sagittal scan's) ended at L5 (47 ml), an outline of S1's side (17 ml, 24 mm below)
+    and a sacral fragment (11 ml, 37 mm below L5); S1's body (39 ml where seeded one spacing below L5) was not in
+    the chain, the fragment stayed as L5 and every level came out one high. Where no body hides, the seed lands
+    on a piece again (a duplicate, not kept) or outside the CT. Only from large outlines: seeded below tptbox's
+    L3 pedicles (22 ml, 36 mm behind its body), a seed found L4's and the chain lost L4's body. Only the foot:
+    the head of a neck's chain is the skull anchor's (:mod:`algorithm.skull`)."""
+    if len(chain) < 3:
+        return []
+    volumes = np.array([outline.volume_ml for outline in chain])
+    large = np.flatnonzero(volumes >= fraction * float(np.median(volumes)))
+    if len(large) < 2 or large[-1] == len(chain) - 1:
+        return []
+    return [2.0 * chain[large[-1]].centre_mm - chain[large[-2]].centre_mm]
 
 
 def behind_the_bodies(outlines: Sequence[Outline], *, max_mm: float = BEHIND_MM,

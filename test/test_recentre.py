@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from test_support import shared_data, verse014_cut_above
 
@@ -157,6 +157,61 @@ def test_distance_to_spine_curve_flags_a_point_off_the_column_only(n: int, spaci
     assert np.all(np.delete(distance, k) < OFF_CURVE_MM)  # no true body is dropped
     if n >= 5:
         assert distance[k] > OFF_CURVE_MM
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(6, 14), st.floats(16.0, 38.0), st.floats(80.0, 400.0))
+@example(6, 38.0, 120.0)  # a line through five of them left an end one 38 mm off
+@example(7, 38.0, 140.0)  # 44 mm
+@example(8, 33.6, 140.0)  # 35 mm
+def test_distance_to_spine_curve_keeps_every_body_of_a_lordotic_column(n: int, spacing: float,
+                                                                       radius: float) -> None:
+    """Bodies on a circular arc (a lordotic or kyphotic column: radius 80-400 mm, bent at most 100 degrees in all)
+    all lie on the spine through the others: a line through six of them left the end ones of a tight lordosis
+    30-44 mm off it. (Five bodies still share one line: 33 mm at 38 mm spacing bent 87 degrees.)"""
+    from algorithm.labelling.curve import distance_to_spine_curve
+    from algorithm.recentre import OFF_CURVE_MM
+
+    angle = np.arange(n) * spacing / radius
+    assume(np.degrees(angle[-1]) <= 100.0)
+    points = np.stack([np.zeros(n), radius * (1.0 - np.cos(angle)), -radius * np.sin(angle)], axis=1)
+    assert np.all(distance_to_spine_curve(points) < OFF_CURVE_MM)
+
+
+def test_distance_to_spine_curve_follows_verse014s_lumbar_lordosis() -> None:
+    """The outlines of verse014 in 3 mm sagittal slices (export.reformat) before the chain is filled, and S1's body
+    that filling finds (centre LPS mm): T12 lies 39 mm off the best line through its six nearest others (L1-S1),
+    and :func:`algorithm.recentre.on_spine_curve` dropped T12 and L1 once S1 was added. On the arc through them
+    every one stays; a body moved 50 mm behind (a spinous process's outline in its place) still stands out."""
+    from algorithm.labelling.curve import distance_to_spine_curve
+    from algorithm.recentre import OFF_CURVE_MM
+
+    chain = np.array([[-9.0, 215.0, -54.0], [-17.0, 195.0, -78.0], [-22.0, 182.0, -100.0], [-25.0, 172.0, -131.0],
+                      [-23.0, 185.0, -158.0], [-23.0, 193.0, -182.0], [-11.0, 209.0, -206.0],
+                      [-21.0, 194.0, -219.0], [-27.0, 211.0, -205.0]])  # T12-L5, S1's side, a fragment, S1
+    assert np.all(distance_to_spine_curve(chain) < OFF_CURVE_MM)
+    for k in (0, 1, 2, 4, 5):  # T12, L1, L2, L4, L5 (L3, at the lordosis' apex, comes out at 29.8 mm, as on a line)
+        moved = chain.copy()
+        moved[k, 1] += 50.0
+        assert distance_to_spine_curve(moved)[k] > OFF_CURVE_MM
+
+
+def test_below_a_small_foot_seeds_under_the_last_whole_body_only_where_pieces_end_the_chain() -> None:
+    """verse014 in 3 mm sagittal slices (outlines before filling, centre LPS mm, ml): L5 then S1's side and a sacral
+    fragment; S1's body lies one spacing below L5, where no gap seed goes (the fragment is 1.35 spacings below
+    L5). A chain ending in a whole body, or with pieces only above its last whole body, gets no such seed."""
+    from algorithm.recentre import below_a_small_foot
+
+    rows = [((-9.0, 215.0, -54.0), 28.3), ((-17.0, 195.0, -78.0), 35.3), ((-22.0, 182.0, -100.0), 45.7),
+            ((-25.0, 172.0, -131.0), 47.0), ((-23.0, 185.0, -158.0), 33.8), ((-23.0, 193.0, -182.0), 47.2),
+            ((-11.0, 209.0, -206.0), 16.5), ((-21.0, 194.0, -219.0), 10.7)]
+    chain = [Outline(np.array(centre), volume) for centre, volume in rows]
+    (seed,) = below_a_small_foot(chain)
+    np.testing.assert_allclose(seed, [-23.0, 201.0, -206.0])  # L5 + (L5 - L4)
+    assert below_a_small_foot(chain[:6]) == []  # ends on L5
+    tptbox = [Outline(np.array(c), v) for c, v in (((22.0, 174.0, -39.0), 23.0), ((29.0, 197.0, -62.0), 22.1),
+                                                   ((26.0, 161.0, -65.0), 59.6), ((25.0, 164.0, -97.0), 37.5))]
+    assert below_a_small_foot(tptbox) == []  # its L3 pedicles (22 ml) lie above L4's body, the chain's foot
 
 
 def test_spaced_by_size_drops_a_disc_outline_between_two_bodies_and_keeps_cervical_spacing() -> None:

@@ -86,6 +86,25 @@ def test_verse014_cut_above_ends_on_l5_over_the_sacrum() -> None:
     assert np.linalg.norm(candidates.positions_mm[lowest] - cropped.centroids_mm[24]) < 15.0
 
 
+def test_verse014_in_3mm_sagittal_slices_finds_s1_and_ends_on_l5() -> None:
+    """Real CT, bundled models: verse014 in a VerSe sagittal scan's 3 mm slices (export.reformat). Its chain ended
+    at L5, a piece of S1's side and a sacral fragment 37 mm below L5; S1's body had no candidate, the fragment stayed
+    as L5 and every level came out one high. A seed one spacing below each of the lowest outlines finds S1's body
+    (recentre.below_the_foot), the lordotic column keeps T12 on the spine's arc (curve.distance_to_spine_curve), the
+    sacrum check takes S1 and the fragment out, and the chain rests on it: T12-L5, each at its own level."""
+    from test_support import verse014_reformatted
+
+    from algorithm.pipeline import Options, label_stage
+
+    slab, candidates = verse014_reformatted("sagittal-slab")
+    assert candidates.on_sacrum
+    labels = label_stage(candidates, Options()).labels
+    for label, centre in slab.centroids_mm.items():
+        nearest = int(np.argmin(np.linalg.norm(candidates.positions_mm - centre, axis=1)))
+        assert labels[nearest] == label and np.linalg.norm(candidates.positions_mm[nearest] - centre) < 15.0
+    assert sorted(labels.tolist()) == [19, 20, 21, 22, 23, 24]  # T12 (cut by the view) to L5, no sacral piece
+
+
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available")  # the pretence
 def test_a_cuda_attempt_that_lands_on_the_cpu_names_the_models_and_falls_back(monkeypatch, caplog) -> None:
     """ONNX Runtime here has no CUDA: pretending it offers CUDA and a GPU answers, every session (the optional

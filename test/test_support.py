@@ -26,6 +26,14 @@ def shared_data(*parts: str) -> Path:
 def verse014_cut_above() -> tuple[Any, Any]:
     """verse014 (real VerSe CT, beside a developer checkout) with its top two levels cropped away (export.reformat:
     L3-L5 over the sacrum), and its candidates from the bundled models' locate stage; skips without the CT."""
+    cropped, candidates = verse014_reformatted("top-cropped")
+    assert sorted(cropped.centroids_mm) == [22, 23, 24]
+    return cropped, candidates
+
+
+def verse014_reformatted(name: str) -> tuple[Any, Any]:
+    """verse014 (real VerSe CT, beside a developer checkout) in the reformat ``name`` (``export.reformat``), and
+    its candidates from the bundled models' locate stage; skips without the CT."""
     from algorithm.detect import detect_spine
     from algorithm.models import ModelSource, find_model_dir, load_models
     from algorithm.pipeline import Options, locate_stage
@@ -34,10 +42,9 @@ def verse014_cut_above() -> tuple[Any, Any]:
 
     shared_data("verse-sub-verse014")
     case = find_real_cases(["verse-sub-verse014"])[0].load()
-    ((_, cropped),) = reformats(case, ["top-cropped"])
-    assert sorted(cropped.centroids_mm) == [22, 23, 24]
+    ((_, variant),) = reformats(case, [name])
     models = load_models(ModelSource(find_model_dir().directory, "test"), device="cpu")
-    return cropped, locate_stage(cropped.ct, detect_spine(cropped.ct, models.detect), models, Options())
+    return variant, locate_stage(variant.ct, detect_spine(variant.ct, models.detect), models, Options())
 
 
 def bench_module(name: str) -> ModuleType:

@@ -9,9 +9,17 @@ degrees of +z, as in any CT.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 __all__ = ["centre_line_by_height", "distance_to_spine_curve", "order_along_spine", "spine_curve"]
+
+MIN_RADIUS_MM = 40.0
+"""Tightest bend of a spine's column that :func:`distance_to_spine_curve` fits (radius of curvature): the arcs
+through verse014's lordotic lumbar bodies bend over radii of 76-285 mm, while an arc through a spinous process's
+outline 50 mm behind its body and bodies a vertebra or two away bends over about 10 mm."""
+
 
 def _principal_axis(points: np.ndarray, *, iterations: int = 2,
                     scale_mm: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
@@ -130,6 +138,62 @@ def centre_line_by_height(points_mm: np.ndarray) -> np.ndarray:
     return line / np.bincount(index, minlength=len(heights))[:, None]
 
 
+def _arc_through(t: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Coefficients (3, 3) of the quadratic x(t) = c0 + c1 t + c2 t^2 (per coordinate) fitted to ``points`` by least
+    squares (exact through three)."""
+    basis = np.stack([np.ones_like(t), t, t * t], axis=1)
+    return np.linalg.lstsq(basis, points, rcond=None)[0]
+
+
+def _arc_distance(points: np.ndarray, coefficients: np.ndarray, span: tuple[float, float]) -> np.ndarray:
+    """Distance of each point to the quadratic arc (:func:`_arc_through`) sampled every millimetre over ``span``."""
+    t = np.arange(span[0], span[1] + 1.0, 1.0)
+    curve = np.stack([np.ones_like(t), t, t * t], axis=1) @ coefficients
+    return np.sqrt(((points[:, None, :] - curve[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
+
+
+def _arc_curvature(coefficients: np.ndarray, span: tuple[float, float]) -> float:
+    """The largest curvature (1/mm) of the quadratic arc over ``span`` (sampled every millimetre)."""
+    t = np.arange(span[0], span[1] + 1.0, 1.0)
+    first = coefficients[1][None, :] + 2.0 * t[:, None] * coefficients[2][None, :]
+    second = np.broadcast_to(2.0 * coefficients[2], first.shape)
+    speed = np.maximum(np.linalg.norm(first, axis=1), 1e-9)
+    return float((np.linalg.norm(np.cross(first, second), axis=1) / speed**3).max())
+
+
+def _distance_to_arc(points: np.ndarray, target: np.ndarray, inlier_mm: float) -> float:
+    """Distance of ``target`` to the spine's quadratic arc through ``points`` (five or more, the target not among
+    them; inf with fewer, or where no arc bends gently enough).
+
+    With t along the robust principal axis of ``points``: among the arcs (:func:`_arc_through`) through three of
+    them that bend no tighter than :data:`MIN_RADIUS_MM` between the points and the target, the one with the most
+    points within ``inlier_mm`` (ties: the smaller summed, clipped distance), refitted to those inliers where the
+    refitted arc bends gently enough too; its distance to the target over that stretch."""
+    if len(points) < 5:
+        return float("inf")
+    centre, axis = _principal_axis(points)
+    t = (points - centre) @ axis
+    reach = float((target - centre) @ axis)
+    span = (min(float(t.min()), reach) - 10.0, max(float(t.max()), reach) + 10.0)
+    best: tuple[int, float] | None = None
+    chosen, inliers = np.zeros((3, 3)), np.zeros(len(points), dtype=bool)
+    for triple in itertools.combinations(range(len(points)), 3):
+        if np.min(np.abs(np.diff(np.sort(t[list(triple)])))) < 1e-6:
+            continue
+        arc = _arc_through(t[list(triple)], points[list(triple)])
+        if _arc_curvature(arc, span) > 1.0 / MIN_RADIUS_MM:
+            continue
+        d = _arc_distance(points, arc, span)
+        key = (int((d <= inlier_mm).sum()), -float(np.minimum(d, inlier_mm).sum()))
+        if best is None or key > best:
+            best, chosen, inliers = key, arc, d <= inlier_mm
+    if best is None:
+        return float("inf")
+    refitted = _arc_through(t[inliers], points[inliers])
+    arc = refitted if _arc_curvature(refitted, span) <= 1.0 / MIN_RADIUS_MM else chosen
+    return float(_arc_distance(target[None], arc, span)[0])
+
+
 def distance_to_spine_curve(positions_mm: np.ndarray, *, neighbours: int = 6, inlier_mm: float = 20.0
                             ) -> np.ndarray:
     """Distance (mm, (N,)) of each candidate to the spine through the others, robust to outliers.
@@ -137,24 +201,33 @@ def distance_to_spine_curve(positions_mm: np.ndarray, *, neighbours: int = 6, in
     The spine near a candidate is a line: among the lines through two candidates, the one with the most
     candidates within ``inlier_mm`` (ties: the smaller summed, clipped distance; a spinous process's or
     a vessel's outline is outvoted), refitted to its inliers. Up to ``neighbours + 1`` candidates share
-    one line; more are each measured against the line of their ``neighbours`` nearest others, over which
-    the column is nearly straight (bodies on a bent column stay within 25 mm: ``test_recentre``), while a
+    one line; more are each measured against the line of their ``neighbours`` nearest others, while a
     detection 40-70 mm behind or in front stands out (over 40 mm from 5 candidates on). Fewer than 4
     candidates: 0 (one of three cannot be told from the others); with 4, an end one may pass.
+
+    A lordotic lumbar column bends off any line through six of its bodies (verse014 in 3 mm sagittal slices:
+    T12 39 mm off the line through L1-S1, over 30 mm where :func:`algorithm.recentre.on_spine_curve` drops a
+    candidate). So a candidate with five or more others is also measured against the quadratic arc through
+    its ``neighbours`` nearest others (:func:`_distance_to_arc`: found as the line is, from triples, and bent no
+    tighter than :data:`MIN_RADIUS_MM`), and its distance is the smaller of the two: the arc only ever brings
+    a body back onto the column.
     """
     positions = np.asarray(positions_mm, dtype=float).reshape(-1, 3)
     n = len(positions)
     distance = np.zeros(n)
     if n < 4:
         return distance
-    if n <= neighbours + 1:
+    shared = n <= neighbours + 1
+    if shared:
         centre, direction = _best_line(positions, inlier_mm)
-        return _line_distance(positions, centre, centre + direction)
+        distance = _line_distance(positions, centre, centre + direction)
     for i in range(n):
         others = np.delete(positions, i, axis=0)
         nearest = others[np.argsort(np.linalg.norm(others - positions[i], axis=1), kind="stable")[:neighbours]]
-        centre, direction = _best_line(nearest, inlier_mm)
-        distance[i] = float(_line_distance(positions[i:i + 1], centre, centre + direction)[0])
+        if not shared:
+            centre, direction = _best_line(nearest, inlier_mm)
+            distance[i] = float(_line_distance(positions[i:i + 1], centre, centre + direction)[0])
+        distance[i] = min(distance[i], _distance_to_arc(nearest, positions[i], inlier_mm))
     return distance
 
 
