@@ -224,7 +224,8 @@ def _from_c6(case: Case) -> Reformat | None:
 def _sagittal_slab(case: Case) -> Reformat | None:
     """A slab about :data:`SLAB_HALF_WIDTH_MM` each side of the spine in :data:`SLAB_SPACING_MM` sagittal slices; of a
     CT that is a slab already (a VerSe sagittal scan), its own width with its slices thickened to that, where they are
-    thinner (verse014's 2 mm: at 3 mm its S1 stays in the chain as L5, every level one high)."""
+    thinner (verse014's 2 mm: at 3 mm its chain ended in pieces of the sacrum and S1's body went unseeded, until
+    :func:`algorithm.recentre.below_a_small_foot`)."""
     axis, _ = index_axis(case.geometry, 0)
     low, high, spacing = _box(case)
     centres = _centroid_index(case, axis)
