@@ -108,6 +108,12 @@ def _line_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarr
     return np.linalg.norm(offsets - np.outer(offsets @ direction, direction), axis=1)
 
 
+def _inlier_key(distance: np.ndarray, inlier_mm: float) -> tuple[int, float]:
+    """How well a line or arc fits points at ``distance`` from it: the number within ``inlier_mm``, then (for ties)
+    the smaller summed distance clipped at ``inlier_mm`` (as a larger negative)."""
+    return int((distance <= inlier_mm).sum()), -float(np.minimum(distance, inlier_mm).sum())
+
+
 def _best_line(points: np.ndarray, inlier_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """The line through the pair of ``points`` with the most points within ``inlier_mm`` (ties: the
     smaller summed, clipped distance), refitted (principal axis) to those inliers: ``(centre, direction)``."""
@@ -118,10 +124,9 @@ def _best_line(points: np.ndarray, inlier_mm: float) -> tuple[np.ndarray, np.nda
             if np.linalg.norm(points[k] - points[j]) < 1e-6:
                 continue
             d = _line_distance(points, points[j], points[k])
-            within = d <= inlier_mm
-            key = (int(within.sum()), -float(np.minimum(d, inlier_mm).sum()))
+            key = _inlier_key(d, inlier_mm)
             if best is None or key > best:
-                best, inliers = key, within
+                best, inliers = key, d <= inlier_mm
     centre = points[inliers].mean(axis=0)
     if inliers.sum() < 2:
         return centre, np.array([0.0, 0.0, -1.0])
@@ -138,23 +143,31 @@ def centre_line_by_height(points_mm: np.ndarray) -> np.ndarray:
     return line / np.bincount(index, minlength=len(heights))[:, None]
 
 
+def _powers(t: np.ndarray) -> np.ndarray:
+    """``(len(t), 3)``: 1, t and t^2, the quadratic arc's basis."""
+    return np.stack([np.ones_like(t), t, t * t], axis=1)
+
+
+def _samples(span: tuple[float, float]) -> np.ndarray:
+    """Arc parameters every millimetre over ``span``, its ends included."""
+    return np.arange(span[0], span[1] + 1.0, 1.0)
+
+
 def _arc_through(t: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Coefficients (3, 3) of the quadratic x(t) = c0 + c1 t + c2 t^2 (per coordinate) fitted to ``points`` by least
     squares (exact through three)."""
-    basis = np.stack([np.ones_like(t), t, t * t], axis=1)
-    return np.linalg.lstsq(basis, points, rcond=None)[0]
+    return np.linalg.lstsq(_powers(t), points, rcond=None)[0]
 
 
 def _arc_distance(points: np.ndarray, coefficients: np.ndarray, span: tuple[float, float]) -> np.ndarray:
     """Distance of each point to the quadratic arc (:func:`_arc_through`) sampled every millimetre over ``span``."""
-    t = np.arange(span[0], span[1] + 1.0, 1.0)
-    curve = np.stack([np.ones_like(t), t, t * t], axis=1) @ coefficients
+    curve = _powers(_samples(span)) @ coefficients
     return np.sqrt(((points[:, None, :] - curve[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
 
 
 def _arc_curvature(coefficients: np.ndarray, span: tuple[float, float]) -> float:
     """The largest curvature (1/mm) of the quadratic arc over ``span`` (sampled every millimetre)."""
-    t = np.arange(span[0], span[1] + 1.0, 1.0)
+    t = _samples(span)
     first = coefficients[1][None, :] + 2.0 * t[:, None] * coefficients[2][None, :]
     second = np.broadcast_to(2.0 * coefficients[2], first.shape)
     speed = np.maximum(np.linalg.norm(first, axis=1), 1e-9)
@@ -184,7 +197,7 @@ def _distance_to_arc(points: np.ndarray, target: np.ndarray, inlier_mm: float) -
         if _arc_curvature(arc, span) > 1.0 / MIN_RADIUS_MM:
             continue
         d = _arc_distance(points, arc, span)
-        key = (int((d <= inlier_mm).sum()), -float(np.minimum(d, inlier_mm).sum()))
+        key = _inlier_key(d, inlier_mm)
         if best is None or key > best:
             best, chosen, inliers = key, arc, d <= inlier_mm
     if best is None:
